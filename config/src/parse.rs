@@ -1,0 +1,614 @@
+//! From TOML text to a [`Config`], with every type error naming its key.
+//!
+//! Each table is a serde struct with `deny_unknown_fields`, so the schema's keys are
+//! written once. Its fields are left as raw TOML values and converted here, because
+//! serde's own type errors do not say which key they are about. Each table is
+//! deserialized on its own for the same reason: an unknown key is reported with its table.
+//! The rules that need the whole config live in `validate.rs`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::{Config, ConfigError, PeerConfig, PublicKey, Terms};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    state_dir: Option<Value>,
+    control_socket: Option<Value>,
+    address_prefix: Option<Value>,
+    anonymity: Option<Value>,
+    tun: Option<Value>,
+    listen: Option<Value>,
+    cover: Option<Value>,
+    home: Option<Value>,
+    peer: Option<Value>,
+    metrics: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTun {
+    enabled: Option<Value>,
+    name: Option<Value>,
+    mtu: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    https: Option<Value>,
+    server_name: Option<Value>,
+    acme: Option<Value>,
+    cert: Option<Value>,
+    key: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCover {
+    root: Option<Value>,
+    upstream: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHome {
+    key: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    key: Option<Value>,
+    endpoints: Option<Value>,
+    terms: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Value>,
+}
+
+/// A table as the user wrote it (`[tun]`, `[[peer]] #2`, or the top level).
+pub(crate) struct Scope {
+    /// As written in the file; empty for the top level.
+    shown: String,
+    /// Dotted prefix for [`ConfigError::Invalid::key`].
+    dotted: String,
+}
+
+/// A key inside a [`Scope`].
+pub(crate) struct Key {
+    /// As people read it: `[tun] mtu`, `address_prefix`.
+    pub(crate) shown: String,
+    /// Dotted: `tun.mtu`, `peer[2].key`.
+    pub(crate) dotted: String,
+}
+
+impl Scope {
+    pub(crate) fn top() -> Scope {
+        Scope {
+            shown: String::new(),
+            dotted: String::new(),
+        }
+    }
+
+    pub(crate) fn table(name: &str) -> Scope {
+        Scope {
+            shown: format!("[{name}]"),
+            dotted: name.to_owned(),
+        }
+    }
+
+    /// The `number`th `[[peer]]`, counted from 1 as people count.
+    pub(crate) fn peer(number: usize) -> Scope {
+        Scope {
+            shown: format!("[[peer]] #{number}"),
+            dotted: format!("peer[{number}]"),
+        }
+    }
+
+    pub(crate) fn key(&self, name: &str) -> Key {
+        if self.shown.is_empty() {
+            Key {
+                shown: name.to_owned(),
+                dotted: name.to_owned(),
+            }
+        } else {
+            Key {
+                shown: format!("{} {name}", self.shown),
+                dotted: format!("{}.{name}", self.dotted),
+            }
+        }
+    }
+}
+
+/// Builds errors that name the config file.
+pub(crate) struct Reporter<'a> {
+    pub(crate) path: &'a Path,
+}
+
+impl Reporter<'_> {
+    /// An error about `key`; `message` must name the key itself.
+    pub(crate) fn invalid(&self, key: &Key, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.dotted.clone(),
+            message,
+        }
+    }
+
+    fn wrong_type(&self, key: &Key, expected: &str, found: &Value) -> ConfigError {
+        self.invalid(
+            key,
+            format!(
+                "{} must be {expected}, found {}",
+                key.shown,
+                describe(found)
+            ),
+        )
+    }
+
+    fn syntax(&self, text: &str, error: &toml::de::Error) -> ConfigError {
+        let mut reason = one_line(error.message());
+        match error.span() {
+            Some(span) => {
+                let (line, column) = line_and_column(text, span.start);
+                // toml does not say which key; the span covers it.
+                let snippet = text.get(span).unwrap_or_default().trim();
+                if reason == "duplicate key"
+                    && !snippet.is_empty()
+                    && snippet.chars().count() <= QUOTE_MAX_CHARS
+                    && !snippet.contains('\n')
+                {
+                    reason = format!(
+                        "duplicate key `{}`; a key or table may be written only once",
+                        escape_controls(snippet)
+                    );
+                }
+                ConfigError::Syntax {
+                    path: self.path.to_owned(),
+                    line,
+                    column,
+                    reason,
+                }
+            }
+            None => ConfigError::Invalid {
+                path: self.path.to_owned(),
+                key: String::new(),
+                message: reason,
+            },
+        }
+    }
+
+    /// Deserializes one table, reporting an unknown key with its table.
+    fn table<T: DeserializeOwned>(&self, scope: &Scope, table: Table) -> Result<T, ConfigError> {
+        table.try_into::<T>().map_err(|e| {
+            let message = one_line(e.message());
+            match unknown_field(e.message()) {
+                Some((key, expected)) => ConfigError::UnknownKey {
+                    path: self.path.to_owned(),
+                    table: scope.shown.clone(),
+                    key: escape_controls(&key),
+                    expected,
+                },
+                None => ConfigError::Invalid {
+                    path: self.path.to_owned(),
+                    key: scope.dotted.clone(),
+                    message: if scope.shown.is_empty() {
+                        message
+                    } else {
+                        format!("{}: {message}", scope.shown)
+                    },
+                },
+            }
+        })
+    }
+
+    /// A sub-table such as `tun`, which must be a TOML table.
+    fn sub_table<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        value: Option<Value>,
+    ) -> Result<Option<T>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some(Value::Table(table)) => self.table(&Scope::table(name), table).map(Some),
+            Some(other) => Err(self.wrong_type(
+                &Scope::top().key(name),
+                &format!("a table ([{name}])"),
+                &other,
+            )),
+        }
+    }
+
+    fn string(&self, key: &Key, value: Value) -> Result<String, ConfigError> {
+        match value {
+            Value::String(s) => Ok(s),
+            other => Err(self.wrong_type(key, "a string", &other)),
+        }
+    }
+
+    fn path(&self, key: &Key, value: Value) -> Result<PathBuf, ConfigError> {
+        self.string(key, value).map(PathBuf::from)
+    }
+
+    fn bool(&self, key: &Key, value: Value) -> Result<bool, ConfigError> {
+        match value {
+            Value::Boolean(b) => Ok(b),
+            other => Err(self.wrong_type(key, "true or false", &other)),
+        }
+    }
+
+    fn integer(&self, key: &Key, value: Value) -> Result<i64, ConfigError> {
+        match value {
+            Value::Integer(n) => Ok(n),
+            other => Err(self.wrong_type(key, "a whole number", &other)),
+        }
+    }
+
+    fn strings(&self, key: &Key, value: Value) -> Result<Vec<String>, ConfigError> {
+        let Value::Array(items) = value else {
+            return Err(self.wrong_type(key, "a list of strings", &value));
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s),
+                other => Err(self.invalid(
+                    key,
+                    format!(
+                        "{} must be a list of strings, but entry {} is {}",
+                        key.shown,
+                        i + 1,
+                        describe(&other)
+                    ),
+                )),
+            })
+            .collect()
+    }
+
+    fn socket_addr(&self, key: &Key, text: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!(
+                    "{} = {} is not a socket address; write an IP address and a port, such as {example}",
+                    key.shown,
+                    quote(text)
+                ),
+            )
+        })
+    }
+
+    fn public_key(&self, key: &Key, value: Value) -> Result<PublicKey, ConfigError> {
+        let text = self.string(key, value)?;
+        text.parse().map_err(|e| {
+            self.invalid(
+                key,
+                format!("{} = {} is not a public key: {e}", key.shown, quote(&text)),
+            )
+        })
+    }
+}
+
+/// Parses TOML text into a config, checking types but not the cross-key rules.
+pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let r = Reporter { path: origin };
+    let document: Table = toml::from_str(text).map_err(|e| r.syntax(text, &e))?;
+    let top = Scope::top();
+    let raw: RawTop = r.table(&top, document)?;
+    let mut config = Config::default();
+
+    if let Some(v) = raw.state_dir {
+        config.state_dir = r.path(&top.key("state_dir"), v)?;
+    }
+    if let Some(v) = raw.control_socket {
+        config.control_socket = r.path(&top.key("control_socket"), v)?;
+    }
+    if let Some(v) = raw.address_prefix {
+        let key = top.key("address_prefix");
+        let n = r.integer(&key, v)?;
+        config.address_prefix = u8::try_from(n).map_err(|_| {
+            r.invalid(
+                &key,
+                format!("address_prefix = {n} is out of range: it is one byte, 0x00 to 0xfe"),
+            )
+        })?;
+    }
+    if let Some(v) = raw.anonymity {
+        let key = top.key("anonymity");
+        let allowed = r#"one of "fast", "balanced", "strong""#;
+        let Value::String(text) = v else {
+            return Err(r.wrong_type(&key, allowed, &v));
+        };
+        config.anonymity = text.parse().map_err(|_| {
+            r.invalid(
+                &key,
+                format!("anonymity = {} is not {allowed}", quote(&text)),
+            )
+        })?;
+    }
+
+    if let Some(tun) = r.sub_table::<RawTun>("tun", raw.tun)? {
+        let scope = Scope::table("tun");
+        if let Some(v) = tun.enabled {
+            config.tun.enabled = r.bool(&scope.key("enabled"), v)?;
+        }
+        if let Some(v) = tun.name {
+            config.tun.name = r.string(&scope.key("name"), v)?;
+        }
+        if let Some(v) = tun.mtu {
+            let key = scope.key("mtu");
+            let n = r.integer(&key, v)?;
+            // Out-of-range values get the same message as in `validate`.
+            config.tun.mtu = match (crate::validate::mtu_problem(n), u32::try_from(n)) {
+                (None, Ok(mtu)) => mtu,
+                (problem, _) => {
+                    let reason = problem.unwrap_or_else(|| "is out of range".to_owned());
+                    return Err(r.invalid(&key, format!("{} = {n} {reason}", key.shown)));
+                }
+            };
+        }
+    }
+
+    if let Some(listen) = r.sub_table::<RawListen>("listen", raw.listen)? {
+        let scope = Scope::table("listen");
+        if let Some(v) = listen.https {
+            let key = scope.key("https");
+            config.listen.https = r
+                .strings(&key, v)?
+                .iter()
+                .map(|text| r.socket_addr(&key, text, "\"[::]:443\" or \"0.0.0.0:443\""))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = listen.server_name {
+            config.listen.server_name = r.string(&scope.key("server_name"), v)?;
+        }
+        if let Some(v) = listen.acme {
+            config.listen.acme = r.bool(&scope.key("acme"), v)?;
+        }
+        if let Some(v) = listen.cert {
+            config.listen.cert = Some(r.path(&scope.key("cert"), v)?);
+        }
+        if let Some(v) = listen.key {
+            config.listen.key = Some(r.path(&scope.key("key"), v)?);
+        }
+    }
+
+    if let Some(cover) = r.sub_table::<RawCover>("cover", raw.cover)? {
+        let scope = Scope::table("cover");
+        if let Some(v) = cover.root {
+            config.cover.root = Some(r.path(&scope.key("root"), v)?);
+        }
+        if let Some(v) = cover.upstream {
+            config.cover.upstream = Some(r.string(&scope.key("upstream"), v)?);
+        }
+    }
+
+    if let Some(home) = r.sub_table::<RawHome>("home", raw.home)?
+        && let Some(v) = home.key
+    {
+        config.home.key = Some(r.public_key(&Scope::table("home").key("key"), v)?);
+    }
+
+    if let Some(v) = raw.peer {
+        config.peers = peers(&r, v)?;
+    }
+
+    if let Some(metrics) = r.sub_table::<RawMetrics>("metrics", raw.metrics)?
+        && let Some(v) = metrics.listen
+    {
+        let key = Scope::table("metrics").key("listen");
+        let text = r.string(&key, v)?;
+        config.metrics.listen = Some(r.socket_addr(&key, &text, "\"127.0.0.1:9477\"")?);
+    }
+
+    Ok(config)
+}
+
+fn peers(r: &Reporter<'_>, value: Value) -> Result<Vec<PeerConfig>, ConfigError> {
+    let key = Scope::top().key("peer");
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Table(_) => {
+            return Err(r.invalid(
+                &key,
+                "[peer] must be written [[peer]], with two brackets: each peer is one entry of a list".to_owned(),
+            ));
+        }
+        other => return Err(r.wrong_type(&key, "a list of tables ([[peer]])", &other)),
+    };
+    let mut peers = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let scope = Scope::peer(i + 1);
+        let Value::Table(table) = item else {
+            return Err(r.invalid(
+                &key,
+                format!("{} must be a table, found {}", scope.shown, describe(&item)),
+            ));
+        };
+        let raw: RawPeer = r.table(&scope, table)?;
+        let key_key = scope.key("key");
+        let Some(key_value) = raw.key else {
+            return Err(r.invalid(
+                &key_key,
+                format!(
+                    "{} has no key; every peer needs its public key, key = \"<64 hex characters>\"",
+                    scope.shown
+                ),
+            ));
+        };
+        let public_key = r.public_key(&key_key, key_value)?;
+        let endpoints = match raw.endpoints {
+            Some(v) => r.strings(&scope.key("endpoints"), v)?,
+            None => Vec::new(),
+        };
+        let terms = match raw.terms {
+            None => Terms::default(),
+            Some(v) => {
+                let terms_key = scope.key("terms");
+                let text = r.string(&terms_key, v)?;
+                text.parse().map_err(|e| {
+                    r.invalid(
+                        &terms_key,
+                        format!(
+                            "{} = {} is not valid terms: {e}",
+                            terms_key.shown,
+                            quote(&text)
+                        ),
+                    )
+                })?
+            }
+        };
+        peers.push(PeerConfig {
+            key: public_key,
+            endpoints,
+            terms,
+        });
+    }
+    Ok(peers)
+}
+
+/// Splits serde's "unknown field `x`, expected one of `a`, `b`" into the key and the
+/// keys the table accepts. The key comes from the user and may contain anything, so
+/// search from the right; the accepted keys are ours and contain no backticks or commas.
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    if let Some(at) = rest.rfind("`, expected ") {
+        let list = &rest[at + "`, expected ".len()..];
+        let list = list.strip_prefix("one of ").unwrap_or(list);
+        let expected = list
+            .split(", ")
+            .map(|k| k.trim_matches('`').to_owned())
+            .collect();
+        return Some((rest[..at].to_owned(), expected));
+    }
+    let at = rest.rfind("`, there are no fields")?;
+    Some((rest[..at].to_owned(), Vec::new()))
+}
+
+/// A short description of a TOML value for "found …" in messages.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("string {}", quote(s)),
+        Value::Integer(n) => format!("integer {n}"),
+        Value::Float(x) => format!("float {x}"),
+        Value::Boolean(b) => format!("boolean {b}"),
+        Value::Datetime(d) => format!("datetime {d}"),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// Longest user string quoted in full in a message, in characters.
+const QUOTE_MAX_CHARS: usize = 80;
+
+/// Quotes a user's string for a one-line message: escaped, and shortened if long.
+pub(crate) fn quote(text: &str) -> String {
+    if text.chars().count() <= QUOTE_MAX_CHARS {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(QUOTE_MAX_CHARS).collect();
+        format!("{head:?}…")
+    }
+}
+
+/// Makes a message one line: newlines become "; " and other control characters are
+/// escaped.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text
+        .trim()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&escape_controls(line.trim()));
+    }
+    out
+}
+
+/// Escapes control characters (`\n`, `\t`, …) so a user's text stays on one line.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let text = "a = 1\nbé = x\n";
+        assert_eq!(line_and_column(text, 0), (1, 1));
+        assert_eq!(line_and_column(text, 6), (2, 1));
+        // 'x' is after the two-byte 'é'.
+        assert_eq!(line_and_column(text, text.find('x').unwrap_or(0)), (2, 6));
+        assert_eq!(line_and_column(text, 999), (3, 1));
+    }
+
+    #[test]
+    fn one_line_flattens_and_escapes() {
+        assert_eq!(one_line("a\n  b\n\nc\r\n"), "a; b; c");
+        assert_eq!(one_line("tab\there"), "tab\\there");
+    }
+
+    #[test]
+    fn unknown_field_parses_serde_messages() {
+        assert_eq!(
+            unknown_field("unknown field `foo`, expected one of `a`, `b`"),
+            Some(("foo".to_owned(), vec!["a".to_owned(), "b".to_owned()]))
+        );
+        assert_eq!(
+            unknown_field("unknown field `x`, expected `key`"),
+            Some(("x".to_owned(), vec!["key".to_owned()]))
+        );
+        assert_eq!(
+            unknown_field("unknown field `a`, b`, expected `key`"),
+            Some(("a`, b".to_owned(), vec!["key".to_owned()]))
+        );
+        assert_eq!(unknown_field("invalid type: integer"), None);
+    }
+
+    #[test]
+    fn quote_shortens_long_strings() {
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        let long = "x".repeat(200);
+        assert_eq!(
+            quote(&long),
+            format!("\"{}\"…", "x".repeat(QUOTE_MAX_CHARS))
+        );
+    }
+}

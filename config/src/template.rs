@@ -1,0 +1,139 @@
+//! The commented config file that `umbra init` writes.
+
+use std::path::Path;
+
+/// The commented default config text that `umbra init` writes.
+///
+/// Parsing it with [`Config::from_toml`](crate::Config::from_toml) gives a config equal
+/// to [`Config::default()`](crate::Config::default) with `state_dir` and
+/// `control_socket` as given. Every key is shown with its default value or, for keys that
+/// are off by default, as a comment with an example. (A path that is not UTF-8 is written
+/// with its invalid bytes replaced.)
+pub fn default_config_text(state_dir: &Path, control_socket: &Path) -> String {
+    let state_dir = toml_string(&state_dir.to_string_lossy());
+    let control_socket = toml_string(&control_socket.to_string_lossy());
+    format!(
+        r#"# umbra config. Every key has a default, so an empty file is valid; unknown keys
+# are errors. `umbra run` reads this file at start, and again on SIGHUP.
+
+# The identity key (identity.key, mode 0600) and the database (umbra.db) live here.
+state_dir = {state_dir}
+# The `umbra` commands talk to the running daemon through this socket.
+control_socket = {control_socket}
+# First byte of this node's address. 0x06 gives addresses in 600::/8 and subnets in
+# 700::/8; 0x02 gives Yggdrasil's addresses. It must be even: prefix | 1 is the subnet.
+address_prefix = 0x06
+# How circuits pick their relays: "fast" (shortest path), "balanced" (a random walk
+# from the home node) or "strong" (more relays, and padding).
+anonymity = "balanced"
+
+[tun]
+# The interface that gives every program on this host the overlay.
+enabled = true
+name = "umbra0"
+# Bytes, from 1280 to 65535.
+mtu = 65535
+
+[listen]
+# Where peers reach this node, as HTTPS. An empty list means dial out only (a node
+# behind NAT).
+https = ["[::]:443"]
+# The domain this node serves (SNI and certificate name); empty for none.
+server_name = ""
+# Where the TLS certificate comes from: ACME for server_name, or files (set both cert
+# and key), or, with neither, a self-signed certificate kept in state_dir.
+acme = false
+# cert = "/etc/umbra/cert.pem"
+# key = "/etc/umbra/key.pem"
+
+[cover]
+# The website anyone without a link token sees. With neither key, a built-in static
+# site. Set at most one of:
+# root = "/var/www/cover"                 # a directory to serve
+# upstream = "http://127.0.0.1:8080"      # a local web server to proxy
+
+[home]
+# The home node, the first hop of every circuit, pinned by its public key.
+# Default: the first agreement.
+# key = "<64 hex characters>"
+
+# Each [[peer]] is half of an agreement; it becomes one when that peer lists this node
+# too. Terms are bytes per period, each way: units B KB MB GB TB KiB MiB GiB TiB,
+# periods s m h d.
+# [[peer]]
+# key = "<64 hex characters: the peer's public key>"
+# endpoints = ["198.18.0.1:443"]
+# terms = "50GiB/30d"
+
+[metrics]
+# Prometheus text on a loopback address; unset means no metrics.
+# listen = "127.0.0.1:9477"
+"#
+    )
+}
+
+/// A TOML string literal holding `text`.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR};
+    use std::path::PathBuf;
+
+    #[test]
+    fn default_text_parses_to_the_default() {
+        let text = default_config_text(
+            Path::new(DEFAULT_STATE_DIR),
+            Path::new(DEFAULT_CONTROL_SOCKET),
+        );
+        let config = Config::from_toml(&text, Path::new("umbra.toml")).expect("parses");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn default_text_keeps_the_given_paths() {
+        let state_dir = PathBuf::from("/srv/umbra \"state\"\\dir");
+        let socket = PathBuf::from("/tmp/umbra test/control.sock");
+        let text = default_config_text(&state_dir, &socket);
+        let config = Config::from_toml(&text, Path::new("umbra.toml")).expect("parses");
+        assert_eq!(
+            config,
+            Config {
+                state_dir,
+                control_socket: socket,
+                ..Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn default_text_examples_are_valid_when_uncommented() {
+        // Uncomment the examples an operator is most likely to turn on, one at a time.
+        let text = default_config_text(
+            Path::new(DEFAULT_STATE_DIR),
+            Path::new(DEFAULT_CONTROL_SOCKET),
+        );
+        for example in [
+            "# root = \"/var/www/cover\"",
+            "# upstream = \"http://127.0.0.1:8080\"",
+            "# listen = \"127.0.0.1:9477\"",
+        ] {
+            assert!(text.contains(example), "{example}");
+            let edited = text.replace(example, example.trim_start_matches("# "));
+            let result = Config::from_toml(&edited, Path::new("umbra.toml"));
+            assert!(result.is_ok(), "{example}: {:?}", result.err());
+        }
+        let edited = text
+            .replace("# cert = ", "cert = ")
+            .replace("# key = \"/etc", "key = \"/etc");
+        let config = Config::from_toml(&edited, Path::new("umbra.toml")).expect("cert and key");
+        assert_eq!(
+            config.listen.cert,
+            Some(PathBuf::from("/etc/umbra/cert.pem"))
+        );
+        assert_eq!(config.listen.key, Some(PathBuf::from("/etc/umbra/key.pem")));
+    }
+}

@@ -1,0 +1,291 @@
+//! Agreement terms as written by people: `50GiB/30d` (INTERFACE.md, DESIGN.md §4).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ParseError;
+
+/// Bytes a peer may send through us per period, each way, and the period.
+///
+/// Written `<number><unit>/<number><period>`, for example `50GiB/30d` or `1TB/7d`.
+/// Units are `B`, `KB`, `MB`, `GB`, `TB` (powers of 1000) and `KiB`, `MiB`, `GiB`, `TiB`
+/// (powers of 1024); periods are `s`, `m`, `h`, `d`. Both are case-sensitive, and both
+/// numbers must be whole and above zero.
+///
+/// `Display` gives the canonical form: the largest binary unit that divides the bytes
+/// exactly (else `B`) and the largest period unit that divides the period exactly, so
+/// `1TB/7d` prints as `976562500KiB/7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Terms {
+    /// Bytes allowed per period, each way.
+    pub bytes_per_period: u64,
+    /// Length of the period, in seconds.
+    pub period_secs: u64,
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+const MINUTE_SECS: u64 = 60;
+const HOUR_SECS: u64 = 60 * MINUTE_SECS;
+const DAY_SECS: u64 = 24 * HOUR_SECS;
+
+/// Byte units accepted when parsing, with their size in bytes.
+const BYTE_UNITS: [(&str, u64); 9] = [
+    ("B", 1),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+    ("TB", 1_000_000_000_000),
+    ("KiB", KIB),
+    ("MiB", MIB),
+    ("GiB", GIB),
+    ("TiB", TIB),
+];
+
+/// Byte units used by `Display`, largest first.
+const CANONICAL_BYTE_UNITS: [(&str, u64); 4] =
+    [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)];
+
+/// Period units, largest first, with their length in seconds.
+const PERIOD_UNITS: [(&str, u64); 4] = [
+    ("d", DAY_SECS),
+    ("h", HOUR_SECS),
+    ("m", MINUTE_SECS),
+    ("s", 1),
+];
+
+impl Terms {
+    /// The default terms: 50 GiB every 30 days.
+    pub const DEFAULT: Terms = Terms {
+        bytes_per_period: 50 * GIB,
+        period_secs: 30 * DAY_SECS,
+    };
+
+    /// The period as a [`Duration`].
+    pub fn period(&self) -> Duration {
+        Duration::from_secs(self.period_secs)
+    }
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms::DEFAULT
+    }
+}
+
+impl fmt::Display for Terms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.bytes_per_period;
+        let (byte_unit, byte_size) = CANONICAL_BYTE_UNITS
+            .into_iter()
+            .find(|&(_, size)| bytes.is_multiple_of(size))
+            .unwrap_or(("B", 1));
+        let secs = self.period_secs;
+        let (period_unit, period_len) = PERIOD_UNITS
+            .into_iter()
+            .find(|&(_, len)| secs.is_multiple_of(len))
+            .unwrap_or(("s", 1));
+        write!(
+            f,
+            "{}{byte_unit}/{}{period_unit}",
+            bytes / byte_size,
+            secs / period_len
+        )
+    }
+}
+
+impl FromStr for Terms {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let Some((amount, period)) = s.split_once('/') else {
+            return Err(ParseError(format!(
+                "{s:?} is not terms: expected <amount>/<period>, such as \"50GiB/30d\""
+            )));
+        };
+        let bytes_per_period = parse_quantity(
+            amount,
+            &BYTE_UNITS,
+            "amount",
+            "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
+        )?;
+        let period_secs = parse_quantity(period, &PERIOD_UNITS, "period", "s, m, h or d")?;
+        Ok(Terms {
+            bytes_per_period,
+            period_secs,
+        })
+    }
+}
+
+/// Parses `<digits><unit>` and multiplies out the unit.
+fn parse_quantity(
+    text: &str,
+    units: &[(&str, u64)],
+    what: &str,
+    unit_list: &str,
+) -> Result<u64, ParseError> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(ParseError(format!(
+            "the {what} {text:?} does not start with a whole number"
+        )));
+    }
+    let Some(&(_, scale)) = units.iter().find(|&&(name, _)| name == unit) else {
+        let shown = if unit.is_empty() {
+            "no unit".to_owned()
+        } else {
+            format!("unknown unit {unit:?}")
+        };
+        return Err(ParseError(format!(
+            "the {what} {text:?} has {shown}; use one of {unit_list}"
+        )));
+    };
+    let too_large = || ParseError(format!("the {what} {text:?} is too large (above 2^64)"));
+    let value = number
+        .parse::<u64>()
+        .map_err(|_| too_large())?
+        .checked_mul(scale)
+        .ok_or_else(too_large)?;
+    if value == 0 {
+        return Err(ParseError(format!(
+            "the {what} {text:?} is zero; it must be above zero"
+        )));
+    }
+    Ok(value)
+}
+
+impl Serialize for Terms {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Terms {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn terms(bytes_per_period: u64, period_secs: u64) -> Terms {
+        Terms {
+            bytes_per_period,
+            period_secs,
+        }
+    }
+
+    fn parse_err(text: &str) -> String {
+        match text.parse::<Terms>() {
+            Ok(t) => panic!("{text:?} parsed as {t:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn default_is_50_gib_per_30_days() {
+        assert_eq!(Terms::default(), terms(50 << 30, 30 * 86_400));
+        assert_eq!(Terms::default().to_string(), "50GiB/30d");
+    }
+
+    #[test]
+    fn parses_every_unit() {
+        let cases = [
+            ("7B/1s", terms(7, 1)),
+            ("2KB/1m", terms(2_000, 60)),
+            ("3MB/2h", terms(3_000_000, 7_200)),
+            ("1GB/1d", terms(1_000_000_000, 86_400)),
+            ("1TB/7d", terms(1_000_000_000_000, 7 * 86_400)),
+            ("1KiB/1s", terms(1024, 1)),
+            ("1MiB/1s", terms(1 << 20, 1)),
+            ("50GiB/30d", terms(50 << 30, 30 * 86_400)),
+            ("2TiB/90m", terms(2 << 40, 5_400)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<Terms>(), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn display_uses_largest_exact_units() {
+        assert_eq!(
+            terms(1_000_000_000_000, 604_800).to_string(),
+            "976562500KiB/7d"
+        );
+        assert_eq!(terms(3072, 90).to_string(), "3KiB/90s");
+        assert_eq!(terms(1536, 86_399).to_string(), "1536B/86399s");
+        assert_eq!(terms(1000, 7_200).to_string(), "1000B/2h");
+        assert_eq!(terms(3 << 40, 120).to_string(), "3TiB/2m");
+    }
+
+    #[test]
+    fn rejects_bad_units_case_and_shape() {
+        assert!(parse_err("50gib/30d").contains("unknown unit \"gib\""));
+        assert!(parse_err("50GiB/30D").contains("unknown unit \"D\""));
+        assert!(parse_err("50XB/30d").contains("use one of B, KB"));
+        assert!(parse_err("50/30d").contains("has no unit"));
+        assert!(parse_err("50GiB").contains("expected <amount>/<period>"));
+        assert!(parse_err("GiB/30d").contains("does not start with a whole number"));
+        assert!(parse_err("1.5GiB/30d").contains("unknown unit \".5GiB\""));
+        assert!(parse_err(" 50GiB/30d").contains("does not start with a whole number"));
+        assert!(parse_err("50GiB/30d/1s").contains("unknown unit \"d/1s\""));
+    }
+
+    #[test]
+    fn rejects_zero() {
+        assert!(parse_err("0GiB/30d").contains("amount \"0GiB\" is zero"));
+        assert!(parse_err("50GiB/0d").contains("period \"0d\" is zero"));
+    }
+
+    #[test]
+    fn rejects_overflow() {
+        assert!(parse_err("16777216TiB/1d").contains("too large"));
+        assert!(parse_err("99999999999999999999B/1d").contains("too large"));
+        assert!(
+            parse_err("1B/213503982334602d").contains("period \"213503982334602d\" is too large")
+        );
+        // The largest values still parse.
+        assert_eq!(
+            "18446744073709551615B/18446744073709551615s".parse::<Terms>(),
+            Ok(terms(u64::MAX, u64::MAX))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_round_trips(bytes in 1..=u64::MAX, secs in 1..=u64::MAX) {
+            let original = terms(bytes, secs);
+            prop_assert_eq!(original.to_string().parse::<Terms>(), Ok(original));
+        }
+
+        #[test]
+        fn round_trips_with_round_units(
+            n in 1u64..=1_000_000,
+            byte_unit in 0usize..BYTE_UNITS.len(),
+            p in 1u64..=10_000,
+            period_unit in 0usize..PERIOD_UNITS.len(),
+        ) {
+            // Random u64s almost never divide by 1024, so also try values made of units.
+            let original = terms(n * BYTE_UNITS[byte_unit].1, p * PERIOD_UNITS[period_unit].1);
+            prop_assert_eq!(original.to_string().parse::<Terms>(), Ok(original));
+        }
+
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,24}") {
+            let _ = text.parse::<Terms>();
+        }
+    }
+}

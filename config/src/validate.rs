@@ -1,0 +1,336 @@
+//! The rules a parsed config must follow. Each error names the file, the key as written
+//! in the file, the value, and the reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::parse::{Reporter, Scope, quote};
+use crate::{Config, ConfigError, MAX_MTU, MAX_TUN_NAME_LEN, MIN_MTU};
+
+/// Why an MTU is out of range, or `None` if it is fine.
+pub(crate) fn mtu_problem(mtu: i64) -> Option<String> {
+    if mtu > i64::from(MAX_MTU) {
+        Some(format!("is above the maximum {MAX_MTU}"))
+    } else if mtu < i64::from(MIN_MTU) {
+        Some(format!(
+            "is below the minimum {MIN_MTU}, the smallest MTU IPv6 allows"
+        ))
+    } else {
+        None
+    }
+}
+
+impl Config {
+    /// Checks the rules that types alone do not: ranges, names, keys that need or exclude
+    /// each other, and duplicate peers. `origin` is the file name used in error messages.
+    ///
+    /// [`Config::from_toml`] and [`Config::load`] call this; call it yourself on a config
+    /// built in code.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let r = Reporter { path: origin };
+        let top = Scope::top();
+
+        for (name, path) in [
+            ("state_dir", &self.state_dir),
+            ("control_socket", &self.control_socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(r.invalid(
+                    &top.key(name),
+                    format!(
+                        "{name} = {} is not an absolute path; it must start with /",
+                        quote(&path.to_string_lossy())
+                    ),
+                ));
+            }
+        }
+
+        if self.address_prefix & 1 != 0 {
+            let p = self.address_prefix;
+            return Err(r.invalid(
+                &top.key("address_prefix"),
+                format!(
+                    "address_prefix = {p:#04x} is odd; it must be even, because its low bit \
+                     is the subnet bit ({p:#04x} | 1 is the subnet prefix), such as {:#04x}",
+                    p & !1
+                ),
+            ));
+        }
+
+        self.validate_tun(&r)?;
+        self.validate_listen(&r)?;
+        self.validate_cover(&r)?;
+        self.validate_peers(&r)?;
+
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(r.invalid(
+                &Scope::table("metrics").key("listen"),
+                format!(
+                    "[metrics] listen = \"{addr}\" is not a loopback address; metrics are for \
+                         local scraping, so use 127.0.0.1 or [::1], such as \"127.0.0.1:9477\""
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_tun(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        let scope = Scope::table("tun");
+        let key = scope.key("mtu");
+        if let Some(reason) = mtu_problem(i64::from(self.tun.mtu)) {
+            return Err(r.invalid(&key, format!("{} = {} {reason}", key.shown, self.tun.mtu)));
+        }
+
+        let key = scope.key("name");
+        let name = &self.tun.name;
+        let problem = if name.is_empty() {
+            Some("is empty; the interface needs a name, such as \"umbra0\"".to_owned())
+        } else if name.len() > MAX_TUN_NAME_LEN {
+            Some(format!(
+                "is {} bytes long; Linux interface names are at most {MAX_TUN_NAME_LEN} bytes",
+                name.len()
+            ))
+        } else if name == "." || name == ".." {
+            Some("is not a name Linux accepts for an interface".to_owned())
+        } else {
+            name.chars()
+                .find(|&c| c == '/' || c == ':' || c.is_whitespace())
+                .map(|c| {
+                    format!("contains {c:?}; interface names cannot contain '/', ':' or whitespace")
+                })
+        };
+        if let Some(problem) = problem {
+            return Err(r.invalid(&key, format!("{} = {} {problem}", key.shown, quote(name))));
+        }
+        Ok(())
+    }
+
+    fn validate_listen(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        let scope = Scope::table("listen");
+        let listen = &self.listen;
+
+        let mut seen: Vec<SocketAddr> = Vec::with_capacity(listen.https.len());
+        for addr in &listen.https {
+            if seen.contains(addr) {
+                return Err(r.invalid(
+                    &scope.key("https"),
+                    format!("[listen] https lists \"{addr}\" twice; list each address once"),
+                ));
+            }
+            seen.push(*addr);
+        }
+
+        for (name, path) in [("cert", &listen.cert), ("key", &listen.key)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(r.invalid(
+                    &scope.key(name),
+                    format!("[listen] {name} is empty; name a PEM file, or remove the key"),
+                ));
+            }
+        }
+        match (&listen.cert, &listen.key) {
+            (Some(_), None) => {
+                return Err(r.invalid(
+                    &scope.key("key"),
+                    "[listen] cert is set but key is not; a certificate from files needs both \
+                     cert and key"
+                        .to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(r.invalid(
+                    &scope.key("cert"),
+                    "[listen] key is set but cert is not; a certificate from files needs both \
+                     cert and key"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
+        }
+
+        if listen.acme {
+            if listen.server_name.is_empty() {
+                return Err(r.invalid(
+                    &scope.key("server_name"),
+                    "[listen] acme = true needs server_name, the domain to get a certificate for"
+                        .to_owned(),
+                ));
+            }
+            if listen.cert.is_some() {
+                return Err(r.invalid(
+                    &scope.key("acme"),
+                    "[listen] acme = true and cert/key are two certificate sources; choose one"
+                        .to_owned(),
+                ));
+            }
+        }
+
+        if listen
+            .server_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(r.invalid(
+                &scope.key("server_name"),
+                format!(
+                    "[listen] server_name = {} contains whitespace; it must be a domain name",
+                    quote(&listen.server_name)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_cover(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        let scope = Scope::table("cover");
+        let cover = &self.cover;
+        if cover.root.is_some() && cover.upstream.is_some() {
+            return Err(r.invalid(
+                &scope.key("upstream"),
+                "[cover] root and upstream are both set; the cover site is either a directory \
+                 (root) or a server to proxy (upstream), so set only one"
+                    .to_owned(),
+            ));
+        }
+        if cover
+            .root
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(r.invalid(
+                &scope.key("root"),
+                "[cover] root is empty; name a directory, or remove the key".to_owned(),
+            ));
+        }
+        if let Some(upstream) = &cover.upstream {
+            let host = upstream.strip_prefix("http://").unwrap_or_default();
+            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(r.invalid(
+                    &scope.key("upstream"),
+                    format!(
+                        "[cover] upstream = {} must start with http:// and name a server, such as \
+                         \"http://127.0.0.1:8080\" (the upstream is a local plain-HTTP server)",
+                        quote(upstream)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_peers(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        let mut first_with_key = HashMap::with_capacity(self.peers.len());
+        for (i, peer) in self.peers.iter().enumerate() {
+            let scope = Scope::peer(i + 1);
+
+            if let Some(first) = first_with_key.insert(peer.key, i + 1) {
+                let key = scope.key("key");
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = \"{}\" repeats the key of [[peer]] #{first}; list each peer once",
+                        key.shown, peer.key
+                    ),
+                ));
+            }
+
+            let key = scope.key("endpoints");
+            if peer.endpoints.is_empty() {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} is empty or missing; list where the peer can be dialed, such as \
+                         endpoints = [\"198.18.0.1:443\"]",
+                        key.shown
+                    ),
+                ));
+            }
+            for endpoint in &peer.endpoints {
+                if let Some(problem) = endpoint_problem(endpoint) {
+                    return Err(r.invalid(
+                        &key,
+                        format!(
+                            "{} entry {} {problem}; write host:port, such as \"198.18.0.1:443\", \
+                             \"[2001:db8::1]:443\" or \"relay.example.org:443\"",
+                            key.shown,
+                            quote(endpoint)
+                        ),
+                    ));
+                }
+            }
+
+            if peer.terms.bytes_per_period == 0 || peer.terms.period_secs == 0 {
+                let key = scope.key("terms");
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = \"{}\" has a zero amount or period; both must be above zero",
+                        key.shown, peer.terms
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why `endpoint` is not `host:port`, or `None` if it is.
+fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
+    if let Ok(addr) = endpoint.parse::<SocketAddr>() {
+        return (addr.port() == 0).then_some("has port 0");
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return Some("has no port");
+    };
+    if host.is_empty() {
+        return Some("has no host");
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Some("is not a valid address (an IPv6 address goes in brackets)");
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Some("has a host that is not an IP address or a DNS name");
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Some("has port 0"),
+        Ok(_) => None,
+        Err(_) => Some("has a port that is not a number from 1 to 65535"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_addresses_and_names() {
+        for ok in [
+            "198.18.0.1:443",
+            "[2001:db8::1]:443",
+            "relay.example.org:443",
+            "localhost:8443",
+        ] {
+            assert_eq!(endpoint_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("198.18.0.1", "no port"),
+            (":443", "no host"),
+            ("2001:db8::1:443", "brackets"),
+            ("[2001:db8::1]", "brackets"),
+            ("host:99999", "not a number"),
+            ("host:https", "not a number"),
+            ("host:0", "port 0"),
+            ("1.2.3.4:0", "port 0"),
+            ("bad host:443", "not an IP address or a DNS name"),
+        ] {
+            let problem = endpoint_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The command line (INTERFACE.md "Command line").
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use umbra_config::{Config, DEFAULT_CONFIG_PATH};
+use umbra_routing::{Identity, address};
+
+use crate::UsageError;
+use crate::control::{self, Request};
+use crate::output;
+use crate::state;
+
+/// Highest `keygen --strength` accepted: each bit doubles the expected work,
+/// and 2^32 keys is already hours on one core.
+const MAX_KEYGEN_STRENGTH: u32 = 32;
+
+/// umbra: an anonymizing overlay network daemon for servers.
+#[derive(Debug, Parser)]
+#[command(name = "umbra", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = "UMBRA_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// The control socket (default: the config's `control_socket`).
+    #[arg(long, global = true)]
+    control: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the identity and a commented default config if missing; never overwrites.
+    Init {
+        /// The state directory for the identity (default: the config's `state_dir`).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon in the foreground.
+    Run,
+    /// Print the node's /128 address (works offline).
+    Address {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the running node's status.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new identity.
+    Keygen {
+        /// Require at least N leading zero bits in the public key (a harder-to-imitate address).
+        #[arg(long, default_value_t = 0)]
+        strength: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    /// Whether this command runs the daemon.
+    pub(crate) fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Run)
+    }
+}
+
+/// Runs the parsed command line.
+pub(crate) fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { state_dir, json } => init(&cli.config, state_dir, json),
+        Command::Run => {
+            let config = load_config(&cli.config)?;
+            crate::node::run(config, cli.config.clone(), cli.control)
+        }
+        Command::Address { json } => {
+            let config = load_config(&cli.config)?;
+            let id = state::require_identity(&config)?;
+            let addr = address::address_for_key(&id.public(), config.address_prefix);
+            if json {
+                output::json(&json!({ "address": addr.to_string() }))
+            } else {
+                output::line(&addr.to_string())
+            }
+        }
+        Command::Status { json } => {
+            let socket = control_socket(&cli.config, cli.control)?;
+            let status = control::call(&socket, &Request::Status)?;
+            if json {
+                output::json(&status)
+            } else {
+                output::status(&status)
+            }
+        }
+        Command::Keygen { strength, json } => keygen(strength, json),
+    }
+}
+
+/// Loads the config; any problem with it is a usage error (exit 2).
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn control_socket(config_path: &Path, flag: Option<PathBuf>) -> Result<PathBuf> {
+    match flag {
+        Some(p) => Ok(p),
+        None => Ok(load_config(config_path)?.control_socket),
+    }
+}
+
+fn init(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> Result<()> {
+    let mut config = load_config(config_path)?;
+    if let Some(dir) = state_dir {
+        if !dir.is_absolute() {
+            return Err(UsageError(format!(
+                "--state-dir {} must be an absolute path",
+                dir.display()
+            ))
+            .into());
+        }
+        config.state_dir = dir;
+    }
+    let (id, created_key) = state::load_or_create_identity(&config)?;
+    let text = umbra_config::default_config_text(&config.state_dir, &config.control_socket);
+    let created_config = umbra_config::write_new(config_path, &text, 0o640)
+        .with_context(|| format!("writing config {}", config_path.display()))?;
+    let doc = identity_json(&id, config.address_prefix);
+    if json_out {
+        let mut doc = doc;
+        doc["created_identity"] = json!(created_key);
+        doc["created_config"] = json!(created_config);
+        doc["config"] = json!(config_path.display().to_string());
+        doc["state_dir"] = json!(config.state_dir.display().to_string());
+        return output::json(&doc);
+    }
+    output::kv(&[
+        ("address", doc["address"].as_str().unwrap_or_default()),
+        ("subnet", doc["subnet"].as_str().unwrap_or_default()),
+        ("public key", doc["public_key"].as_str().unwrap_or_default()),
+    ])?;
+    let note = |made: bool, what: &str, path: &Path| {
+        let verb = if made { "created" } else { "kept existing" };
+        format!("{verb} {what} {}", path.display())
+    };
+    eprintln!("{}", note(created_key, "identity", &config.identity_path()));
+    eprintln!("{}", note(created_config, "config", config_path));
+    Ok(())
+}
+
+fn identity_json(id: &Identity, prefix: u8) -> serde_json::Value {
+    let key = id.public();
+    json!({
+        "address": address::address_for_key(&key, prefix).to_string(),
+        "subnet": format!("{}/{}", address::subnet_for_key(&key, prefix), address::SUBNET_PREFIX_LEN),
+        "public_key": hex::encode(key),
+    })
+}
+
+fn keygen(strength: u32, json_out: bool) -> Result<()> {
+    if strength > MAX_KEYGEN_STRENGTH {
+        bail!(UsageError(format!(
+            "--strength {strength} is above the maximum {MAX_KEYGEN_STRENGTH} (each bit doubles the work)"
+        )));
+    }
+    if strength > 16 {
+        eprintln!("mining a key with {strength} leading zero bits: about 2^{strength} tries");
+    }
+    let mut tries = 0;
+    let id = Identity::mine(strength, &mut tries);
+    let mut doc = identity_json(&id, umbra_config::DEFAULT_ADDRESS_PREFIX);
+    doc["secret_key"] = json!(hex::encode(id.seed()));
+    doc["strength"] = json!(address::leading_zero_bits(&id.public()));
+    doc["tries"] = json!(tries);
+    if json_out {
+        return output::json(&doc);
+    }
+    let strength_text = doc["strength"].to_string();
+    output::kv(&[
+        ("address", doc["address"].as_str().unwrap_or_default()),
+        ("subnet", doc["subnet"].as_str().unwrap_or_default()),
+        ("public key", doc["public_key"].as_str().unwrap_or_default()),
+        ("secret key", doc["secret_key"].as_str().unwrap_or_default()),
+        ("strength", &strength_text),
+    ])?;
+    eprintln!("to use it, write the secret key as one line to STATE_DIR/identity.key with mode 0600");
+    Ok(())
+}

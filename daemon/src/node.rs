@@ -1,0 +1,198 @@
+//! `umbra run`: the daemon. It wires the identity, the TUN and the control
+//! socket together and handles signals (DESIGN.md §11).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
+use umbra_config::Config;
+use umbra_routing::{Identity, address};
+
+use crate::control::{self, Request, Response};
+use crate::state::{self, StateLock};
+
+/// What `status` reports; shared between the daemon's tasks.
+#[derive(Debug)]
+struct NodeView {
+    identity_public: [u8; 32],
+    prefix: u8,
+    started: Instant,
+    tun: Option<(String, u32)>,
+    config: Config,
+}
+
+impl NodeView {
+    fn status(&self) -> Value {
+        let key = self.identity_public;
+        json!({
+            "address": address::address_for_key(&key, self.prefix).to_string(),
+            "subnet": format!("{}/{}", address::subnet_for_key(&key, self.prefix), address::SUBNET_PREFIX_LEN),
+            "public_key": hex::encode(key),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            // Listeners and links come with the transport (issue 3).
+            "listeners": Value::Array(vec![]),
+            "links_up": 0,
+            "links_total": 0,
+            "circuits": 0,
+            "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::ok(self.status()),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub(crate) fn run(config: Config, config_path: PathBuf, control: Option<PathBuf>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("umbra")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(config, config_path, control))
+}
+
+async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf>) -> Result<()> {
+    state::ensure_state_dir(&config.state_dir)?;
+    let _lock = StateLock::acquire(&config.state_dir)?;
+    let (identity, created) = state::load_or_create_identity(&config)?;
+    if created {
+        tracing::info!(path = %config.identity_path().display(), "created a new identity");
+    }
+    let key = identity.public();
+    let prefix = config.address_prefix;
+    let addr = address::address_for_key(&key, prefix);
+    tracing::info!(address = %addr, public_key = %hex::encode(key), "identity loaded");
+
+    let tun = if config.tun.enabled {
+        let settings = umbra_tun::TunSettings {
+            name: config.tun.name.clone(),
+            mtu: config.tun.mtu,
+            address: addr,
+            route: (overlay_route(prefix), address::OVERLAY_PREFIX_LEN),
+        };
+        let tun = umbra_tun::Tun::create(&settings).await?;
+        tracing::info!(name = tun.name(), mtu = tun.mtu(), route = %format!("{}/{}", settings.route.0, settings.route.1), "TUN up");
+        Some(tun)
+    } else {
+        tracing::info!("TUN disabled by config");
+        None
+    };
+
+    let socket_path = control.unwrap_or_else(|| config.control_socket.clone());
+    let listener = control::bind(&socket_path).await?;
+    tracing::info!(path = %socket_path.display(), "control socket ready");
+
+    let view = Arc::new(RwLock::new(NodeView {
+        identity_public: key,
+        prefix,
+        started: Instant::now(),
+        tun: tun.as_ref().map(|t| (t.name().to_string(), t.mtu())),
+        config,
+    }));
+
+    let result = serve(&listener, &view, &identity, &config_path).await;
+
+    // Clean shutdown: tell systemd, then take down what we set up.
+    notify(&[sd_notify::NotifyState::Stopping]);
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&socket_path) {
+        tracing::warn!(path = %socket_path.display(), error = %e, "could not remove control socket");
+    }
+    if let Some(tun) = tun {
+        tun.remove().await?;
+        tracing::info!("TUN removed");
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// The overlay route's network address: `P::/7`.
+fn overlay_route(prefix: u8) -> std::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    o[0] = prefix & 0xfe;
+    o.into()
+}
+
+async fn serve(
+    listener: &tokio::net::UnixListener,
+    view: &Arc<RwLock<NodeView>>,
+    _identity: &Identity,
+    config_path: &std::path::Path,
+) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+            _ = hup.recv() => reload(view, config_path),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let view = Arc::clone(view);
+                    tokio::spawn(control::serve_client(stream, move |req| {
+                        match view.read() {
+                            Ok(v) => v.handle(req),
+                            Err(_) => Response::error("internal error: node state unavailable"),
+                        }
+                    }));
+                }
+                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+            },
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config. A bad config is logged and the running one
+/// is kept. Settings that need a restart are named.
+fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    match Config::load(config_path) {
+        Err(e) => tracing::error!("SIGHUP: keeping the running config: {e}"),
+        Ok(new) => {
+            let Ok(mut v) = view.write() else { return };
+            let old = &v.config;
+            let mut needs_restart = Vec::new();
+            if new.state_dir != old.state_dir {
+                needs_restart.push("state_dir");
+            }
+            if new.control_socket != old.control_socket {
+                needs_restart.push("control_socket");
+            }
+            if new.address_prefix != old.address_prefix {
+                needs_restart.push("address_prefix");
+            }
+            if new.tun != old.tun {
+                needs_restart.push("[tun]");
+            }
+            if needs_restart.is_empty() {
+                tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");
+            } else {
+                tracing::warn!(
+                    path = %config_path.display(),
+                    "SIGHUP: config reloaded; {} change only on restart",
+                    needs_restart.join(", ")
+                );
+            }
+            v.config = new;
+        }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd (when it runs us with Type=notify); a no-op otherwise.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,149 @@
+//! The command line without a running daemon: config errors, `init`,
+//! `address`, `keygen`, and a bad identity file. No root needed.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn umbra(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("UMBRA_CONFIG")
+        .output()
+        .expect("run umbra")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_in(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("umbra.toml");
+    fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{extra}",
+            dir.join("state").display(),
+            dir.join("control.sock").display()
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+#[test]
+fn bad_config_exits_2_with_one_line_naming_file_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (extra, key) in [
+        ("[tun]\nmtu = 70000\n", "mtu"),
+        ("[tun]\nbogus = 1\n", "bogus"),
+        ("anonymity = \"loud\"\n", "anonymity"),
+        ("nonsense\n", ""),
+    ] {
+        let cfg = config_in(dir.path(), extra);
+        let out = umbra(&cfg, &["address"]);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line for {extra:?}: {err}");
+        assert!(err.contains(&cfg.display().to_string()), "names the file: {err}");
+        assert!(err.contains(key), "names {key}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    }
+}
+
+#[test]
+fn init_creates_then_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("etc/umbra.toml");
+    let state = dir.path().join("state");
+    let args = ["init", "--state-dir", state.to_str().expect("utf8"), "--json"];
+    let first = umbra(&cfg, &args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let doc: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
+    assert_eq!(doc["created_identity"], true);
+    assert_eq!(doc["created_config"], true);
+    let key_text = fs::read_to_string(state.join("identity.key")).expect("key");
+    let mode = fs::metadata(state.join("identity.key")).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The written config is valid and commented.
+    let cfg_text = fs::read_to_string(&cfg).expect("config");
+    assert!(cfg_text.contains('#'), "commented default:\n{cfg_text}");
+
+    // Edit the config, run init again: nothing is overwritten.
+    fs::write(&cfg, format!("{cfg_text}\n# operator's note\n")).expect("edit");
+    let second = umbra(&cfg, &args);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let doc2: serde_json::Value = serde_json::from_slice(&second.stdout).expect("json");
+    assert_eq!(doc2["created_identity"], false);
+    assert_eq!(doc2["created_config"], false);
+    assert_eq!(doc2["address"], doc["address"]);
+    assert_eq!(fs::read_to_string(state.join("identity.key")).expect("key"), key_text);
+    assert!(fs::read_to_string(&cfg).expect("cfg").contains("operator's note"));
+
+    // `address` reads the state directory offline and agrees with init.
+    let out = umbra(&cfg, &["address"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), doc["address"].as_str().expect("addr"));
+}
+
+#[test]
+fn world_readable_or_corrupt_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_in(dir.path(), "");
+    let state = dir.path().join("state");
+    assert!(umbra(&cfg, &["init"]).status.success());
+    let key = state.join("identity.key");
+
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = umbra(&cfg, &["address"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(err.contains(&key.display().to_string()), "{err}");
+
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::write(&key, "not a key\n").expect("corrupt");
+    let out = umbra(&cfg, &["address"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+}
+
+#[test]
+fn address_without_identity_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_in(dir.path(), "");
+    let out = umbra(&cfg, &["address"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("umbra init"), "{}", stderr(&out));
+}
+
+#[test]
+fn keygen_meets_strength_and_prints_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_in(dir.path(), "");
+    let out = umbra(&cfg, &["keygen", "--strength", "8", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(doc["strength"].as_u64().expect("strength") >= 8);
+    let key = doc["public_key"].as_str().expect("key");
+    assert!(key.starts_with("00"), "8 leading zero bits: {key}");
+    // Second address byte = leading zero bits.
+    let addr: std::net::Ipv6Addr = doc["address"].as_str().expect("a").parse().expect("ipv6");
+    assert_eq!(addr.octets()[0], 0x06);
+    assert_eq!(u64::from(addr.octets()[1]), doc["strength"].as_u64().expect("s"));
+
+    let out = umbra(&cfg, &["keygen", "--strength", "99"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn status_without_daemon_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_in(dir.path(), "");
+    let out = umbra(&cfg, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach the daemon"), "{}", stderr(&out));
+}

@@ -1,0 +1,103 @@
+//! A node that runs (issue 2): `umbra run` in its own network namespace
+//! brings up `umbra0` with its address, route and MTU, answers on its
+//! control socket, survives malformed requests, refuses a second daemon on
+//! the same state, reloads on SIGHUP and removes everything on SIGTERM.
+
+use std::time::Duration;
+
+use umbra_tests::netns::{Daemon, Netns, TempDir, require_root};
+
+#[test]
+fn node_runs_in_a_namespace() {
+    require_root();
+    let ns = Netns::new("node");
+    let dir = TempDir::new("node");
+    let mut d = Daemon::prepare(dir.path(), "[listen]\nhttps = []\n");
+    d.start(&ns);
+
+    // The identity was created on first run, mode 0600.
+    let key = d.state_dir.join("identity.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).expect("key").permissions());
+    assert_eq!(mode & 0o777, 0o600, "identity.key mode");
+
+    let status = d.cli_json(&["status", "--json"]);
+    let addr = status["address"].as_str().expect("address").to_string();
+    assert!(addr.starts_with("6"), "address {addr} is not in 600::/8");
+    assert!(status["subnet"].as_str().expect("subnet").ends_with("/64"));
+    assert_eq!(status["public_key"].as_str().expect("key").len(), 64);
+    assert_eq!(status["tun"]["name"], "umbra0");
+    assert_eq!(status["tun"]["mtu"], 65535);
+    assert_eq!(status["links_up"], 0);
+    assert_eq!(status["circuits"], 0);
+
+    // `umbra address` works offline from the state dir and agrees.
+    let out = d.cli(&["address"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), addr);
+
+    // The kernel's view: address, no link-local, route, MTU.
+    let addrs = ns.exec(&["ip", "-6", "addr", "show", "dev", "umbra0"]);
+    assert!(addrs.contains(&format!("{addr}/128")), "ip -6 addr:\n{addrs}");
+    assert!(!addrs.contains("fe80"), "link-local on umbra0:\n{addrs}");
+    let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "umbra0"]);
+    assert!(routes.contains("600::/7"), "ip -6 route:\n{routes}");
+    let link = ns.exec(&["ip", "link", "show", "umbra0"]);
+    assert!(link.contains("mtu 65535"), "ip link:\n{link}");
+
+    // Malformed requests get an error answer; the daemon keeps running.
+    for bad in ["garbage", "{\"cmd\":\"bogus\"}", "{", "\u{7f}\u{1}"] {
+        let answer = d.request(bad).expect("an answer to a malformed request");
+        assert!(answer.contains("\"ok\":false"), "answer to {bad:?}: {answer}");
+    }
+    let long = "x".repeat(100_000);
+    let _ = d.request(&long);
+    assert!(d.try_wait().is_none(), "daemon died on bad input:\n{}", d.log_text());
+    assert_eq!(d.cli_json(&["status", "--json"])["address"], addr.as_str());
+
+    // A second daemon on the same state directory is refused clearly.
+    let mut second = std::process::Command::new(umbra_tests::netns::umbra_bin());
+    let out = second
+        .args(["--config"])
+        .arg(&d.config)
+        .arg("--control")
+        .arg(dir.path().join("second.sock"))
+        .arg("run")
+        .output()
+        .expect("second daemon");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "second daemon said: {err}");
+
+    // SIGHUP reloads; the daemon stays up.
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.try_wait().is_none());
+    assert!(d.log_text().contains("config reloaded"), "log:\n{}", d.log_text());
+
+    // SIGTERM: clean exit, interface and socket gone.
+    d.signal("TERM");
+    let status = d.wait(Duration::from_secs(10)).expect("daemon exits after SIGTERM");
+    assert!(status.success(), "exit status {status}; log:\n{}", d.log_text());
+    let links = ns.exec(&["ip", "link", "show"]);
+    assert!(!links.contains("umbra0"), "umbra0 still there:\n{links}");
+    assert!(!d.socket.exists(), "control socket left behind");
+
+    // A stale socket file from a crash does not stop the next start.
+    std::os::unix::net::UnixListener::bind(&d.socket).expect("stale socket");
+    d.start(&ns);
+    assert_eq!(d.cli_json(&["status", "--json"])["address"], addr.as_str());
+}
+
+#[test]
+fn prefix_from_config_moves_the_address() {
+    require_root();
+    let ns = Netns::new("pfx");
+    let dir = TempDir::new("pfx");
+    let mut d = Daemon::prepare(dir.path(), "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n");
+    d.start(&ns);
+    let status = d.cli_json(&["status", "--json"]);
+    let addr = status["address"].as_str().expect("address");
+    assert!(addr.starts_with("2"), "address {addr} should be in 200::/8");
+    let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "ygg9"]);
+    assert!(routes.contains("200::/7"), "ip -6 route:\n{routes}");
+}

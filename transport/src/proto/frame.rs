@@ -1,0 +1,408 @@
+//! Link framing (DESIGN.md §5 "Framing"): `len u16 | type u8 | payload`,
+//! where `len` counts the type byte and the payload.
+//!
+//! - [`FrameDecoder`] takes received bytes in any split and yields whole
+//!   frames, skipping padding and (counting them) unknown types.
+//! - [`FrameEncoder`] queues frames and hands out coalesced write buffers.
+//!   Its first few buffers each start with a random-length padding frame, so
+//!   the first TLS record sizes do not reveal the cell size
+//!   (research/camouflage-nat.md §3.4).
+//!
+//! Cells are opaque here: a frame carries exactly [`CELL_LEN`] bytes from the
+//! routing core and back, uninterpreted.
+
+use std::time::Duration;
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use rand_core::RngCore;
+
+/// The size of every cell on a link, header included (DESIGN.md §7).
+pub const CELL_LEN: usize = 1200;
+
+/// Bytes before a frame's payload: `len u16 | type u8`.
+pub const FRAME_HEADER_LEN: usize = 3;
+
+/// Length of the `len` field, in bytes.
+const FRAME_LEN_FIELD_LEN: usize = 2;
+
+/// The largest frame payload, in bytes (`len` is a `u16` and counts the type
+/// byte too).
+pub const FRAME_PAYLOAD_MAX_LEN: usize = u16::MAX as usize - 1;
+
+/// The largest frame on the wire, header included, in bytes.
+pub const FRAME_WIRE_MAX_LEN: usize = FRAME_HEADER_LEN + FRAME_PAYLOAD_MAX_LEN;
+
+/// The most bytes a [`FrameDecoder`] buffers. A reader that pops every whole
+/// frame before pushing again never reaches it with chunks of up to
+/// [`FRAME_WIRE_MAX_LEN`] bytes.
+pub const DECODER_BUFFER_MAX_LEN: usize = 2 * FRAME_WIRE_MAX_LEN;
+
+/// The fewest flushes a new [`FrameEncoder`] pads.
+pub const PADDED_FLUSHES_MIN: u32 = 4;
+
+/// The most flushes a new [`FrameEncoder`] pads.
+pub const PADDED_FLUSHES_MAX: u32 = 16;
+
+/// The longest payload of an automatic padding frame, in bytes. Its length is
+/// drawn uniformly from 0 to this.
+pub const PADDING_PAYLOAD_MAX_LEN: usize = 255;
+
+/// The shortest interval between keepalive frames.
+pub const LINK_KEEPALIVE_MIN: Duration = Duration::from_secs(15);
+
+/// The longest interval between keepalive frames. Below typical NAT
+/// timeouts (research/camouflage-nat.md §3.7).
+pub const LINK_KEEPALIVE_MAX: Duration = Duration::from_secs(25);
+
+/// The kinds of frame this version knows. Any other type byte is skipped by
+/// the receiver and counted, so later versions can add kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Random bytes that the receiver discards.
+    Padding = 0x00,
+    /// One cell of exactly [`CELL_LEN`] bytes.
+    Cell = 0x01,
+    /// Link-level control messages (opaque here).
+    LinkControl = 0x02,
+    /// A signed graph record being flooded (opaque here).
+    GraphRecord = 0x03,
+    /// Ledger counters (opaque here).
+    Ledger = 0x04,
+    /// An empty frame that keeps the link and NAT mappings alive.
+    Keepalive = 0x05,
+}
+
+impl FrameType {
+    /// The type for a wire byte, or `None` for a type this version does not
+    /// know.
+    pub fn from_byte(b: u8) -> Option<FrameType> {
+        Some(match b {
+            0x00 => FrameType::Padding,
+            0x01 => FrameType::Cell,
+            0x02 => FrameType::LinkControl,
+            0x03 => FrameType::GraphRecord,
+            0x04 => FrameType::Ledger,
+            0x05 => FrameType::Keepalive,
+            _ => return None,
+        })
+    }
+
+    /// The wire byte of this type.
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A received frame. Payloads borrow the decoder's buffer (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A cell of exactly [`CELL_LEN`] bytes, for the routing core.
+    Cell(Bytes),
+    /// A link control message.
+    LinkControl(Bytes),
+    /// A graph record.
+    GraphRecord(Bytes),
+    /// Ledger counters.
+    Ledger(Bytes),
+    /// A keepalive.
+    Keepalive,
+}
+
+impl Frame {
+    /// This frame's type.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Cell(_) => FrameType::Cell,
+            Frame::LinkControl(_) => FrameType::LinkControl,
+            Frame::GraphRecord(_) => FrameType::GraphRecord,
+            Frame::Ledger(_) => FrameType::Ledger,
+            Frame::Keepalive => FrameType::Keepalive,
+        }
+    }
+
+    /// This frame's payload (empty for a keepalive).
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Frame::Cell(b) | Frame::LinkControl(b) | Frame::GraphRecord(b) | Frame::Ledger(b) => b,
+            Frame::Keepalive => &[],
+        }
+    }
+}
+
+/// A framing error. Any of these from the decoder means the peer broke the
+/// protocol, and the link should close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A frame's `len` was 0, so it has no type byte.
+    #[error("link frame has length 0")]
+    EmptyFrame,
+    /// A cell frame's payload was not [`CELL_LEN`] bytes.
+    #[error("cell frame has {0} bytes, not {CELL_LEN}")]
+    BadCellLength(usize),
+    /// A keepalive frame had a payload.
+    #[error("keepalive frame has a {0}-byte payload")]
+    KeepaliveNotEmpty(usize),
+    /// The decoder would buffer more than [`DECODER_BUFFER_MAX_LEN`] bytes.
+    #[error("link frame decoder buffer is full; pop frames before pushing more")]
+    BufferFull,
+    /// A payload to send is over [`FRAME_PAYLOAD_MAX_LEN`] bytes.
+    #[error("frame payload of {0} bytes is over the maximum")]
+    PayloadTooLong(usize),
+}
+
+/// Checks what both sides require of a frame's payload length.
+fn check_payload(ty: FrameType, len: usize) -> Result<(), FrameError> {
+    match ty {
+        FrameType::Cell if len != CELL_LEN => Err(FrameError::BadCellLength(len)),
+        FrameType::Keepalive if len != 0 => Err(FrameError::KeepaliveNotEmpty(len)),
+        _ if len > FRAME_PAYLOAD_MAX_LEN => Err(FrameError::PayloadTooLong(len)),
+        _ => Ok(()),
+    }
+}
+
+/// Turns received bytes into frames.
+///
+/// Push bytes as they arrive ([`FrameDecoder::push`]), then call
+/// [`FrameDecoder::next_frame`] until it returns `Ok(None)`. Never panics;
+/// buffers at most [`DECODER_BUFFER_MAX_LEN`] bytes.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    unknown_frames: u64,
+    padding_frames: u64,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::default()
+    }
+
+    /// Appends received bytes. Fails, buffering nothing, if that would hold
+    /// more than [`DECODER_BUFFER_MAX_LEN`] bytes.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        if self.buf.len().saturating_add(data.len()) > DECODER_BUFFER_MAX_LEN {
+            return Err(FrameError::BufferFull);
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next whole frame, or `Ok(None)` if more bytes are needed. Padding
+    /// and unknown frame types are skipped here (and counted).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            let Some(len_bytes) = self.buf.get(..FRAME_LEN_FIELD_LEN) else {
+                return Ok(None);
+            };
+            let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+            if len == 0 {
+                return Err(FrameError::EmptyFrame);
+            }
+            if self.buf.len() < FRAME_LEN_FIELD_LEN + len {
+                return Ok(None);
+            }
+            let type_byte = self.buf[FRAME_LEN_FIELD_LEN];
+            let payload_len = len - 1;
+            let ty = FrameType::from_byte(type_byte);
+            if let Some(ty) = ty {
+                check_payload(ty, payload_len)?;
+            }
+            self.buf.advance(FRAME_HEADER_LEN);
+            let payload = self.buf.split_to(payload_len).freeze();
+            return Ok(Some(match ty {
+                Some(FrameType::Cell) => Frame::Cell(payload),
+                Some(FrameType::LinkControl) => Frame::LinkControl(payload),
+                Some(FrameType::GraphRecord) => Frame::GraphRecord(payload),
+                Some(FrameType::Ledger) => Frame::Ledger(payload),
+                Some(FrameType::Keepalive) => Frame::Keepalive,
+                Some(FrameType::Padding) => {
+                    self.padding_frames += 1;
+                    continue;
+                }
+                None => {
+                    self.unknown_frames += 1;
+                    continue;
+                }
+            }));
+        }
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Frames of unknown type skipped so far.
+    pub fn unknown_frames(&self) -> u64 {
+        self.unknown_frames
+    }
+
+    /// Padding frames skipped so far.
+    pub fn padding_frames(&self) -> u64 {
+        self.padding_frames
+    }
+}
+
+/// Queues frames and hands out coalesced write buffers.
+///
+/// The driver calls [`FrameEncoder::queue`] for each frame, then
+/// [`FrameEncoder::flush`] for one contiguous buffer of at most its chosen
+/// size, and writes that buffer in one call (one TLS record or a few). A
+/// buffer may end in the middle of a frame; the next one continues it.
+///
+/// While [`FrameEncoder::padded_flushes_left`] is above zero, every flush
+/// that starts on a frame boundary begins with a padding frame of random
+/// length. The queue is not bounded here: the driver applies back-pressure
+/// from [`FrameEncoder::pending_len`].
+#[derive(Debug)]
+pub struct FrameEncoder {
+    pending: BytesMut,
+    /// Bytes of a frame that an earlier flush cut, at the front of `pending`.
+    cut_frame_left: usize,
+    padded_flushes_left: u32,
+}
+
+impl FrameEncoder {
+    /// An encoder that will pad its first 4–16 flushes (drawn from `rng`).
+    pub fn new<R: RngCore + ?Sized>(rng: &mut R) -> FrameEncoder {
+        let span = u64::from(PADDED_FLUSHES_MAX - PADDED_FLUSHES_MIN) + 1;
+        let extra = u32::try_from(rng.next_u64() % span).unwrap_or(0);
+        FrameEncoder::with_padded_flushes(PADDED_FLUSHES_MIN + extra)
+    }
+
+    /// An encoder that pads exactly its first `padded_flushes` flushes.
+    pub fn with_padded_flushes(padded_flushes: u32) -> FrameEncoder {
+        FrameEncoder {
+            pending: BytesMut::new(),
+            cut_frame_left: 0,
+            padded_flushes_left: padded_flushes,
+        }
+    }
+
+    /// Queues one frame. A cell must be exactly [`CELL_LEN`] bytes and a
+    /// keepalive empty.
+    pub fn queue(&mut self, frame_type: FrameType, payload: &[u8]) -> Result<(), FrameError> {
+        check_payload(frame_type, payload.len())?;
+        put_frame(&mut self.pending, frame_type.to_byte(), payload)
+    }
+
+    /// Queued bytes not yet handed out by [`FrameEncoder::flush`].
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// How many more flushes will start with a padding frame.
+    pub fn padded_flushes_left(&self) -> u32 {
+        self.padded_flushes_left
+    }
+
+    /// One write buffer of at most `max_len` bytes taken from the queue, or
+    /// `None` if nothing is queued (or `max_len` is 0). Padding alone is
+    /// never sent.
+    pub fn flush<R: RngCore + ?Sized>(&mut self, max_len: usize, rng: &mut R) -> Option<Bytes> {
+        if self.pending.is_empty() || max_len == 0 {
+            return None;
+        }
+        // A padding frame must start on a frame boundary, and at least one
+        // queued byte must still fit after it.
+        let room_for_padding = max_len.saturating_sub(FRAME_HEADER_LEN + 1);
+        if self.padded_flushes_left > 0 && self.cut_frame_left == 0 && max_len > FRAME_HEADER_LEN {
+            self.padded_flushes_left -= 1;
+            let drawn =
+                usize::try_from(rng.next_u32()).unwrap_or(0) % (PADDING_PAYLOAD_MAX_LEN + 1);
+            let pad_len = drawn.min(room_for_padding);
+            let take = self.pending.len().min(max_len - FRAME_HEADER_LEN - pad_len);
+            let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + pad_len + take);
+            let mut pad = [0u8; PADDING_PAYLOAD_MAX_LEN];
+            let pad = &mut pad[..pad_len];
+            rng.fill_bytes(pad);
+            // Cannot fail: pad_len is far below the maximum payload.
+            let _ = put_frame(&mut out, FrameType::Padding.to_byte(), pad);
+            out.extend_from_slice(&self.take_pending(take));
+            return Some(out.freeze());
+        }
+        let take = self.pending.len().min(max_len);
+        Some(self.take_pending(take).freeze())
+    }
+
+    /// Removes the first `take` queued bytes, keeping track of where the
+    /// next frame starts.
+    fn take_pending(&mut self, take: usize) -> BytesMut {
+        // Walk the frame headers inside the taken range. Frames are queued
+        // whole, so every header we reach lies within `pending`.
+        let mut boundary = self.cut_frame_left;
+        while boundary < take {
+            let len = match self.pending.get(boundary..boundary + FRAME_LEN_FIELD_LEN) {
+                Some(b) => usize::from(u16::from_be_bytes([b[0], b[1]])),
+                None => break,
+            };
+            boundary += FRAME_LEN_FIELD_LEN + len;
+        }
+        self.cut_frame_left = boundary.saturating_sub(take);
+        self.pending.split_to(take)
+    }
+}
+
+/// Appends one frame to `out`.
+fn put_frame(out: &mut BytesMut, type_byte: u8, payload: &[u8]) -> Result<(), FrameError> {
+    let len =
+        u16::try_from(payload.len() + 1).map_err(|_| FrameError::PayloadTooLong(payload.len()))?;
+    out.reserve(FRAME_HEADER_LEN + payload.len());
+    out.put_u16(len);
+    out.put_u8(type_byte);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// When to send the next keepalive: uniform from [`LINK_KEEPALIVE_MIN`] to
+/// [`LINK_KEEPALIVE_MAX`] inclusive, at millisecond resolution, so
+/// keepalives do not form a fixed beat.
+pub fn keepalive_interval<R: RngCore + ?Sized>(rng: &mut R) -> Duration {
+    let span_ms = (LINK_KEEPALIVE_MAX - LINK_KEEPALIVE_MIN).as_millis();
+    let span_ms = u64::try_from(span_ms).unwrap_or(0);
+    LINK_KEEPALIVE_MIN + Duration::from_millis(rng.next_u64() % (span_ms + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_type_bytes_round_trip_and_unknown_is_none() {
+        for b in 0..=u8::MAX {
+            match FrameType::from_byte(b) {
+                Some(t) => assert_eq!(t.to_byte(), b),
+                None => assert!(b > 0x05),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_frame_is_never_interrupted_by_padding() {
+        let mut rng = rand_core::OsRng;
+        let mut enc = FrameEncoder::with_padded_flushes(16);
+        enc.queue(FrameType::Cell, &[7; CELL_LEN]).expect("queue");
+        enc.queue(FrameType::Cell, &[8; CELL_LEN]).expect("queue");
+        let mut dec = FrameDecoder::new();
+        let mut frames = Vec::new();
+        while let Some(buf) = enc.flush(500, &mut rng) {
+            dec.push(&buf).expect("push");
+            while let Some(f) = dec.next_frame().expect("valid stream") {
+                frames.push(f);
+            }
+        }
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Cell(Bytes::from(vec![7; CELL_LEN])),
+                Frame::Cell(Bytes::from(vec![8; CELL_LEN]))
+            ]
+        );
+        // With 500-byte buffers every flush after the first starts inside a
+        // cell, so only the first was padded.
+        assert_eq!(dec.padding_frames(), 1);
+        assert_eq!(enc.padded_flushes_left(), 15);
+    }
+}

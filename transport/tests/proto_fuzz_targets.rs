@@ -1,0 +1,52 @@
+//! The fuzz targets of `tests/fuzz` run here as property tests over
+//! arbitrary bytes, so the normal suite builds them and checks their
+//! invariants without cargo-fuzz.
+
+use proptest::prelude::*;
+
+#[allow(unreachable_pub)]
+#[path = "../../tests/fuzz/src/lib.rs"]
+mod fuzz_bodies;
+
+proptest! {
+    #[test]
+    fn link_frame_target(data in proptest::collection::vec(any::<u8>(), 0..8000)) {
+        fuzz_bodies::link_frame(&data);
+    }
+
+    #[test]
+    fn link_frame_target_on_frame_shaped_input(
+        frames in proptest::collection::vec(
+            (0u8..8, proptest::collection::vec(any::<u8>(), 0..300)), 0..20),
+        piece in any::<u8>(),
+    ) {
+        // Mostly well-formed streams, so the re-encode check is reached.
+        let mut data = vec![piece];
+        for (ty, payload) in frames {
+            let payload = match ty {
+                0x01 => vec![0xC0; 1200],
+                0x05 => Vec::new(),
+                _ => payload,
+            };
+            data.extend_from_slice(&u16::try_from(payload.len() + 1).unwrap_or(1).to_be_bytes());
+            data.push(ty);
+            data.extend_from_slice(&payload);
+        }
+        fuzz_bodies::link_frame(&data);
+    }
+
+    #[test]
+    fn link_handshake_msg1_target(data in proptest::collection::vec(any::<u8>(), 0..2200)) {
+        fuzz_bodies::link_handshake_msg1(&data);
+    }
+
+    #[test]
+    fn invite_token_target(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        fuzz_bodies::invite_token(&data);
+    }
+
+    #[test]
+    fn invite_token_target_on_token_shaped_text(s in "umbra1[A-Za-z0-9_-]{0,300}") {
+        fuzz_bodies::invite_token(s.as_bytes());
+    }
+}
