@@ -143,6 +143,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Where its stderr (the log) goes.
     pub log: PathBuf,
+    /// Extra environment for `umbra run` (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -165,6 +167,7 @@ impl Daemon {
             state_dir,
             socket,
             log: dir.join("umbra.log"),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -178,6 +181,7 @@ impl Daemon {
             .arg(&self.config)
             .arg("run")
             .env("RUST_LOG", "info,umbra=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -101,3 +101,28 @@ fn prefix_from_config_moves_the_address() {
     let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "ygg9"]);
     assert!(routes.contains("200::/7"), "ip -6 route:\n{routes}");
 }
+
+#[test]
+fn tells_systemd_ready_reloading_stopping() {
+    require_root();
+    let ns = Netns::new("sdn");
+    let dir = TempDir::new("sdn");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut d = Daemon::prepare(dir.path(), "[tun]\nname = \"sdn0\"\n[listen]\nhttps = []\n");
+    d.env.push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
+    d.start(&ns);
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().contains("READY=1"));
+    d.signal("HUP");
+    assert!(next().contains("RELOADING=1"));
+    assert!(next().contains("READY=1"));
+    d.signal("TERM");
+    assert!(next().contains("STOPPING=1"));
+    assert!(d.wait(Duration::from_secs(10)).expect("exits").success());
+}
