@@ -2,3 +2,4 @@
 //! harness (`sim`) and helpers for network-namespace tests (`netns`).
 
 pub mod netns;
+pub mod sim;

@@ -56,6 +56,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One row per link: peer, state, endpoint, bytes.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a one-time invite token for another node's operator.
+    Invite {
+        /// Bytes per period each way, like 50GiB/30d.
+        #[arg(long)]
+        terms: Option<String>,
+        /// How long the token works, like 24h, 30m or 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// An address the other node can dial, HOST:PORT (repeatable); default: the listeners.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Use an invite token: make the agreement and the link.
+    Accept {
+        /// The `umbra1…` token.
+        token: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agreements, or revoke one.
+    Agreements {
+        #[command(subcommand)]
+        action: Option<AgreementsAction>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print a new identity.
     Keygen {
         /// Require at least N leading zero bits in the public key (a harder-to-imitate address).
@@ -72,6 +109,17 @@ impl Cli {
     pub(crate) fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Run)
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum AgreementsAction {
+    /// List every agreement (the default).
+    List,
+    /// End an agreement: the link closes and the peer is told.
+    Revoke {
+        /// The agreement's id, from `umbra agreements`.
+        id: i64,
+    },
 }
 
 /// Runs the parsed command line.
@@ -102,6 +150,56 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Keygen { strength, json } => keygen(strength, json),
+        Command::Peers { json } => {
+            let v = control::call(&control_socket(&cli.config, cli.control)?, &Request::Peers)?;
+            if json { output::json(&v) } else { output::peers(&v) }
+        }
+        Command::Invite { terms, ttl, endpoints, json } => {
+            let ttl_secs = parse_ttl(&ttl)?;
+            let v = control::call(
+                &control_socket(&cli.config, cli.control)?,
+                &Request::Invite { terms, ttl_secs: Some(ttl_secs), endpoints },
+            )?;
+            if json { output::json(&v) } else { output::line(v["token"].as_str().unwrap_or_default()) }
+        }
+        Command::Accept { token, json } => {
+            let socket = control_socket(&cli.config, cli.control)?;
+            if !json {
+                eprintln!("dialing the inviter and waiting for the link…");
+            }
+            let v = control::call(&socket, &Request::Accept { token })?;
+            if json {
+                output::json(&v)
+            } else {
+                output::line(&format!(
+                    "agreement made with {} ({}), terms {}; the link is up",
+                    v["peer_address"].as_str().unwrap_or_default(),
+                    v["peer_key"].as_str().unwrap_or_default(),
+                    v["terms"].as_str().unwrap_or_default(),
+                ))
+            }
+        }
+        Command::Agreements { action, json } => {
+            let socket = control_socket(&cli.config, cli.control)?;
+            match action.unwrap_or(AgreementsAction::List) {
+                AgreementsAction::List => {
+                    let v = control::call(&socket, &Request::Agreements)?;
+                    if json { output::json(&v) } else { output::agreements(&v) }
+                }
+                AgreementsAction::Revoke { id } => {
+                    let v = control::call(&socket, &Request::Revoke { id })?;
+                    if json {
+                        output::json(&v)
+                    } else {
+                        output::line(&format!("agreement {id} revoked"))?;
+                        if let Some(note) = v["note"].as_str() {
+                            eprintln!("note: {note}");
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -193,4 +291,37 @@ fn keygen(strength: u32, json_out: bool) -> Result<()> {
     ])?;
     eprintln!("to use it, write the secret key as one line to STATE_DIR/identity.key with mode 0600");
     Ok(())
+}
+
+/// Parses `--ttl`: a number with a unit `s`, `m`, `h` or `d`.
+fn parse_ttl(text: &str) -> Result<u64> {
+    let bad = || UsageError(format!("--ttl {text}: expected a number and a unit (s, m, h, d), like 24h"));
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad().into()),
+    };
+    match n.checked_mul(unit_secs) {
+        Some(0) | None => Err(bad().into()),
+        Some(s) => Ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("24h").expect("24h"), 86_400);
+        assert_eq!(parse_ttl("90s").expect("90s"), 90);
+        for bad in ["", "h", "10", "0h", "5y", "-1h", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 /// Longest request line the daemon reads; longer ones are refused.
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long a client waits for the daemon's answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A request on the control socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -29,6 +29,32 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Request {
     /// The node's status.
     Status,
+    /// One row per link.
+    Peers,
+    /// Make an invite token.
+    Invite {
+        /// Terms like `50GiB/30d`; default: the default terms.
+        #[serde(default)]
+        terms: Option<String>,
+        /// How long the token works, in seconds.
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        /// Where the other node should dial; default: the listeners.
+        #[serde(default)]
+        endpoints: Vec<String>,
+    },
+    /// Use an invite token: make the agreement and the link.
+    Accept {
+        /// The `umbra1…` token.
+        token: String,
+    },
+    /// Every agreement.
+    Agreements,
+    /// End an agreement.
+    Revoke {
+        /// Its id, from `agreements`.
+        id: i64,
+    },
 }
 
 /// A response on the control socket.
@@ -117,9 +143,10 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Serves one client connection: reads request lines, answers each through
 /// `handle`, until the client closes or sends an over-long line.
-pub(crate) async fn serve_client<F>(stream: UnixStream, mut handle: F)
+pub(crate) async fn serve_client<F, Fut>(stream: UnixStream, handle: F)
 where
-    F: FnMut(Request) -> Response,
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
 {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -150,7 +177,7 @@ where
             let resp = match std::str::from_utf8(&line) {
                 Err(_) => Response::error("bad request: not UTF-8"),
                 Ok(text) => match parse_request(text) {
-                    Ok(req) => handle(req),
+                    Ok(req) => handle(req).await,
                     Err(msg) => {
                         tracing::debug!(error = %msg, "malformed control request");
                         Response::error(msg)
@@ -248,7 +275,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (s, _) = listener.accept().await.expect("accept");
-                tokio::spawn(serve_client(s, |_req| {
+                tokio::spawn(serve_client(s, |_req| async {
                     Response::ok(serde_json::json!({"alive": true}))
                 }));
             }

@@ -1,7 +1,10 @@
 //! `umbra`: the daemon and its command line (INTERFACE.md).
 
+mod agreement;
 mod cli;
 mod control;
+mod db;
+mod links;
 mod node;
 mod output;
 mod state;

@@ -12,7 +12,12 @@ use umbra_config::Config;
 use umbra_routing::{Identity, address};
 
 use crate::control::{self, Request, Response};
+use crate::db::Store;
+use crate::links::Links;
 use crate::state::{self, StateLock};
+
+/// How long an invite works unless `--ttl` says otherwise.
+const DEFAULT_INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What `status` reports; shared between the daemon's tasks.
 #[derive(Debug)]
@@ -22,30 +27,53 @@ struct NodeView {
     started: Instant,
     tun: Option<(String, u32)>,
     config: Config,
+    links: Arc<Links>,
 }
 
 impl NodeView {
     fn status(&self) -> Value {
         let key = self.identity_public;
+        let (links_up, links_total) = self.links.counts();
         json!({
             "address": address::address_for_key(&key, self.prefix).to_string(),
             "subnet": format!("{}/{}", address::subnet_for_key(&key, self.prefix), address::SUBNET_PREFIX_LEN),
             "public_key": hex::encode(key),
             "uptime_secs": self.started.elapsed().as_secs(),
-            // Listeners and links come with the transport (issue 3).
-            "listeners": Value::Array(vec![]),
-            "links_up": 0,
-            "links_total": 0,
+            "listeners": self.links.listeners(),
+            "links_up": links_up,
+            "links_total": links_total,
             "circuits": 0,
             "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
 
-    fn handle(&self, req: Request) -> Response {
-        match req {
-            Request::Status => Response::ok(self.status()),
-        }
+}
+
+/// Answers one control request.
+async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) -> Response {
+    let result = match req {
+        Request::Status => match view.read() {
+            Ok(v) => Ok(v.status()),
+            Err(_) => Err(anyhow::anyhow!("internal error: node state unavailable")),
+        },
+        Request::Peers => Ok(links.peers_json()),
+        Request::Agreements => links.agreements_json(),
+        Request::Revoke { id } => links.revoke(id).await,
+        Request::Accept { token } => links.accept(&token).await,
+        Request::Invite { terms, ttl_secs, endpoints } => (|| {
+            let terms = match terms {
+                Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--terms {t}: {e}"))?,
+                None => umbra_config::Terms::default(),
+            };
+            let ttl = ttl_secs.map(std::time::Duration::from_secs).unwrap_or(DEFAULT_INVITE_TTL);
+            let (token, expiry) = links.invite(terms, ttl, endpoints)?;
+            Ok(json!({"token": token, "expiry_unix": expiry, "terms": terms.to_string()}))
+        })(),
+    };
+    match result {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::error(format!("{e:#}")),
     }
 }
 
@@ -86,6 +114,20 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         None
     };
 
+    let store = Store::open(&config.database_path())?;
+    let links = Links::new(identity.clone(), config.clone(), store)?;
+    let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
+    links.start_listeners(links_tx).await?;
+    {
+        let links = Arc::clone(&links);
+        tokio::spawn(async move {
+            while let Some(link) = links_rx.recv().await {
+                links.adopt(link);
+            }
+        });
+    }
+    links.spawn_dialers();
+
     let socket_path = control.unwrap_or_else(|| config.control_socket.clone());
     let listener = control::bind(&socket_path).await?;
     tracing::info!(path = %socket_path.display(), "control socket ready");
@@ -96,6 +138,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         started: Instant::now(),
         tun: tun.as_ref().map(|t| (t.name().to_string(), t.mtu())),
         config,
+        links: Arc::clone(&links),
     }));
 
     let result = serve(&listener, &view, &identity, &config_path).await;
@@ -140,11 +183,9 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let view = Arc::clone(view);
+                    let Some(links) = view.read().ok().map(|v| Arc::clone(&v.links)) else { continue };
                     tokio::spawn(control::serve_client(stream, move |req| {
-                        match view.read() {
-                            Ok(v) => v.handle(req),
-                            Err(_) => Response::error("internal error: node state unavailable"),
-                        }
+                        handle(Arc::clone(&view), Arc::clone(&links), req)
                     }));
                 }
                 Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
@@ -184,6 +225,7 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
                     needs_restart.join(", ")
                 );
             }
+            v.links.set_config(new.clone());
             v.config = new;
         }
     }

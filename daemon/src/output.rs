@@ -64,6 +64,88 @@ pub(crate) fn status(s: &Value) -> Result<()> {
     ])
 }
 
+/// Prints rows as an aligned table with a header.
+fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<String>| -> String {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(header.iter().map(|s| s.to_string()).collect()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.clone()))?;
+    }
+    Ok(())
+}
+
+fn short(key: &Value) -> String {
+    text(key).chars().take(16).collect()
+}
+
+/// Prints `umbra peers` for people.
+pub(crate) fn peers(v: &Value) -> Result<()> {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        short(&p["key"]),
+                        text(&p["address"]),
+                        text(&p["state"]),
+                        text(&p["kind"]),
+                        text(&p["endpoint"]),
+                        text(&p["observed"]),
+                        text(&p["bytes_in"]),
+                        text(&p["bytes_out"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return line("no peers: link one with `umbra invite` / `umbra accept`, or a [[peer]] in the config");
+    }
+    table(&["KEY", "ADDRESS", "STATE", "KIND", "ENDPOINT", "OBSERVED", "IN", "OUT"], &rows)
+}
+
+/// Prints `umbra agreements` for people.
+pub(crate) fn agreements(v: &Value) -> Result<()> {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|g| {
+                    vec![
+                        text(&g["id"]),
+                        short(&g["peer_key"]),
+                        text(&g["peer_address"]),
+                        text(&g["state"]),
+                        text(&g["terms"]),
+                        text(&g["origin"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return line("no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other");
+    }
+    table(&["ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN"], &rows)
+}
+
 /// `3d 4h`, `5m 2s`: the two largest units.
 fn format_duration(secs: u64) -> String {
     let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];

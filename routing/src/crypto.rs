@@ -93,6 +93,312 @@ pub fn verify(key: &[u8; KEY_LEN], msg: &[u8], sig: &[u8; SIGNATURE_LEN]) -> boo
         .is_ok()
 }
 
+// ---------------------------------------------------------------------------
+// Circuit handshakes (DESIGN.md §7, §8): Noise NK to relay hops, Noise IK to
+// the destination, both through snow. Only this module names snow.
+// ---------------------------------------------------------------------------
+
+/// A failure in the circuit crypto: a handshake that does not verify, a tag
+/// that does not open, or a primitive that refused its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// A Noise handshake message did not decrypt or was malformed.
+    #[error("handshake message did not verify")]
+    Handshake,
+    /// An end-to-end tag did not verify.
+    #[error("end-to-end tag did not verify")]
+    Tag,
+    /// A primitive rejected its parameters (a bug, never network input).
+    #[error("crypto primitive rejected its parameters")]
+    Internal,
+}
+
+impl From<snow::Error> for CryptoError {
+    fn from(e: snow::Error) -> Self {
+        match e {
+            snow::Error::Decrypt | snow::Error::Input | snow::Error::Dh => CryptoError::Handshake,
+            _ => CryptoError::Internal,
+        }
+    }
+}
+
+/// Which Noise pattern a circuit hop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakePattern {
+    /// `Noise_NK`: the hop is authenticated, the origin stays anonymous. For relays.
+    Nk,
+    /// `Noise_IK`: both sides are authenticated. For the destination, which
+    /// learns the origin's identity (the session, DESIGN.md §8).
+    Ik,
+}
+
+const NOISE_NK: &str = "Noise_NK_25519_ChaChaPoly_BLAKE2s";
+const NOISE_IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// Binds every circuit handshake to this protocol, so a transcript cannot be
+/// replayed into another Noise protocol that uses the same keys (links use IK
+/// with a TLS-exporter prologue; DESIGN.md §5).
+const CIRCUIT_PROLOGUE: &[u8] = b"umbra circuit handshake 1";
+/// Length of a Noise handshake hash with BLAKE2s.
+const HANDSHAKE_HASH_LEN: usize = 32;
+
+fn noise_builder(pattern: HandshakePattern) -> Result<snow::Builder<'static>, CryptoError> {
+    let name = match pattern {
+        HandshakePattern::Nk => NOISE_NK,
+        HandshakePattern::Ik => NOISE_IK,
+    };
+    let params: snow::params::NoiseParams = name.parse().map_err(|_| CryptoError::Internal)?;
+    Ok(snow::Builder::new(params).prologue(CIRCUIT_PROLOGUE)?)
+}
+
+fn handshake_hash(hs: &snow::HandshakeState) -> Result<[u8; HANDSHAKE_HASH_LEN], CryptoError> {
+    hs.get_handshake_hash()
+        .try_into()
+        .map_err(|_| CryptoError::Internal)
+}
+
+/// The origin's side of one hop's handshake: writes message 1, reads message 2.
+pub(crate) struct HandshakeInitiator {
+    hs: snow::HandshakeState,
+}
+
+impl std::fmt::Debug for HandshakeInitiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeInitiator")
+    }
+}
+
+impl HandshakeInitiator {
+    /// Starts a handshake with the hop whose Ed25519 identity is `hop`. With
+    /// [`HandshakePattern::Ik`] the origin's `identity` is sent, encrypted.
+    pub(crate) fn new(
+        pattern: HandshakePattern,
+        identity: &Identity,
+        hop: &[u8; KEY_LEN],
+    ) -> Result<Self, CryptoError> {
+        let remote = x25519_public(hop).ok_or(CryptoError::Handshake)?;
+        let builder = noise_builder(pattern)?;
+        let builder = builder.remote_public_key(&remote)?;
+        let hs = match pattern {
+            HandshakePattern::Nk => builder.build_initiator()?,
+            HandshakePattern::Ik => {
+                let secret = identity.x25519_secret();
+                builder.local_private_key(&secret)?.build_initiator()?
+            }
+        };
+        Ok(HandshakeInitiator { hs })
+    }
+
+    /// Writes message 1 carrying `payload` into `out`; returns its length.
+    pub(crate) fn write_msg1(
+        &mut self,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        Ok(self.hs.write_message(payload, out)?)
+    }
+
+    /// Reads message 2, writes its payload into `payload`, and returns the
+    /// payload's length and the final handshake hash.
+    pub(crate) fn read_msg2(
+        mut self,
+        msg: &[u8],
+        payload: &mut [u8],
+    ) -> Result<(usize, [u8; HANDSHAKE_HASH_LEN]), CryptoError> {
+        let n = self.hs.read_message(msg, payload)?;
+        if !self.hs.is_handshake_finished() {
+            return Err(CryptoError::Handshake);
+        }
+        Ok((n, handshake_hash(&self.hs)?))
+    }
+}
+
+/// A hop's side of a circuit handshake: reads message 1, writes message 2.
+pub(crate) struct HandshakeResponder {
+    hs: snow::HandshakeState,
+}
+
+impl std::fmt::Debug for HandshakeResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandshakeResponder")
+    }
+}
+
+impl HandshakeResponder {
+    /// Reads message 1 with this node's static key and writes its payload into
+    /// `payload`. Returns the responder and the payload's length.
+    pub(crate) fn read_msg1(
+        pattern: HandshakePattern,
+        identity: &Identity,
+        msg: &[u8],
+        payload: &mut [u8],
+    ) -> Result<(Self, usize), CryptoError> {
+        let secret = identity.x25519_secret();
+        let mut hs = noise_builder(pattern)?
+            .local_private_key(&secret)?
+            .build_responder()?;
+        let n = hs.read_message(msg, payload)?;
+        Ok((HandshakeResponder { hs }, n))
+    }
+
+    /// The initiator's static X25519 key, for [`HandshakePattern::Ik`].
+    pub(crate) fn remote_static(&self) -> Option<[u8; KEY_LEN]> {
+        self.hs.get_remote_static()?.try_into().ok()
+    }
+
+    /// Writes message 2 carrying `payload` into `out`. Returns its length and
+    /// the final handshake hash.
+    pub(crate) fn write_msg2(
+        mut self,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, [u8; HANDSHAKE_HASH_LEN]), CryptoError> {
+        let n = self.hs.write_message(payload, out)?;
+        if !self.hs.is_handshake_finished() {
+            return Err(CryptoError::Handshake);
+        }
+        Ok((n, handshake_hash(&self.hs)?))
+    }
+}
+
+/// Whether `ed_public`'s X25519 form is `x_public`: ties an Ed25519 identity
+/// sent in an IK payload to the static key the handshake authenticated.
+pub(crate) fn identity_matches_static(ed_public: &[u8; KEY_LEN], x_public: &[u8; KEY_LEN]) -> bool {
+    x25519_public(ed_public).is_some_and(|x| x == *x_public)
+}
+
+/// Length of the fresh hop secret that a responder sends in message 2.
+pub(crate) const HOP_SECRET_LEN: usize = 32;
+
+/// A fresh random hop secret. The responder sends it inside message 2, which
+/// is encrypted under the ephemeral–ephemeral DH, so it is forward secret.
+pub(crate) fn random_hop_secret() -> [u8; HOP_SECRET_LEN] {
+    let mut s = [0u8; HOP_SECRET_LEN];
+    OsRng.fill_bytes(&mut s);
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Relay crypto, version 1 (DESIGN.md §7).
+// ---------------------------------------------------------------------------
+
+/// Length of a relay cell's end-to-end tag (Poly1305).
+pub const RELAY_TAG_LEN: usize = 16;
+/// Length of one layer key (ChaCha20).
+const LAYER_KEY_LEN: usize = 32;
+/// ChaCha20 block length; layers start at block 1, as the AEAD's ciphertext
+/// does (RFC 8439 §2.8), so a hop's layer and its AEAD use one keystream.
+const CHACHA_BLOCK_LEN: u64 = 64;
+
+/// One hop's key for one direction of relay crypto version 1.
+///
+/// **This scheme is malleable, like tor1 and Lokinet.** Middle hops apply
+/// plain ChaCha20 layers with no per-hop MAC, so a relay can XOR a pattern
+/// into a cell and a colluding relay further along can XOR it out again before
+/// the end checks its Poly1305 tag: two colluding relays on one path can
+/// confirm that they carry the same circuit ("tagging"), and only the end's
+/// tag check notices a change that is not undone. A later relay-crypto
+/// version ports Tor's Counter Galois Onion (proposal 359); the version is
+/// negotiated in every hop's handshake for that reason.
+///
+/// Nonces are the implicit 64-bit cell counter of this hop and direction, so
+/// links must deliver cells in order (TLS over TCP does).
+pub(crate) struct LayerKey {
+    key: [u8; LAYER_KEY_LEN],
+    aead: aws_lc_rs::aead::LessSafeKey,
+}
+
+impl std::fmt::Debug for LayerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LayerKey")
+    }
+}
+
+fn counter_nonce(counter: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    n
+}
+
+impl LayerKey {
+    fn new(key: [u8; LAYER_KEY_LEN]) -> Result<Self, CryptoError> {
+        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::CHACHA20_POLY1305, &key)
+            .map_err(|_| CryptoError::Internal)?;
+        Ok(LayerKey {
+            key,
+            aead: aws_lc_rs::aead::LessSafeKey::new(unbound),
+        })
+    }
+
+    /// Adds or strips this layer (XOR with the ChaCha20 keystream for
+    /// `counter`, from block 1 on).
+    pub(crate) fn apply_layer(&self, counter: u64, data: &mut [u8]) {
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        let nonce = counter_nonce(counter);
+        let mut c = chacha20::ChaCha20::new(&self.key.into(), &nonce.into());
+        c.seek(CHACHA_BLOCK_LEN);
+        c.apply_keystream(data);
+    }
+
+    /// Encrypts `data` in place as the terminating layer and returns its tag.
+    pub(crate) fn seal(
+        &self,
+        counter: u64,
+        data: &mut [u8],
+    ) -> Result<[u8; RELAY_TAG_LEN], CryptoError> {
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(counter_nonce(counter));
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), data)
+            .map_err(|_| CryptoError::Internal)?;
+        tag.as_ref().try_into().map_err(|_| CryptoError::Internal)
+    }
+
+    /// Checks `tag` and decrypts `data` in place. On failure `data` is garbage.
+    pub(crate) fn open(
+        &self,
+        counter: u64,
+        data: &mut [u8],
+        tag: &[u8; RELAY_TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(counter_nonce(counter));
+        self.aead
+            .open_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), tag, data)
+            .map(|_| ())
+            .map_err(|_| CryptoError::Tag)
+    }
+}
+
+/// Both directions' keys of one hop.
+#[derive(Debug)]
+pub(crate) struct HopKeys {
+    /// Origin → destination.
+    pub(crate) forward: LayerKey,
+    /// Destination → origin.
+    pub(crate) backward: LayerKey,
+}
+
+/// Expands a hop secret into the hop's two layer keys, bound to the handshake
+/// transcript. The secret is what makes them secret: the handshake hash is
+/// public to anyone who saw the transcript and only binds the keys to it.
+pub(crate) fn derive_hop_keys(
+    secret: &[u8; HOP_SECRET_LEN],
+    handshake_hash: &[u8; HANDSHAKE_HASH_LEN],
+) -> Result<HopKeys, CryptoError> {
+    use blake2::digest::{KeyInit, Mac};
+    let expand = |label: &[u8]| -> Result<[u8; LAYER_KEY_LEN], CryptoError> {
+        let mut mac = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(secret)
+            .map_err(|_| CryptoError::Internal)?;
+        mac.update(b"umbra relay crypto 1 ");
+        mac.update(label);
+        mac.update(handshake_hash);
+        Ok(mac.finalize().into_bytes().into())
+    };
+    Ok(HopKeys {
+        forward: LayerKey::new(expand(b"forward")?)?,
+        backward: LayerKey::new(expand(b"backward")?)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +436,75 @@ mod tests {
         let id = Identity::mine(6, &mut tries);
         assert!(crate::address::leading_zero_bits(&id.public()) >= 6);
         assert!(tries >= 1);
+    }
+    #[test]
+    fn nk_and_ik_handshakes_agree_on_keys() {
+        for pattern in [HandshakePattern::Nk, HandshakePattern::Ik] {
+            let origin = Identity::generate();
+            let hop = Identity::generate();
+            let mut init = HandshakeInitiator::new(pattern, &origin, &hop.public()).expect("init");
+            let mut m1 = [0u8; 256];
+            let n1 = init.write_msg1(b"v", &mut m1).expect("msg1");
+            let mut p = [0u8; 256];
+            let (resp, pn) =
+                HandshakeResponder::read_msg1(pattern, &hop, &m1[..n1], &mut p).expect("read1");
+            assert_eq!(&p[..pn], b"v");
+            if pattern == HandshakePattern::Ik {
+                let rs = resp.remote_static().expect("static");
+                assert!(identity_matches_static(&origin.public(), &rs));
+                assert!(!identity_matches_static(&hop.public(), &rs));
+            }
+            let secret = random_hop_secret();
+            let mut m2 = [0u8; 256];
+            let (n2, h_resp) = resp.write_msg2(&secret, &mut m2).expect("msg2");
+            let (pn2, h_init) = init.read_msg2(&m2[..n2], &mut p).expect("read2");
+            assert_eq!(&p[..pn2], &secret);
+            assert_eq!(h_resp, h_init);
+            let a = derive_hop_keys(&secret, &h_init).expect("keys");
+            let b = derive_hop_keys(&secret, &h_resp).expect("keys");
+            let mut data = *b"hello relay crypto";
+            let tag = a.forward.seal(7, &mut data).expect("seal");
+            assert!(b.forward.open(7, &mut data, &tag).is_ok());
+            assert_eq!(&data, b"hello relay crypto");
+        }
+    }
+
+    #[test]
+    fn nk_to_the_wrong_key_fails() {
+        let origin = Identity::generate();
+        let hop = Identity::generate();
+        let other = Identity::generate();
+        let mut init =
+            HandshakeInitiator::new(HandshakePattern::Nk, &origin, &hop.public()).expect("init");
+        let mut m1 = [0u8; 256];
+        let n1 = init.write_msg1(b"v", &mut m1).expect("msg1");
+        let mut p = [0u8; 256];
+        assert!(
+            HandshakeResponder::read_msg1(HandshakePattern::Nk, &other, &m1[..n1], &mut p).is_err()
+        );
+    }
+
+    #[test]
+    fn layer_is_the_aead_keystream() {
+        // A hop's plain layer and its AEAD share one keystream (block 1 on),
+        // so a hop that terminates a cell does one pass, not two.
+        let keys = derive_hop_keys(&[9u8; 32], &[3u8; 32]).expect("keys");
+        let mut a = [0x5au8; 300];
+        let mut b = a;
+        let _ = keys.forward.seal(42, &mut a).expect("seal");
+        keys.forward.apply_layer(42, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn tampered_tag_fails() {
+        let keys = derive_hop_keys(&[1u8; 32], &[2u8; 32]).expect("keys");
+        let mut data = [7u8; 64];
+        let tag = keys.backward.seal(0, &mut data).expect("seal");
+        data[10] ^= 1;
+        assert_eq!(
+            keys.backward.open(0, &mut data, &tag),
+            Err(CryptoError::Tag)
+        );
     }
 }

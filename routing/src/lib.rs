@@ -1,7 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod address;
+pub mod cell;
+pub mod circuit;
 pub mod crypto;
+pub mod graph;
+pub mod session;
 
 pub use address::{address_for_key, subnet_for_key};
 pub use crypto::Identity;

@@ -312,3 +312,53 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// Joins two namespaces with a veth pair on `198.18.<subnet>.0/24`: `a`
+/// gets `.1`, `b` gets `.2`. Returns the two addresses. The pair goes away
+/// with either namespace.
+pub fn veth(a: &Netns, b: &Netns, subnet: u8) -> (String, String) {
+    let ia = unique("va");
+    let ib = unique("vb");
+    sh(&["ip", "link", "add", &ia, "netns", a.name(), "type", "veth", "peer", "name", &ib, "netns", b.name()]);
+    let ip_a = format!("198.18.{subnet}.1");
+    let ip_b = format!("198.18.{subnet}.2");
+    a.exec(&["ip", "addr", "add", &format!("{ip_a}/24"), "dev", &ia]);
+    b.exec(&["ip", "addr", "add", &format!("{ip_b}/24"), "dev", &ib]);
+    a.exec(&["ip", "link", "set", &ia, "up"]);
+    b.exec(&["ip", "link", "set", &ib, "up"]);
+    (ip_a, ip_b)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after
+/// `limit` with `what` and the daemons' logs.
+pub fn wait_for<T>(limit: Duration, what: &str, logs: &[&Daemon], mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|d| d.log_text()).collect();
+            panic!("timed out after {limit:?} waiting for {what}; logs:\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Daemon {
+    /// The node's public key, from `status --json`.
+    pub fn key(&self) -> String {
+        self.cli_json(&["status", "--json"])["public_key"].as_str().expect("public_key").to_string()
+    }
+
+    /// Whether `peers --json` shows a link to `key` that is up.
+    pub fn link_up_to(&self, key: &str) -> bool {
+        let out = self.cli(&["peers", "--json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p["key"] == key && p["state"] == "up"))
+    }
+}

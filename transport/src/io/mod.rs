@@ -1,1 +1,42 @@
-//! The tokio side of links: the TLS listener, the cover site, the dialer.
+//! The tokio side of links (DESIGN.md §5): the TLS listener that is a web
+//! server first, the cover site, the dialer, and the per-link reader and
+//! writer tasks. The protocol itself (handshake, framing) is in
+//! [`crate::proto`]; this module only moves bytes and keeps time.
+//!
+//! The daemon's view:
+//! - build a [`LinkListener`] from a [`ListenerConfig`] (TLS from
+//!   [`server_tls_config`], a [`CoverSite`], an [`Authorizer`]) and run
+//!   [`serve`] on a bound `TcpListener`; accepted links arrive on a channel;
+//! - dial with a [`Dialer`];
+//! - either way it gets a [`Link`]: the peer's key, addresses, the
+//!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].
+
+mod body;
+mod cover;
+mod dialer;
+mod link;
+mod listener;
+mod plain;
+mod time;
+mod tls;
+
+pub use cover::{
+    CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
+};
+pub use dialer::{DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer};
+pub use link::{
+    Direction, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES, LINK_RECEIVE_QUEUE_FRAMES,
+    LINK_SEND_QUEUE_FRAMES, Link, LinkEnded, LinkReceiver, LinkSendError, LinkSender, LinkSettings,
+    OBSERVED_ADDR_LEN, decode_observed_addr, encode_observed_addr,
+};
+pub use listener::{
+    ACCEPT_ERROR_PAUSE, AUTHORIZER_REPLY_MAX_LEN, Authorizer, HTTP1_HEADER_TIMEOUT,
+    IncomingLinkInfo, LINK_CONTENT_TYPE, LINK_PATH, LinkListener, ListenerConfig, ListenerStats,
+    RefuseReason, TLS_HANDSHAKE_TIMEOUT, serve,
+};
+pub use plain::PLAIN_HEADER_TIMEOUT;
+pub use tls::{
+    ALPN_H2, ALPN_HTTP11, CertSource, DEFAULT_SERVER_NAME, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN,
+    NoCaVerification, SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE, SELF_SIGNED_VALIDITY_DAYS,
+    TlsError, TlsSettings, client_tls_config, server_tls_config,
+};

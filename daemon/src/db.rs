@@ -1,0 +1,414 @@
+//! The state database, `STATE_DIR/umbra.db` (SQLite, WAL): agreements and
+//! invites, which must survive restarts and crashes (DESIGN.md §4, §11).
+//!
+//! Every change is one transaction with `synchronous = FULL`, so a crash
+//! loses at most the change in flight, never a stored agreement.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use umbra_config::Terms;
+
+/// The schema version this code writes; older databases are migrated.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The life of an agreement (INTERFACE.md `agreements --json` `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AgreementState {
+    /// Proposed, not yet accepted by both.
+    Pending,
+    /// Both sides signed; the link may run.
+    Active,
+    /// Ended by either side; kept for the record.
+    Revoked,
+}
+
+impl AgreementState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AgreementState::Pending => "pending",
+            AgreementState::Active => "active",
+            AgreementState::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> Result<AgreementState> {
+        Ok(match s {
+            "pending" => AgreementState::Pending,
+            "active" => AgreementState::Active,
+            "revoked" => AgreementState::Revoked,
+            other => bail!("unknown agreement state {other:?} in the database"),
+        })
+    }
+}
+
+/// How an agreement was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// `umbra invite` on one side, `umbra accept` on the other.
+    Invite,
+    /// Both sides list each other as `[[peer]]`.
+    Config,
+}
+
+impl Origin {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::Invite => "invite",
+            Origin::Config => "config",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Origin> {
+        Ok(match s {
+            "invite" => Origin::Invite,
+            "config" => Origin::Config,
+            other => bail!("unknown agreement origin {other:?} in the database"),
+        })
+    }
+}
+
+/// One stored agreement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Agreement {
+    /// Local id, for `umbra agreements revoke ID`.
+    pub(crate) id: i64,
+    /// The other side's public key.
+    pub(crate) peer_key: [u8; 32],
+    /// Where it stands.
+    pub(crate) state: AgreementState,
+    /// Bytes per period, each way.
+    pub(crate) terms: Terms,
+    /// Where the peer may be dialed (empty: it dials us).
+    pub(crate) endpoints: Vec<String>,
+    /// How it was made.
+    pub(crate) origin: Origin,
+    /// When it was made (unix seconds).
+    pub(crate) created_unix: u64,
+    /// Bumped on every change of terms or state.
+    pub(crate) revision: u64,
+    /// The peer's signature over the agreement, once received.
+    pub(crate) peer_signature: Option<Vec<u8>>,
+}
+
+/// The state database.
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and migrates its schema.
+    pub(crate) fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening state database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let store = Store { conn };
+        store
+            .migrate()
+            .with_context(|| format!("preparing state database {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "the database has schema version {version}, newer than this umbra ({SCHEMA_VERSION}); upgrade umbra"
+            );
+        }
+        if version < 1 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE agreements (
+                     id INTEGER PRIMARY KEY,
+                     peer_key BLOB NOT NULL UNIQUE CHECK (length(peer_key) = 32),
+                     state TEXT NOT NULL,
+                     terms TEXT NOT NULL,
+                     endpoints TEXT NOT NULL,
+                     origin TEXT NOT NULL,
+                     created_unix INTEGER NOT NULL,
+                     revision INTEGER NOT NULL,
+                     peer_signature BLOB
+                 );
+                 CREATE TABLE invites (
+                     secret BLOB PRIMARY KEY CHECK (length(secret) = 16),
+                     terms TEXT NOT NULL,
+                     expiry_unix INTEGER NOT NULL,
+                     used_unix INTEGER,
+                     used_by BLOB
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every agreement, by id.
+    pub(crate) fn agreements(&self) -> Result<Vec<Agreement>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, peer_key, state, terms, endpoints, origin, created_unix, revision, peer_signature
+             FROM agreements ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], row_to_raw)?;
+        rows.map(|r| r.map_err(anyhow::Error::from).and_then(Agreement::try_from))
+            .collect()
+    }
+
+    /// The agreement with `peer_key`, if any.
+    pub(crate) fn agreement_with(&self, peer_key: &[u8; 32]) -> Result<Option<Agreement>> {
+        let raw = self
+            .conn
+            .query_row(
+                "SELECT id, peer_key, state, terms, endpoints, origin, created_unix, revision, peer_signature
+                 FROM agreements WHERE peer_key = ?1",
+                params![&peer_key[..]],
+                row_to_raw,
+            )
+            .optional()?;
+        raw.map(Agreement::try_from).transpose()
+    }
+
+    /// Stores an active agreement with `peer_key`, or updates the existing
+    /// one (new terms, endpoints and signature make a new revision).
+    pub(crate) fn upsert_active(
+        &self,
+        peer_key: &[u8; 32],
+        terms: Terms,
+        endpoints: &[String],
+        origin: Origin,
+        now_unix: u64,
+        peer_signature: Option<&[u8]>,
+    ) -> Result<Agreement> {
+        let endpoints_json = serde_json::to_string(endpoints)?;
+        self.conn.execute(
+            "INSERT INTO agreements (peer_key, state, terms, endpoints, origin, created_unix, revision, peer_signature)
+             VALUES (?1, 'active', ?2, ?3, ?4, ?5, 1, ?6)
+             ON CONFLICT (peer_key) DO UPDATE SET
+                 state = 'active',
+                 terms = excluded.terms,
+                 endpoints = CASE WHEN excluded.endpoints = '[]' THEN agreements.endpoints ELSE excluded.endpoints END,
+                 origin = excluded.origin,
+                 peer_signature = COALESCE(excluded.peer_signature, agreements.peer_signature),
+                 revision = agreements.revision + 1
+             WHERE agreements.state != 'active'
+                OR agreements.terms != excluded.terms
+                OR agreements.endpoints != excluded.endpoints AND excluded.endpoints != '[]'
+                OR agreements.peer_signature IS NOT excluded.peer_signature AND excluded.peer_signature IS NOT NULL",
+            params![
+                &peer_key[..],
+                terms.to_string(),
+                endpoints_json,
+                origin.as_str(),
+                now_unix as i64,
+                peer_signature
+            ],
+        )?;
+        self.agreement_with(peer_key)?
+            .context("an agreement just written is missing")
+    }
+
+    /// Marks an agreement revoked. Returns it, or `None` if no such id.
+    pub(crate) fn revoke(&self, id: i64) -> Result<Option<Agreement>> {
+        self.conn.execute(
+            "UPDATE agreements SET state = 'revoked', revision = revision + 1
+             WHERE id = ?1 AND state != 'revoked'",
+            params![id],
+        )?;
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT peer_key FROM agreements WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        match key {
+            None => Ok(None),
+            Some(k) => {
+                let k: [u8; 32] = k.try_into().map_err(|_| anyhow::anyhow!("bad key in database"))?;
+                self.agreement_with(&k)
+            }
+        }
+    }
+
+    /// Marks the agreement with `peer_key` revoked (the peer told us).
+    pub(crate) fn revoke_peer(&self, peer_key: &[u8; 32]) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE agreements SET state = 'revoked', revision = revision + 1
+             WHERE peer_key = ?1 AND state != 'revoked'",
+            params![&peer_key[..]],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Stores a new invite's secret.
+    pub(crate) fn add_invite(&self, secret: &[u8; 16], terms: Terms, expiry_unix: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO invites (secret, terms, expiry_unix) VALUES (?1, ?2, ?3)",
+            params![&secret[..], terms.to_string(), expiry_unix as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Uses an invite once: atomically marks it used by `peer_key` if it
+    /// exists, is unused and unexpired. Returns its terms, or why not.
+    pub(crate) fn use_invite(
+        &self,
+        secret: &[u8],
+        peer_key: &[u8; 32],
+        now_unix: u64,
+    ) -> Result<Result<Terms, InviteRefusal>> {
+        let row: Option<(String, i64, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT terms, expiry_unix, used_unix FROM invites WHERE secret = ?1",
+                params![secret],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((terms, expiry, used)) = row else {
+            return Ok(Err(InviteRefusal::Unknown));
+        };
+        if used.is_some() {
+            return Ok(Err(InviteRefusal::Used));
+        }
+        if now_unix as i64 >= expiry {
+            return Ok(Err(InviteRefusal::Expired));
+        }
+        let n = self.conn.execute(
+            "UPDATE invites SET used_unix = ?2, used_by = ?3 WHERE secret = ?1 AND used_unix IS NULL",
+            params![secret, now_unix as i64, &peer_key[..]],
+        )?;
+        if n == 0 {
+            return Ok(Err(InviteRefusal::Used));
+        }
+        let terms = terms
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad terms in database: {e}"))?;
+        Ok(Ok(terms))
+    }
+}
+
+/// Why an invite secret was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InviteRefusal {
+    /// No invite with this secret was made here.
+    Unknown,
+    /// It was used already; tokens work once.
+    Used,
+    /// Its time ran out.
+    Expired,
+}
+
+type RawRow = (i64, Vec<u8>, String, String, String, String, i64, i64, Option<Vec<u8>>);
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+impl TryFrom<RawRow> for Agreement {
+    type Error = anyhow::Error;
+
+    fn try_from(
+        (id, key, state, terms, endpoints, origin, created, revision, sig): RawRow,
+    ) -> Result<Agreement> {
+        Ok(Agreement {
+            id,
+            peer_key: key
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("agreement {id}: bad peer key in database"))?,
+            state: AgreementState::parse(&state)?,
+            terms: terms
+                .parse()
+                .map_err(|e| anyhow::anyhow!("agreement {id}: bad terms in database: {e}"))?,
+            endpoints: serde_json::from_str(&endpoints)
+                .with_context(|| format!("agreement {id}: bad endpoints in database"))?,
+            origin: Origin::parse(&origin)?,
+            created_unix: created.max(0) as u64,
+            revision: revision.max(0) as u64,
+            peer_signature: sig,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms() -> Terms {
+        "50GiB/30d".parse().expect("terms")
+    }
+
+    #[test]
+    fn agreements_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("umbra.db");
+        let key = [7u8; 32];
+        {
+            let s = Store::open(&path).expect("open");
+            let a = s
+                .upsert_active(&key, terms(), &["198.18.0.1:443".into()], Origin::Invite, 100, Some(&[1; 64]))
+                .expect("insert");
+            assert_eq!(a.revision, 1);
+            // Same again: no new revision.
+            let a2 = s
+                .upsert_active(&key, terms(), &["198.18.0.1:443".into()], Origin::Invite, 200, None)
+                .expect("again");
+            assert_eq!(a2.revision, 1);
+            assert_eq!(a2.peer_signature.as_deref(), Some(&[1u8; 64][..]));
+        }
+        let s = Store::open(&path).expect("reopen");
+        let all = s.agreements().expect("list");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].peer_key, key);
+        assert_eq!(all[0].state, AgreementState::Active);
+        assert_eq!(all[0].endpoints, vec!["198.18.0.1:443".to_string()]);
+        let r = s.revoke(all[0].id).expect("revoke").expect("exists");
+        assert_eq!(r.state, AgreementState::Revoked);
+        assert_eq!(r.revision, 2);
+        assert!(s.revoke(999).expect("revoke missing").is_none());
+    }
+
+    #[test]
+    fn invites_work_once_and_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("umbra.db")).expect("open");
+        let secret = [3u8; 16];
+        s.add_invite(&secret, terms(), 1000).expect("add");
+        assert_eq!(s.use_invite(&[9; 16], &[1; 32], 10).expect("q"), Err(InviteRefusal::Unknown));
+        assert_eq!(s.use_invite(&secret, &[1; 32], 10).expect("q"), Ok(terms()));
+        assert_eq!(s.use_invite(&secret, &[2; 32], 11).expect("q"), Err(InviteRefusal::Used));
+        let late = [4u8; 16];
+        s.add_invite(&late, terms(), 1000).expect("add");
+        assert_eq!(s.use_invite(&late, &[1; 32], 1000).expect("q"), Err(InviteRefusal::Expired));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("umbra.db");
+        drop(Store::open(&path).expect("open"));
+        let c = Connection::open(&path).expect("raw");
+        c.pragma_update(None, "user_version", 99).expect("bump");
+        drop(c);
+        let err = Store::open(&path).expect_err("newer schema");
+        assert!(format!("{err:#}").contains("upgrade umbra"));
+    }
+}

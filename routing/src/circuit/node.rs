@@ -1,0 +1,1192 @@
+//! [`CircuitCore`]: one node's circuit layer.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::state::{
+    Circuit, Destination, Endpoint, Hop, Leg, Next, Origin, Relay, Role, Side, open_backward,
+    seal_forward,
+};
+use super::{
+    BuildError, CircuitConfig, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, CircuitRole,
+    Delivered, LinkId, MAX_PATH_HOPS, RELAY_CRYPTO_V1, SendError,
+};
+use crate::cell::{
+    self, CELL_HEADER_LEN, CELL_LEN, Cell, CellBody, Command, HandshakeType, RELAY_PAYLOAD_LEN,
+    Reason, RelayMsg, RelayWriter, relay_messages,
+};
+use crate::crypto::{
+    self, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern, HandshakeResponder, Identity,
+    KEY_LEN,
+};
+use crate::session::{Progress, QueueError, RxDrop};
+
+/// Relay-crypto versions this node offers and accepts, as a bitmask (bit
+/// `v - 1` for version `v`).
+const SUPPORTED_VERSIONS: u8 = 1 << (RELAY_CRYPTO_V1 - 1);
+/// Room for handshake messages and payloads on the stack (IK message 1 is
+/// 32 + 48 + 33 + 16 = 129 bytes; message 2 is 32 + 33 + 16 = 81).
+const HANDSHAKE_BUF_LEN: usize = 256;
+/// The circuit-id bit that tells which end of a link created the circuit: set
+/// for ids chosen by the end with the smaller key (as Tor does), so both ends
+/// can create circuits without colliding.
+const CIRC_ID_HIGH_BIT: u32 = 0x8000_0000;
+
+fn circ_id_space(creator: &[u8; KEY_LEN], other: &[u8; KEY_LEN]) -> u32 {
+    if creator < other { CIRC_ID_HIGH_BIT } else { 0 }
+}
+
+fn pattern_of(t: HandshakeType) -> HandshakePattern {
+    match t {
+        HandshakeType::Nk => HandshakePattern::Nk,
+        HandshakeType::Ik => HandshakePattern::Ik,
+    }
+}
+
+/// One node's circuit layer: origin, relay and destination at once. Sans-IO:
+/// see the [module docs](super) for the driver's contract.
+///
+/// The data path allocates nothing per cell once warm: cells to send wait in
+/// one ring of inline 1200-byte buffers, packets in per-circuit byte rings,
+/// and all of them keep their capacity.
+#[derive(Debug)]
+pub struct CircuitCore {
+    identity: Identity,
+    public: [u8; KEY_LEN],
+    prefix: u8,
+    config: CircuitConfig,
+    /// Live links and the identity of the node at the other end.
+    links: HashMap<LinkId, [u8; KEY_LEN]>,
+    /// A live link to each linked node.
+    peers: HashMap<[u8; KEY_LEN], LinkId>,
+    /// The switching table: `(link, circ_id)` → circuit and side.
+    legs: HashMap<Leg, (CircuitId, Side)>,
+    circuits: HashMap<CircuitId, Circuit>,
+    next_circuit: u64,
+    next_circ_id: u32,
+    /// Cells to send, in order (per-circuit order is what the implicit
+    /// counters need).
+    tx: VecDeque<(LinkId, [u8; CELL_LEN])>,
+    /// Ends with something to send, served round robin by `poll_transmit`.
+    dirty: VecDeque<CircuitId>,
+    /// One entry per complete packet waiting for `poll_packet`.
+    ready: VecDeque<CircuitId>,
+    events: VecDeque<CircuitEvent>,
+    /// Origin circuits still building (few; scanned for timeouts).
+    building: Vec<CircuitId>,
+    metrics: CircuitMetrics,
+}
+
+impl CircuitCore {
+    /// A circuit layer for the node `identity`, whose addresses use
+    /// `address_prefix` (DESIGN.md §3).
+    pub fn new(identity: Identity, address_prefix: u8, config: CircuitConfig) -> Self {
+        CircuitCore {
+            public: identity.public(),
+            identity,
+            prefix: address_prefix,
+            config,
+            links: HashMap::new(),
+            peers: HashMap::new(),
+            legs: HashMap::new(),
+            circuits: HashMap::new(),
+            next_circuit: 0,
+            next_circ_id: 0,
+            tx: VecDeque::new(),
+            dirty: VecDeque::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            building: Vec::new(),
+            metrics: CircuitMetrics::default(),
+        }
+    }
+
+    /// This node's identity key.
+    pub fn public_key(&self) -> [u8; KEY_LEN] {
+        self.public
+    }
+
+    /// A link to the node `peer` is up (authenticated by the transport). Only
+    /// live links are extended over.
+    pub fn link_up(&mut self, _now: Instant, link: LinkId, peer: [u8; KEY_LEN]) {
+        self.links.insert(link, peer);
+        self.peers.insert(peer, link);
+    }
+
+    /// A link went down: every circuit over it is torn down. Relays send
+    /// DESTROY on their other leg; the ends get [`CircuitEvent::Closed`] (or
+    /// [`CircuitEvent::Unreachable`] while building).
+    pub fn link_down(&mut self, _now: Instant, link: LinkId) {
+        let Some(peer) = self.links.remove(&link) else {
+            return;
+        };
+        if self.peers.get(&peer) == Some(&link) {
+            self.peers.remove(&peer);
+            if let Some((&other, _)) = self.links.iter().find(|(_, p)| **p == peer) {
+                self.peers.insert(peer, other);
+            }
+        }
+        let affected: Vec<(Leg, CircuitId)> = self
+            .legs
+            .iter()
+            .filter(|((l, _), _)| *l == link)
+            .map(|(leg, (id, _))| (*leg, *id))
+            .collect();
+        for (leg, id) in affected {
+            self.close(id, Reason::LinkDown, Some(leg));
+        }
+    }
+
+    /// Starts building a circuit along `path`: `path[0]` is the first hop (a
+    /// node with a live link, normally the home node) and the last element is
+    /// the destination. The build continues as cells arrive and ends with
+    /// [`CircuitEvent::Built`] or [`CircuitEvent::Unreachable`]. Packets may be
+    /// queued on it at once; they flow once it is built.
+    pub fn build_circuit(
+        &mut self,
+        now: Instant,
+        path: &[[u8; KEY_LEN]],
+    ) -> Result<CircuitId, BuildError> {
+        let first = *path.first().ok_or(BuildError::EmptyPath)?;
+        if path.len() > MAX_PATH_HOPS {
+            return Err(BuildError::PathTooLong(path.len()));
+        }
+        for (i, k) in path.iter().enumerate() {
+            if crypto::x25519_public(k).is_none() {
+                return Err(BuildError::InvalidKey(i));
+            }
+            if *k == self.public || path[..i].contains(k) {
+                return Err(BuildError::RepeatedNode(i));
+            }
+        }
+        let &link = self.peers.get(&first).ok_or(BuildError::NoLink(first))?;
+        if self.live_circuits() >= self.config.max_circuits {
+            return Err(BuildError::TooManyCircuits);
+        }
+        let circ_id = self
+            .alloc_circ_id(link, &first)
+            .ok_or(BuildError::NoCircuitId)?;
+        let handshake_type = if path.len() == 1 {
+            HandshakeType::Ik
+        } else {
+            HandshakeType::Nk
+        };
+        let mut init = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, &first)?;
+        let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
+        let n = init.write_msg1(&self.hop_offer(handshake_type), &mut msg1)?;
+        self.push_cell(
+            link,
+            circ_id,
+            CellBody::Create {
+                handshake_type,
+                handshake: &msg1[..n],
+            },
+        );
+        let id = self.new_circuit_id();
+        let destination = path[path.len() - 1];
+        self.circuits.insert(
+            id,
+            Circuit {
+                created: now,
+                role: Role::Origin(Box::new(Origin {
+                    path: path.to_vec(),
+                    first: (link, circ_id),
+                    hops: Vec::with_capacity(path.len()),
+                    pending: Some(init),
+                    deadline: now + self.config.build_timeout,
+                    end: Endpoint::new(destination, self.prefix, self.config.send_queue_bytes),
+                })),
+                closed: false,
+                cells_in: 0,
+                cells_out: 0,
+            },
+        );
+        self.legs.insert((link, circ_id), (id, Side::Out));
+        self.building.push(id);
+        self.metrics.origin_circuits += 1;
+        Ok(id)
+    }
+
+    /// Queues an IPv6 packet on a circuit this node is an end of (origin, or
+    /// destination replying). It is cut into cells as the window allows. With
+    /// the window closed and the queue full, the packet is dropped here, at
+    /// the ingress, and counted; relays never drop.
+    pub fn send_packet(
+        &mut self,
+        _now: Instant,
+        circuit: CircuitId,
+        packet: &[u8],
+    ) -> Result<(), SendError> {
+        let Some(c) = self.circuits.get_mut(&circuit).filter(|c| !c.closed) else {
+            return Err(SendError::UnknownCircuit);
+        };
+        let (end, ready_to_send) = match &mut c.role {
+            Role::Origin(o) => {
+                let built = o.built();
+                (&mut o.end, built)
+            }
+            Role::Destination(d) => (&mut d.end, true),
+            Role::Relay(_) => return Err(SendError::NotAnEnd),
+        };
+        match end.tx.push(packet) {
+            Ok(()) => {}
+            Err(QueueError::Full) => {
+                self.metrics.drops.send_queue_full += 1;
+                return Err(SendError::QueueFull);
+            }
+            Err(QueueError::Empty) => return Err(SendError::Empty),
+            Err(QueueError::TooLong(n)) => return Err(SendError::TooLong(n)),
+        }
+        self.metrics.packets_sent += 1;
+        self.metrics.packet_bytes_sent += packet.len() as u64;
+        if ready_to_send && !end.in_dirty && end.has_work() {
+            end.in_dirty = true;
+            self.dirty.push_back(circuit);
+        }
+        Ok(())
+    }
+
+    /// Closes a circuit this node holds (rotation, shutdown): DESTROY goes
+    /// both ways with [`Reason::Requested`]. Returns whether it existed.
+    pub fn close_circuit(&mut self, _now: Instant, circuit: CircuitId) -> bool {
+        match self.circuits.get(&circuit) {
+            Some(c) if !c.closed => {
+                self.close(circuit, Reason::Requested, None);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes one cell that arrived on `link`.
+    ///
+    /// Relays switch every cell they are given; they never drop one for lack
+    /// of room. The driver applies back-pressure instead: it stops reading a
+    /// link while the write queue of the link its cells go to is full.
+    pub fn handle_cell(&mut self, now: Instant, link: LinkId, cell: &[u8; CELL_LEN]) {
+        self.metrics.cells_in += 1;
+        let Some(&peer) = self.links.get(&link) else {
+            self.metrics.unknown_link_cells += 1;
+            return;
+        };
+        let parsed = match Cell::parse(cell) {
+            Ok(c) => c,
+            Err(_) => {
+                self.metrics.protocol_errors += 1;
+                return;
+            }
+        };
+        let circ_id = parsed.circ_id;
+        match parsed.body {
+            CellBody::Padding => self.metrics.padding_cells_in += 1,
+            CellBody::Create {
+                handshake_type,
+                handshake,
+            } => self.on_create(now, link, peer, circ_id, handshake_type, handshake),
+            CellBody::Created { handshake } => self.on_created(now, (link, circ_id), handshake),
+            CellBody::Relay(_) => self.on_relay(now, (link, circ_id), cell),
+            CellBody::Destroy { reason } => self.on_destroy((link, circ_id), reason),
+        }
+    }
+
+    /// The next cell to send: writes it into `out` and returns its link.
+    /// Call until `None` after every batch of input. The driver must accept
+    /// every cell (queue it on the link); see [`Self::handle_cell`] for
+    /// back-pressure.
+    pub fn poll_transmit(&mut self, out: &mut [u8; CELL_LEN]) -> Option<LinkId> {
+        loop {
+            if let Some((link, cell)) = self.tx.pop_front() {
+                *out = cell;
+                self.metrics.cells_out += 1;
+                return Some(link);
+            }
+            let id = self.dirty.pop_front()?;
+            if let Some(link) = self.cut_cell(id, out) {
+                self.metrics.cells_out += 1;
+                return Some(link);
+            }
+        }
+    }
+
+    /// The next packet for the TUN: copies it into `out` (give it
+    /// [`crate::session::MAX_PACKET_LEN`] bytes; a shorter buffer drops a
+    /// longer packet, counted). Taking packets is what lets SENDMEs go back,
+    /// so a reader that stops calling this stops the sender.
+    pub fn poll_packet(&mut self, out: &mut [u8]) -> Option<Delivered> {
+        loop {
+            let id = self.ready.pop_front()?;
+            let Some(c) = self.circuits.get_mut(&id) else {
+                continue;
+            };
+            let closed = c.closed;
+            let built = match &c.role {
+                Role::Origin(o) => o.built(),
+                _ => true,
+            };
+            let Some(end) = c.endpoint_mut() else {
+                continue;
+            };
+            let Some(result) = end.rx.pop(out) else {
+                continue;
+            };
+            let peer = end.peer;
+            end.release_sendmes();
+            if !closed && built && !end.in_dirty && end.has_work() {
+                end.in_dirty = true;
+                self.dirty.push_back(id);
+            }
+            if closed && end.rx.reassembler().ready() == 0 {
+                self.circuits.remove(&id);
+            }
+            match result {
+                Ok(len) => {
+                    self.metrics.packets_delivered += 1;
+                    self.metrics.packet_bytes_delivered += len as u64;
+                    return Some(Delivered {
+                        circuit: id,
+                        peer,
+                        len,
+                    });
+                }
+                Err(_) => self.metrics.drops.buffer_too_small += 1,
+            }
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<CircuitEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.building
+            .iter()
+            .filter_map(|id| match self.circuits.get(id).map(|c| &c.role) {
+                Some(Role::Origin(o)) => Some(o.deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Abandons circuits that did not build in time
+    /// ([`CircuitConfig::build_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<CircuitId> = self
+            .building
+            .iter()
+            .copied()
+            .filter(|id| match self.circuits.get(id).map(|c| &c.role) {
+                Some(Role::Origin(o)) => o.deadline <= now,
+                _ => false,
+            })
+            .collect();
+        for id in expired {
+            self.close(id, Reason::Timeout, None);
+        }
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &CircuitMetrics {
+        &self.metrics
+    }
+
+    /// What this node knows of each open circuit.
+    pub fn circuits(&self) -> impl Iterator<Item = CircuitInfo> + '_ {
+        self.circuits
+            .iter()
+            .filter(|(_, c)| !c.closed)
+            .map(|(&id, c)| self.info(id, c))
+    }
+
+    /// What this node knows of one open circuit.
+    pub fn circuit(&self, id: CircuitId) -> Option<CircuitInfo> {
+        self.circuits
+            .get(&id)
+            .filter(|c| !c.closed)
+            .map(|c| self.info(id, c))
+    }
+
+    fn info(&self, id: CircuitId, c: &Circuit) -> CircuitInfo {
+        let mut info = CircuitInfo {
+            id,
+            role: CircuitRole::Relay,
+            built: false,
+            path: Vec::new(),
+            hops_built: 0,
+            prev: None,
+            next: None,
+            peer: None,
+            relay_crypto_version: RELAY_CRYPTO_V1,
+            created: c.created,
+            cells_in: c.cells_in,
+            cells_out: c.cells_out,
+            queued_packets: 0,
+        };
+        match &c.role {
+            Role::Origin(o) => {
+                info.role = CircuitRole::Origin;
+                info.built = o.built();
+                info.path = o.path.clone();
+                info.hops_built = o.hops.len();
+                info.next = o.path.first().copied();
+                info.peer = o.path.last().copied();
+                info.queued_packets = o.end.tx.queued_packets();
+            }
+            Role::Relay(r) => {
+                info.built = matches!(r.next, Next::Open(_));
+                info.prev = Some(r.prev_key);
+                info.next = r.next_key;
+            }
+            Role::Destination(d) => {
+                info.role = CircuitRole::Destination;
+                info.built = true;
+                info.prev = Some(d.prev_key);
+                info.peer = Some(d.end.peer);
+                info.queued_packets = d.end.tx.queued_packets();
+            }
+        }
+        info
+    }
+
+    // ----- internals -------------------------------------------------------
+
+    fn live_circuits(&self) -> usize {
+        (self.metrics.origin_circuits
+            + self.metrics.relay_circuits
+            + self.metrics.destination_circuits) as usize
+    }
+
+    fn new_circuit_id(&mut self) -> CircuitId {
+        self.next_circuit += 1;
+        CircuitId(self.next_circuit)
+    }
+
+    fn alloc_circ_id(&mut self, link: LinkId, peer: &[u8; KEY_LEN]) -> Option<u32> {
+        let space = circ_id_space(&self.public, peer);
+        for _ in 0..1024 {
+            self.next_circ_id = self.next_circ_id.wrapping_add(1) & !CIRC_ID_HIGH_BIT;
+            if self.next_circ_id == 0 {
+                continue;
+            }
+            let id = space | self.next_circ_id;
+            if !self.legs.contains_key(&(link, id)) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// The payload of message 1: offered versions, and for IK the origin's
+    /// Ed25519 identity (its X25519 form alone does not give the address).
+    fn hop_offer(&self, t: HandshakeType) -> Vec<u8> {
+        let mut p = vec![SUPPORTED_VERSIONS];
+        if t == HandshakeType::Ik {
+            p.extend_from_slice(&self.public);
+        }
+        p
+    }
+
+    fn push_cell(&mut self, link: LinkId, circ_id: u32, body: CellBody<'_>) {
+        let mut buf = [0u8; CELL_LEN];
+        match (Cell { circ_id, body }).write(&mut buf) {
+            Ok(()) => self.tx.push_back((link, buf)),
+            // Only our own oversized handshakes could fail; they are bounded.
+            Err(_) => self.metrics.protocol_errors += 1,
+        }
+    }
+
+    fn send_destroy(&mut self, leg: Leg, reason: Reason) {
+        self.push_cell(leg.0, leg.1, CellBody::Destroy { reason });
+    }
+
+    fn on_create(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        peer: [u8; KEY_LEN],
+        circ_id: u32,
+        handshake_type: HandshakeType,
+        msg1: &[u8],
+    ) {
+        let leg = (link, circ_id);
+        if circ_id & !CIRC_ID_HIGH_BIT == 0
+            || circ_id & CIRC_ID_HIGH_BIT != circ_id_space(&peer, &self.public)
+            || self.legs.contains_key(&leg)
+        {
+            // Not the peer's id space, or in use: answering with DESTROY could
+            // kill a live circuit, so drop and count.
+            self.metrics.protocol_errors += 1;
+            return;
+        }
+        if self.live_circuits() >= self.config.max_circuits {
+            self.send_destroy(leg, Reason::Refused);
+            return;
+        }
+        let pattern = pattern_of(handshake_type);
+        let mut payload = [0u8; HANDSHAKE_BUF_LEN];
+        let Ok((resp, n)) =
+            HandshakeResponder::read_msg1(pattern, &self.identity, msg1, &mut payload)
+        else {
+            self.metrics.handshake_failures += 1;
+            self.send_destroy(leg, Reason::HandshakeFailed);
+            return;
+        };
+        let offer = &payload[..n];
+        let Some(&versions) = offer.first() else {
+            self.metrics.handshake_failures += 1;
+            self.send_destroy(leg, Reason::HandshakeFailed);
+            return;
+        };
+        if versions & SUPPORTED_VERSIONS == 0 {
+            self.metrics.handshake_failures += 1;
+            self.send_destroy(leg, Reason::UnsupportedVersion);
+            return;
+        }
+        let origin = match pattern {
+            HandshakePattern::Nk => None,
+            HandshakePattern::Ik => {
+                let key: Option<[u8; KEY_LEN]> =
+                    offer.get(1..1 + KEY_LEN).and_then(|k| k.try_into().ok());
+                match (key, resp.remote_static()) {
+                    (Some(k), Some(s)) if crypto::identity_matches_static(&k, &s) => Some(k),
+                    _ => {
+                        self.metrics.handshake_failures += 1;
+                        self.send_destroy(leg, Reason::HandshakeFailed);
+                        return;
+                    }
+                }
+            }
+        };
+        let secret = crypto::random_hop_secret();
+        let mut answer = [0u8; 1 + HOP_SECRET_LEN];
+        answer[0] = RELAY_CRYPTO_V1;
+        answer[1..].copy_from_slice(&secret);
+        let mut msg2 = [0u8; HANDSHAKE_BUF_LEN];
+        let keys = resp
+            .write_msg2(&answer, &mut msg2)
+            .and_then(|(n2, hash)| Ok((n2, crypto::derive_hop_keys(&secret, &hash)?)));
+        let Ok((n2, keys)) = keys else {
+            self.send_destroy(leg, Reason::Internal);
+            return;
+        };
+        let id = self.new_circuit_id();
+        let role = match origin {
+            None => {
+                self.metrics.relay_circuits += 1;
+                Role::Relay(Relay {
+                    prev: leg,
+                    prev_key: peer,
+                    next: Next::None,
+                    next_key: None,
+                    hop: Hop::new(keys),
+                })
+            }
+            Some(origin) => {
+                self.metrics.destination_circuits += 1;
+                self.events.push_back(CircuitEvent::Incoming {
+                    circuit: id,
+                    origin,
+                });
+                Role::Destination(Box::new(Destination {
+                    prev: leg,
+                    prev_key: peer,
+                    hop: Hop::new(keys),
+                    end: Endpoint::new(origin, self.prefix, self.config.send_queue_bytes),
+                }))
+            }
+        };
+        self.circuits.insert(
+            id,
+            Circuit {
+                created: now,
+                role,
+                closed: false,
+                cells_in: 1,
+                cells_out: 1,
+            },
+        );
+        self.legs.insert(leg, (id, Side::In));
+        self.metrics.circuits_accepted += 1;
+        self.push_cell(
+            link,
+            circ_id,
+            CellBody::Created {
+                handshake: &msg2[..n2],
+            },
+        );
+    }
+
+    fn on_created(&mut self, now: Instant, leg: Leg, msg2: &[u8]) {
+        let Some(&(id, side)) = self.legs.get(&leg) else {
+            self.metrics.unknown_circuit_cells += 1;
+            return;
+        };
+        let Some(c) = self.circuits.get_mut(&id) else {
+            return;
+        };
+        c.cells_in += 1;
+        match (&mut c.role, side) {
+            (Role::Origin(o), Side::Out) if o.hops.is_empty() && o.pending.is_some() => {
+                self.origin_hop_answered(now, id, msg2);
+            }
+            (Role::Relay(r), Side::Out) if r.next == Next::Pending(leg) => {
+                r.next = Next::Open(leg);
+                self.relay_reply(id, &RelayMsg::Extended { handshake: msg2 });
+            }
+            _ => {
+                self.metrics.protocol_errors += 1;
+                self.close(id, Reason::Protocol, None);
+            }
+        }
+    }
+
+    /// The origin got message 2 of the pending hop (in CREATED or EXTENDED):
+    /// finish that hop, then extend to the next or report the circuit built.
+    fn origin_hop_answered(&mut self, _now: Instant, id: CircuitId, msg2: &[u8]) {
+        let Some(Role::Origin(o)) = self.circuits.get_mut(&id).map(|c| &mut c.role) else {
+            return;
+        };
+        let Some(init) = o.pending.take() else {
+            self.metrics.protocol_errors += 1;
+            self.close(id, Reason::Protocol, None);
+            return;
+        };
+        let mut payload = [0u8; HANDSHAKE_BUF_LEN];
+        let answer = init.read_msg2(msg2, &mut payload);
+        let keys = match answer {
+            Ok((n, hash)) => match payload.get(..n) {
+                Some([v, secret @ ..])
+                    if *v == RELAY_CRYPTO_V1 && secret.len() == HOP_SECRET_LEN =>
+                {
+                    let mut s = [0u8; HOP_SECRET_LEN];
+                    s.copy_from_slice(secret);
+                    crypto::derive_hop_keys(&s, &hash).map_err(|_| Reason::Internal)
+                }
+                _ => Err(Reason::UnsupportedVersion),
+            },
+            Err(_) => Err(Reason::HandshakeFailed),
+        };
+        let keys = match keys {
+            Ok(k) => k,
+            Err(reason) => {
+                self.metrics.handshake_failures += 1;
+                self.close(id, reason, None);
+                return;
+            }
+        };
+        o.hops.push(Hop::new(keys));
+        if o.built() {
+            let destination = o.end.peer;
+            let start = !o.end.in_dirty && o.end.has_work();
+            if start {
+                o.end.in_dirty = true;
+            }
+            self.building.retain(|b| *b != id);
+            self.metrics.circuits_built += 1;
+            self.events.push_back(CircuitEvent::Built {
+                circuit: id,
+                destination,
+            });
+            if start {
+                self.dirty.push_back(id);
+            }
+            return;
+        }
+        // Extend to the next hop through the current last one.
+        let i = o.hops.len();
+        let node = o.path[i];
+        let handshake_type = if i + 1 == o.path.len() {
+            HandshakeType::Ik
+        } else {
+            HandshakeType::Nk
+        };
+        let offer = self.hop_offer(handshake_type);
+        let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
+        let started = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, &node)
+            .and_then(|mut init| {
+                let n = init.write_msg1(&offer, &mut msg1)?;
+                Ok((init, n))
+            });
+        let Ok((init, n)) = started else {
+            self.close(id, Reason::Internal, None);
+            return;
+        };
+        if let Some(Role::Origin(o)) = self.circuits.get_mut(&id).map(|c| &mut c.role) {
+            o.pending = Some(init);
+        }
+        self.origin_send_control(
+            id,
+            &RelayMsg::Extend {
+                node,
+                handshake_type,
+                handshake: &msg1[..n],
+            },
+        );
+    }
+
+    /// The origin sends a control message (EXTEND) to the current last hop.
+    fn origin_send_control(&mut self, id: CircuitId, msg: &RelayMsg<'_>) {
+        let Some(c) = self.circuits.get_mut(&id) else {
+            return;
+        };
+        let Role::Origin(o) = &mut c.role else {
+            return;
+        };
+        let mut buf = [0u8; CELL_LEN];
+        cell::write_header(&mut buf, o.first.1, Command::Relay);
+        let body = cell::body_mut(&mut buf);
+        let mut w = RelayWriter::new(&mut body[..RELAY_PAYLOAD_LEN]);
+        let pushed = w.push(msg).is_ok();
+        w.finish();
+        if !pushed || seal_forward(&mut o.hops, body).is_err() {
+            self.close(id, Reason::Internal, None);
+            return;
+        }
+        c.cells_out += 1;
+        self.tx.push_back((o.first.0, buf));
+    }
+
+    /// A relay that is the last hop sends a message back to the origin.
+    fn relay_reply(&mut self, id: CircuitId, msg: &RelayMsg<'_>) {
+        let Some(c) = self.circuits.get_mut(&id) else {
+            return;
+        };
+        let Role::Relay(r) = &mut c.role else {
+            return;
+        };
+        let mut buf = [0u8; CELL_LEN];
+        cell::write_header(&mut buf, r.prev.1, Command::Relay);
+        let body = cell::body_mut(&mut buf);
+        let mut w = RelayWriter::new(&mut body[..RELAY_PAYLOAD_LEN]);
+        let pushed = w.push(msg).is_ok();
+        w.finish();
+        if !pushed || r.hop.seal_backward(body).is_err() {
+            self.close(id, Reason::Internal, None);
+            return;
+        }
+        c.cells_out += 1;
+        self.tx.push_back((r.prev.0, buf));
+    }
+
+    fn on_relay(&mut self, now: Instant, leg: Leg, cell: &[u8; CELL_LEN]) {
+        let Some(&(id, side)) = self.legs.get(&leg) else {
+            self.metrics.unknown_circuit_cells += 1;
+            return;
+        };
+        let Some(c) = self.circuits.get_mut(&id) else {
+            return;
+        };
+        c.cells_in += 1;
+        match (&mut c.role, side) {
+            (Role::Relay(r), Side::In) => {
+                if let Next::Open((next_link, next_id)) = r.next {
+                    // Switch forward: strip our layer.
+                    self.tx.push_back((next_link, *cell));
+                    if let Some((_, out)) = self.tx.back_mut() {
+                        cell::set_circ_id(out, next_id);
+                        r.hop.strip_forward(cell::body_mut(out));
+                    }
+                    c.cells_out += 1;
+                    self.metrics.cells_relayed += 1;
+                    return;
+                }
+                // No outgoing leg: the cell is for this hop.
+                let mut buf = *cell;
+                if r.hop.open_forward(cell::body_mut(&mut buf)).is_err() {
+                    self.tag_failure(id, CircuitRole::Relay);
+                    return;
+                }
+                self.relay_terminate(id, &buf);
+            }
+            (Role::Relay(r), Side::Out) => {
+                if !matches!(r.next, Next::Open(_)) {
+                    self.metrics.protocol_errors += 1;
+                    self.close(id, Reason::Protocol, None);
+                    return;
+                }
+                // Switch backward: add our layer.
+                let (prev_link, prev_id) = r.prev;
+                self.tx.push_back((prev_link, *cell));
+                if let Some((_, out)) = self.tx.back_mut() {
+                    cell::set_circ_id(out, prev_id);
+                    r.hop.add_backward(cell::body_mut(out));
+                }
+                c.cells_out += 1;
+                self.metrics.cells_relayed += 1;
+            }
+            (Role::Destination(d), Side::In) => {
+                let mut buf = *cell;
+                let Ok(tag) = d.hop.open_forward(cell::body_mut(&mut buf)) else {
+                    self.tag_failure(id, CircuitRole::Destination);
+                    return;
+                };
+                self.end_receive(id, &buf, tag);
+            }
+            (Role::Origin(o), Side::Out) => {
+                let mut buf = *cell;
+                let Ok(tag) = open_backward(&mut o.hops, cell::body_mut(&mut buf)) else {
+                    self.tag_failure(id, CircuitRole::Origin);
+                    return;
+                };
+                if o.built() {
+                    self.end_receive(id, &buf, tag);
+                } else {
+                    self.origin_building_receive(now, id, &buf);
+                }
+            }
+            _ => {
+                self.metrics.protocol_errors += 1;
+                self.close(id, Reason::Protocol, None);
+            }
+        }
+    }
+
+    fn tag_failure(&mut self, id: CircuitId, role: CircuitRole) {
+        self.metrics.tag_failures += 1;
+        self.events
+            .push_back(CircuitEvent::TagFailure { circuit: id, role });
+        self.close(id, Reason::TagMismatch, None);
+    }
+
+    /// A forward cell ended at a relay (it is the last hop so far): the only
+    /// thing an origin may ask of a relay is EXTEND.
+    fn relay_terminate(&mut self, id: CircuitId, buf: &[u8; CELL_LEN]) {
+        let payload = &cell::body(buf)[..RELAY_PAYLOAD_LEN];
+        let mut extend = None;
+        for msg in relay_messages(payload) {
+            match msg {
+                Ok(RelayMsg::Extend {
+                    node,
+                    handshake_type,
+                    handshake,
+                }) if extend.is_none() => extend = Some((node, handshake_type, handshake)),
+                Ok(RelayMsg::Unknown { .. }) => self.metrics.unknown_messages += 1,
+                _ => {
+                    self.metrics.protocol_errors += 1;
+                    self.close(id, Reason::Protocol, None);
+                    return;
+                }
+            }
+        }
+        if let Some((node, handshake_type, handshake)) = extend {
+            self.relay_extend(id, node, handshake_type, handshake);
+        }
+    }
+
+    fn relay_extend(
+        &mut self,
+        id: CircuitId,
+        node: [u8; KEY_LEN],
+        handshake_type: HandshakeType,
+        msg1: &[u8],
+    ) {
+        let Some(Role::Relay(r)) = self.circuits.get(&id).map(|c| &c.role) else {
+            return;
+        };
+        if r.next != Next::None {
+            self.metrics.protocol_errors += 1;
+            self.close(id, Reason::Protocol, None);
+            return;
+        }
+        let refuse = if node == self.public || node == r.prev_key {
+            Some(Reason::Refused)
+        } else if !self.peers.contains_key(&node) {
+            Some(Reason::NoLink)
+        } else {
+            None
+        };
+        let link = self.peers.get(&node).copied();
+        let circ_id = match (refuse, link) {
+            (None, Some(link)) => self.alloc_circ_id(link, &node).map(|c| (link, c)),
+            _ => None,
+        };
+        let Some((link, circ_id)) = circ_id else {
+            self.metrics.extend_failures += 1;
+            let reason = refuse.unwrap_or(Reason::Refused);
+            self.relay_reply(id, &RelayMsg::ExtendFailed { reason });
+            return;
+        };
+        self.push_cell(
+            link,
+            circ_id,
+            CellBody::Create {
+                handshake_type,
+                handshake: msg1,
+            },
+        );
+        if let Some(c) = self.circuits.get_mut(&id) {
+            c.cells_out += 1;
+            if let Role::Relay(r) = &mut c.role {
+                r.next = Next::Pending((link, circ_id));
+                r.next_key = Some(node);
+            }
+        }
+        self.legs.insert((link, circ_id), (id, Side::Out));
+    }
+
+    /// A backward cell for an origin circuit that is still building: EXTENDED
+    /// or EXTEND_FAILED from the current last hop.
+    fn origin_building_receive(&mut self, now: Instant, id: CircuitId, buf: &[u8; CELL_LEN]) {
+        let payload = &cell::body(buf)[..RELAY_PAYLOAD_LEN];
+        let mut msgs = relay_messages(payload);
+        match msgs.next() {
+            Some(Ok(RelayMsg::Extended { handshake })) => {
+                let pending = matches!(
+                    self.circuits.get(&id).map(|c| &c.role),
+                    Some(Role::Origin(o)) if o.pending.is_some()
+                );
+                if pending {
+                    self.origin_hop_answered(now, id, handshake);
+                    return;
+                }
+            }
+            Some(Ok(RelayMsg::ExtendFailed { reason })) => {
+                self.metrics.extend_failures += 1;
+                self.close(id, reason, None);
+                return;
+            }
+            _ => {}
+        }
+        self.metrics.protocol_errors += 1;
+        self.close(id, Reason::Protocol, None);
+    }
+
+    /// An end (origin when built, or destination) received a cell: packet
+    /// fragments and SENDMEs.
+    fn end_receive(
+        &mut self,
+        id: CircuitId,
+        buf: &[u8; CELL_LEN],
+        tag: [u8; crypto::RELAY_TAG_LEN],
+    ) {
+        let Some(c) = self.circuits.get_mut(&id) else {
+            return;
+        };
+        let Some(end) = c.endpoint_mut() else {
+            return;
+        };
+        let payload = &cell::body(buf)[..RELAY_PAYLOAD_LEN];
+        let m = &mut self.metrics;
+        let mut has_data = false;
+        let mut violation = false;
+        for msg in relay_messages(payload) {
+            let rx = match msg {
+                Ok(RelayMsg::DataStart {
+                    seq,
+                    total_len,
+                    data,
+                }) => {
+                    has_data = true;
+                    end.rx.on_start(seq, total_len, data)
+                }
+                Ok(RelayMsg::DataCont { data }) => {
+                    has_data = true;
+                    end.rx.on_cont(data)
+                }
+                Ok(RelayMsg::Sendme { tag }) => {
+                    if end.on_sendme(&tag).is_err() {
+                        violation = true;
+                        break;
+                    }
+                    continue;
+                }
+                Ok(RelayMsg::Unknown { .. }) => {
+                    m.unknown_messages += 1;
+                    continue;
+                }
+                _ => {
+                    violation = true;
+                    break;
+                }
+            };
+            match rx {
+                Ok(Progress::Complete) => self.ready.push_back(id),
+                Ok(_) => {}
+                Err(RxDrop::Replayed) => m.drops.replayed += 1,
+                Err(RxDrop::ForgedSource) => m.drops.forged_source += 1,
+                Err(RxDrop::NotIpv6) => m.drops.not_ipv6 += 1,
+                Err(RxDrop::Malformed(_)) => m.drops.malformed += 1,
+            }
+        }
+        if has_data && !violation && end.on_data_cell_received(tag).is_err() {
+            violation = true;
+        }
+        if violation {
+            m.protocol_errors += 1;
+            self.close(id, Reason::Protocol, None);
+            return;
+        }
+        end.release_sendmes();
+        if !end.in_dirty && end.has_work() {
+            end.in_dirty = true;
+            self.dirty.push_back(id);
+        }
+    }
+
+    /// Cuts one cell from an end's queue into `out`; returns its link.
+    /// Requeues the circuit if it has more to send.
+    fn cut_cell(&mut self, id: CircuitId, out: &mut [u8; CELL_LEN]) -> Option<LinkId> {
+        let c = self.circuits.get_mut(&id).filter(|c| !c.closed)?;
+        let (link, sealed) = match &mut c.role {
+            Role::Origin(o) => {
+                o.end.in_dirty = false;
+                if !o.built() {
+                    return None;
+                }
+                cell::write_header(out, o.first.1, Command::Relay);
+                let body = cell::body_mut(out);
+                let filled = o.end.fill(&mut body[..RELAY_PAYLOAD_LEN]);
+                if !filled.any {
+                    return None;
+                }
+                let sealed = seal_forward(&mut o.hops, body);
+                if let (Ok(tag), true) = (sealed, filled.data) {
+                    o.end.on_data_cell_sent(tag);
+                }
+                if o.end.has_work() {
+                    o.end.in_dirty = true;
+                }
+                (o.first.0, sealed.is_ok())
+            }
+            Role::Destination(d) => {
+                d.end.in_dirty = false;
+                cell::write_header(out, d.prev.1, Command::Relay);
+                let body = cell::body_mut(out);
+                let filled = d.end.fill(&mut body[..RELAY_PAYLOAD_LEN]);
+                if !filled.any {
+                    return None;
+                }
+                let sealed = d.hop.seal_backward(body);
+                if let (Ok(tag), true) = (sealed, filled.data) {
+                    d.end.on_data_cell_sent(tag);
+                }
+                if d.end.has_work() {
+                    d.end.in_dirty = true;
+                }
+                (d.prev.0, sealed.is_ok())
+            }
+            Role::Relay(_) => return None,
+        };
+        if !sealed {
+            self.close(id, Reason::Internal, None);
+            return None;
+        }
+        c.cells_out += 1;
+        if c.endpoint_mut().is_some_and(|e| e.in_dirty) {
+            self.dirty.push_back(id);
+        }
+        Some(link)
+    }
+
+    fn on_destroy(&mut self, leg: Leg, reason: Reason) {
+        let Some(&(id, side)) = self.legs.get(&leg) else {
+            self.metrics.unknown_circuit_cells += 1;
+            return;
+        };
+        if let Some(c) = self.circuits.get_mut(&id) {
+            c.cells_in += 1;
+            if let (Role::Relay(r), Side::Out) = (&mut c.role, side)
+                && r.next == Next::Pending(leg)
+            {
+                // The next node refused our CREATE: the circuit lives on and
+                // the origin hears why.
+                r.next = Next::None;
+                r.next_key = None;
+                self.legs.remove(&leg);
+                self.metrics.extend_failures += 1;
+                self.relay_reply(id, &RelayMsg::ExtendFailed { reason });
+                return;
+            }
+        }
+        self.close(id, reason, Some(leg));
+    }
+
+    /// Tears a circuit down: DESTROY on every leg but `from` (where the
+    /// teardown came from) whose link is still up, events for the ends.
+    fn close(&mut self, id: CircuitId, reason: Reason, from: Option<Leg>) {
+        let Some(mut c) = self.circuits.remove(&id) else {
+            return;
+        };
+        if c.closed {
+            // Already closed; it was only kept for its packets.
+            self.circuits.insert(id, c);
+            return;
+        }
+        for leg in c.legs().into_iter().flatten() {
+            self.legs.remove(&leg);
+            if Some(leg) != from && self.links.contains_key(&leg.0) {
+                self.send_destroy(leg, reason);
+            }
+        }
+        self.metrics.circuits_closed += 1;
+        let m = &mut self.metrics;
+        match &c.role {
+            Role::Origin(o) => {
+                m.origin_circuits -= 1;
+                m.drops.lost_on_close += o.end.lost_on_close();
+                if o.built() {
+                    self.events.push_back(CircuitEvent::Closed {
+                        circuit: id,
+                        peer: o.end.peer,
+                        reason,
+                    });
+                } else {
+                    m.build_failures += 1;
+                    self.building.retain(|b| *b != id);
+                    self.events.push_back(CircuitEvent::Unreachable {
+                        circuit: id,
+                        destination: o.end.peer,
+                        failed_hop: o.hops.len(),
+                        reason,
+                    });
+                }
+            }
+            Role::Relay(_) => m.relay_circuits -= 1,
+            Role::Destination(d) => {
+                m.destination_circuits -= 1;
+                m.drops.lost_on_close += d.end.lost_on_close();
+                self.events.push_back(CircuitEvent::Closed {
+                    circuit: id,
+                    peer: d.end.peer,
+                    reason,
+                });
+            }
+        }
+        // Keep an end until the reader has taken the packets that arrived
+        // before the teardown.
+        if c.endpoint_mut()
+            .is_some_and(|e| e.rx.reassembler().ready() > 0)
+        {
+            c.closed = true;
+            self.circuits.insert(id, c);
+        }
+    }
+
+    /// The send window left on an end (tests and status).
+    #[cfg(test)]
+    pub(crate) fn package_window(&self, id: CircuitId) -> Option<u32> {
+        match &self.circuits.get(&id)?.role {
+            Role::Origin(o) => Some(o.end.package_window()),
+            Role::Destination(d) => Some(d.end.package_window()),
+            Role::Relay(_) => None,
+        }
+    }
+
+    /// Rewinds an end's next session sequence number (tests of the replay
+    /// window: cells themselves cannot be replayed past the relay crypto).
+    #[cfg(test)]
+    pub(crate) fn set_next_seq(&mut self, id: CircuitId, seq: u64) {
+        if let Some(end) = self.circuits.get_mut(&id).and_then(|c| c.endpoint_mut()) {
+            end.tx.set_next_seq(seq);
+        }
+    }
+
+    /// Number of cells waiting in the transmit ring.
+    pub fn queued_cells(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+// `CELL_HEADER_LEN` documents the layout that `cell::body_mut` slices by.
+const _: () = assert!(CELL_HEADER_LEN == 5);

@@ -1,0 +1,7 @@
+#![no_main]
+
+// The body is shared with the in-suite twin, routing/tests/fuzz_twins.rs.
+#[path = "../../../routing/tests/fuzz_bodies/mod.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::reassembly(data));

@@ -1,0 +1,142 @@
+//! Links (issue 3): two nodes link by invite, three by config; a used or
+//! expired token is refused; links come back after a restart and the
+//! agreement survives it.
+
+use std::time::Duration;
+
+use umbra_tests::netns::{Daemon, Netns, TempDir, require_root, veth, wait_for};
+
+const LINK_WAIT: Duration = Duration::from_secs(30);
+
+fn node(ns: &Netns, dir: &TempDir, name: &str, extra: &str) -> Daemon {
+    let mut d = Daemon::prepare(&dir.path().join(name), &format!("[tun]\nenabled = false\n{extra}"));
+    d.start(ns);
+    d
+}
+
+#[test]
+fn two_nodes_link_by_invite_and_survive_restarts() {
+    require_root();
+    let (na, nb) = (Netns::new("ia"), Netns::new("ib"));
+    let (ip_a, _ip_b) = veth(&na, &nb, 10);
+    let dir = TempDir::new("invite");
+    let mut a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"));
+    let mut b = node(&nb, &dir, "b", "[listen]\nhttps = []\n");
+    let (ka, kb) = (a.key(), b.key());
+
+    let invite = a.cli_json(&["invite", "--terms", "10GiB/30d", "--json"]);
+    let token = invite["token"].as_str().expect("token").to_string();
+    assert!(token.starts_with("umbra1"));
+    assert!(token[6..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{token}");
+
+    let accepted = b.cli_json(&["accept", &token, "--json"]);
+    assert_eq!(accepted["peer_key"], ka.as_str());
+    wait_for(LINK_WAIT, "the invite link up on both sides", &[&a, &b], || {
+        (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(())
+    });
+
+    // Both sides store the active agreement, signed by the other side.
+    for (d, other) in [(&a, &kb), (&b, &ka)] {
+        let ags = d.cli_json(&["agreements", "--json"]);
+        let ag = &ags.as_array().expect("list")[0];
+        assert_eq!(ag["peer_key"], other.as_str());
+        assert_eq!(ag["state"], "active");
+        assert_eq!(ag["terms"], "10GiB/30d");
+        assert_eq!(ag["signed_by_peer"], true);
+    }
+    // Each side learns how the other saw it.
+    let peers_b = b.cli_json(&["peers", "--json"]);
+    assert_eq!(peers_b[0]["endpoint"], format!("{ip_a}:443").as_str());
+    assert!(peers_b[0]["observed"].as_str().expect("observed").starts_with("198.18.10.2:"), "{peers_b}");
+
+    // The token works once.
+    let again = b.cli(&["accept", &token]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("did not accept the token"), "{err}");
+
+    // An expired token is refused with a clear message.
+    let short = a.cli_json(&["invite", "--ttl", "1s", "--json"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let late = b.cli(&["accept", short["token"].as_str().expect("token")]);
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("expired"));
+
+    // Restart the dialing side: it redials from the stored agreement.
+    b.signal("TERM");
+    b.wait(Duration::from_secs(10)).expect("b stops");
+    b.start(&nb);
+    wait_for(LINK_WAIT, "the link back after b restarts", &[&a, &b], || b.link_up_to(&ka).then_some(()));
+
+    // Restart the listening side: the dialer backs off and comes back.
+    a.signal("TERM");
+    a.wait(Duration::from_secs(10)).expect("a stops");
+    a.start(&na);
+    wait_for(LINK_WAIT, "the link back after a restarts", &[&a, &b], || {
+        (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(())
+    });
+    assert_eq!(a.cli_json(&["agreements", "--json"])[0]["state"], "active");
+
+    // Revoking ends the link and tells the peer.
+    let id = a.cli_json(&["agreements", "--json"])[0]["id"].as_i64().expect("id");
+    assert!(a.cli(&["agreements", "revoke", &id.to_string()]).status.success());
+    wait_for(LINK_WAIT, "the peer to learn of the revocation", &[&a, &b], || {
+        (b.cli_json(&["agreements", "--json"])[0]["state"] == "revoked").then_some(())
+    });
+}
+
+#[test]
+fn three_nodes_link_by_config() {
+    require_root();
+    let (na, nb, nc) = (Netns::new("ca"), Netns::new("cb"), Netns::new("cc"));
+    let (ip_a, ip_b1) = veth(&na, &nb, 20);
+    let (ip_b2, ip_c) = veth(&nb, &nc, 21);
+    let dir = TempDir::new("config");
+    // Keys first: init each node so the configs can name each other.
+    let keys: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let d = Daemon::prepare(&dir.path().join(n), "");
+            d.cli_json(&["init", "--json"])["public_key"].as_str().expect("key").to_string()
+        })
+        .collect();
+    let peer = |k: &str, ep: &str| format!("[[peer]]\nkey = \"{k}\"\nendpoints = [\"{ep}:443\"]\nterms = \"1TB/30d\"\n");
+    let a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n{}", peer(&keys[1], &ip_b1)));
+    let b = node(
+        &nb,
+        &dir,
+        "b",
+        &format!(
+            "[listen]\nhttps = [\"{ip_b1}:443\", \"{ip_b2}:443\"]\n{}{}",
+            peer(&keys[0], &ip_a),
+            peer(&keys[2], &ip_c)
+        ),
+    );
+    let c = node(&nc, &dir, "c", &format!("[listen]\nhttps = [\"{ip_c}:443\"]\n{}", peer(&keys[1], &ip_b2)));
+    wait_for(LINK_WAIT, "a-b and b-c links", &[&a, &b, &c], || {
+        (a.link_up_to(&keys[1]) && b.link_up_to(&keys[0]) && b.link_up_to(&keys[2]) && c.link_up_to(&keys[1]))
+            .then_some(())
+    });
+    // Both dial each other; each pair ends with exactly one link.
+    std::thread::sleep(Duration::from_secs(3));
+    let peers_b = b.cli_json(&["peers", "--json"]);
+    let up: Vec<_> = peers_b.as_array().expect("rows").iter().filter(|p| p["state"] == "up").collect();
+    assert_eq!(up.len(), 2, "{peers_b}");
+    assert_eq!(a.cli_json(&["agreements", "--json"])[0]["origin"], "config");
+    // a and c have no agreement, so no link.
+    assert!(!a.link_up_to(&keys[2]));
+}
+
+#[test]
+fn a_one_sided_peer_entry_does_not_link() {
+    require_root();
+    let (na, nb) = (Netns::new("oa"), Netns::new("ob"));
+    let (ip_a, _) = veth(&na, &nb, 30);
+    let dir = TempDir::new("onesided");
+    let a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"));
+    let ka = a.key();
+    let b = node(&nb, &dir, "b", &format!("[listen]\nhttps = []\n[[peer]]\nkey = \"{ka}\"\nendpoints = [\"{ip_a}:443\"]\n"));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!b.link_up_to(&ka), "a lists nobody, so b's entry is only half an agreement");
+    assert!(a.cli_json(&["agreements", "--json"]).as_array().expect("list").is_empty());
+}

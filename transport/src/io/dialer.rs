@@ -1,0 +1,357 @@
+//! The dialer: TCP, TLS 1.3 with ALPN `h2`, an HTTP/2 link request, then
+//! frames both ways (DESIGN.md §5).
+//!
+//! The TLS client does not verify the listener's certificate against any
+//! CA; the Noise IK handshake, bound to this TLS connection by the
+//! exporter, authenticates the listener instead (see
+//! [`super::NoCaVerification`] for why that is safe).
+//!
+//! SNI: the peer's configured server name if it has one (so the
+//! ClientHello looks like one for that site); otherwise none, which is what
+//! any client connecting to a bare IP address sends.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use umbra_routing::crypto::Identity;
+
+use super::body::ChannelBody;
+use super::link::{
+    BODY_QUEUE_BUFFERS, Direction, LINK_CLOSE_GRACE, Link, LinkSettings, LinkStart,
+    OBSERVED_ADDR_LEN, decode_observed_addr, start_link,
+};
+use super::listener::{LINK_CONTENT_TYPE, LINK_PATH};
+use super::time::unix_secs;
+use super::tls::{ALPN_H2, TlsError, client_tls_config, link_exporter};
+use crate::proto::handshake::{
+    HandshakeError, LinkInitiator, MSG2_MAX_LEN, MSG2_PREFIX_LEN, decode_msg2, encode_bearer,
+};
+
+/// How long a TCP connect may take, by default.
+pub const DIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the TLS handshake, the HTTP/2 setup and message 2 may take
+/// together, by default.
+pub const DIAL_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialTarget {
+    /// The peer's Ed25519 identity, from the agreement or the invite.
+    pub peer: [u8; 32],
+    /// `host:port` (a name is resolved; every address is tried in order).
+    pub endpoint: String,
+    /// The name to send as SNI and `:authority`, if the peer has one.
+    pub server_name: Option<String>,
+}
+
+/// Why a dial failed. The endpoint is in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect failed.
+    #[error("connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something did not answer in time.
+    #[error("{endpoint}: timed out during {stage}")]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+        /// "connect" or "handshake".
+        stage: &'static str,
+    },
+    /// The configured server name is not a valid DNS name or IP address.
+    #[error("server name {0:?} is not a valid DNS name or IP address")]
+    BadServerName(String),
+    /// The TLS handshake failed.
+    #[error("TLS with {endpoint}: {source}")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server did not choose HTTP/2: not an umbra node.
+    #[error("{endpoint} did not negotiate HTTP/2; it is not an umbra node")]
+    NotHttp2 {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// HTTP/2 failed.
+    #[error("HTTP/2 with {endpoint}: {source}")]
+    Http {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: hyper::Error,
+    },
+    /// The listener answered like a web server: it is not the node we
+    /// expected, or it refused us (no agreement, wrong key, clock skew).
+    #[error(
+        "{endpoint} answered the link request with HTTP {status}: wrong node key, no agreement, or clock skew over 120 s"
+    )]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// The status it gave.
+        status: StatusCode,
+    },
+    /// The link handshake failed.
+    #[error("link handshake with {endpoint}: {source}")]
+    Handshake {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: HandshakeError,
+    },
+    /// The listener's reply did not start with an observed address.
+    #[error("{endpoint} sent a malformed handshake reply")]
+    MalformedReply {
+        /// The endpoint.
+        endpoint: String,
+    },
+}
+
+/// Dials links for one identity.
+pub struct Dialer {
+    identity: Identity,
+    tls: TlsConnector,
+    settings: LinkSettings,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("identity", &self.identity)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    /// A dialer for `identity` whose links use `settings`.
+    pub fn new(identity: Identity, settings: LinkSettings) -> Result<Dialer, TlsError> {
+        Ok(Dialer {
+            identity,
+            tls: TlsConnector::from(client_tls_config()?),
+            settings,
+            connect_timeout: DIAL_CONNECT_TIMEOUT,
+            handshake_timeout: DIAL_HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    /// Changes the connect and handshake timeouts.
+    pub fn with_timeouts(mut self, connect: Duration, handshake: Duration) -> Dialer {
+        self.connect_timeout = connect;
+        self.handshake_timeout = handshake;
+        self
+    }
+
+    /// Dials `target` and runs the link handshake, sending `app_payload`
+    /// (for example an invite secret) in message 1.
+    pub async fn dial(&self, target: &DialTarget, app_payload: &[u8]) -> Result<Link, DialError> {
+        let endpoint = target.endpoint.clone();
+        let stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(target.endpoint.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(DialError::Connect { endpoint, source }),
+            Err(_) => {
+                return Err(DialError::Timeout {
+                    endpoint,
+                    stage: "connect",
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let remote = stream.peer_addr().map_err(|source| DialError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            self.handshake(stream, remote, target, app_payload),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout {
+                endpoint,
+                stage: "handshake",
+            }),
+        }
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        target: &DialTarget,
+        app_payload: &[u8],
+    ) -> Result<Link, DialError> {
+        let endpoint = target.endpoint.clone();
+        let sni = match &target.server_name {
+            Some(name) => ServerName::try_from(name.clone())
+                .map_err(|_| DialError::BadServerName(name.clone()))?,
+            // An IP address: rustls sends no SNI extension for it.
+            None => ServerName::IpAddress(remote.ip().into()),
+        };
+        let tls = self
+            .tls
+            .connect(sni, stream)
+            .await
+            .map_err(|source| DialError::Tls {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(ALPN_H2) {
+            return Err(DialError::NotHttp2 { endpoint });
+        }
+        let binding = link_exporter(conn).map_err(|e| DialError::Tls {
+            endpoint: endpoint.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let now = unix_secs(SystemTime::now());
+        let (initiator, msg1) =
+            LinkInitiator::start(&self.identity, &target.peer, &binding, now, app_payload)
+                .map_err(|source| DialError::Handshake {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+
+        let http_err = |source| DialError::Http {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, ChannelBody>(TokioIo::new(tls))
+            .await
+            .map_err(http_err)?;
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "link HTTP/2 connection ended");
+            }
+        });
+        // From here on, any failure must also close the connection.
+        let abort = conn_task.abort_handle();
+        let result = async {
+            let authority = target
+                .server_name
+                .clone()
+                .unwrap_or_else(|| endpoint.clone());
+            let (out_tx, body) = ChannelBody::new(BODY_QUEUE_BUFFERS);
+            let mut req = Request::builder()
+                .method(Method::POST)
+                .uri(format!("https://{authority}{LINK_PATH}"))
+                .body(body)
+                .map_err(|_| DialError::BadServerName(authority.clone()))?;
+            let h = req.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(LINK_CONTENT_TYPE),
+            );
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+            let bearer = HeaderValue::from_str(&encode_bearer(&msg1)).map_err(|_| {
+                DialError::MalformedReply {
+                    endpoint: endpoint.clone(),
+                }
+            })?;
+            h.insert(header::AUTHORIZATION, bearer);
+
+            let resp = send.send_request(req).await.map_err(http_err)?;
+            let ok = resp.status() == StatusCode::OK
+                && resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes() == LINK_CONTENT_TYPE.as_bytes());
+            if !ok {
+                return Err(DialError::Refused {
+                    endpoint: endpoint.clone(),
+                    status: resp.status(),
+                });
+            }
+            let mut incoming = resp.into_body();
+            // Message 2 is the first bytes of the body, in any split.
+            let mut buf = BytesMut::new();
+            let (established, used) = loop {
+                let hs_err = |source| DialError::Handshake {
+                    endpoint: endpoint.clone(),
+                    source,
+                };
+                if let Some((msg2, used)) = decode_msg2(&buf).map_err(hs_err)? {
+                    break (initiator.finish(msg2).map_err(hs_err)?, used);
+                }
+                if buf.len() > MSG2_PREFIX_LEN + MSG2_MAX_LEN {
+                    return Err(hs_err(HandshakeError::TooLong));
+                }
+                match incoming.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(source)) => return Err(http_err(source)),
+                    None => return Err(hs_err(HandshakeError::TooShort)),
+                }
+            };
+            let already_read: Bytes = buf.split_off(used).freeze();
+            let observed = decode_observed_addr(&established.app_payload).ok_or_else(|| {
+                DialError::MalformedReply {
+                    endpoint: endpoint.clone(),
+                }
+            })?;
+            let app_payload = established.app_payload[OBSERVED_ADDR_LEN..].to_vec();
+            let close = abort.clone();
+            // Keeping the request handle keeps hyper's connection task from
+            // shutting down while the link runs.
+            let keep = send;
+            Ok(start_link(
+                LinkStart {
+                    peer: established.peer,
+                    remote,
+                    observed: Some(observed),
+                    app_payload,
+                    handshake_hash: established.handshake_hash,
+                    direction: Direction::Outbound,
+                    incoming,
+                    already_read,
+                    outgoing: out_tx,
+                    close_connection: Box::new(move || {
+                        // Without a request handle hyper shuts the
+                        // connection down once the stream is done.
+                        drop(keep);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LINK_CLOSE_GRACE).await;
+                            close.abort();
+                        });
+                    }),
+                },
+                &self.settings,
+            ))
+        }
+        .await;
+        if result.is_err() {
+            abort.abort();
+        }
+        result
+    }
+}

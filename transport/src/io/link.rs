@@ -1,0 +1,483 @@
+//! A live link as the daemon sees it: who is on the other end, and a
+//! sender and receiver of frames (DESIGN.md §5 "Framing").
+//!
+//! Each link has two tasks:
+//! - the **writer** takes queued frames, coalesces everything queued at a
+//!   wakeup into one [`FrameEncoder`] flush of a random size (so TLS record
+//!   sizes do not cluster on the cell size; the encoder pads its first
+//!   flushes), and adds a keepalive at jittered intervals;
+//! - the **reader** decodes the peer's frames, drops keepalives and
+//!   padding, and ends the link when the stream ends, breaks, or goes
+//!   silent for [`LinkSettings::dead_after`].
+//!
+//! Closing: a side whose senders are all dropped ends its stream (HTTP/2
+//! `END_STREAM`); the peer's reader then reports [`LinkEnded::Closed`],
+//! ends its own stream and closes the connection gracefully (hard after
+//! [`LINK_CLOSE_GRACE`]). A dropped [`LinkReceiver`] alone does not close
+//! the link: incoming frames are then discarded.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use rand_core::{OsRng, RngCore};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use crate::proto::frame::{
+    CELL_LEN, FRAME_PAYLOAD_MAX_LEN, FRAME_WIRE_MAX_LEN, Frame, FrameDecoder, FrameEncoder,
+    FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN,
+};
+
+/// Length of an encoded observed address: a 16-byte IPv6 address
+/// (IPv4-mapped for IPv4) and a big-endian `u16` port.
+pub const OBSERVED_ADDR_LEN: usize = 18;
+
+/// Frames a [`LinkSender`] queues before `send` waits, by default.
+pub const LINK_SEND_QUEUE_FRAMES: usize = 256;
+
+/// Frames the reader decodes ahead of [`LinkReceiver::recv`], by default.
+pub const LINK_RECEIVE_QUEUE_FRAMES: usize = 256;
+
+/// Keepalive intervals without a single received byte after which a link
+/// is dead.
+pub const LINK_DEAD_AFTER_KEEPALIVES: u32 = 3;
+
+/// How long a link's connection may take to shut down cleanly once the
+/// link is over, before it is closed hard.
+pub const LINK_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The writer drains queued frames into one flush until this many bytes
+/// are pending, in bytes.
+const COALESCE_MAX_LEN: usize = 64 * 1024;
+
+/// The smallest write the writer hands to HTTP/2 when more is pending, in
+/// bytes.
+const WRITE_MIN_LEN: usize = 2 * 1024;
+
+/// The largest write the writer hands to HTTP/2 (one TLS record's worth
+/// of plaintext), in bytes.
+const WRITE_MAX_LEN: usize = 16 * 1024;
+
+/// Buffers between the writer and HTTP/2: with [`WRITE_MAX_LEN`], at most
+/// 128 KiB waits here before the writer (and then `send`) waits.
+pub(crate) const BODY_QUEUE_BUFFERS: usize = 8;
+
+/// Which side dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The peer dialed this node's listener.
+    Inbound,
+    /// This node dialed the peer.
+    Outbound,
+}
+
+/// Tunables of every link. [`LinkSettings::default`] is what a node uses;
+/// tests shorten the keepalive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Frames [`LinkSender::send`] queues before it waits.
+    pub send_queue_frames: usize,
+    /// Frames decoded ahead of [`LinkReceiver::recv`].
+    pub receive_queue_frames: usize,
+    /// The shortest interval between keepalives.
+    pub keepalive_min: Duration,
+    /// The longest interval between keepalives.
+    pub keepalive_max: Duration,
+}
+
+impl Default for LinkSettings {
+    fn default() -> LinkSettings {
+        LinkSettings {
+            send_queue_frames: LINK_SEND_QUEUE_FRAMES,
+            receive_queue_frames: LINK_RECEIVE_QUEUE_FRAMES,
+            keepalive_min: LINK_KEEPALIVE_MIN,
+            keepalive_max: LINK_KEEPALIVE_MAX,
+        }
+    }
+}
+
+impl LinkSettings {
+    /// How long a link may stay silent before it is dead:
+    /// [`LINK_DEAD_AFTER_KEEPALIVES`] times the longest keepalive interval.
+    pub fn dead_after(&self) -> Duration {
+        self.keepalive_max.max(self.keepalive_min) * LINK_DEAD_AFTER_KEEPALIVES
+    }
+
+    /// A keepalive interval drawn uniformly from `[keepalive_min,
+    /// keepalive_max]` at millisecond resolution.
+    fn keepalive_interval(&self) -> Duration {
+        let min = self.keepalive_min.min(self.keepalive_max);
+        let span_ms = u64::try_from((self.keepalive_max.max(min) - min).as_millis()).unwrap_or(0);
+        min + Duration::from_millis(OsRng.next_u64() % (span_ms + 1))
+    }
+}
+
+/// A live, authenticated link to a peer.
+#[derive(Debug)]
+pub struct Link {
+    /// The peer's Ed25519 identity, proven by the handshake.
+    pub peer: [u8; 32],
+    /// The peer's address as this node sees the TCP connection.
+    pub remote: SocketAddr,
+    /// The address the listener saw this node's connection come from (for
+    /// NAT traversal, DESIGN.md §5). `Some` on outbound links only.
+    pub observed: Option<SocketAddr>,
+    /// What the peer's handshake message carried for the daemon: message
+    /// 1's payload (for example an invite secret) on inbound links, the
+    /// authorizer's reply on outbound links.
+    pub app_payload: Vec<u8>,
+    /// The Noise handshake hash, the same on both ends and unique to this
+    /// link: sign it to bind a statement to the link.
+    pub handshake_hash: [u8; 32],
+    /// Which side dialed.
+    pub direction: Direction,
+    /// Queues frames to the peer.
+    pub sender: LinkSender,
+    /// Yields the peer's frames.
+    pub receiver: LinkReceiver,
+}
+
+/// Why a link ended, as [`LinkReceiver::recv`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkEnded {
+    /// The peer ended its stream cleanly (it closed the link).
+    #[error("the peer closed the link")]
+    Closed,
+    /// Nothing arrived for [`LinkSettings::dead_after`].
+    #[error("no keepalive from the peer for {0:?}")]
+    KeepaliveTimeout(Duration),
+    /// The TCP, TLS or HTTP/2 stream broke.
+    #[error("link transport failed: {0}")]
+    Transport(String),
+    /// The peer sent bytes that are not valid frames.
+    #[error("peer broke the framing: {0}")]
+    Protocol(FrameError),
+}
+
+/// Why [`LinkSender::send`] did not queue a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkSendError {
+    /// The link has ended; its receiver says why.
+    #[error("the link is closed")]
+    Closed,
+    /// The frame cannot be sent (a cell that is not 1200 bytes, or a payload
+    /// over the maximum).
+    #[error("frame cannot be sent: {0}")]
+    Invalid(FrameError),
+}
+
+/// Queues frames to the peer. Clone it to send from several tasks; the link
+/// closes its sending direction when every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct LinkSender {
+    tx: mpsc::Sender<Frame>,
+}
+
+impl LinkSender {
+    /// Queues `frame`, waiting while the queue is full (back-pressure from
+    /// the peer and TCP).
+    pub async fn send(&self, frame: Frame) -> Result<(), LinkSendError> {
+        check_sendable(&frame)?;
+        self.tx.send(frame).await.map_err(|_| LinkSendError::Closed)
+    }
+
+    /// Queues `frame` if there is room now; `Ok(false)` if the queue is
+    /// full.
+    pub fn try_send(&self, frame: Frame) -> Result<bool, LinkSendError> {
+        check_sendable(&frame)?;
+        match self.tx.try_send(frame) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkSendError::Closed),
+        }
+    }
+
+    /// Whether the link's writer has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+fn check_sendable(frame: &Frame) -> Result<(), LinkSendError> {
+    let len = frame.payload().len();
+    match frame {
+        Frame::Cell(_) if len != CELL_LEN => {
+            Err(LinkSendError::Invalid(FrameError::BadCellLength(len)))
+        }
+        _ if len > FRAME_PAYLOAD_MAX_LEN => {
+            Err(LinkSendError::Invalid(FrameError::PayloadTooLong(len)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Yields the peer's frames (cells, link control, graph records, ledger
+/// counters; keepalives and padding are consumed by the link).
+#[derive(Debug)]
+pub struct LinkReceiver {
+    rx: mpsc::Receiver<Result<Frame, LinkEnded>>,
+    ended: Option<LinkEnded>,
+}
+
+impl LinkReceiver {
+    /// The next frame, or why the link ended (then the same reason on every
+    /// later call).
+    pub async fn recv(&mut self) -> Result<Frame, LinkEnded> {
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        let end = match self.rx.recv().await {
+            Some(Ok(frame)) => return Ok(frame),
+            Some(Err(e)) => e,
+            // The reader stopped without a reason only if its task was
+            // cancelled (runtime shutdown).
+            None => LinkEnded::Transport("link task stopped".to_string()),
+        };
+        self.ended = Some(end.clone());
+        Err(end)
+    }
+}
+
+/// Encodes the address a connection was observed from:
+/// `IPv6 address [16] | port u16`, IPv4 as an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`). The listener puts it at the start of message 2's
+/// payload so the dialer learns its public address (DESIGN.md §5 "NAT
+/// traversal").
+pub fn encode_observed_addr(addr: SocketAddr) -> [u8; OBSERVED_ADDR_LEN] {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let mut out = [0u8; OBSERVED_ADDR_LEN];
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..].copy_from_slice(&addr.port().to_be_bytes());
+    out
+}
+
+/// Decodes [`encode_observed_addr`]'s output from the first
+/// [`OBSERVED_ADDR_LEN`] bytes of `buf`; IPv4-mapped addresses come back as
+/// IPv4. `None` if `buf` is shorter.
+pub fn decode_observed_addr(buf: &[u8]) -> Option<SocketAddr> {
+    let ip: [u8; 16] = buf.get(..16)?.try_into().ok()?;
+    let port: [u8; 2] = buf.get(16..OBSERVED_ADDR_LEN)?.try_into().ok()?;
+    let ip = Ipv6Addr::from(ip);
+    let ip = match ip.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(ip),
+    };
+    Some(SocketAddr::new(ip, u16::from_be_bytes(port)))
+}
+
+/// What ends the connection under a link once the link is over: it should
+/// shut down gracefully and hard after [`LINK_CLOSE_GRACE`].
+pub(crate) type CloseConnection = Box<dyn FnOnce() + Send>;
+
+/// Everything needed to start a link's tasks.
+pub(crate) struct LinkStart {
+    pub(crate) peer: [u8; 32],
+    pub(crate) remote: SocketAddr,
+    pub(crate) observed: Option<SocketAddr>,
+    pub(crate) app_payload: Vec<u8>,
+    pub(crate) handshake_hash: [u8; 32],
+    pub(crate) direction: Direction,
+    /// The peer's stream.
+    pub(crate) incoming: Incoming,
+    /// Bytes of the peer's stream already read (after message 2).
+    pub(crate) already_read: Bytes,
+    /// This side's stream.
+    pub(crate) outgoing: mpsc::Sender<Bytes>,
+    pub(crate) close_connection: CloseConnection,
+}
+
+/// Spawns the writer and reader of a link and returns it.
+pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
+    let (frame_tx, frame_rx) = mpsc::channel(settings.send_queue_frames.max(1));
+    let (recv_tx, recv_rx) = mpsc::channel(settings.receive_queue_frames.max(1));
+    let stop_writer = Arc::new(Notify::new());
+    tokio::spawn(writer(
+        frame_rx,
+        start.outgoing,
+        settings.clone(),
+        stop_writer.clone(),
+    ));
+    tokio::spawn(reader(
+        start.incoming,
+        start.already_read,
+        recv_tx,
+        settings.dead_after(),
+        stop_writer,
+        start.close_connection,
+    ));
+    Link {
+        peer: start.peer,
+        remote: start.remote,
+        observed: start.observed,
+        app_payload: start.app_payload,
+        handshake_hash: start.handshake_hash,
+        direction: start.direction,
+        sender: LinkSender { tx: frame_tx },
+        receiver: LinkReceiver {
+            rx: recv_rx,
+            ended: None,
+        },
+    }
+}
+
+/// Coalesces queued frames into writes and adds jittered keepalives. Ends
+/// (closing this direction cleanly) when every [`LinkSender`] is gone, when
+/// the reader says the link is over, or when HTTP/2 drops the stream.
+async fn writer(
+    mut frames: mpsc::Receiver<Frame>,
+    out: mpsc::Sender<Bytes>,
+    settings: LinkSettings,
+    stop: Arc<Notify>,
+) {
+    let mut rng = OsRng;
+    let mut enc = FrameEncoder::new(&mut rng);
+    let mut next_keepalive = Instant::now() + settings.keepalive_interval();
+    loop {
+        tokio::select! {
+            biased;
+            () = out.closed() => return,
+            () = stop.notified() => return,
+            frame = frames.recv() => {
+                let Some(frame) = frame else { return };
+                queue(&mut enc, &frame);
+                while enc.pending_len() < COALESCE_MAX_LEN {
+                    match frames.try_recv() {
+                        Ok(frame) => queue(&mut enc, &frame),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next_keepalive) => {
+                queue(&mut enc, &Frame::Keepalive);
+                next_keepalive = Instant::now() + settings.keepalive_interval();
+            }
+        }
+        loop {
+            let span = u64::try_from(WRITE_MAX_LEN - WRITE_MIN_LEN).unwrap_or(0) + 1;
+            let max_len = WRITE_MIN_LEN + usize::try_from(rng.next_u64() % span).unwrap_or(0);
+            let Some(buf) = enc.flush(max_len, &mut rng) else {
+                break;
+            };
+            if out.send(buf).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Queues one frame; [`LinkSender`] already checked it, so this cannot
+/// fail.
+fn queue(enc: &mut FrameEncoder, frame: &Frame) {
+    if let Err(e) = enc.queue(frame.frame_type(), frame.payload()) {
+        tracing::warn!(error = %e, "dropping a frame the link sender should have refused");
+    }
+}
+
+/// Decodes the peer's stream into `out` until it ends, then stops the
+/// writer and closes the connection. If the daemon drops its
+/// [`LinkReceiver`], frames are read and discarded until the peer ends.
+async fn reader(
+    mut incoming: Incoming,
+    already_read: Bytes,
+    out: mpsc::Sender<Result<Frame, LinkEnded>>,
+    dead_after: Duration,
+    stop_writer: Arc<Notify>,
+    close_connection: CloseConnection,
+) {
+    let mut dec = FrameDecoder::new();
+    let end: Result<std::convert::Infallible, LinkEnded> = async {
+        feed(&mut dec, &already_read, &out).await?;
+        let mut deadline = Instant::now() + dead_after;
+        loop {
+            let frame = tokio::select! {
+                frame = incoming.frame() => frame,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(LinkEnded::KeepaliveTimeout(dead_after));
+                }
+            };
+            match frame {
+                None => return Err(LinkEnded::Closed),
+                Some(Err(e)) => return Err(LinkEnded::Transport(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        feed(&mut dec, &data, &out).await?;
+                        deadline = Instant::now() + dead_after;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let Err(reason) = end;
+    tracing::debug!(%reason, "link ended");
+    let _ = out.send(Err(reason)).await;
+    stop_writer.notify_one();
+    close_connection();
+}
+
+/// Pushes received bytes through the decoder and hands whole frames on
+/// (dropping them if nobody receives any more). `Ok(())` means "keep
+/// reading"; an `Err` ends the link.
+async fn feed(
+    dec: &mut FrameDecoder,
+    data: &[u8],
+    out: &mpsc::Sender<Result<Frame, LinkEnded>>,
+) -> Result<(), LinkEnded> {
+    // Chunks this size always fit the decoder once it is drained.
+    for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
+        dec.push(chunk).map_err(LinkEnded::Protocol)?;
+        while let Some(frame) = dec.next_frame().map_err(LinkEnded::Protocol)? {
+            if frame.frame_type() == FrameType::Keepalive {
+                continue;
+            }
+            // A dropped receiver discards; the link lives on for sending.
+            let _ = out.send(Ok(frame)).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_addresses_round_trip() {
+        for a in [
+            "198.18.0.7:443",
+            "[2001:db8::1]:8443",
+            "[::ffff:198.18.0.9]:1",
+        ] {
+            let addr: SocketAddr = a.parse().expect("addr");
+            let enc = encode_observed_addr(addr);
+            let dec = decode_observed_addr(&enc).expect("decodes");
+            let want = match addr {
+                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+                    None => addr,
+                },
+                v4 => v4,
+            };
+            assert_eq!(dec, want);
+        }
+        assert_eq!(decode_observed_addr(&[0; OBSERVED_ADDR_LEN - 1]), None);
+    }
+
+    #[test]
+    fn keepalive_intervals_stay_in_range() {
+        let s = LinkSettings::default();
+        for _ in 0..1000 {
+            let i = s.keepalive_interval();
+            assert!(i >= LINK_KEEPALIVE_MIN && i <= LINK_KEEPALIVE_MAX, "{i:?}");
+        }
+        assert_eq!(s.dead_after(), LINK_KEEPALIVE_MAX * 3);
+    }
+}
