@@ -230,7 +230,7 @@ async fn a_peer_that_stops_sending_times_out() {
     let waited = t.elapsed();
     assert_eq!(end, Err(LinkEnded::KeepaliveTimeout(fast.dead_after())));
     assert!(
-        waited >= fast.dead_after() - Duration::from_millis(50) && waited < fast.dead_after() * 3,
+        waited >= fast.dead_after() / 2 && waited < fast.dead_after() * 4,
         "timed out after {waited:?}, expected about {:?}",
         fast.dead_after()
     );
