@@ -396,3 +396,20 @@ mod harness {
         assert!((2000..3000).contains(&heads), "{heads}");
     }
 }
+
+#[test]
+#[ignore = "profiling"]
+fn tmp_profile_n() {
+    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let seed = sim::seed(0x10000);
+    let wall = Instant::now();
+    let mut net = GraphNet::build(&GraphNetConfig::new(n), seed);
+    converge(&mut net, Duration::from_secs(300));
+    let run = wall.elapsed();
+    assert_converged(&net, 5);
+    eprintln!("{}\nrun {run:.2?}; {}", net.figures(), rss());
+    let c: Vec<_> = net.sim.nodes().map(|(_, x)| *x.core.counters()).collect();
+    let sum = |f: fn(&umbra_routing::graph::GraphCounters) -> u64| c.iter().map(f).sum::<u64>() as f64 / n as f64;
+    eprintln!("per node: records_in {:.0} accepted {:.0} dup {:.0} stale {:.0} requested {:.0} served {:.0} msgs_in {:.0}",
+        sum(|c| c.records_in), sum(|c| c.accepted), sum(|c| c.duplicate), sum(|c| c.stale), sum(|c| c.keys_requested), sum(|c| c.keys_served), sum(|c| c.messages_in));
+}
