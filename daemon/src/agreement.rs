@@ -81,7 +81,9 @@ impl LinkAsk {
         if b.len() < ASK_LEN {
             return None;
         }
-        let u64_at = |i: usize| -> Option<u64> { Some(u64::from_be_bytes(b.get(i..i + 8)?.try_into().ok()?)) };
+        let u64_at = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        };
         let terms = Terms {
             bytes_per_period: u64_at(1)?,
             period_secs: u64_at(9)?,

@@ -152,15 +152,32 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         Command::Keygen { strength, json } => keygen(strength, json),
         Command::Peers { json } => {
             let v = control::call(&control_socket(&cli.config, cli.control)?, &Request::Peers)?;
-            if json { output::json(&v) } else { output::peers(&v) }
+            if json {
+                output::json(&v)
+            } else {
+                output::peers(&v)
+            }
         }
-        Command::Invite { terms, ttl, endpoints, json } => {
+        Command::Invite {
+            terms,
+            ttl,
+            endpoints,
+            json,
+        } => {
             let ttl_secs = parse_ttl(&ttl)?;
             let v = control::call(
                 &control_socket(&cli.config, cli.control)?,
-                &Request::Invite { terms, ttl_secs: Some(ttl_secs), endpoints },
+                &Request::Invite {
+                    terms,
+                    ttl_secs: Some(ttl_secs),
+                    endpoints,
+                },
             )?;
-            if json { output::json(&v) } else { output::line(v["token"].as_str().unwrap_or_default()) }
+            if json {
+                output::json(&v)
+            } else {
+                output::line(v["token"].as_str().unwrap_or_default())
+            }
         }
         Command::Accept { token, json } => {
             let socket = control_socket(&cli.config, cli.control)?;
@@ -184,7 +201,11 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             match action.unwrap_or(AgreementsAction::List) {
                 AgreementsAction::List => {
                     let v = control::call(&socket, &Request::Agreements)?;
-                    if json { output::json(&v) } else { output::agreements(&v) }
+                    if json {
+                        output::json(&v)
+                    } else {
+                        output::agreements(&v)
+                    }
                 }
                 AgreementsAction::Revoke { id } => {
                     let v = control::call(&socket, &Request::Revoke { id })?;
@@ -289,13 +310,19 @@ fn keygen(strength: u32, json_out: bool) -> Result<()> {
         ("secret key", doc["secret_key"].as_str().unwrap_or_default()),
         ("strength", &strength_text),
     ])?;
-    eprintln!("to use it, write the secret key as one line to STATE_DIR/identity.key with mode 0600");
+    eprintln!(
+        "to use it, write the secret key as one line to STATE_DIR/identity.key with mode 0600"
+    );
     Ok(())
 }
 
 /// Parses `--ttl`: a number with a unit `s`, `m`, `h` or `d`.
 fn parse_ttl(text: &str) -> Result<u64> {
-    let bad = || UsageError(format!("--ttl {text}: expected a number and a unit (s, m, h, d), like 24h"));
+    let bad = || {
+        UsageError(format!(
+            "--ttl {text}: expected a number and a unit (s, m, h, d), like 24h"
+        ))
+    };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = text.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;

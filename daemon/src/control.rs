@@ -92,7 +92,9 @@ impl Response {
 pub(crate) fn parse_request(line: &str) -> Result<Request, String> {
     let line = line.trim();
     if line.is_empty() {
-        return Err("empty request: send one JSON object per line, like {\"cmd\":\"status\"}".into());
+        return Err(
+            "empty request: send one JSON object per line, like {\"cmd\":\"status\"}".into(),
+        );
     }
     serde_json::from_str::<Request>(line).map_err(|e| format!("bad request: {e}"))
 }
@@ -252,14 +254,7 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_errors_not_panics() {
-        for bad in [
-            "",
-            "{",
-            "null",
-            "[]",
-            "{\"cmd\":\"nope\"}",
-            "\u{0}\u{1}",
-        ] {
+        for bad in ["", "{", "null", "[]", "{\"cmd\":\"nope\"}", "\u{0}\u{1}"] {
             let err = parse_request(bad).expect_err(bad);
             assert!(!err.is_empty());
         }
@@ -281,7 +276,9 @@ mod tests {
             }
         });
         let mut s = UnixStream::connect(&path).await.expect("connect");
-        s.write_all(b"garbage\n{\"cmd\":\"status\"}\n").await.expect("write");
+        s.write_all(b"garbage\n{\"cmd\":\"status\"}\n")
+            .await
+            .expect("write");
         let mut r = BufReader::new(s);
         let mut l1 = String::new();
         r.read_line(&mut l1).await.expect("line 1");

@@ -120,7 +120,9 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<()> {
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             bail!(
                 "the database has schema version {version}, newer than this umbra ({SCHEMA_VERSION}); upgrade umbra"
@@ -227,12 +229,18 @@ impl Store {
         )?;
         let key: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT peer_key FROM agreements WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row(
+                "SELECT peer_key FROM agreements WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
             .optional()?;
         match key {
             None => Ok(None),
             Some(k) => {
-                let k: [u8; 32] = k.try_into().map_err(|_| anyhow::anyhow!("bad key in database"))?;
+                let k: [u8; 32] = k
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("bad key in database"))?;
                 self.agreement_with(&k)
             }
         }
@@ -249,7 +257,12 @@ impl Store {
     }
 
     /// Stores a new invite's secret.
-    pub(crate) fn add_invite(&self, secret: &[u8; 16], terms: Terms, expiry_unix: u64) -> Result<()> {
+    pub(crate) fn add_invite(
+        &self,
+        secret: &[u8; 16],
+        terms: Terms,
+        expiry_unix: u64,
+    ) -> Result<()> {
         self.conn.execute(
             "INSERT INTO invites (secret, terms, expiry_unix) VALUES (?1, ?2, ?3)",
             params![&secret[..], terms.to_string(), expiry_unix as i64],
@@ -307,7 +320,17 @@ pub(crate) enum InviteRefusal {
     Expired,
 }
 
-type RawRow = (i64, Vec<u8>, String, String, String, String, i64, i64, Option<Vec<u8>>);
+type RawRow = (
+    i64,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<Vec<u8>>,
+);
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     Ok((
@@ -364,12 +387,26 @@ mod tests {
         {
             let s = Store::open(&path).expect("open");
             let a = s
-                .upsert_active(&key, terms(), &["198.18.0.1:443".into()], Origin::Invite, 100, Some(&[1; 64]))
+                .upsert_active(
+                    &key,
+                    terms(),
+                    &["198.18.0.1:443".into()],
+                    Origin::Invite,
+                    100,
+                    Some(&[1; 64]),
+                )
                 .expect("insert");
             assert_eq!(a.revision, 1);
             // Same again: no new revision.
             let a2 = s
-                .upsert_active(&key, terms(), &["198.18.0.1:443".into()], Origin::Invite, 200, None)
+                .upsert_active(
+                    &key,
+                    terms(),
+                    &["198.18.0.1:443".into()],
+                    Origin::Invite,
+                    200,
+                    None,
+                )
                 .expect("again");
             assert_eq!(a2.revision, 1);
             assert_eq!(a2.peer_signature.as_deref(), Some(&[1u8; 64][..]));
@@ -392,12 +429,21 @@ mod tests {
         let s = Store::open(&dir.path().join("umbra.db")).expect("open");
         let secret = [3u8; 16];
         s.add_invite(&secret, terms(), 1000).expect("add");
-        assert_eq!(s.use_invite(&[9; 16], &[1; 32], 10).expect("q"), Err(InviteRefusal::Unknown));
+        assert_eq!(
+            s.use_invite(&[9; 16], &[1; 32], 10).expect("q"),
+            Err(InviteRefusal::Unknown)
+        );
         assert_eq!(s.use_invite(&secret, &[1; 32], 10).expect("q"), Ok(terms()));
-        assert_eq!(s.use_invite(&secret, &[2; 32], 11).expect("q"), Err(InviteRefusal::Used));
+        assert_eq!(
+            s.use_invite(&secret, &[2; 32], 11).expect("q"),
+            Err(InviteRefusal::Used)
+        );
         let late = [4u8; 16];
         s.add_invite(&late, terms(), 1000).expect("add");
-        assert_eq!(s.use_invite(&late, &[1; 32], 1000).expect("q"), Err(InviteRefusal::Expired));
+        assert_eq!(
+            s.use_invite(&late, &[1; 32], 1000).expect("q"),
+            Err(InviteRefusal::Expired)
+        );
     }
 
     #[test]

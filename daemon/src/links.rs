@@ -33,7 +33,10 @@ const LINK_STABLE_AFTER: Duration = Duration::from_secs(30);
 const CONTROL_REVOKE: &[u8] = b"revoke";
 
 pub(crate) fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One row of `umbra peers`.
@@ -74,7 +77,8 @@ impl std::fmt::Debug for Links {
 
 impl Links {
     pub(crate) fn new(identity: Identity, config: Config, store: Store) -> Result<Arc<Links>> {
-        let dialer = Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
+        let dialer =
+            Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
         Ok(Arc::new(Links {
             prefix: config.address_prefix,
             identity,
@@ -93,7 +97,10 @@ impl Links {
     }
 
     fn config(&self) -> Config {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// New config on SIGHUP: new `[[peer]]` entries get dialers.
@@ -103,17 +110,27 @@ impl Links {
     }
 
     /// Binds every `[listen] https` address and serves it.
-    pub(crate) async fn start_listeners(self: &Arc<Self>, links_tx: mpsc::Sender<Link>) -> Result<()> {
+    pub(crate) async fn start_listeners(
+        self: &Arc<Self>,
+        links_tx: mpsc::Sender<Link>,
+    ) -> Result<()> {
         let config = self.config();
         if config.listen.https.is_empty() {
             return Ok(());
         }
         if config.listen.acme {
-            bail!("config: [listen] acme = true is not supported yet; use cert/key files or the self-signed certificate");
+            bail!(
+                "config: [listen] acme = true is not supported yet; use cert/key files or the self-signed certificate"
+            );
         }
         let cert = match (&config.listen.cert, &config.listen.key) {
-            (Some(cert), Some(key)) => CertSource::Files { cert: cert.clone(), key: key.clone() },
-            _ => CertSource::SelfSigned { dir: config.state_dir.clone() },
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::SelfSigned {
+                dir: config.state_dir.clone(),
+            },
         };
         let tls = tio::server_tls_config(&TlsSettings {
             cert,
@@ -150,7 +167,10 @@ impl Links {
                 .with_context(|| format!("listening on {addr}"))?;
             let local = tcp.local_addr()?;
             tracing::info!(%local, "link listener up");
-            self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(local);
+            self.listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(local);
             tokio::spawn(tio::serve(tcp, Arc::clone(&listener), links_tx.clone()));
         }
         Ok(())
@@ -196,7 +216,14 @@ impl Links {
                 if let Some(p) = config.peers.iter().find(|p| p.key.0 == peer) {
                     if p.terms == ask.terms {
                         store
-                            .upsert_active(&peer, p.terms, &p.endpoints, Origin::Config, now, Some(&ask.signature))
+                            .upsert_active(
+                                &peer,
+                                p.terms,
+                                &p.endpoints,
+                                Origin::Config,
+                                now,
+                                Some(&ask.signature),
+                            )
                             .map(|_| true)
                     } else {
                         tracing::warn!(peer = %short, ours = %p.terms, theirs = %ask.terms, "refused a link: [[peer]] terms differ");
@@ -204,7 +231,11 @@ impl Links {
                     }
                 } else {
                     match store.agreement_with(&peer) {
-                        Ok(Some(a)) if a.state == AgreementState::Active && a.terms == ask.terms => Ok(true),
+                        Ok(Some(a))
+                            if a.state == AgreementState::Active && a.terms == ask.terms =>
+                        {
+                            Ok(true)
+                        }
                         Ok(_) => {
                             tracing::info!(peer = %short, "refused a link: no agreement with this key");
                             Ok(false)
@@ -232,7 +263,10 @@ impl Links {
         // Both sides keep the link dialed by the lower key, so two nodes
         // dialing each other at once end with the same single link.
         let dialer_of = |d: Direction| if d == Direction::Outbound { me } else { peer };
-        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let entry = peers.entry(peer).or_insert_with(PeerEntry::new);
@@ -270,7 +304,9 @@ impl Links {
                     if let Frame::LinkControl(body) = &frame {
                         if &body[..] == CONTROL_REVOKE {
                             match self.store().revoke_peer(&peer) {
-                                Ok(_) => tracing::warn!(peer = %short_key(&peer), "the peer revoked our agreement"),
+                                Ok(_) => {
+                                    tracing::warn!(peer = %short_key(&peer), "the peer revoked our agreement")
+                                }
                                 Err(e) => tracing::error!("recording a revocation: {e:#}"),
                             }
                             break "the peer revoked the agreement".to_string();
@@ -292,14 +328,25 @@ impl Links {
     }
 
     /// Runs `f` on the peer's entry if `generation` is still its link.
-    fn with_entry<T>(&self, peer: &[u8; 32], generation: u64, f: impl FnOnce(&mut PeerEntry) -> T) -> Option<T> {
+    fn with_entry<T>(
+        &self,
+        peer: &[u8; 32],
+        generation: u64,
+        f: impl FnOnce(&mut PeerEntry) -> T,
+    ) -> Option<T> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers.get_mut(peer).filter(|e| e.generation == generation).map(f)
+        peers
+            .get_mut(peer)
+            .filter(|e| e.generation == generation)
+            .map(f)
     }
 
     fn is_up(&self, peer: &[u8; 32]) -> bool {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers.get(peer).and_then(|e| e.sender.as_ref()).is_some_and(|s| !s.is_closed())
+        peers
+            .get(peer)
+            .and_then(|e| e.sender.as_ref())
+            .is_some_and(|s| !s.is_closed())
     }
 
     /// Starts a dialer for every peer we should dial that has none yet:
@@ -396,12 +443,18 @@ impl Links {
     }
 
     /// Dials `peer` at each endpoint in order until one links.
-    async fn dial_once(self: &Arc<Self>, peer: &[u8; 32], endpoints: &[String], ask: Ask) -> Result<()> {
+    async fn dial_once(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        endpoints: &[String],
+        ask: Ask,
+    ) -> Result<()> {
         let terms = match &ask {
             Ask::Agreement => self.terms_for(peer),
             Ask::Invite(_) => bail!("dial_once is for existing agreements"),
         };
-        self.dial_with(peer, endpoints, ask, terms, Origin::Config).await
+        self.dial_with(peer, endpoints, ask, terms, Origin::Config)
+            .await
     }
 
     async fn dial_with(
@@ -412,10 +465,19 @@ impl Links {
         terms: Terms,
         origin: Origin,
     ) -> Result<()> {
-        let payload = LinkAsk { ask, terms, signature: agreement::sign(&self.identity, peer, terms) }.encode();
+        let payload = LinkAsk {
+            ask,
+            terms,
+            signature: agreement::sign(&self.identity, peer, terms),
+        }
+        .encode();
         let mut last = None;
         for endpoint in endpoints {
-            let target = DialTarget { peer: *peer, endpoint: endpoint.clone(), server_name: None };
+            let target = DialTarget {
+                peer: *peer,
+                endpoint: endpoint.clone(),
+                server_name: None,
+            };
             match self.dialer.dial(&target, &payload).await {
                 Ok(link) => {
                     if !agreement::verify(peer, &self.identity.public(), terms, &link.app_payload) {
@@ -446,7 +508,12 @@ impl Links {
     }
 
     /// `umbra invite`: stores a one-time secret and returns the token.
-    pub(crate) fn invite(&self, terms: Terms, ttl: Duration, endpoints: Vec<String>) -> Result<(String, u64)> {
+    pub(crate) fn invite(
+        &self,
+        terms: Terms,
+        ttl: Duration,
+        endpoints: Vec<String>,
+    ) -> Result<(String, u64)> {
         let mut endpoints = endpoints;
         if endpoints.is_empty() {
             endpoints = self
@@ -459,12 +526,21 @@ impl Links {
                 .collect();
         }
         if endpoints.is_empty() {
-            bail!("no endpoint to put in the token: this node listens only on a wildcard address; pass --endpoint HOST:PORT (the address the other node can dial)");
+            bail!(
+                "no endpoint to put in the token: this node listens only on a wildcard address; pass --endpoint HOST:PORT (the address the other node can dial)"
+            );
         }
         let expiry = now_unix() + ttl.as_secs();
         let secret = Invite::random_secret();
-        let invite = Invite::new(self.identity.public(), endpoints, terms.bytes_per_period, terms.period_secs, expiry, secret)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let invite = Invite::new(
+            self.identity.public(),
+            endpoints,
+            terms.bytes_per_period,
+            terms.period_secs,
+            expiry,
+            secret,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.store().add_invite(&secret, terms, expiry)?;
         Ok((invite.encode(), expiry))
     }
@@ -472,7 +548,8 @@ impl Links {
     /// `umbra accept`: dials the inviter with the token's secret; returns
     /// once the link is up.
     pub(crate) async fn accept(self: &Arc<Self>, token: &str) -> Result<Value> {
-        let invite = Invite::decode(token).map_err(|e| anyhow::anyhow!("the token is not valid: {e}"))?;
+        let invite =
+            Invite::decode(token).map_err(|e| anyhow::anyhow!("the token is not valid: {e}"))?;
         let peer = *invite.inviter();
         if peer == self.identity.public() {
             bail!("this token was made by this node; run `umbra accept` on the other node");
@@ -480,7 +557,10 @@ impl Links {
         if invite.is_expired(now_unix()) {
             bail!("the token expired; ask the inviter for a new one (`umbra invite`)");
         }
-        let terms = Terms { bytes_per_period: invite.bytes_per_period(), period_secs: invite.period_secs() };
+        let terms = Terms {
+            bytes_per_period: invite.bytes_per_period(),
+            period_secs: invite.period_secs(),
+        };
         self.dial_with(&peer, invite.endpoints(), Ask::Invite(*invite.secret()), terms, Origin::Invite)
             .await
             .map_err(|e| {
@@ -507,20 +587,26 @@ impl Links {
             peers.get_mut(&a.peer_key).and_then(|e| e.sender.take())
         };
         if let Some(s) = sender {
-            let _ = s.send(Frame::LinkControl(CONTROL_REVOKE.to_vec().into())).await;
+            let _ = s
+                .send(Frame::LinkControl(CONTROL_REVOKE.to_vec().into()))
+                .await;
         }
         self.changed.notify_waiters();
         let in_config = self.config().peers.iter().any(|p| p.key.0 == a.peer_key);
         let mut v = self.agreement_json(&a);
         if in_config {
-            v["note"] = json!("this peer is also a [[peer]] in the config; remove it there too, or it links again");
+            v["note"] = json!(
+                "this peer is also a [[peer]] in the config; remove it there too, or it links again"
+            );
         }
         Ok(v)
     }
 
     pub(crate) fn agreements_json(&self) -> Result<Value> {
         let list = self.store().agreements()?;
-        Ok(Value::Array(list.iter().map(|a| self.agreement_json(a)).collect()))
+        Ok(Value::Array(
+            list.iter().map(|a| self.agreement_json(a)).collect(),
+        ))
     }
 
     fn agreement_json(&self, a: &crate::db::Agreement) -> Value {
@@ -570,12 +656,20 @@ impl Links {
     /// `(up, total)` for `umbra status`.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let up = peers.values().filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed())).count();
+        let up = peers
+            .values()
+            .filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed()))
+            .count();
         (up, peers.len())
     }
 
     pub(crate) fn listeners(&self) -> Vec<String> {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|a| a.to_string()).collect()
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
     }
 }
 

@@ -47,7 +47,6 @@ impl NodeView {
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
-
 }
 
 /// Answers one control request.
@@ -61,12 +60,18 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
         Request::Agreements => links.agreements_json(),
         Request::Revoke { id } => links.revoke(id).await,
         Request::Accept { token } => links.accept(&token).await,
-        Request::Invite { terms, ttl_secs, endpoints } => (|| {
+        Request::Invite {
+            terms,
+            ttl_secs,
+            endpoints,
+        } => (|| {
             let terms = match terms {
                 Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--terms {t}: {e}"))?,
                 None => umbra_config::Terms::default(),
             };
-            let ttl = ttl_secs.map(std::time::Duration::from_secs).unwrap_or(DEFAULT_INVITE_TTL);
+            let ttl = ttl_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(DEFAULT_INVITE_TTL);
             let (token, expiry) = links.invite(terms, ttl, endpoints)?;
             Ok(json!({"token": token, "expiry_unix": expiry, "terms": terms.to_string()}))
         })(),

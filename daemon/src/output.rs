@@ -50,7 +50,11 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         Some(l) if !l.is_empty() => l.iter().map(text).collect::<Vec<_>>().join(", "),
         _ => "none".into(),
     };
-    let links = format!("{} up / {} total", text(&s["links_up"]), text(&s["links_total"]));
+    let links = format!(
+        "{} up / {} total",
+        text(&s["links_up"]),
+        text(&s["links_total"])
+    );
     let uptime = format_duration(s["uptime_secs"].as_u64().unwrap_or(0));
     kv(&[
         ("address", &text(&s["address"])),
@@ -83,7 +87,11 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
             .trim_end()
             .to_string()
     };
-    writeln!(out, "{}", line(header.iter().map(|s| s.to_string()).collect()))?;
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|s| s.to_string()).collect())
+    )?;
     for r in rows {
         writeln!(out, "{}", line(r.clone()))?;
     }
@@ -116,9 +124,16 @@ pub(crate) fn peers(v: &Value) -> Result<()> {
         })
         .unwrap_or_default();
     if rows.is_empty() {
-        return line("no peers: link one with `umbra invite` / `umbra accept`, or a [[peer]] in the config");
+        return line(
+            "no peers: link one with `umbra invite` / `umbra accept`, or a [[peer]] in the config",
+        );
     }
-    table(&["KEY", "ADDRESS", "STATE", "KIND", "ENDPOINT", "OBSERVED", "IN", "OUT"], &rows)
+    table(
+        &[
+            "KEY", "ADDRESS", "STATE", "KIND", "ENDPOINT", "OBSERVED", "IN", "OUT",
+        ],
+        &rows,
+    )
 }
 
 /// Prints `umbra agreements` for people.
@@ -141,9 +156,14 @@ pub(crate) fn agreements(v: &Value) -> Result<()> {
         })
         .unwrap_or_default();
     if rows.is_empty() {
-        return line("no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other");
+        return line(
+            "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other",
+        );
     }
-    table(&["ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN"], &rows)
+    table(
+        &["ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN"],
+        &rows,
+    )
 }
 
 /// `3d 4h`, `5m 2s`: the two largest units.

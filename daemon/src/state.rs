@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use umbra_config::{Config, ConfigError, keyfile};
@@ -60,7 +60,6 @@ pub(crate) fn require_identity(config: &Config) -> Result<Identity> {
 #[derive(Debug)]
 pub(crate) struct StateLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl StateLock {
@@ -75,7 +74,7 @@ impl StateLock {
             .with_context(|| format!("opening lock file {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ok();
         match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file, path }),
+            Ok(()) => Ok(StateLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => bail!(
                 "another umbra daemon is already running on state directory {} (it holds {})",
                 state_dir.display(),
@@ -85,11 +84,5 @@ impl StateLock {
                 Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
-    }
-
-    /// Where the lock lives.
-    #[allow(dead_code)]
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }

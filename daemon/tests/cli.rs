@@ -47,10 +47,20 @@ fn bad_config_exits_2_with_one_line_naming_file_and_key() {
         let out = umbra(&cfg, &["address"]);
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert_eq!(err.trim_end().lines().count(), 1, "one line for {extra:?}: {err}");
-        assert!(err.contains(&cfg.display().to_string()), "names the file: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line for {extra:?}: {err}"
+        );
+        assert!(
+            err.contains(&cfg.display().to_string()),
+            "names the file: {err}"
+        );
         assert!(err.contains(key), "names {key}: {err}");
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
 }
 
@@ -59,14 +69,22 @@ fn init_creates_then_never_overwrites() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("etc/umbra.toml");
     let state = dir.path().join("state");
-    let args = ["init", "--state-dir", state.to_str().expect("utf8"), "--json"];
+    let args = [
+        "init",
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--json",
+    ];
     let first = umbra(&cfg, &args);
     assert!(first.status.success(), "{}", stderr(&first));
     let doc: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
     assert_eq!(doc["created_identity"], true);
     assert_eq!(doc["created_config"], true);
     let key_text = fs::read_to_string(state.join("identity.key")).expect("key");
-    let mode = fs::metadata(state.join("identity.key")).expect("meta").permissions().mode();
+    let mode = fs::metadata(state.join("identity.key"))
+        .expect("meta")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The written config is valid and commented.
     let cfg_text = fs::read_to_string(&cfg).expect("config");
@@ -80,13 +98,23 @@ fn init_creates_then_never_overwrites() {
     assert_eq!(doc2["created_identity"], false);
     assert_eq!(doc2["created_config"], false);
     assert_eq!(doc2["address"], doc["address"]);
-    assert_eq!(fs::read_to_string(state.join("identity.key")).expect("key"), key_text);
-    assert!(fs::read_to_string(&cfg).expect("cfg").contains("operator's note"));
+    assert_eq!(
+        fs::read_to_string(state.join("identity.key")).expect("key"),
+        key_text
+    );
+    assert!(
+        fs::read_to_string(&cfg)
+            .expect("cfg")
+            .contains("operator's note")
+    );
 
     // `address` reads the state directory offline and agrees with init.
     let out = umbra(&cfg, &["address"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), doc["address"].as_str().expect("addr"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        doc["address"].as_str().expect("addr")
+    );
 }
 
 #[test]
@@ -133,7 +161,10 @@ fn keygen_meets_strength_and_prints_json() {
     // Second address byte = leading zero bits.
     let addr: std::net::Ipv6Addr = doc["address"].as_str().expect("a").parse().expect("ipv6");
     assert_eq!(addr.octets()[0], 0x06);
-    assert_eq!(u64::from(addr.octets()[1]), doc["strength"].as_u64().expect("s"));
+    assert_eq!(
+        u64::from(addr.octets()[1]),
+        doc["strength"].as_u64().expect("s")
+    );
 
     let out = umbra(&cfg, &["keygen", "--strength", "99"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -145,5 +176,9 @@ fn status_without_daemon_is_a_clear_error() {
     let cfg = config_in(dir.path(), "");
     let out = umbra(&cfg, &["status"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot reach the daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the daemon"),
+        "{}",
+        stderr(&out)
+    );
 }

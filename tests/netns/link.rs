@@ -9,7 +9,10 @@ use umbra_tests::netns::{Daemon, Netns, TempDir, require_root, veth, wait_for};
 const LINK_WAIT: Duration = Duration::from_secs(30);
 
 fn node(ns: &Netns, dir: &TempDir, name: &str, extra: &str) -> Daemon {
-    let mut d = Daemon::prepare(&dir.path().join(name), &format!("[tun]\nenabled = false\n{extra}"));
+    let mut d = Daemon::prepare(
+        &dir.path().join(name),
+        &format!("[tun]\nenabled = false\n{extra}"),
+    );
     d.start(ns);
     d
 }
@@ -20,20 +23,33 @@ fn two_nodes_link_by_invite_and_survive_restarts() {
     let (na, nb) = (Netns::new("ia"), Netns::new("ib"));
     let (ip_a, _ip_b) = veth(&na, &nb, 10);
     let dir = TempDir::new("invite");
-    let mut a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"));
+    let mut a = node(
+        &na,
+        &dir,
+        "a",
+        &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"),
+    );
     let mut b = node(&nb, &dir, "b", "[listen]\nhttps = []\n");
     let (ka, kb) = (a.key(), b.key());
 
     let invite = a.cli_json(&["invite", "--terms", "10GiB/30d", "--json"]);
     let token = invite["token"].as_str().expect("token").to_string();
     assert!(token.starts_with("umbra1"));
-    assert!(token[6..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{token}");
+    assert!(
+        token[6..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{token}"
+    );
 
     let accepted = b.cli_json(&["accept", &token, "--json"]);
     assert_eq!(accepted["peer_key"], ka.as_str());
-    wait_for(LINK_WAIT, "the invite link up on both sides", &[&a, &b], || {
-        (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(())
-    });
+    wait_for(
+        LINK_WAIT,
+        "the invite link up on both sides",
+        &[&a, &b],
+        || (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(()),
+    );
 
     // Both sides store the active agreement, signed by the other side.
     for (d, other) in [(&a, &kb), (&b, &ka)] {
@@ -47,7 +63,13 @@ fn two_nodes_link_by_invite_and_survive_restarts() {
     // Each side learns how the other saw it.
     let peers_b = b.cli_json(&["peers", "--json"]);
     assert_eq!(peers_b[0]["endpoint"], format!("{ip_a}:443").as_str());
-    assert!(peers_b[0]["observed"].as_str().expect("observed").starts_with("198.18.10.2:"), "{peers_b}");
+    assert!(
+        peers_b[0]["observed"]
+            .as_str()
+            .expect("observed")
+            .starts_with("198.18.10.2:"),
+        "{peers_b}"
+    );
 
     // The token works once.
     let again = b.cli(&["accept", &token]);
@@ -66,23 +88,40 @@ fn two_nodes_link_by_invite_and_survive_restarts() {
     b.signal("TERM");
     b.wait(Duration::from_secs(10)).expect("b stops");
     b.start(&nb);
-    wait_for(LINK_WAIT, "the link back after b restarts", &[&a, &b], || b.link_up_to(&ka).then_some(()));
+    wait_for(
+        LINK_WAIT,
+        "the link back after b restarts",
+        &[&a, &b],
+        || b.link_up_to(&ka).then_some(()),
+    );
 
     // Restart the listening side: the dialer backs off and comes back.
     a.signal("TERM");
     a.wait(Duration::from_secs(10)).expect("a stops");
     a.start(&na);
-    wait_for(LINK_WAIT, "the link back after a restarts", &[&a, &b], || {
-        (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(())
-    });
+    wait_for(
+        LINK_WAIT,
+        "the link back after a restarts",
+        &[&a, &b],
+        || (a.link_up_to(&kb) && b.link_up_to(&ka)).then_some(()),
+    );
     assert_eq!(a.cli_json(&["agreements", "--json"])[0]["state"], "active");
 
     // Revoking ends the link and tells the peer.
-    let id = a.cli_json(&["agreements", "--json"])[0]["id"].as_i64().expect("id");
-    assert!(a.cli(&["agreements", "revoke", &id.to_string()]).status.success());
-    wait_for(LINK_WAIT, "the peer to learn of the revocation", &[&a, &b], || {
-        (b.cli_json(&["agreements", "--json"])[0]["state"] == "revoked").then_some(())
-    });
+    let id = a.cli_json(&["agreements", "--json"])[0]["id"]
+        .as_i64()
+        .expect("id");
+    assert!(
+        a.cli(&["agreements", "revoke", &id.to_string()])
+            .status
+            .success()
+    );
+    wait_for(
+        LINK_WAIT,
+        "the peer to learn of the revocation",
+        &[&a, &b],
+        || (b.cli_json(&["agreements", "--json"])[0]["state"] == "revoked").then_some(()),
+    );
 }
 
 #[test]
@@ -97,11 +136,24 @@ fn three_nodes_link_by_config() {
         .iter()
         .map(|n| {
             let d = Daemon::prepare(&dir.path().join(n), "");
-            d.cli_json(&["init", "--json"])["public_key"].as_str().expect("key").to_string()
+            d.cli_json(&["init", "--json"])["public_key"]
+                .as_str()
+                .expect("key")
+                .to_string()
         })
         .collect();
-    let peer = |k: &str, ep: &str| format!("[[peer]]\nkey = \"{k}\"\nendpoints = [\"{ep}:443\"]\nterms = \"1TB/30d\"\n");
-    let a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n{}", peer(&keys[1], &ip_b1)));
+    let peer = |k: &str, ep: &str| {
+        format!("[[peer]]\nkey = \"{k}\"\nendpoints = [\"{ep}:443\"]\nterms = \"1TB/30d\"\n")
+    };
+    let a = node(
+        &na,
+        &dir,
+        "a",
+        &format!(
+            "[listen]\nhttps = [\"{ip_a}:443\"]\n{}",
+            peer(&keys[1], &ip_b1)
+        ),
+    );
     let b = node(
         &nb,
         &dir,
@@ -112,15 +164,31 @@ fn three_nodes_link_by_config() {
             peer(&keys[2], &ip_c)
         ),
     );
-    let c = node(&nc, &dir, "c", &format!("[listen]\nhttps = [\"{ip_c}:443\"]\n{}", peer(&keys[1], &ip_b2)));
+    let c = node(
+        &nc,
+        &dir,
+        "c",
+        &format!(
+            "[listen]\nhttps = [\"{ip_c}:443\"]\n{}",
+            peer(&keys[1], &ip_b2)
+        ),
+    );
     wait_for(LINK_WAIT, "a-b and b-c links", &[&a, &b, &c], || {
-        (a.link_up_to(&keys[1]) && b.link_up_to(&keys[0]) && b.link_up_to(&keys[2]) && c.link_up_to(&keys[1]))
-            .then_some(())
+        (a.link_up_to(&keys[1])
+            && b.link_up_to(&keys[0])
+            && b.link_up_to(&keys[2])
+            && c.link_up_to(&keys[1]))
+        .then_some(())
     });
     // Both dial each other; each pair ends with exactly one link.
     std::thread::sleep(Duration::from_secs(3));
     let peers_b = b.cli_json(&["peers", "--json"]);
-    let up: Vec<_> = peers_b.as_array().expect("rows").iter().filter(|p| p["state"] == "up").collect();
+    let up: Vec<_> = peers_b
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|p| p["state"] == "up")
+        .collect();
     assert_eq!(up.len(), 2, "{peers_b}");
     assert_eq!(a.cli_json(&["agreements", "--json"])[0]["origin"], "config");
     // a and c have no agreement, so no link.
@@ -133,10 +201,28 @@ fn a_one_sided_peer_entry_does_not_link() {
     let (na, nb) = (Netns::new("oa"), Netns::new("ob"));
     let (ip_a, _) = veth(&na, &nb, 30);
     let dir = TempDir::new("onesided");
-    let a = node(&na, &dir, "a", &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"));
+    let a = node(
+        &na,
+        &dir,
+        "a",
+        &format!("[listen]\nhttps = [\"{ip_a}:443\"]\n"),
+    );
     let ka = a.key();
-    let b = node(&nb, &dir, "b", &format!("[listen]\nhttps = []\n[[peer]]\nkey = \"{ka}\"\nendpoints = [\"{ip_a}:443\"]\n"));
+    let b = node(
+        &nb,
+        &dir,
+        "b",
+        &format!("[listen]\nhttps = []\n[[peer]]\nkey = \"{ka}\"\nendpoints = [\"{ip_a}:443\"]\n"),
+    );
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!b.link_up_to(&ka), "a lists nobody, so b's entry is only half an agreement");
-    assert!(a.cli_json(&["agreements", "--json"]).as_array().expect("list").is_empty());
+    assert!(
+        !b.link_up_to(&ka),
+        "a lists nobody, so b's entry is only half an agreement"
+    );
+    assert!(
+        a.cli_json(&["agreements", "--json"])
+            .as_array()
+            .expect("list")
+            .is_empty()
+    );
 }

@@ -123,12 +123,17 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Kill what still runs inside, then delete the namespace.
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -191,7 +196,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.try_wait() {
-                panic!("umbra run exited early ({status}); log:\n{}", self.log_text());
+                panic!(
+                    "umbra run exited early ({status}); log:\n{}",
+                    self.log_text()
+                );
             }
             if self.request(r#"{"cmd":"status"}"#).is_some() {
                 return;
@@ -319,7 +327,21 @@ impl Drop for TempDir {
 pub fn veth(a: &Netns, b: &Netns, subnet: u8) -> (String, String) {
     let ia = unique("va");
     let ib = unique("vb");
-    sh(&["ip", "link", "add", &ia, "netns", a.name(), "type", "veth", "peer", "name", &ib, "netns", b.name()]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &ia,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ib,
+        "netns",
+        b.name(),
+    ]);
     let ip_a = format!("198.18.{subnet}.1");
     let ip_b = format!("198.18.{subnet}.2");
     a.exec(&["ip", "addr", "add", &format!("{ip_a}/24"), "dev", &ia]);
@@ -331,7 +353,12 @@ pub fn veth(a: &Netns, b: &Netns, subnet: u8) -> (String, String) {
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after
 /// `limit` with `what` and the daemons' logs.
-pub fn wait_for<T>(limit: Duration, what: &str, logs: &[&Daemon], mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    logs: &[&Daemon],
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check() {
@@ -339,7 +366,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, logs: &[&Daemon], mut check: imp
         }
         if Instant::now() > deadline {
             let logs: Vec<String> = logs.iter().map(|d| d.log_text()).collect();
-            panic!("timed out after {limit:?} waiting for {what}; logs:\n{}", logs.join("\n-----\n"));
+            panic!(
+                "timed out after {limit:?} waiting for {what}; logs:\n{}",
+                logs.join("\n-----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -348,7 +378,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, logs: &[&Daemon], mut check: imp
 impl Daemon {
     /// The node's public key, from `status --json`.
     pub fn key(&self) -> String {
-        self.cli_json(&["status", "--json"])["public_key"].as_str().expect("public_key").to_string()
+        self.cli_json(&["status", "--json"])["public_key"]
+            .as_str()
+            .expect("public_key")
+            .to_string()
     }
 
     /// Whether `peers --json` shows a link to `key` that is up.

@@ -17,7 +17,9 @@ fn node_runs_in_a_namespace() {
 
     // The identity was created on first run, mode 0600.
     let key = d.state_dir.join("identity.key");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).expect("key").permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key).expect("key").permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600, "identity.key mode");
 
     let status = d.cli_json(&["status", "--json"]);
@@ -37,7 +39,10 @@ fn node_runs_in_a_namespace() {
 
     // The kernel's view: address, no link-local, route, MTU.
     let addrs = ns.exec(&["ip", "-6", "addr", "show", "dev", "umbra0"]);
-    assert!(addrs.contains(&format!("{addr}/128")), "ip -6 addr:\n{addrs}");
+    assert!(
+        addrs.contains(&format!("{addr}/128")),
+        "ip -6 addr:\n{addrs}"
+    );
     assert!(!addrs.contains("fe80"), "link-local on umbra0:\n{addrs}");
     let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "umbra0"]);
     assert!(routes.contains("600::/7"), "ip -6 route:\n{routes}");
@@ -47,11 +52,18 @@ fn node_runs_in_a_namespace() {
     // Malformed requests get an error answer; the daemon keeps running.
     for bad in ["garbage", "{\"cmd\":\"bogus\"}", "{", "\u{7f}\u{1}"] {
         let answer = d.request(bad).expect("an answer to a malformed request");
-        assert!(answer.contains("\"ok\":false"), "answer to {bad:?}: {answer}");
+        assert!(
+            answer.contains("\"ok\":false"),
+            "answer to {bad:?}: {answer}"
+        );
     }
     let long = "x".repeat(100_000);
     let _ = d.request(&long);
-    assert!(d.try_wait().is_none(), "daemon died on bad input:\n{}", d.log_text());
+    assert!(
+        d.try_wait().is_none(),
+        "daemon died on bad input:\n{}",
+        d.log_text()
+    );
     assert_eq!(d.cli_json(&["status", "--json"])["address"], addr.as_str());
 
     // A second daemon on the same state directory is refused clearly.
@@ -72,12 +84,22 @@ fn node_runs_in_a_namespace() {
     d.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.try_wait().is_none());
-    assert!(d.log_text().contains("config reloaded"), "log:\n{}", d.log_text());
+    assert!(
+        d.log_text().contains("config reloaded"),
+        "log:\n{}",
+        d.log_text()
+    );
 
     // SIGTERM: clean exit, interface and socket gone.
     d.signal("TERM");
-    let status = d.wait(Duration::from_secs(10)).expect("daemon exits after SIGTERM");
-    assert!(status.success(), "exit status {status}; log:\n{}", d.log_text());
+    let status = d
+        .wait(Duration::from_secs(10))
+        .expect("daemon exits after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        d.log_text()
+    );
     let links = ns.exec(&["ip", "link", "show"]);
     assert!(!links.contains("umbra0"), "umbra0 still there:\n{links}");
     assert!(!d.socket.exists(), "control socket left behind");
@@ -93,7 +115,10 @@ fn prefix_from_config_moves_the_address() {
     require_root();
     let ns = Netns::new("pfx");
     let dir = TempDir::new("pfx");
-    let mut d = Daemon::prepare(dir.path(), "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n");
+    let mut d = Daemon::prepare(
+        dir.path(),
+        "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n",
+    );
     d.start(&ns);
     let status = d.cli_json(&["status", "--json"]);
     let addr = status["address"].as_str().expect("address");
@@ -109,9 +134,12 @@ fn tells_systemd_ready_reloading_stopping() {
     let dir = TempDir::new("sdn");
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
-    notify.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut d = Daemon::prepare(dir.path(), "[tun]\nname = \"sdn0\"\n[listen]\nhttps = []\n");
-    d.env.push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
+    d.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
     d.start(&ns);
     let mut next = || {
         let mut buf = [0u8; 512];

@@ -20,7 +20,11 @@ const MB: f64 = 1e6;
 fn converge(net: &mut GraphNet, limit: Duration) {
     let until = net.sim.now() + limit;
     let quiet = net.sim.run_until_quiet(Duration::from_secs(5), until);
-    assert!(quiet, "network still busy after {limit:?} ({})", net.sim.context());
+    assert!(
+        quiet,
+        "network still busy after {limit:?} ({})",
+        net.sim.context()
+    );
 }
 
 fn assert_converged(net: &GraphNet, edge_sample: usize) {
@@ -31,7 +35,11 @@ fn assert_converged(net: &GraphNet, edge_sample: usize) {
 
 fn rss() -> String {
     match sim::memory_usage() {
-        Some((peak, now)) => format!("process RSS peak {:.0} MB, now {:.0} MB", peak as f64 / MB, now as f64 / MB),
+        Some((peak, now)) => format!(
+            "process RSS peak {:.0} MB, now {:.0} MB",
+            peak as f64 / MB,
+            now as f64 / MB
+        ),
         None => "process RSS unknown".into(),
     }
 }
@@ -42,7 +50,9 @@ fn time_paths(net: &GraphNet, rng: &mut Rng, pairs: usize) -> (Duration, Duratio
     let now = to_time(net.sim.now());
     let mut fresh = Graph::new();
     for rec in net.expected() {
-        fresh.insert(rec, now, net.verifier.as_ref()).expect("valid");
+        fresh
+            .insert(rec, now, net.verifier.as_ref())
+            .expect("valid");
     }
     let keys = &net.keys;
     let t = Instant::now();
@@ -53,10 +63,16 @@ fn time_paths(net: &GraphNet, rng: &mut Rng, pairs: usize) -> (Duration, Duratio
     let mut hops = 0usize;
     for _ in 0..pairs {
         let (a, b) = (rng.index(keys.len()), rng.index(keys.len()));
-        let path = fresh.shortest_path(&keys[a], &keys[b]).expect("graph is connected");
+        let path = fresh
+            .shortest_path(&keys[a], &keys[b])
+            .expect("graph is connected");
         hops += path.len() - 1;
     }
-    (build, t.elapsed() / pairs as u32, hops as f64 / pairs as f64)
+    (
+        build,
+        t.elapsed() / pairs as u32,
+        hops as f64 / pairs as f64,
+    )
 }
 
 #[test]
@@ -72,20 +88,38 @@ fn converges_1000_nodes() {
     let run = wall.elapsed() - built;
     assert_converged(&net, 1000);
     let figs = net.figures();
-    assert_eq!(figs.counted_edges, net.topology.len(), "{}", net.sim.context());
+    assert_eq!(
+        figs.counted_edges,
+        net.topology.len(),
+        "{}",
+        net.sim.context()
+    );
     eprintln!("== 1,000 nodes, cold start (wire bytes) ==\n{figs}");
     eprintln!("wall: build {built:.2?}, run {run:.2?}; {}", rss());
     let mut rng = Rng::new(seed);
     let (build, per_path, hops) = time_paths(&net, &mut rng, 1000);
-    eprintln!("adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean");
+    eprintln!(
+        "adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean"
+    );
     assert!(figs.memory.total() < 50_000_000);
-    assert!(figs.convergence < Duration::from_secs(30), "{}", net.sim.context());
+    assert!(
+        figs.convergence < Duration::from_secs(30),
+        "{}",
+        net.sim.context()
+    );
 
     // Link-up synchronisation: node 7 restarts, first with nothing, then
     // with its graph cache. Count what its links carried.
     let victim = 7;
-    let cache = net.sim.node(victim).map(|n| n.core.export()).expect("node 7");
-    for (label, cache) in [("empty graph", None), ("graph cache", Some(cache.as_slice()))] {
+    let cache = net
+        .sim
+        .node(victim)
+        .map(|n| n.core.export())
+        .expect("node 7");
+    for (label, cache) in [
+        ("empty graph", None),
+        ("graph cache", Some(cache.as_slice())),
+    ] {
         net.fail(victim);
         net.sim.run_for(Duration::from_secs(10));
         let before = net.sim.node_stats(victim);
@@ -104,15 +138,27 @@ fn converges_1000_nodes() {
             after.sent_bytes - before.sent_bytes,
             total_after - total_before,
         );
-        let records_in = net.sim.node(victim).map(|n| n.core.counters().records_in).expect("node 7");
+        let records_in = net
+            .sim
+            .node(victim)
+            .map(|n| n.core.counters().records_in)
+            .expect("node 7");
         eprintln!("  node {victim} received {records_in} records");
         if cache.is_some() {
             // With a current cache the peers send their summaries and the
             // few records that changed, not the graph.
-            assert!(records_in < 50, "{records_in} records ({})", net.sim.context());
+            assert!(
+                records_in < 50,
+                "{records_in} records ({})",
+                net.sim.context()
+            );
         } else {
             // With none, each record comes once, over one of its 9 links.
-            assert!(records_in < 1100, "{records_in} records ({})", net.sim.context());
+            assert!(
+                records_in < 1100,
+                "{records_in} records ({})",
+                net.sim.context()
+            );
         }
     }
 }
@@ -133,14 +179,28 @@ fn converges_10000_nodes() {
     assert_converged(&net, 50);
     let checked = t.elapsed();
     let figs = net.figures();
-    assert_eq!(figs.counted_edges, net.topology.len(), "{}", net.sim.context());
+    assert_eq!(
+        figs.counted_edges,
+        net.topology.len(),
+        "{}",
+        net.sim.context()
+    );
     eprintln!("== 10,000 nodes, cold start (shared records) ==\n{figs}");
-    eprintln!("wall: build {built:.2?}, run {run:.2?}, check {checked:.2?}; {}", rss());
+    eprintln!(
+        "wall: build {built:.2?}, run {run:.2?}, check {checked:.2?}; {}",
+        rss()
+    );
     let mut rng = Rng::new(seed);
     let (build, per_path, hops) = time_paths(&net, &mut rng, 1000);
-    eprintln!("adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean");
+    eprintln!(
+        "adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean"
+    );
     assert!(figs.memory.total() < 50_000_000, "{}", net.sim.context());
-    assert!(figs.convergence < Duration::from_secs(60), "{}", net.sim.context());
+    assert!(
+        figs.convergence < Duration::from_secs(60),
+        "{}",
+        net.sim.context()
+    );
 }
 
 #[test]
@@ -154,7 +214,11 @@ fn a_re_signed_record_reaches_every_node() {
         .flat_map(|a| (0..200).map(move |b| (a, b)))
         .find(|&(a, b)| a < b && !net.listed[a].contains(&b))
         .expect("a non-adjacent pair");
-    let old_seq = net.sim.node(a).map(|n| n.core.own_record().seq()).expect("a");
+    let old_seq = net
+        .sim
+        .node(a)
+        .map(|n| n.core.own_record().seq())
+        .expect("a");
     let start = net.sim.now();
     let mut la = net.listed[a].clone();
     la.push(b);
@@ -167,11 +231,22 @@ fn a_re_signed_record_reaches_every_node() {
     let (ka, kb) = (net.keys[a], net.keys[b]);
     for (i, node) in net.sim.nodes() {
         let g = node.core.graph();
-        assert!(g.get(&ka).expect("a").seq() > old_seq, "node {i} ({})", net.sim.context());
-        assert!(g.edge(&ka, &kb).is_some(), "node {i} lacks the new edge ({})", net.sim.context());
+        assert!(
+            g.get(&ka).expect("a").seq() > old_seq,
+            "node {i} ({})",
+            net.sim.context()
+        );
+        assert!(
+            g.edge(&ka, &kb).is_some(),
+            "node {i} lacks the new edge ({})",
+            net.sim.context()
+        );
     }
     let took = net.convergence_time() - start;
-    eprintln!("edge change reached all 200 nodes in {:.3} s (simulated)", took.as_secs_f64());
+    eprintln!(
+        "edge change reached all 200 nodes in {:.3} s (simulated)",
+        took.as_secs_f64()
+    );
 }
 
 #[test]
@@ -218,8 +293,13 @@ fn a_failed_node_stays_until_its_record_expires() {
     // 30-minute refresh, so it expires at 3 h 30 min.
     let f = 42;
     net.sim.run_until(Duration::from_secs(40 * 60));
-    let last = net.sim.node(f).map(|node| node.core.own_record().clone()).expect("f");
-    let expiry = sim::graph_node::from_time(umbra_routing::graph::Time::from_unix_secs(last.expiry()));
+    let last = net
+        .sim
+        .node(f)
+        .map(|node| node.core.own_record().clone())
+        .expect("f");
+    let expiry =
+        sim::graph_node::from_time(umbra_routing::graph::Time::from_unix_secs(last.expiry()));
     assert_eq!(expiry, Duration::from_secs(30 * 60) + RECORD_LIFETIME);
     net.fail(f);
     let kf = net.keys[f];
@@ -227,20 +307,46 @@ fn a_failed_node_stays_until_its_record_expires() {
     for (i, node) in net.sim.nodes() {
         let g = node.core.graph();
         let held = g.get(&kf).map(|r| r.seq());
-        assert_eq!(held, Some(last.seq()), "node {i} before expiry ({})", net.sim.context());
+        assert_eq!(
+            held,
+            Some(last.seq()),
+            "node {i} before expiry ({})",
+            net.sim.context()
+        );
         // Its peers still list it (the agreements stand), so its edges count.
-        assert!(!g.neighbours(&kf).is_empty(), "node {i} ({})", net.sim.context());
+        assert!(
+            !g.neighbours(&kf).is_empty(),
+            "node {i} ({})",
+            net.sim.context()
+        );
     }
     net.sim.run_until(expiry + Duration::from_secs(60));
     for (i, node) in net.sim.nodes() {
         let g = node.core.graph();
-        assert!(g.get(&kf).is_none(), "node {i} still holds the expired record ({})", net.sim.context());
-        assert_eq!(node.core.counters().expired_removed, 1, "node {i} ({})", net.sim.context());
+        assert!(
+            g.get(&kf).is_none(),
+            "node {i} still holds the expired record ({})",
+            net.sim.context()
+        );
+        assert_eq!(
+            node.core.counters().expired_removed,
+            1,
+            "node {i} ({})",
+            net.sim.context()
+        );
     }
     // Everyone else refreshed every 30 minutes and is still there.
     assert_converged(&net, 10);
-    let refreshed = net.sim.node(0).map(|n| n.core.own_record().seq()).expect("0");
-    assert!(refreshed >= last.seq() + 6 * 1800 - 60, "{}", net.sim.context());
+    let refreshed = net
+        .sim
+        .node(0)
+        .map(|n| n.core.own_record().seq())
+        .expect("0");
+    assert!(
+        refreshed >= last.seq() + 6 * 1800 - 60,
+        "{}",
+        net.sim.context()
+    );
 }
 
 #[test]
@@ -265,9 +371,20 @@ fn graphs_converge_after_a_partition_heals() {
     net.sim.run_for(Duration::from_secs(5));
     net.restart(r, None);
     net.sim.run_for(Duration::from_secs(120));
-    let seq_a = net.sim.node(a).map(|x| x.core.own_record().seq()).expect("a");
-    let other_side = net.sim.node(n - 1).map(|x| x.core.graph().get(&net.keys[a]).map(|r| r.seq()));
-    assert!(other_side.flatten().is_some_and(|s| s < seq_a), "the partition leaked ({})", net.sim.context());
+    let seq_a = net
+        .sim
+        .node(a)
+        .map(|x| x.core.own_record().seq())
+        .expect("a");
+    let other_side = net
+        .sim
+        .node(n - 1)
+        .map(|x| x.core.graph().get(&net.keys[a]).map(|r| r.seq()));
+    assert!(
+        other_side.flatten().is_some_and(|s| s < seq_a),
+        "the partition leaked ({})",
+        net.sim.context()
+    );
     let healed_at = net.sim.now();
     net.sim.heal(&cut);
     converge(&mut net, Duration::from_secs(120));
@@ -322,7 +439,11 @@ mod harness {
             }
         }
         fn poll_transmit(&mut self, _: SimTime) -> Option<(usize, u32)> {
-            if self.out.is_empty() { None } else { Some(self.out.remove(0)) }
+            if self.out.is_empty() {
+                None
+            } else {
+                Some(self.out.remove(0))
+            }
         }
         fn poll_timeout(&self) -> Option<SimTime> {
             None
@@ -357,11 +478,17 @@ mod harness {
     #[test]
     fn lossy_links_delay_but_keep_order_and_seeds_replay() {
         let clean = run(1, 0.0);
-        assert_eq!(clean.iter().map(|g| g.2).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104]);
+        assert_eq!(
+            clean.iter().map(|g| g.2).collect::<Vec<_>>(),
+            vec![100, 101, 102, 103, 104]
+        );
         // 1000 bytes at 1 MB/s is 1 ms; 10 ms latency each way.
         assert_eq!(clean[0].0, Duration::from_millis(5 + 1 + 10 + 1 + 10));
         let lossy = run(7, 0.5);
-        assert_eq!(lossy.iter().map(|g| g.2).collect::<Vec<_>>(), vec![100, 101, 102, 103, 104]);
+        assert_eq!(
+            lossy.iter().map(|g| g.2).collect::<Vec<_>>(),
+            vec![100, 101, 102, 103, 104]
+        );
         assert!(lossy.last().map(|g| g.0) > clean.last().map(|g| g.0));
         assert_eq!(run(7, 0.5), lossy);
     }
@@ -400,7 +527,10 @@ mod harness {
 #[test]
 #[ignore = "profiling"]
 fn tmp_profile_n() {
-    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
     let seed = sim::seed(0x10000);
     let wall = Instant::now();
     let mut net = GraphNet::build(&GraphNetConfig::new(n), seed);
@@ -409,7 +539,17 @@ fn tmp_profile_n() {
     assert_converged(&net, 5);
     eprintln!("{}\nrun {run:.2?}; {}", net.figures(), rss());
     let c: Vec<_> = net.sim.nodes().map(|(_, x)| *x.core.counters()).collect();
-    let sum = |f: fn(&umbra_routing::graph::GraphCounters) -> u64| c.iter().map(f).sum::<u64>() as f64 / n as f64;
-    eprintln!("per node: records_in {:.0} accepted {:.0} dup {:.0} stale {:.0} requested {:.0} served {:.0} msgs_in {:.0}",
-        sum(|c| c.records_in), sum(|c| c.accepted), sum(|c| c.duplicate), sum(|c| c.stale), sum(|c| c.keys_requested), sum(|c| c.keys_served), sum(|c| c.messages_in));
+    let sum = |f: fn(&umbra_routing::graph::GraphCounters) -> u64| {
+        c.iter().map(f).sum::<u64>() as f64 / n as f64
+    };
+    eprintln!(
+        "per node: records_in {:.0} accepted {:.0} dup {:.0} stale {:.0} requested {:.0} served {:.0} msgs_in {:.0}",
+        sum(|c| c.records_in),
+        sum(|c| c.accepted),
+        sum(|c| c.duplicate),
+        sum(|c| c.stale),
+        sum(|c| c.keys_requested),
+        sum(|c| c.keys_served),
+        sum(|c| c.messages_in)
+    );
 }

@@ -100,7 +100,10 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
     let Some(nginx) = nginx_binary() else {
         // CI installs nginx (.ci/run), so there a missing nginx is a failure,
         // not a silent pass.
-        assert!(std::env::var_os("CI").is_none(), "nginx is not installed; .ci/run must install nginx-light");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nginx is not installed; .ci/run must install nginx-light"
+        );
         eprintln!("nginx is not installed: side-by-side comparison not run");
         return;
     };

@@ -33,7 +33,7 @@
 //! kind 3, request: count u16 | count × key [u8; 32]
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::codec::Reader;
@@ -332,13 +332,31 @@ impl GraphCounters {
 #[derive(Debug)]
 struct LinkState {
     peer: [u8; KEY_LEN],
-    /// Slots of records to send at the next flush, in slot order.
-    pending: BTreeSet<u32>,
+    /// Slots of records to send at the next flush; sorted and deduplicated
+    /// then, so repeats are harmless (a `Vec` push is far cheaper than a
+    /// set insert on this path, which runs per record per link).
+    pending: Vec<u32>,
+    /// `(slot, seq)` the peer has shown it holds since the last flush: a
+    /// pending record that is not newer than this is not sent.
+    peer_has: Vec<(u32, u64)>,
     flush_at: Option<Time>,
     /// What the peer's summary showed it holds, for keys this node lacked
     /// then: a record arriving later is not flooded back to this peer.
     /// Only looked up, never iterated, so its order cannot leak out.
     offered: HashMap<[u8; KEY_LEN], u64>,
+}
+
+impl LinkState {
+    fn queue(&mut self, now: Time, slot: u32) {
+        self.pending.push(slot);
+        self.flush_at.get_or_insert(now + FLOOD_BATCH_DELAY);
+    }
+
+    fn has(&mut self, slot: u32, seq: u64) {
+        if !self.pending.is_empty() {
+            self.peer_has.push((slot, seq));
+        }
+    }
 }
 
 /// A record requested from a peer and not yet received.
@@ -510,7 +528,8 @@ impl GraphCore {
             link,
             LinkState {
                 peer,
-                pending: BTreeSet::new(),
+                pending: Vec::new(),
+                peer_has: Vec::new(),
                 flush_at: None,
                 offered: HashMap::new(),
             },
@@ -678,7 +697,7 @@ impl GraphCore {
         match self.graph.lookup(&key) {
             Some((slot, have)) if have == seq => {
                 self.counters.duplicate += 1;
-                self.peer_has(link, slot);
+                self.peer_has(link, slot, seq);
             }
             Some((slot, have)) if have > seq => {
                 self.counters.stale += 1;
@@ -723,7 +742,7 @@ impl GraphCore {
         if rec.as_bytes() == self.own.as_bytes() {
             self.counters.duplicate += 1;
             if let Some(slot) = own_slot {
-                self.peer_has(link, slot);
+                self.peer_has(link, slot, seq);
             }
             return;
         }
@@ -753,7 +772,7 @@ impl GraphCore {
                 Some((slot, have)) if have >= seq => {
                     if have == seq {
                         // The peer has it: do not flood it there.
-                        l.pending.remove(&slot);
+                        l.has(slot, seq);
                     }
                     // If the peer's is older, it requests ours.
                     continue;
@@ -778,7 +797,7 @@ impl GraphCore {
         };
         for key in keys {
             if let Some(slot) = self.graph.slot_of(key) {
-                l.pending.insert(slot);
+                l.pending.push(slot);
                 self.counters.keys_served += 1;
             }
         }
@@ -793,26 +812,33 @@ impl GraphCore {
         };
         let (key, seq) = (*rec.key(), rec.seq());
         for (id, l) in &mut self.links {
-            let offered = l.offered.remove(&key);
-            if Some(*id) == from || offered.is_some_and(|s| s >= seq) {
-                l.pending.remove(&slot);
+            let offered = if l.offered.is_empty() {
+                None
             } else {
-                l.pending.insert(slot);
-                l.flush_at.get_or_insert(now + FLOOD_BATCH_DELAY);
+                let o = l.offered.remove(&key);
+                if l.offered.is_empty() {
+                    // Give the memory of a large summary back.
+                    l.offered = HashMap::new();
+                }
+                o
+            };
+            if Some(*id) == from || offered.is_some_and(|s| s >= seq) {
+                l.has(slot, seq);
+            } else {
+                l.queue(now, slot);
             }
         }
     }
 
     fn queue(&mut self, now: Time, link: LinkId, slot: u32) {
         if let Some(l) = self.links.get_mut(&link) {
-            l.pending.insert(slot);
-            l.flush_at.get_or_insert(now + FLOOD_BATCH_DELAY);
+            l.queue(now, slot);
         }
     }
 
-    fn peer_has(&mut self, link: LinkId, slot: u32) {
+    fn peer_has(&mut self, link: LinkId, slot: u32, seq: u64) {
         if let Some(l) = self.links.get_mut(&link) {
-            l.pending.remove(&slot);
+            l.has(slot, seq);
         }
     }
 
@@ -894,16 +920,37 @@ impl GraphCore {
             return;
         };
         l.flush_at = None;
-        let pending = std::mem::take(&mut l.pending);
+        let mut pending = std::mem::take(&mut l.pending);
+        let mut shown = std::mem::take(&mut l.peer_has);
+        pending.sort_unstable();
+        pending.dedup();
+        shown.sort_unstable();
+        let mut shown = shown.into_iter().peekable();
         let mut batch: Vec<Arc<NodeRecord>> = Vec::new();
         let mut len = RECORDS_HEADER_LEN;
         for slot in pending {
             let Some(rec) = self.graph.record_at(slot) else {
                 continue;
             };
+            // The highest sequence number the peer showed for this slot
+            // (entries are sorted, so the last one of the slot).
+            let mut peer_seq = None;
+            while let Some(&(s, q)) = shown.peek() {
+                if s > slot {
+                    break;
+                }
+                if s == slot {
+                    peer_seq = Some(q);
+                }
+                shown.next();
+            }
+            if peer_seq.is_some_and(|q| q >= rec.seq()) {
+                continue;
+            }
             let item = 2 + rec.encoded_len();
             if !batch.is_empty() && len + item > MAX_MESSAGE_LEN {
-                let full = std::mem::take(&mut batch);
+                let mut full = std::mem::take(&mut batch);
+                full.shrink_to_fit();
                 self.transmit.push_back((link, GraphMessage::Records(full)));
                 len = RECORDS_HEADER_LEN;
             }
@@ -911,6 +958,7 @@ impl GraphCore {
             len += item;
         }
         if !batch.is_empty() {
+            batch.shrink_to_fit();
             self.transmit.push_back((link, GraphMessage::Records(batch)));
         }
     }
