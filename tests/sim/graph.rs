@@ -542,6 +542,12 @@ fn tmp_profile_n() {
     let sum = |f: fn(&umbra_routing::graph::GraphCounters) -> u64| {
         c.iter().map(f).sum::<u64>() as f64 / n as f64
     };
+    let mems: Vec<_> = net.sim.nodes().map(|(_, x)| x.core.memory()).collect();
+    eprintln!(
+        "sum unshared {:.0} MB, flood {:.0} MB",
+        mems.iter().map(|m| m.unshared()).sum::<usize>() as f64 / 1e6,
+        mems.iter().map(|m| m.flood).sum::<usize>() as f64 / 1e6
+    );
     eprintln!(
         "per node: records_in {:.0} accepted {:.0} dup {:.0} stale {:.0} requested {:.0} served {:.0} msgs_in {:.0}",
         sum(|c| c.records_in),

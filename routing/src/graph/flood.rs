@@ -34,11 +34,12 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::mem::size_of;
 use std::sync::Arc;
 
 use super::codec::Reader;
 use super::record::{Ed25519Verifier, Edge, NodeRecord, RecordError, RecordVerifier};
-use super::store::{DropReason, Graph};
+use super::store::{DropReason, Graph, GraphMemory, heap};
 use super::{FLOOD_BATCH_DELAY, LinkId, RECORD_LIFETIME, RECORD_REFRESH, REQUEST_TIMEOUT, Time};
 use crate::crypto::{Identity, KEY_LEN};
 
@@ -108,7 +109,9 @@ pub struct Summary {
 
 impl Summary {
     fn is_well_formed(&self) -> bool {
-        self.entries.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0))
+        self.entries
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.0 < b.0))
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Summary, MessageError> {
@@ -385,7 +388,9 @@ pub struct GraphCore {
     next_refresh: Time,
     links: BTreeMap<LinkId, LinkState>,
     /// Outstanding requests, by key. Every entry names a link that is up.
-    requested: BTreeMap<[u8; KEY_LEN], Request>,
+    /// Looked up for every record received; iterated only to collect keys,
+    /// which are then sorted, so its order cannot leak out.
+    requested: HashMap<[u8; KEY_LEN], Request>,
     /// When the oldest outstanding request times out.
     request_deadline: Option<Time>,
     transmit: VecDeque<(LinkId, GraphMessage)>,
@@ -415,7 +420,13 @@ impl GraphCore {
         let mut edges = edges.to_vec();
         edges.sort_unstable();
         let expiry = now.saturating_add(RECORD_LIFETIME).unix_secs();
-        let own = Arc::new(NodeRecord::sign(&identity, now.unix_secs(), expiry, 0, &edges)?);
+        let own = Arc::new(NodeRecord::sign(
+            &identity,
+            now.unix_secs(),
+            expiry,
+            0,
+            &edges,
+        )?);
         let mut graph = Graph::new();
         graph.put(own.clone());
         Ok(GraphCore {
@@ -427,7 +438,7 @@ impl GraphCore {
             graph,
             next_refresh: now.saturating_add(RECORD_REFRESH),
             links: BTreeMap::new(),
-            requested: BTreeMap::new(),
+            requested: HashMap::new(),
             request_deadline: None,
             transmit: VecDeque::new(),
             verifier: Arc::new(Ed25519Verifier),
@@ -485,6 +496,38 @@ impl GraphCore {
     /// The peer at the far end of `link`, if it is up.
     pub fn link_peer(&self, link: LinkId) -> Option<&[u8; KEY_LEN]> {
         self.links.get(&link).map(|l| &l.peer)
+    }
+
+    /// Estimated memory: the graph's ([`Graph::memory`]) plus the flooding
+    /// state's. Hash maps count their buckets (key, value and one control
+    /// byte each) at their capacity; queued messages count their item
+    /// vectors, not the shared records they point to.
+    pub fn memory(&self) -> GraphMemory {
+        let mut m = self.graph.memory();
+        let map = |cap: usize, entry: usize| heap(cap, entry + 1);
+        let mut flood = heap(self.links.len(), size_of::<(LinkId, LinkState)>());
+        for l in self.links.values() {
+            flood += heap(l.pending.capacity(), size_of::<u32>())
+                + heap(l.peer_has.capacity(), size_of::<(u32, u64)>())
+                + map(l.offered.capacity(), size_of::<([u8; KEY_LEN], u64)>());
+        }
+        flood += map(
+            self.requested.capacity(),
+            size_of::<([u8; KEY_LEN], Request)>(),
+        );
+        flood += heap(
+            self.transmit.capacity(),
+            size_of::<(LinkId, GraphMessage)>(),
+        );
+        for (_, msg) in &self.transmit {
+            flood += match msg {
+                GraphMessage::Records(r) => heap(r.capacity(), size_of::<Arc<NodeRecord>>()),
+                GraphMessage::Summary(s) => heap(s.entries.capacity(), SUMMARY_ENTRY_LEN),
+                GraphMessage::Request(k) => heap(k.capacity(), KEY_LEN),
+            };
+        }
+        m.flood = flood;
+        m
     }
 
     /// The graph cache for the state database ([`Graph::export`]).
@@ -546,7 +589,8 @@ impl GraphCore {
                 last: i + 1 == chunks,
                 entries: chunk.to_vec(),
             };
-            self.transmit.push_back((link, GraphMessage::Summary(summary)));
+            self.transmit
+                .push_back((link, GraphMessage::Summary(summary)));
         }
     }
 
@@ -555,12 +599,13 @@ impl GraphCore {
     pub fn link_down(&mut self, now: Time, link: LinkId) {
         self.links.remove(&link);
         self.transmit.retain(|(l, _)| *l != link);
-        let orphans: Vec<[u8; KEY_LEN]> = self
+        let mut orphans: Vec<[u8; KEY_LEN]> = self
             .requested
             .iter()
             .filter(|(_, r)| r.link == link)
             .map(|(k, _)| *k)
             .collect();
+        orphans.sort_unstable();
         let Some(&other) = self.links.keys().next() else {
             for key in &orphans {
                 self.requested.remove(key);
@@ -583,7 +628,8 @@ impl GraphCore {
         self.counters.keys_requested += keys.len() as u64;
         self.request_deadline.get_or_insert(now + REQUEST_TIMEOUT);
         for chunk in keys.chunks(REQUEST_MAX_KEYS) {
-            self.transmit.push_back((link, GraphMessage::Request(chunk.to_vec())));
+            self.transmit
+                .push_back((link, GraphMessage::Request(chunk.to_vec())));
         }
     }
 
@@ -643,15 +689,22 @@ impl GraphCore {
     /// (signatures go through the verifier).
     pub fn handle(&mut self, now: Time, link: LinkId, msg: GraphMessage) {
         self.counters.messages_in += 1;
-        self.counters.bytes_in += msg.encoded_len() as u64;
         if !self.links.contains_key(&link) {
+            self.counters.bytes_in += msg.encoded_len() as u64;
             self.counters.unknown_link += 1;
             return;
+        }
+        if let GraphMessage::Records(_) = msg {
+            // Counted per record below, where each record is read anyway.
+            self.counters.bytes_in += RECORDS_HEADER_LEN as u64;
+        } else {
+            self.counters.bytes_in += msg.encoded_len() as u64;
         }
         match msg {
             GraphMessage::Records(recs) => {
                 for rec in recs {
                     self.counters.records_in += 1;
+                    self.counters.bytes_in += 2 + rec.encoded_len() as u64;
                     let (key, seq) = (*rec.key(), rec.seq());
                     self.on_record(now, link, key, seq, || Ok(rec));
                 }
@@ -678,6 +731,9 @@ impl GraphCore {
         // The request for this key is settled if the record came from the
         // link it was asked on (links keep order, so that is the answer, or
         // the answer follows), or if what we hold now is recent enough.
+        if self.requested.is_empty() {
+            return;
+        }
         if let Some(r) = self.requested.get(&key) {
             let held = self.graph.lookup(&key).map(|(_, s)| s);
             if r.link == link || held.is_some_and(|h| h >= r.seq) {
@@ -849,7 +905,12 @@ impl GraphCore {
         edges: &[Edge],
         features: u32,
     ) -> Result<NodeRecord, RecordError> {
-        let seq = self.own.seq().saturating_add(1).max(now.unix_secs()).max(min_seq);
+        let seq = self
+            .own
+            .seq()
+            .saturating_add(1)
+            .max(now.unix_secs())
+            .max(min_seq);
         let expiry = now.saturating_add(RECORD_LIFETIME).unix_secs();
         NodeRecord::sign(&self.identity, seq, expiry, features, edges)
     }
@@ -902,7 +963,11 @@ impl GraphCore {
             let before = self.requested.len();
             self.requested.retain(|_, r| r.at + REQUEST_TIMEOUT > now);
             self.counters.requests_expired += (before - self.requested.len()) as u64;
-            self.request_deadline = self.requested.values().map(|r| r.at + REQUEST_TIMEOUT).min();
+            self.request_deadline = self
+                .requested
+                .values()
+                .map(|r| r.at + REQUEST_TIMEOUT)
+                .min();
         }
         let due: Vec<LinkId> = self
             .links
@@ -959,7 +1024,8 @@ impl GraphCore {
         }
         if !batch.is_empty() {
             batch.shrink_to_fit();
-            self.transmit.push_back((link, GraphMessage::Records(batch)));
+            self.transmit
+                .push_back((link, GraphMessage::Records(batch)));
         }
     }
 
@@ -1069,7 +1135,10 @@ mod tests {
         assert!(!b.set_local_edges(now, &[]).expect("same edges"));
         let (now, moved) = exchange(&mut a, &mut b, now, now + Duration::from_secs(1));
         assert_eq!(moved, 1);
-        assert_eq!(a.graph().get(b.key()).map(|r| r.seq()), Some(b.own_record().seq()));
+        assert_eq!(
+            a.graph().get(b.key()).map(|r| r.seq()),
+            Some(b.own_record().seq())
+        );
         assert_eq!(a.graph().edge_count(), 0);
         // Reconnecting with equal graphs costs the two summaries and nothing else.
         a.link_down(now, L);
@@ -1085,7 +1154,8 @@ mod tests {
         up(&mut a, &mut b, T0);
         let (now, _) = exchange(&mut a, &mut b, T0, T0 + Duration::from_secs(1));
         let old_b = b.own_record().clone();
-        b.set_local_edges(now, &[edge_to(1), edge_to(3)]).expect("edges");
+        b.set_local_edges(now, &[edge_to(1), edge_to(3)])
+            .expect("edges");
         let (now, _) = exchange(&mut a, &mut b, now, now + Duration::from_secs(1));
         let new_b = b.own_record().clone();
         // Someone replays b's old record to a: a counts it stale and sends the
@@ -1095,12 +1165,20 @@ mod tests {
         assert_eq!(a.counters().stale, 1);
         a.handle_timeout(now + FLOOD_BATCH_DELAY);
         let (_, bytes) = a.poll_transmit().expect("a answers");
-        assert_eq!(GraphMessage::decode(&bytes), Ok(GraphMessage::Records(vec![new_b.clone()])));
+        assert_eq!(
+            GraphMessage::decode(&bytes),
+            Ok(GraphMessage::Records(vec![new_b.clone()]))
+        );
 
         // A forged newer record: well formed, bad signature.
         let mut forged = new_b.as_bytes().to_vec();
         forged[1 + 32..1 + 32 + 8].copy_from_slice(&(new_b.seq() + 5).to_be_bytes());
-        let msg = [&[1u8, 1, 0, 1][..], &(forged.len() as u16).to_be_bytes(), &forged].concat();
+        let msg = [
+            &[1u8, 1, 0, 1][..],
+            &(forged.len() as u16).to_be_bytes(),
+            &forged,
+        ]
+        .concat();
         a.handle_message(now, L, &msg);
         assert_eq!(a.counters().bad_signature, 1);
         assert_eq!(a.graph().get(b.key()).map(|r| r.seq()), Some(new_b.seq()));
@@ -1109,7 +1187,10 @@ mod tests {
         a.handle_message(now, LinkId(77), &replay);
         a.handle_message(now, L, &[1, 1, 0, 1, 0, 3, 1, 2, 3]);
         let c = a.counters();
-        assert_eq!((c.malformed_message, c.unknown_link, c.malformed_record), (1, 1, 1));
+        assert_eq!(
+            (c.malformed_message, c.unknown_link, c.malformed_record),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -1118,21 +1199,26 @@ mod tests {
         let later = T0 + Duration::from_secs(10);
         // b re-signs a few times quickly, so its seq runs ahead of the clock.
         for n in 3..8 {
-            b.set_local_edges(T0, &[edge_to(1), edge_to(n)]).expect("edges");
+            b.set_local_edges(T0, &[edge_to(1), edge_to(n)])
+                .expect("edges");
         }
         up(&mut a, &mut b, T0);
         let (_, _) = exchange(&mut a, &mut b, T0, T0 + Duration::from_secs(1));
         let before = b.own_record().seq();
         // b restarts with its clock 8 s behind: its new first record has a
         // lower seq than the one a holds.
-        let mut b2 = GraphCore::new(ident(2), later - Duration::from_secs(8), &[edge_to(1)]).expect("b2");
+        let mut b2 =
+            GraphCore::new(ident(2), later - Duration::from_secs(8), &[edge_to(1)]).expect("b2");
         assert!(b2.own_record().seq() < before);
         a.link_down(later, L);
         up(&mut a, &mut b2, later);
         let (_, _) = exchange(&mut a, &mut b2, later, later + Duration::from_secs(1));
         assert_eq!(b2.counters().own_record_conflict, 1);
         assert!(b2.own_record().seq() > before);
-        assert_eq!(a.graph().get(b2.key()).map(|r| r.seq()), Some(b2.own_record().seq()));
+        assert_eq!(
+            a.graph().get(b2.key()).map(|r| r.seq()),
+            Some(b2.own_record().seq())
+        );
     }
 
     #[test]
@@ -1178,7 +1264,9 @@ mod tests {
         let expiry = (T0 + RECORD_LIFETIME).unix_secs();
         for id in &ids {
             let rec = NodeRecord::sign(id, 1, expiry, 0, &[]).expect("sign");
-            c.graph.insert(Arc::new(rec), T0, &Ed25519Verifier).expect("insert");
+            c.graph
+                .insert(Arc::new(rec), T0, &Ed25519Verifier)
+                .expect("insert");
         }
         let mut d = core(2, &[]);
         up(&mut c, &mut d, T0);
@@ -1244,12 +1332,18 @@ mod tests {
         // A request nobody answers is given up after REQUEST_TIMEOUT.
         let y = core(8, &[]).own_record().clone();
         a.handle(T0, l3, summary_of(&[&x, &y]));
-        assert_eq!(a.poll_message(), Some((l3, GraphMessage::Request(vec![*y.key()]))));
+        assert_eq!(
+            a.poll_message(),
+            Some((l3, GraphMessage::Request(vec![*y.key()])))
+        );
         a.handle_timeout(T0 + REQUEST_TIMEOUT);
         assert_eq!(a.counters().requests_expired, 1);
         // Then a later summary may ask again.
         a.handle(T0 + REQUEST_TIMEOUT, l2, summary_of(&[&y]));
-        assert_eq!(a.poll_message(), Some((l2, GraphMessage::Request(vec![*y.key()]))));
+        assert_eq!(
+            a.poll_message(),
+            Some((l2, GraphMessage::Request(vec![*y.key()])))
+        );
     }
 
     #[test]

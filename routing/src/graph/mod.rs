@@ -151,8 +151,17 @@ mod tests {
             (t + Duration::from_secs(5)).saturating_duration_since(t),
             Duration::from_secs(5)
         );
-        assert_eq!(t.saturating_duration_since(t + Duration::from_secs(5)), Duration::ZERO);
-        assert_eq!(Time::from(UNIX_EPOCH + Duration::from_secs(3)).unix_secs(), 3);
-        assert_eq!(Time::from_unix_millis(u64::MAX) + Duration::MAX, Time(u64::MAX));
+        assert_eq!(
+            t.saturating_duration_since(t + Duration::from_secs(5)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Time::from(UNIX_EPOCH + Duration::from_secs(3)).unix_secs(),
+            3
+        );
+        assert_eq!(
+            Time::from_unix_millis(u64::MAX) + Duration::MAX,
+            Time(u64::MAX)
+        );
     }
 }

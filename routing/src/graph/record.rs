@@ -127,7 +127,8 @@ impl NodeRecord {
         let mut edges = edges.to_vec();
         edges.sort_unstable();
         check_edges(&key, &edges)?;
-        let count = u16::try_from(edges.len()).map_err(|_| RecordError::TooManyEdges(edges.len()))?;
+        let count =
+            u16::try_from(edges.len()).map_err(|_| RecordError::TooManyEdges(edges.len()))?;
 
         let mut bytes = Vec::with_capacity(HEADER_LEN + edges.len() * EDGE_LEN + SIGNATURE_LEN);
         bytes.push(RECORD_VERSION);
@@ -157,7 +158,9 @@ impl NodeRecord {
         let (key, seq) = Self::peek(bytes)?;
         let mut r = Reader::new(bytes);
         // `peek` checked the length covers the header.
-        let header = r.take(HEADER_LEN).ok_or(RecordError::TooShort(bytes.len()))?;
+        let header = r
+            .take(HEADER_LEN)
+            .ok_or(RecordError::TooShort(bytes.len()))?;
         let mut h = Reader::new(header);
         let _version_key_seq = h.take(1 + KEY_LEN + 8);
         let expiry = h.u64().ok_or(RecordError::TooShort(bytes.len()))?;
@@ -173,10 +176,12 @@ impl NodeRecord {
                 actual: bytes.len(),
             });
         }
-        let edge_bytes = r.take(count * EDGE_LEN).ok_or(RecordError::LengthMismatch {
-            expected,
-            actual: bytes.len(),
-        })?;
+        let edge_bytes = r
+            .take(count * EDGE_LEN)
+            .ok_or(RecordError::LengthMismatch {
+                expected,
+                actual: bytes.len(),
+            })?;
         let mut prev: Option<&[u8]> = None;
         for chunk in edge_bytes.chunks_exact(EDGE_LEN) {
             let peer = chunk.get(..KEY_LEN).unwrap_or_default();
@@ -256,9 +261,8 @@ impl NodeRecord {
 
     /// The listed edges, in ascending order of peer key.
     pub fn edges(&self) -> impl ExactSizeIterator<Item = Edge> + '_ {
-        self.edge_bytes()
-            .chunks_exact(EDGE_LEN)
-            .map(|chunk| match chunk.split_first_chunk::<KEY_LEN>() {
+        self.edge_bytes().chunks_exact(EDGE_LEN).map(|chunk| {
+            match chunk.split_first_chunk::<KEY_LEN>() {
                 Some((peer, [capacity])) => Edge {
                     peer: *peer,
                     capacity: *capacity,
@@ -268,7 +272,8 @@ impl NodeRecord {
                     peer: [0; KEY_LEN],
                     capacity: 0,
                 },
-            })
+            }
+        })
     }
 
     /// The capacity class of the edge this record lists to `peer`, if it
@@ -291,14 +296,19 @@ impl NodeRecord {
 
     /// The signature.
     pub fn signature(&self) -> [u8; SIGNATURE_LEN] {
-        self.bytes.last_chunk::<SIGNATURE_LEN>().copied().unwrap_or([0; SIGNATURE_LEN])
+        self.bytes
+            .last_chunk::<SIGNATURE_LEN>()
+            .copied()
+            .unwrap_or([0; SIGNATURE_LEN])
     }
 
     /// Whether the signature is the key's signature of the record. This is
     /// the real Ed25519 check (about 50 µs); the flood path calls it through
     /// a [`RecordVerifier`].
     pub fn verify_signature(&self) -> bool {
-        let signed = self.bytes.get(..self.bytes.len().saturating_sub(SIGNATURE_LEN));
+        let signed = self
+            .bytes
+            .get(..self.bytes.len().saturating_sub(SIGNATURE_LEN));
         match signed {
             Some(signed) => crypto::verify(&self.key, &signed_message(signed), &self.signature()),
             None => false,
@@ -320,7 +330,10 @@ fn check_edges(key: &[u8; KEY_LEN], edges: &[Edge]) -> Result<(), RecordError> {
     if edges.iter().any(|e| &e.peer == key) {
         return Err(RecordError::SelfEdge);
     }
-    if edges.windows(2).any(|w| matches!(w, [a, b] if a.peer >= b.peer)) {
+    if edges
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.peer >= b.peer))
+    {
         return Err(RecordError::EdgesNotSorted);
     }
     Ok(())
@@ -422,7 +435,10 @@ mod tests {
             let mut bytes = rec.as_bytes().to_vec();
             bytes[i] ^= 0x01;
             if let Ok(bad) = NodeRecord::decode(&bytes) {
-                assert!(!bad.verify_signature(), "flipping byte {i} kept the signature valid");
+                assert!(
+                    !bad.verify_signature(),
+                    "flipping byte {i} kept the signature valid"
+                );
             }
         }
     }
@@ -434,10 +450,16 @@ mod tests {
         // Swap the two edges.
         let mut swapped = b.to_vec();
         swapped[HEADER_LEN..HEADER_LEN + 2 * EDGE_LEN].copy_from_slice(
-            &[&b[HEADER_LEN + EDGE_LEN..HEADER_LEN + 2 * EDGE_LEN], &b[HEADER_LEN..HEADER_LEN + EDGE_LEN]]
-                .concat(),
+            &[
+                &b[HEADER_LEN + EDGE_LEN..HEADER_LEN + 2 * EDGE_LEN],
+                &b[HEADER_LEN..HEADER_LEN + EDGE_LEN],
+            ]
+            .concat(),
         );
-        assert_eq!(NodeRecord::decode(&swapped), Err(RecordError::EdgesNotSorted));
+        assert_eq!(
+            NodeRecord::decode(&swapped),
+            Err(RecordError::EdgesNotSorted)
+        );
         let mut trailing = b.to_vec();
         trailing.push(0);
         assert!(matches!(
@@ -446,7 +468,10 @@ mod tests {
         ));
         let mut version = b.to_vec();
         version[0] = 2;
-        assert_eq!(NodeRecord::decode(&version), Err(RecordError::UnknownVersion(2)));
+        assert_eq!(
+            NodeRecord::decode(&version),
+            Err(RecordError::UnknownVersion(2))
+        );
         assert_eq!(NodeRecord::decode(&b[..10]), Err(RecordError::TooShort(10)));
         assert_eq!(
             NodeRecord::decode(&vec![1; MAX_RECORD_LEN + 1]),
@@ -454,7 +479,10 @@ mod tests {
         );
         let mut count = b.to_vec();
         count[HEADER_LEN - 2..HEADER_LEN].copy_from_slice(&300u16.to_be_bytes());
-        assert_eq!(NodeRecord::decode(&count), Err(RecordError::TooManyEdges(300)));
+        assert_eq!(
+            NodeRecord::decode(&count),
+            Err(RecordError::TooManyEdges(300))
+        );
     }
 
     #[test]

@@ -17,7 +17,17 @@ const EXPORT_VERSION: u8 = 1;
 /// What a heap allocation costs beyond the bytes asked for (glibc malloc's
 /// header and rounding), counted in [`GraphMemory`] so the estimate is not
 /// flattering.
-const ALLOC_OVERHEAD: usize = 16;
+pub(crate) const ALLOC_OVERHEAD: usize = 16;
+
+/// Estimated heap bytes of a vector-like buffer of `cap` elements of `elem`
+/// bytes.
+pub(crate) fn heap(cap: usize, elem: usize) -> usize {
+    if cap == 0 {
+        0
+    } else {
+        cap * elem + ALLOC_OVERHEAD
+    }
+}
 
 /// Why a record was not taken into the graph. The flood path counts each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -108,18 +118,22 @@ pub struct GraphMemory {
     /// The records themselves: the `Arc` allocation with the parsed header,
     /// and the encoded bytes. In the simulation, nodes share these.
     pub records: usize,
+    /// A [`GraphCore`](super::GraphCore)'s flooding state: link queues,
+    /// summaries being answered, outstanding requests, messages not yet
+    /// polled. Zero for a bare graph.
+    pub flood: usize,
 }
 
 impl GraphMemory {
     /// Everything, as a daemon that owns its records pays it.
     pub fn total(&self) -> usize {
-        self.index + self.slots + self.adjacency + self.records
+        self.index + self.slots + self.adjacency + self.records + self.flood
     }
 
     /// Everything but the records: what each node of the simulation pays
     /// on its own, since nodes share record bodies there.
     pub fn unshared(&self) -> usize {
-        self.index + self.slots + self.adjacency
+        self.index + self.slots + self.adjacency + self.flood
     }
 }
 
@@ -483,12 +497,13 @@ impl Graph {
 
     /// Estimated memory held (see [`GraphMemory`]).
     pub fn memory(&self) -> GraphMemory {
-        let alloc = |cap: usize, elem: usize| if cap == 0 { 0 } else { cap * elem + ALLOC_OVERHEAD };
+        let alloc = heap;
         let index = self.index.heap_bytes() + ALLOC_OVERHEAD;
         let slots = alloc(self.slots.capacity(), size_of::<Option<Arc<NodeRecord>>>())
             + alloc(self.free.capacity(), size_of::<u32>());
         let adjacency = self.adjacency.get().map_or(0, |a| {
-            alloc(a.offsets.capacity(), size_of::<u32>()) + alloc(a.targets.capacity(), size_of::<u32>())
+            alloc(a.offsets.capacity(), size_of::<u32>())
+                + alloc(a.targets.capacity(), size_of::<u32>())
         });
         // An Arc allocation holds two reference counts and the NodeRecord;
         // the NodeRecord points to its encoded bytes.
@@ -506,6 +521,7 @@ impl Graph {
             slots,
             adjacency,
             records,
+            flood: 0,
         }
     }
 }
@@ -517,7 +533,9 @@ pub(crate) fn check_expiry(record: &NodeRecord, now: Time) -> Result<(), DropRea
     if record.expiry() <= now_secs {
         return Err(DropReason::Expired);
     }
-    let limit = now.saturating_add(RECORD_LIFETIME).saturating_add(MAX_CLOCK_SKEW);
+    let limit = now
+        .saturating_add(RECORD_LIFETIME)
+        .saturating_add(MAX_CLOCK_SKEW);
     if record.expiry() > limit.unix_secs() {
         return Err(DropReason::TooFarAhead);
     }
@@ -571,7 +589,8 @@ mod tests {
                     }
                 })
                 .collect();
-            g.insert(rec(id, 1, &peers), NOW, &Ed25519Verifier).expect("insert");
+            g.insert(rec(id, 1, &peers), NOW, &Ed25519Verifier)
+                .expect("insert");
         }
         g
     }
@@ -581,9 +600,12 @@ mod tests {
         let ids = ids(3);
         let mut g = Graph::new();
         // 0 lists 1 and 2; 1 lists 0; 2 lists nobody.
-        g.insert(rec(&ids[0], 1, &[&ids[1], &ids[2]]), NOW, &Ed25519Verifier).expect("0");
-        g.insert(rec(&ids[1], 1, &[&ids[0]]), NOW, &Ed25519Verifier).expect("1");
-        g.insert(rec(&ids[2], 1, &[]), NOW, &Ed25519Verifier).expect("2");
+        g.insert(rec(&ids[0], 1, &[&ids[1], &ids[2]]), NOW, &Ed25519Verifier)
+            .expect("0");
+        g.insert(rec(&ids[1], 1, &[&ids[0]]), NOW, &Ed25519Verifier)
+            .expect("1");
+        g.insert(rec(&ids[2], 1, &[]), NOW, &Ed25519Verifier)
+            .expect("2");
         assert_eq!(g.node_count(), 3);
         assert_eq!(g.edge_count(), 1);
         assert_eq!(g.neighbours(&ids[0].public()), vec![ids[1].public()]);
@@ -592,7 +614,8 @@ mod tests {
         assert_eq!(g.edge(&ids[0].public(), &ids[1].public()), Some(1));
         assert_eq!(g.shortest_path(&ids[0].public(), &ids[2].public()), None);
         // Once 2 lists 0 as well, the edge counts.
-        g.insert(rec(&ids[2], 2, &[&ids[0]]), NOW, &Ed25519Verifier).expect("2 again");
+        g.insert(rec(&ids[2], 2, &[&ids[0]]), NOW, &Ed25519Verifier)
+            .expect("2 again");
         assert_eq!(g.edge_count(), 2);
         assert_eq!(
             g.shortest_path(&ids[1].public(), &ids[2].public()),
@@ -604,13 +627,18 @@ mod tests {
     fn newer_replaces_older_and_duplicates_are_dropped() {
         let ids = ids(2);
         let mut g = Graph::new();
-        let slot = g.insert(rec(&ids[0], 5, &[]), NOW, &Ed25519Verifier).expect("first");
+        let slot = g
+            .insert(rec(&ids[0], 5, &[]), NOW, &Ed25519Verifier)
+            .expect("first");
         assert_eq!(slot, Inserted::New(0));
         assert_eq!(
             g.insert(rec(&ids[0], 5, &[]), NOW, &Ed25519Verifier),
             Err(DropReason::Duplicate)
         );
-        assert_eq!(g.insert(rec(&ids[0], 4, &[]), NOW, &Ed25519Verifier), Err(DropReason::Stale));
+        assert_eq!(
+            g.insert(rec(&ids[0], 4, &[]), NOW, &Ed25519Verifier),
+            Err(DropReason::Stale)
+        );
         assert_eq!(
             g.insert(rec(&ids[0], 6, &[&ids[1]]), NOW, &Ed25519Verifier),
             Ok(Inserted::Replaced(0))
@@ -632,12 +660,21 @@ mod tests {
     fn bad_signatures_and_bad_expiries_are_dropped() {
         let ids = ids(1);
         let mut g = Graph::new();
-        assert_eq!(g.insert(rec(&ids[0], 1, &[]), NOW, &Refuse), Err(DropReason::BadSignature));
+        assert_eq!(
+            g.insert(rec(&ids[0], 1, &[]), NOW, &Refuse),
+            Err(DropReason::BadSignature)
+        );
         let past = Arc::new(NodeRecord::sign(&ids[0], 1, NOW.unix_secs(), 0, &[]).expect("sign"));
-        assert_eq!(g.insert(past, NOW, &Ed25519Verifier), Err(DropReason::Expired));
+        assert_eq!(
+            g.insert(past, NOW, &Ed25519Verifier),
+            Err(DropReason::Expired)
+        );
         let far = NOW + RECORD_LIFETIME + MAX_CLOCK_SKEW + std::time::Duration::from_secs(1);
         let far = Arc::new(NodeRecord::sign(&ids[0], 1, far.unix_secs(), 0, &[]).expect("sign"));
-        assert_eq!(g.insert(far, NOW, &Ed25519Verifier), Err(DropReason::TooFarAhead));
+        assert_eq!(
+            g.insert(far, NOW, &Ed25519Verifier),
+            Err(DropReason::TooFarAhead)
+        );
         assert_eq!(g.node_count(), 0);
     }
 
@@ -653,9 +690,13 @@ mod tests {
             capacity: 1,
         }];
         let r2 = NodeRecord::sign(&ids[2], 2, expiry, 0, &edges).expect("sign");
-        g.insert(Arc::new(r2), late, &Ed25519Verifier).expect("re-signed");
+        g.insert(Arc::new(r2), late, &Ed25519Verifier)
+            .expect("re-signed");
         assert_eq!(g.edge_count(), 2);
-        assert_eq!(g.remove_expired(NOW + RECORD_LIFETIME - std::time::Duration::from_secs(1)), 0);
+        assert_eq!(
+            g.remove_expired(NOW + RECORD_LIFETIME - std::time::Duration::from_secs(1)),
+            0
+        );
         assert_eq!(g.next_expiry(), Some(NOW + RECORD_LIFETIME));
         assert_eq!(g.remove_expired(NOW + RECORD_LIFETIME), 2);
         assert_eq!(g.node_count(), 1);
@@ -685,11 +726,20 @@ mod tests {
         bad[last] ^= 1;
         let (partial, dropped) = Graph::import_with(&bad, NOW, &Ed25519Verifier).expect("import");
         assert_eq!((partial.node_count(), dropped), (4, 1));
-        assert_eq!(Graph::import(&bytes[..bytes.len() - 1], NOW).err(), Some(ImportError::Truncated));
-        assert_eq!(Graph::import(&[9], NOW).err(), Some(ImportError::UnknownVersion(9)));
+        assert_eq!(
+            Graph::import(&bytes[..bytes.len() - 1], NOW).err(),
+            Some(ImportError::Truncated)
+        );
+        assert_eq!(
+            Graph::import(&[9], NOW).err(),
+            Some(ImportError::UnknownVersion(9))
+        );
         let mut trailing = bytes;
         trailing.push(0);
-        assert_eq!(Graph::import(&trailing, NOW).err(), Some(ImportError::TrailingBytes(1)));
+        assert_eq!(
+            Graph::import(&trailing, NOW).err(),
+            Some(ImportError::TrailingBytes(1))
+        );
     }
 
     /// Breadth-first search from scratch over all records, for comparison.
