@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use umbra_routing::Identity;
 use umbra_routing::graph::{
-    Ed25519Verifier, Edge, Graph, GraphCore, GraphMemory, GraphMessage, LinkId, NodeRecord,
-    RecordVerifier, Time,
+    Ed25519Verifier, Edge, Graph, GraphCore, GraphCounters, GraphMemory, GraphMessage, LinkId,
+    NodeRecord, RecordVerifier, Time,
 };
 
 use super::topology::{is_connected, neighbours, ring_with_chords};
@@ -458,11 +458,16 @@ impl GraphNet {
             .nodes()
             .next()
             .map(|(_, node)| {
-                let g = node.core.graph();
-                let _ = g.edge_count(); // build the adjacency, so it is counted
-                g.memory()
+                let _ = node.core.graph().edge_count(); // build the adjacency, so it is counted
+                node.core.memory()
             })
             .unwrap_or_default();
+        let counters: Vec<_> = self
+            .sim
+            .nodes()
+            .map(|(_, node)| *node.core.counters())
+            .collect();
+        let mean = |f: fn(&GraphCounters) -> u64| counters.iter().map(f).sum::<u64>() as f64 / n;
         Figures {
             nodes: live.len(),
             counted_edges: self.reference().edge_count(),
@@ -474,6 +479,13 @@ impl GraphNet {
             bytes_sent_max: stats.iter().map(|s| s.sent_bytes).max().unwrap_or(0),
             bytes_recv_max: stats.iter().map(|s| s.recv_bytes).max().unwrap_or(0),
             memory,
+            sim_unshared_memory: self
+                .sim
+                .nodes()
+                .map(|(_, node)| node.core.memory().unshared())
+                .sum(),
+            records_in_mean: mean(|c| c.records_in),
+            keys_requested_mean: mean(|c| c.keys_requested),
             ed25519_verifications: self.verifier.verified(),
             verifier_lookups: self.verifier.lookups(),
             events: self.sim.stats().events,
@@ -502,8 +514,17 @@ pub struct Figures {
     pub bytes_sent_max: u64,
     /// Bytes received per node, most.
     pub bytes_recv_max: u64,
-    /// One node's graph memory (its adjacency built).
+    /// One node's graph memory (its adjacency built, its flooding state
+    /// included).
     pub memory: GraphMemory,
+    /// What all nodes hold but share no part of, summed: their indexes,
+    /// slots and flooding state (and adjacencies, where built).
+    pub sim_unshared_memory: usize,
+    /// Records received per node, mean (each node accepts each record
+    /// once; the rest were duplicates).
+    pub records_in_mean: f64,
+    /// Keys requested per node after link-up summaries, mean.
+    pub keys_requested_mean: f64,
     /// Distinct records verified with Ed25519 in the whole run.
     pub ed25519_verifications: u64,
     /// Verifications the nodes asked for (the unmemoized cost).
@@ -540,17 +561,30 @@ impl fmt::Display for Figures {
             self.bytes_sent_max,
             self.bytes_recv_max
         )?;
+        writeln!(
+            f,
+            "records received/node mean {:.0} ({:.2} per distinct record); keys requested/node mean {:.1}",
+            self.records_in_mean,
+            self.records_in_mean / n as f64,
+            self.keys_requested_mean
+        )?;
         let m = self.memory;
         writeln!(
             f,
-            "graph memory/node: total {:.2} MB owned = index {} + slots {} + adjacency {} + records {}; {} B per graph node; unshared (sim) {:.2} MB",
+            "graph memory/node: {:.2} MB = index {} + slots {} + adjacency {} + records {} + flooding state {} ({} B per graph node)",
             m.total() as f64 / 1e6,
             m.index,
             m.slots,
             m.adjacency,
             m.records,
+            m.flood,
             m.total() / n,
-            m.unshared() as f64 / 1e6
+        )?;
+        writeln!(
+            f,
+            "simulation: {:.2} MB per node not shared with other nodes; {:.0} MB over all nodes",
+            m.unshared() as f64 / 1e6,
+            self.sim_unshared_memory as f64 / 1e6
         )?;
         write!(
             f,

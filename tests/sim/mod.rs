@@ -207,6 +207,8 @@ pub struct SimStats {
     pub retransmissions: u64,
     /// Time of the last delivery.
     pub last_delivery: SimTime,
+    /// Most events queued at once (messages in flight and timers).
+    pub peak_queue: usize,
 }
 
 struct Link {
@@ -568,6 +570,7 @@ impl<N: SimNode + 'static> Sim<N> {
             seq: self.seq,
             slot,
         });
+        self.stats.peak_queue = self.stats.peak_queue.max(self.queue.len());
     }
 
     /// Sends everything node `i` wants to send and reschedules its timer.

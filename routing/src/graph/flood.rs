@@ -40,7 +40,10 @@ use std::sync::Arc;
 use super::codec::Reader;
 use super::record::{Ed25519Verifier, Edge, NodeRecord, RecordError, RecordVerifier};
 use super::store::{DropReason, Graph, GraphMemory, heap};
-use super::{FLOOD_BATCH_DELAY, LinkId, RECORD_LIFETIME, RECORD_REFRESH, REQUEST_TIMEOUT, Time};
+use super::{
+    FLOOD_BATCH_DELAY, LinkId, MAX_GRAPH_NODES, RECORD_LIFETIME, RECORD_REFRESH, REQUEST_TIMEOUT,
+    Time,
+};
 use crate::crypto::{Identity, KEY_LEN};
 
 /// Largest graph message, encoded. It fits one transport frame (`len u16`)
@@ -295,7 +298,8 @@ pub struct GraphCounters {
     pub too_far_ahead: u64,
     /// Records dropped: the signature is not the key's.
     pub bad_signature: u64,
-    /// Records dropped: the graph is full.
+    /// Records dropped, or summary entries not requested: the graph (or the
+    /// table of outstanding requests) holds `MAX_GRAPH_NODES` already.
     pub graph_full: u64,
     /// Records dropped: malformed.
     pub malformed_record: u64,
@@ -335,13 +339,14 @@ impl GraphCounters {
 #[derive(Debug)]
 struct LinkState {
     peer: [u8; KEY_LEN],
-    /// Slots of records to send at the next flush; sorted and deduplicated
-    /// then, so repeats are harmless (a `Vec` push is far cheaper than a
-    /// set insert on this path, which runs per record per link).
-    pending: Vec<u32>,
-    /// `(slot, seq)` the peer has shown it holds since the last flush: a
-    /// pending record that is not newer than this is not sent.
-    peer_has: Vec<(u32, u64)>,
+    /// One bit per graph slot: the record in the slot is to be sent at the
+    /// next flush. Queueing a record, and taking it off the queue when the
+    /// peer shows it has it, cost O(1) on this path, which runs per record
+    /// per link, and the queue takes one bit per node of the graph.
+    pending: Vec<u64>,
+    /// The slots whose bit was set since the last flush, in the order they
+    /// were set (some may have been cleared since).
+    queued: Vec<u32>,
     flush_at: Option<Time>,
     /// What the peer's summary showed it holds, for keys this node lacked
     /// then: a record arriving later is not flooded back to this peer.
@@ -351,14 +356,45 @@ struct LinkState {
 
 impl LinkState {
     fn queue(&mut self, now: Time, slot: u32) {
-        self.pending.push(slot);
+        let word = slot as usize / 64;
+        if self.pending.len() <= word {
+            self.pending.resize(word + 1, 0);
+        }
+        let bit = 1u64 << (slot % 64);
+        if let Some(w) = self.pending.get_mut(word)
+            && *w & bit == 0
+        {
+            *w |= bit;
+            self.queued.push(slot);
+        }
         self.flush_at.get_or_insert(now + FLOOD_BATCH_DELAY);
     }
 
-    fn has(&mut self, slot: u32, seq: u64) {
-        if !self.pending.is_empty() {
-            self.peer_has.push((slot, seq));
+    /// The peer holds the current record of `slot`: do not send it.
+    fn has(&mut self, slot: u32) {
+        if let Some(w) = self.pending.get_mut(slot as usize / 64) {
+            *w &= !(1u64 << (slot % 64));
         }
+    }
+
+    /// The slots to send now, in the order they were queued; empties the
+    /// queue.
+    fn take_pending(&mut self) -> Vec<u32> {
+        let queued = std::mem::take(&mut self.queued);
+        let pending = &mut self.pending;
+        queued
+            .into_iter()
+            .filter(|&slot| {
+                let bit = 1u64 << (slot % 64);
+                match pending.get_mut(slot as usize / 64) {
+                    Some(w) if *w & bit != 0 => {
+                        *w &= !bit;
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .collect()
     }
 }
 
@@ -507,8 +543,8 @@ impl GraphCore {
         let map = |cap: usize, entry: usize| heap(cap, entry + 1);
         let mut flood = heap(self.links.len(), size_of::<(LinkId, LinkState)>());
         for l in self.links.values() {
-            flood += heap(l.pending.capacity(), size_of::<u32>())
-                + heap(l.peer_has.capacity(), size_of::<(u32, u64)>())
+            flood += heap(l.pending.capacity(), size_of::<u64>())
+                + heap(l.queued.capacity(), size_of::<u32>())
                 + map(l.offered.capacity(), size_of::<([u8; KEY_LEN], u64)>());
         }
         flood += map(
@@ -572,7 +608,7 @@ impl GraphCore {
             LinkState {
                 peer,
                 pending: Vec::new(),
-                peer_has: Vec::new(),
+                queued: Vec::new(),
                 flush_at: None,
                 offered: HashMap::new(),
             },
@@ -676,7 +712,7 @@ impl GraphCore {
                 _ => self.counters.malformed_message += 1,
             },
             KIND_REQUEST => match decode_request_body(&mut r) {
-                Ok(keys) if r.remaining() == 0 => self.on_request(link, &keys),
+                Ok(keys) if r.remaining() == 0 => self.on_request(now, link, &keys),
                 _ => self.counters.malformed_message += 1,
             },
             _ => self.counters.malformed_message += 1,
@@ -711,7 +747,7 @@ impl GraphCore {
             }
             GraphMessage::Summary(s) if s.is_well_formed() => self.on_summary(now, link, s),
             GraphMessage::Summary(_) => self.counters.malformed_message += 1,
-            GraphMessage::Request(keys) => self.on_request(link, &keys),
+            GraphMessage::Request(keys) => self.on_request(now, link, &keys),
         }
     }
 
@@ -738,6 +774,11 @@ impl GraphCore {
             let held = self.graph.lookup(&key).map(|(_, s)| s);
             if r.link == link || held.is_some_and(|h| h >= r.seq) {
                 self.requested.remove(&key);
+                if self.requested.is_empty() {
+                    // Give the memory of a large synchronisation back.
+                    self.requested = HashMap::new();
+                    self.request_deadline = None;
+                }
             }
         }
     }
@@ -753,7 +794,7 @@ impl GraphCore {
         match self.graph.lookup(&key) {
             Some((slot, have)) if have == seq => {
                 self.counters.duplicate += 1;
-                self.peer_has(link, slot, seq);
+                self.peer_has(link, slot);
             }
             Some((slot, have)) if have > seq => {
                 self.counters.stale += 1;
@@ -798,7 +839,7 @@ impl GraphCore {
         if rec.as_bytes() == self.own.as_bytes() {
             self.counters.duplicate += 1;
             if let Some(slot) = own_slot {
-                self.peer_has(link, slot, seq);
+                self.peer_has(link, slot);
             }
             return;
         }
@@ -828,15 +869,23 @@ impl GraphCore {
                 Some((slot, have)) if have >= seq => {
                     if have == seq {
                         // The peer has it: do not flood it there.
-                        l.has(slot, seq);
+                        l.has(slot);
                     }
                     // If the peer's is older, it requests ours.
                     continue;
                 }
                 _ => {}
             }
-            l.offered.insert(key, seq);
+            // Both maps are bounded like the graph, so a peer that sends
+            // summaries of keys that do not exist cannot grow them further.
+            if l.offered.len() < MAX_GRAPH_NODES {
+                l.offered.insert(key, seq);
+            }
             if self.requested.get(&key).is_some_and(|r| r.seq >= seq) {
+                continue;
+            }
+            if self.requested.len() >= MAX_GRAPH_NODES {
+                self.counters.graph_full += 1;
                 continue;
             }
             self.requested.insert(key, Request { seq, link, at: now });
@@ -846,14 +895,14 @@ impl GraphCore {
     }
 
     /// The peer asks for records: queue them and send at once.
-    fn on_request(&mut self, link: LinkId, keys: &[[u8; KEY_LEN]]) {
+    fn on_request(&mut self, now: Time, link: LinkId, keys: &[[u8; KEY_LEN]]) {
         let Some(l) = self.links.get_mut(&link) else {
             self.counters.unknown_link += 1;
             return;
         };
         for key in keys {
             if let Some(slot) = self.graph.slot_of(key) {
-                l.pending.push(slot);
+                l.queue(now, slot);
                 self.counters.keys_served += 1;
             }
         }
@@ -879,7 +928,7 @@ impl GraphCore {
                 o
             };
             if Some(*id) == from || offered.is_some_and(|s| s >= seq) {
-                l.has(slot, seq);
+                l.has(slot);
             } else {
                 l.queue(now, slot);
             }
@@ -892,9 +941,9 @@ impl GraphCore {
         }
     }
 
-    fn peer_has(&mut self, link: LinkId, slot: u32, seq: u64) {
+    fn peer_has(&mut self, link: LinkId, slot: u32) {
         if let Some(l) = self.links.get_mut(&link) {
-            l.has(slot, seq);
+            l.has(slot);
         }
     }
 
@@ -985,33 +1034,13 @@ impl GraphCore {
             return;
         };
         l.flush_at = None;
-        let mut pending = std::mem::take(&mut l.pending);
-        let mut shown = std::mem::take(&mut l.peer_has);
-        pending.sort_unstable();
-        pending.dedup();
-        shown.sort_unstable();
-        let mut shown = shown.into_iter().peekable();
+        let pending = l.take_pending();
         let mut batch: Vec<Arc<NodeRecord>> = Vec::new();
         let mut len = RECORDS_HEADER_LEN;
         for slot in pending {
             let Some(rec) = self.graph.record_at(slot) else {
                 continue;
             };
-            // The highest sequence number the peer showed for this slot
-            // (entries are sorted, so the last one of the slot).
-            let mut peer_seq = None;
-            while let Some(&(s, q)) = shown.peek() {
-                if s > slot {
-                    break;
-                }
-                if s == slot {
-                    peer_seq = Some(q);
-                }
-                shown.next();
-            }
-            if peer_seq.is_some_and(|q| q >= rec.seq()) {
-                continue;
-            }
             let item = 2 + rec.encoded_len();
             if !batch.is_empty() && len + item > MAX_MESSAGE_LEN {
                 let mut full = std::mem::take(&mut batch);
