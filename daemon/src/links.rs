@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use umbra_config::{Config, Terms};
@@ -17,7 +17,7 @@ use umbra_transport::io::{
     self as tio, CertSource, CoverSite, DialTarget, Dialer, Direction, IncomingLinkInfo, Link,
     LinkListener, LinkSettings, ListenerConfig, TlsSettings,
 };
-use umbra_transport::proto::frame::Frame;
+use umbra_transport::proto::frame::{Frame, jittered};
 use umbra_transport::proto::invite::Invite;
 
 use crate::agreement::{self, Ask, LinkAsk};
@@ -415,9 +415,7 @@ impl Links {
                 Err(e) => tracing::debug!(peer = %short_key(&peer), "dial failed: {e:#}"),
             }
             // Jitter: a uniform draw from [backoff/2, backoff].
-            let half = backoff.as_millis() as u64 / 2;
-            let wait = Duration::from_millis(half + OsRng.next_u64() % (half + 1));
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(jittered(backoff / 2, backoff, &mut OsRng)).await;
             backoff = (backoff * 2).min(REDIAL_MAX);
         }
     }

@@ -111,9 +111,7 @@ impl LinkSettings {
     /// A keepalive interval drawn uniformly from `[keepalive_min,
     /// keepalive_max]` at millisecond resolution.
     fn keepalive_interval(&self) -> Duration {
-        let min = self.keepalive_min.min(self.keepalive_max);
-        let span_ms = u64::try_from((self.keepalive_max.max(min) - min).as_millis()).unwrap_or(0);
-        min + Duration::from_millis(OsRng.next_u64() % (span_ms + 1))
+        crate::proto::frame::jittered(self.keepalive_min, self.keepalive_max, &mut OsRng)
     }
 }
 

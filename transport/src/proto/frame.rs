@@ -360,14 +360,34 @@ fn put_frame(out: &mut BytesMut, type_byte: u8, payload: &[u8]) -> Result<(), Fr
 /// [`LINK_KEEPALIVE_MAX`] inclusive, at millisecond resolution, so
 /// keepalives do not form a fixed beat.
 pub fn keepalive_interval<R: RngCore + ?Sized>(rng: &mut R) -> Duration {
-    let span_ms = (LINK_KEEPALIVE_MAX - LINK_KEEPALIVE_MIN).as_millis();
-    let span_ms = u64::try_from(span_ms).unwrap_or(0);
-    LINK_KEEPALIVE_MIN + Duration::from_millis(rng.next_u64() % (span_ms + 1))
+    jittered(LINK_KEEPALIVE_MIN, LINK_KEEPALIVE_MAX, rng)
+}
+
+/// A duration drawn uniformly from `[min, max]` inclusive at millisecond
+/// resolution (the bounds may come in either order). Keepalives and
+/// redial backoff use it so their timing forms no fixed beat.
+pub fn jittered<R: RngCore + ?Sized>(min: Duration, max: Duration, rng: &mut R) -> Duration {
+    let (lo, hi) = if min <= max { (min, max) } else { (max, min) };
+    let span_ms = u64::try_from((hi - lo).as_millis()).unwrap_or(u64::MAX - 1);
+    lo + Duration::from_millis(rng.next_u64() % (span_ms + 1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jittered_stays_within_bounds_in_either_order() {
+        let mut rng = rand_core::OsRng;
+        let (a, b) = (Duration::from_millis(500), Duration::from_secs(1));
+        for _ in 0..1000 {
+            let d = jittered(a, b, &mut rng);
+            assert!(d >= a && d <= b, "{d:?}");
+            let d = jittered(b, a, &mut rng);
+            assert!(d >= a && d <= b, "{d:?}");
+        }
+        assert_eq!(jittered(a, a, &mut rng), a);
+    }
 
     #[test]
     fn frame_type_bytes_round_trip_and_unknown_is_none() {
