@@ -733,16 +733,10 @@ impl CircuitCore {
         let Role::Origin(o) = &mut c.role else {
             return;
         };
-        let mut buf = [0u8; CELL_LEN];
-        cell::write_header(&mut buf, o.first.1, Command::Relay);
-        let body = cell::body_mut(&mut buf);
-        let mut w = RelayWriter::new(&mut body[..RELAY_PAYLOAD_LEN]);
-        let pushed = w.push(msg).is_ok();
-        w.finish();
-        if !pushed || seal_forward(&mut o.hops, body).is_err() {
+        let Some(buf) = control_cell(o.first.1, msg, |body| seal_forward(&mut o.hops, body)) else {
             self.close(id, Reason::Internal, None);
             return;
-        }
+        };
         c.cells_out += 1;
         self.tx.push_back((o.first.0, buf));
     }
@@ -755,16 +749,10 @@ impl CircuitCore {
         let Role::Relay(r) = &mut c.role else {
             return;
         };
-        let mut buf = [0u8; CELL_LEN];
-        cell::write_header(&mut buf, r.prev.1, Command::Relay);
-        let body = cell::body_mut(&mut buf);
-        let mut w = RelayWriter::new(&mut body[..RELAY_PAYLOAD_LEN]);
-        let pushed = w.push(msg).is_ok();
-        w.finish();
-        if !pushed || r.hop.seal_backward(body).is_err() {
+        let Some(buf) = control_cell(r.prev.1, msg, |body| r.hop.seal_backward(body)) else {
             self.close(id, Reason::Internal, None);
             return;
-        }
+        };
         c.cells_out += 1;
         self.tx.push_back((r.prev.0, buf));
     }
@@ -1190,3 +1178,20 @@ impl CircuitCore {
 
 // `CELL_HEADER_LEN` documents the layout that `cell::body_mut` slices by.
 const _: () = assert!(CELL_HEADER_LEN == 5);
+
+/// A RELAY cell on circuit id `circ_id` carrying the one control message
+/// `msg`, sealed by `seal` (forward for the origin, backward for the last
+/// hop). `None` if the message does not fit or sealing fails.
+fn control_cell<T, E>(
+    circ_id: u32,
+    msg: &RelayMsg<'_>,
+    seal: impl FnOnce(&mut [u8]) -> Result<T, E>,
+) -> Option<[u8; CELL_LEN]> {
+    let mut buf = [0u8; CELL_LEN];
+    cell::write_header(&mut buf, circ_id, Command::Relay);
+    let body = cell::body_mut(&mut buf);
+    let mut w = RelayWriter::new(&mut body[..RELAY_PAYLOAD_LEN]);
+    let pushed = w.push(msg).is_ok();
+    w.finish();
+    (pushed && seal(body).is_ok()).then_some(buf)
+}
