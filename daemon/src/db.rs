@@ -111,7 +111,6 @@ impl Store {
         store
             .migrate()
             .with_context(|| format!("preparing state database {}", path.display()))?;
-        #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
@@ -156,29 +155,25 @@ impl Store {
         Ok(())
     }
 
-    /// Every agreement, by id.
-    pub(crate) fn agreements(&self) -> Result<Vec<Agreement>> {
-        let mut stmt = self.conn.prepare(
+    /// The agreements matching `filter` (an SQL condition on `params`), by id.
+    fn select(&self, filter: &str, params: impl rusqlite::Params) -> Result<Vec<Agreement>> {
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT id, peer_key, state, terms, endpoints, origin, created_unix, revision, peer_signature
-             FROM agreements ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], row_to_raw)?;
+             FROM agreements WHERE {filter} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params, row_to_raw)?;
         rows.map(|r| r.map_err(anyhow::Error::from).and_then(Agreement::try_from))
             .collect()
     }
 
+    /// Every agreement, by id.
+    pub(crate) fn agreements(&self) -> Result<Vec<Agreement>> {
+        self.select("TRUE", [])
+    }
+
     /// The agreement with `peer_key`, if any.
     pub(crate) fn agreement_with(&self, peer_key: &[u8; 32]) -> Result<Option<Agreement>> {
-        let raw = self
-            .conn
-            .query_row(
-                "SELECT id, peer_key, state, terms, endpoints, origin, created_unix, revision, peer_signature
-                 FROM agreements WHERE peer_key = ?1",
-                params![&peer_key[..]],
-                row_to_raw,
-            )
-            .optional()?;
-        raw.map(Agreement::try_from).transpose()
+        Ok(self.select("peer_key = ?1", [&peer_key[..]])?.pop())
     }
 
     /// Stores an active agreement with `peer_key`, or updates the existing
@@ -227,23 +222,7 @@ impl Store {
              WHERE id = ?1 AND state != 'revoked'",
             params![id],
         )?;
-        let key: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT peer_key FROM agreements WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match key {
-            None => Ok(None),
-            Some(k) => {
-                let k: [u8; 32] = k
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("bad key in database"))?;
-                self.agreement_with(&k)
-            }
-        }
+        Ok(self.select("id = ?1", [id])?.pop())
     }
 
     /// Marks the agreement with `peer_key` revoked (the peer told us).

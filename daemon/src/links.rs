@@ -394,20 +394,17 @@ impl Links {
                 return;
             }
             if self.is_up(&peer) {
-                let changed = self.changed.notified();
-                if self.is_up(&peer) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), changed).await;
-                }
+                self.wait_while_up(&peer).await;
                 continue;
             }
             let started = Instant::now();
-            match self.dial_once(&peer, &endpoints, Ask::Agreement).await {
+            let terms = self.terms_for(&peer);
+            match self
+                .dial_with(&peer, &endpoints, Ask::Agreement, terms, Origin::Config)
+                .await
+            {
                 Ok(()) => {
-                    // Wait for this link to end before dialing again.
-                    while self.is_up(&peer) {
-                        let changed = self.changed.notified();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), changed).await;
-                    }
+                    self.wait_while_up(&peer).await;
                     if started.elapsed() > LINK_STABLE_AFTER {
                         backoff = REDIAL_MIN;
                     }
@@ -417,6 +414,18 @@ impl Links {
             // Jitter: a uniform draw from [backoff/2, backoff].
             tokio::time::sleep(jittered(backoff / 2, backoff, &mut OsRng)).await;
             backoff = (backoff * 2).min(REDIAL_MAX);
+        }
+    }
+
+    /// Returns once `peer` has no live link (a link-down wakes it; the
+    /// timeout only bounds a missed wake-up).
+    async fn wait_while_up(&self, peer: &[u8; 32]) {
+        loop {
+            let changed = self.changed.notified();
+            if !self.is_up(peer) {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), changed).await;
         }
     }
 
@@ -440,21 +449,8 @@ impl Links {
         }
     }
 
-    /// Dials `peer` at each endpoint in order until one links.
-    async fn dial_once(
-        self: &Arc<Self>,
-        peer: &[u8; 32],
-        endpoints: &[String],
-        ask: Ask,
-    ) -> Result<()> {
-        let terms = match &ask {
-            Ask::Agreement => self.terms_for(peer),
-            Ask::Invite(_) => bail!("dial_once is for existing agreements"),
-        };
-        self.dial_with(peer, endpoints, ask, terms, Origin::Config)
-            .await
-    }
-
+    /// Dials `peer` at each endpoint in order until one links, and stores
+    /// the agreement with the peer's signature.
     async fn dial_with(
         self: &Arc<Self>,
         peer: &[u8; 32],

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use umbra_config::Config;
-use umbra_routing::{Identity, address};
+use umbra_routing::address;
 
 use crate::control::{self, Request, Response};
 use crate::db::Store;
@@ -146,7 +146,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         links: Arc::clone(&links),
     }));
 
-    let result = serve(&listener, &view, &identity, &config_path).await;
+    let result = serve(&listener, &view, &config_path).await;
 
     // Clean shutdown: tell systemd, then take down what we set up.
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -172,7 +172,6 @@ fn overlay_route(prefix: u8) -> std::net::Ipv6Addr {
 async fn serve(
     listener: &tokio::net::UnixListener,
     view: &Arc<RwLock<NodeView>>,
-    _identity: &Identity,
     config_path: &std::path::Path,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

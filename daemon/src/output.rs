@@ -102,27 +102,40 @@ fn short(key: &Value) -> String {
     text(key).chars().take(16).collect()
 }
 
-/// Prints `umbra peers` for people.
-pub(crate) fn peers(v: &Value) -> Result<()> {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
+/// Table rows from a JSON array: one cell per field of `columns`; key
+/// fields are shortened to 16 hex digits.
+fn rows(v: &Value, columns: &[&str]) -> Vec<Vec<String>> {
+    let cell = |item: &Value, field: &str| {
+        if field.ends_with("key") {
+            short(&item[field])
+        } else {
+            text(&item[field])
+        }
+    };
+    v.as_array()
         .map(|a| {
             a.iter()
-                .map(|p| {
-                    vec![
-                        short(&p["key"]),
-                        text(&p["address"]),
-                        text(&p["state"]),
-                        text(&p["kind"]),
-                        text(&p["endpoint"]),
-                        text(&p["observed"]),
-                        text(&p["bytes_in"]),
-                        text(&p["bytes_out"]),
-                    ]
-                })
+                .map(|item| columns.iter().map(|f| cell(item, f)).collect())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Prints `umbra peers` for people.
+pub(crate) fn peers(v: &Value) -> Result<()> {
+    let rows = rows(
+        v,
+        &[
+            "key",
+            "address",
+            "state",
+            "kind",
+            "endpoint",
+            "observed",
+            "bytes_in",
+            "bytes_out",
+        ],
+    );
     if rows.is_empty() {
         return line(
             "no peers: link one with `umbra invite` / `umbra accept`, or a [[peer]] in the config",
@@ -138,23 +151,10 @@ pub(crate) fn peers(v: &Value) -> Result<()> {
 
 /// Prints `umbra agreements` for people.
 pub(crate) fn agreements(v: &Value) -> Result<()> {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|g| {
-                    vec![
-                        text(&g["id"]),
-                        short(&g["peer_key"]),
-                        text(&g["peer_address"]),
-                        text(&g["state"]),
-                        text(&g["terms"]),
-                        text(&g["origin"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows(
+        v,
+        &["id", "peer_key", "peer_address", "state", "terms", "origin"],
+    );
     if rows.is_empty() {
         return line(
             "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other",

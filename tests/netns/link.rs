@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use umbra_tests::netns::{Daemon, Netns, TempDir, require_root, veth, wait_for};
+use umbra_tests::netns::{Daemon, Netns, require_root, temp_dir, veth, wait_for};
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
 
-fn node(ns: &Netns, dir: &TempDir, name: &str, extra: &str) -> Daemon {
+fn node(ns: &Netns, dir: &tempfile::TempDir, name: &str, extra: &str) -> Daemon {
     let mut d = Daemon::prepare(
         &dir.path().join(name),
         &format!("[tun]\nenabled = false\n{extra}"),
@@ -22,7 +22,7 @@ fn two_nodes_link_by_invite_and_survive_restarts() {
     require_root();
     let (na, nb) = (Netns::new("ia"), Netns::new("ib"));
     let (ip_a, _ip_b) = veth(&na, &nb, 10);
-    let dir = TempDir::new("invite");
+    let dir = temp_dir("invite");
     let mut a = node(
         &na,
         &dir,
@@ -130,7 +130,7 @@ fn three_nodes_link_by_config() {
     let (na, nb, nc) = (Netns::new("ca"), Netns::new("cb"), Netns::new("cc"));
     let (ip_a, ip_b1) = veth(&na, &nb, 20);
     let (ip_b2, ip_c) = veth(&nb, &nc, 21);
-    let dir = TempDir::new("config");
+    let dir = temp_dir("config");
     // Keys first: init each node so the configs can name each other.
     let keys: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -200,7 +200,7 @@ fn a_one_sided_peer_entry_does_not_link() {
     require_root();
     let (na, nb) = (Netns::new("oa"), Netns::new("ob"));
     let (ip_a, _) = veth(&na, &nb, 30);
-    let dir = TempDir::new("onesided");
+    let dir = temp_dir("onesided");
     let a = node(
         &na,
         &dir,

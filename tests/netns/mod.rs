@@ -296,29 +296,12 @@ impl Drop for Daemon {
     }
 }
 
-/// A temporary directory removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Makes a fresh directory under the system temp dir.
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("umbra-test-{}", unique(tag)));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A fresh temporary directory, removed when the returned guard drops.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("umbra-test-{tag}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Joins two namespaces with a veth pair on `198.18.<subnet>.0/24`: `a`

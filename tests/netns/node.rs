@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use umbra_tests::netns::{Daemon, Netns, TempDir, require_root};
+use umbra_tests::netns::{Daemon, Netns, require_root, temp_dir};
 
 #[test]
 fn node_runs_in_a_namespace() {
     require_root();
     let ns = Netns::new("node");
-    let dir = TempDir::new("node");
+    let dir = temp_dir("node");
     let mut d = Daemon::prepare(dir.path(), "[listen]\nhttps = []\n");
     d.start(&ns);
 
@@ -114,7 +114,7 @@ fn node_runs_in_a_namespace() {
 fn prefix_from_config_moves_the_address() {
     require_root();
     let ns = Netns::new("pfx");
-    let dir = TempDir::new("pfx");
+    let dir = temp_dir("pfx");
     let mut d = Daemon::prepare(
         dir.path(),
         "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n",
@@ -131,7 +131,7 @@ fn prefix_from_config_moves_the_address() {
 fn tells_systemd_ready_reloading_stopping() {
     require_root();
     let ns = Netns::new("sdn");
-    let dir = TempDir::new("sdn");
+    let dir = temp_dir("sdn");
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     notify
@@ -141,7 +141,7 @@ fn tells_systemd_ready_reloading_stopping() {
     d.env
         .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
     d.start(&ns);
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 512];
         let n = notify.recv(&mut buf).expect("a notification within 20 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
