@@ -76,6 +76,10 @@ fn two_nodes_link_by_invite_and_survive_restarts() {
     assert!(!again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("did not accept the token"), "{err}");
+    // The inviter's log says which refusal it was.
+    wait_for(LINK_WAIT, "a to log the reused token", &[&a], || {
+        a.log_text().contains("token already used").then_some(())
+    });
 
     // An expired token is refused with a clear message.
     let short = a.cli_json(&["invite", "--ttl", "1s", "--json"]);
