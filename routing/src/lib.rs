@@ -5,6 +5,9 @@ pub mod cell;
 pub mod circuit;
 pub mod crypto;
 pub mod graph;
+pub mod icmp;
+pub mod path;
+pub mod router;
 pub mod session;
 
 pub use address::{address_for_key, subnet_for_key};

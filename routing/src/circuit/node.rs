@@ -126,12 +126,15 @@ impl CircuitCore {
                 self.peers.insert(peer, other);
             }
         }
-        let affected: Vec<(Leg, CircuitId)> = self
+        let mut affected: Vec<(Leg, CircuitId)> = self
             .legs
             .iter()
             .filter(|((l, _), _)| *l == link)
             .map(|(leg, (id, _))| (*leg, *id))
             .collect();
+        // In a fixed order (not the hash map's), so that the DESTROY cells
+        // and events come out the same in every run with the same input.
+        affected.sort_unstable();
         for (leg, id) in affected {
             self.close(id, Reason::LinkDown, Some(leg));
         }

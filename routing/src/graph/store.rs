@@ -400,8 +400,35 @@ impl Graph {
             .collect()
     }
 
+    /// A shortest path from `from` to `to` over counted edges whose every
+    /// step `(a, b)` `usable` allows, both ends included. The router uses it
+    /// to start only on live links and to step around nodes that just failed.
+    pub fn shortest_path_where(
+        &self,
+        from: &[u8; KEY_LEN],
+        to: &[u8; KEY_LEN],
+        mut usable: impl FnMut(&[u8; KEY_LEN], &[u8; KEY_LEN]) -> bool,
+    ) -> Option<Vec<[u8; KEY_LEN]>> {
+        let (a, b) = (self.slot_of(from)?, self.slot_of(to)?);
+        let key = |s: u32| self.record_at(s).map(|r| *r.key());
+        let slots = self.bfs(a, b, |u, v| match (key(u), key(v)) {
+            (Some(ku), Some(kv)) => usable(&ku, &kv),
+            _ => false,
+        })?;
+        slots.into_iter().map(key).collect()
+    }
+
     /// [`Graph::shortest_path`] over slot numbers.
     pub fn shortest_path_slots(&self, from: u32, to: u32) -> Option<Vec<u32>> {
+        self.bfs(from, to, |_, _| true)
+    }
+
+    fn bfs(
+        &self,
+        from: u32,
+        to: u32,
+        mut usable: impl FnMut(u32, u32) -> bool,
+    ) -> Option<Vec<u32>> {
         const UNSEEN: u32 = u32::MAX;
         self.record_at(from)?;
         self.record_at(to)?;
@@ -418,7 +445,7 @@ impl Graph {
             head += 1;
             for &v in adj.of(u) {
                 let p = prev.get_mut(v as usize)?;
-                if *p != UNSEEN {
+                if *p != UNSEEN || !usable(u, v) {
                     continue;
                 }
                 *p = u;

@@ -1,0 +1,352 @@
+//! Path selection (DESIGN.md §9): which relays a circuit crosses.
+//!
+//! Every choice here is made on the node's own copy of the graph, so
+//! choosing a path sends nothing a relay could observe, and only edges that
+//! both ends sign count (that is what [`Graph`] holds).
+//!
+//! - **Balanced** (the default): the first hop is the home node; then a
+//!   random walk from it over agreement edges, each step choosing a
+//!   neighbour with probability proportional to 1/degree (biased away from
+//!   high-degree nodes, as Pisces is), never repeating a node; then the
+//!   shortest path from where the walk ended to the destination, again
+//!   without repeats. At least [`MIN_RELAYS_BALANCED`] relays stand between
+//!   the two ends.
+//! - **Strong**: the same with at least [`MIN_RELAYS_STRONG`] relays.
+//! - **Fast**: the shortest path, over any live first hop. No home node:
+//!   whoever picks "fast" has chosen speed over hiding the origin from its
+//!   first relay.
+//!
+//! When no path satisfies the setting, the error says so; the setting is
+//! never weakened. A home node that is down is an error too: circuits never
+//! fall back to another first hop by themselves.
+
+use rand_core::RngCore;
+
+use crate::crypto::KEY_LEN;
+use crate::graph::Graph;
+
+/// Relays between the ends on a balanced path, at least.
+pub const MIN_RELAYS_BALANCED: usize = 3;
+/// Relays between the ends on a strong path, at least.
+pub const MIN_RELAYS_STRONG: usize = 5;
+/// Random walks tried before giving up.
+const WALK_TRIES: usize = 32;
+
+type Key = [u8; KEY_LEN];
+
+/// The anonymity setting (config `anonymity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Anonymity {
+    /// The shortest path.
+    Fast,
+    /// Home node, random walk, then shortest path; at least 3 relays.
+    #[default]
+    Balanced,
+    /// As balanced, with at least 5 relays.
+    Strong,
+}
+
+impl Anonymity {
+    /// Relays a path must have between its ends.
+    pub fn min_relays(self) -> usize {
+        match self {
+            Anonymity::Fast => 0,
+            Anonymity::Balanced => MIN_RELAYS_BALANCED,
+            Anonymity::Strong => MIN_RELAYS_STRONG,
+        }
+    }
+}
+
+/// Why no path was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// This node or the destination is not in the graph.
+    #[error("the destination is not in the graph")]
+    UnknownDestination,
+    /// There is no home node: no `[home]` and no agreement.
+    #[error("no home node: this node has no agreement yet")]
+    NoHome,
+    /// The home node has no live link.
+    #[error("the home node {} is down; circuits wait for it (pin another with [home] key)", hex::encode(&.0[..4]))]
+    HomeDown(Key),
+    /// The destination is the home node, and the setting needs relays.
+    #[error(
+        "the destination is this node's home node; a {0:?} path needs {1} relays between the ends"
+    )]
+    DestinationIsHome(Anonymity, usize),
+    /// The graph offers no path with enough relays.
+    #[error("the graph offers no {0:?} path to the destination with at least {1} relays")]
+    NoPath(Anonymity, usize),
+}
+
+/// What a path is chosen with.
+#[allow(missing_debug_implementations)]
+pub struct PathRequest<'a> {
+    /// This node.
+    pub origin: Key,
+    /// The destination node.
+    pub destination: Key,
+    /// The setting.
+    pub anonymity: Anonymity,
+    /// The home node (balanced and strong).
+    pub home: Option<Key>,
+    /// Whether this node has a live link to a peer.
+    pub live: &'a dyn Fn(&Key) -> bool,
+    /// Edges not to use for now (a relay refused to extend over them).
+    pub avoid: &'a dyn Fn(&Key, &Key) -> bool,
+}
+
+/// Chooses a path for `req`: the hops after the origin, destination last.
+pub fn choose(
+    graph: &Graph,
+    req: &PathRequest<'_>,
+    rng: &mut dyn RngCore,
+) -> Result<Vec<Key>, PathError> {
+    let (me, dest) = (req.origin, req.destination);
+    if graph.get(&me).is_none() || graph.get(&dest).is_none() {
+        return Err(PathError::UnknownDestination);
+    }
+    if req.anonymity == Anonymity::Fast {
+        let path = graph
+            .shortest_path_where(&me, &dest, |a, b| {
+                !(req.avoid)(a, b) && (*a != me || (req.live)(b))
+            })
+            .filter(|p| p.len() >= 2)
+            .ok_or(PathError::NoPath(Anonymity::Fast, 0))?;
+        return Ok(path[1..].to_vec());
+    }
+    let home = req.home.ok_or(PathError::NoHome)?;
+    if !(req.live)(&home) {
+        return Err(PathError::HomeDown(home));
+    }
+    let need = req.anonymity.min_relays();
+    if home == dest {
+        return Err(PathError::DestinationIsHome(req.anonymity, need));
+    }
+    for _ in 0..WALK_TRIES {
+        if let Some(p) = walk_then_shortest(graph, req, home, need, rng) {
+            return Ok(p);
+        }
+    }
+    Err(PathError::NoPath(req.anonymity, need))
+}
+
+/// One try: home, a walk until `need` relays are chosen (or fewer, when the
+/// shortest path from the walk's end adds the rest), then the shortest path.
+fn walk_then_shortest(
+    graph: &Graph,
+    req: &PathRequest<'_>,
+    home: Key,
+    need: usize,
+    rng: &mut dyn RngCore,
+) -> Option<Vec<Key>> {
+    let (me, dest) = (req.origin, req.destination);
+    let mut path = vec![home];
+    // Walk until the relays so far plus the shortest way on make `need`.
+    loop {
+        let at = *path.last()?;
+        let used = |k: &Key| *k == me || path.contains(k);
+        let rest = graph.shortest_path_where(&at, &dest, |a, b| !(req.avoid)(a, b) && !used(b))?;
+        // `rest` runs from `at` to `dest`; its inner nodes are relays.
+        if path.len() + rest.len() - 2 >= need {
+            path.extend_from_slice(&rest[1..]);
+            return Some(path);
+        }
+        let next = step(graph, req, at, &path, rng)?;
+        path.push(next);
+    }
+}
+
+/// One random-walk step from `at`: a neighbour that is not used yet nor the
+/// destination, with probability proportional to 1/its degree.
+fn step(
+    graph: &Graph,
+    req: &PathRequest<'_>,
+    at: Key,
+    used: &[Key],
+    rng: &mut dyn RngCore,
+) -> Option<Key> {
+    let choices: Vec<(Key, f64)> = graph
+        .neighbours(&at)
+        .into_iter()
+        .filter(|n| {
+            *n != req.origin && *n != req.destination && !used.contains(n) && !(req.avoid)(&at, n)
+        })
+        .map(|n| {
+            let degree = graph.neighbours(&n).len().max(1);
+            (n, 1.0 / degree as f64)
+        })
+        .collect();
+    let total: f64 = choices.iter().map(|(_, w)| w).sum();
+    if choices.is_empty() || total <= 0.0 {
+        return None;
+    }
+    // A uniform draw in [0, total) from 53 random bits.
+    let mut x = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    for (n, w) in &choices {
+        if x < *w {
+            return Some(*n);
+        }
+        x -= w;
+    }
+    choices.last().map(|(n, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Identity;
+    use crate::graph::{Ed25519Verifier, Edge, NodeRecord, Time};
+
+    struct Lcg(u64);
+    impl RngCore for Lcg {
+        fn next_u32(&mut self) -> u32 {
+            self.next_u64() as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            for b in dest {
+                *b = self.next_u64() as u8;
+            }
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    /// A graph of `n` nodes with `edges` (both ends list each edge).
+    fn graph(n: usize, edges: &[(usize, usize)]) -> (Graph, Vec<Key>) {
+        let now = Time::from_unix_secs(1_700_000_000);
+        let ids: Vec<Identity> = (0..n)
+            .map(|i| Identity::from_seed(&[i as u8 + 1; 32]))
+            .collect();
+        let keys: Vec<Key> = ids.iter().map(Identity::public).collect();
+        let mut g = Graph::new();
+        for (i, id) in ids.iter().enumerate() {
+            let peers: Vec<Edge> = edges
+                .iter()
+                .filter_map(|&(a, b)| match (a == i, b == i) {
+                    (true, _) => Some(b),
+                    (_, true) => Some(a),
+                    _ => None,
+                })
+                .map(|j| Edge {
+                    peer: keys[j],
+                    capacity: 1,
+                })
+                .collect();
+            let rec = NodeRecord::sign(id, 1, now.unix_secs() + 3600, 0, &peers).expect("record");
+            g.insert(std::sync::Arc::new(rec), now, &Ed25519Verifier)
+                .expect("insert");
+        }
+        (g, keys)
+    }
+
+    fn req<'a>(
+        keys: &[Key],
+        from: usize,
+        to: usize,
+        home: usize,
+        a: Anonymity,
+        live: &'a dyn Fn(&Key) -> bool,
+    ) -> PathRequest<'a> {
+        PathRequest {
+            origin: keys[from],
+            destination: keys[to],
+            anonymity: a,
+            home: Some(keys[home]),
+            live,
+            avoid: &|_, _| false,
+        }
+    }
+
+    /// A 4×4 grid.
+    fn grid() -> (Graph, Vec<Key>) {
+        let mut e = Vec::new();
+        for r in 0..4 {
+            for c in 0..4 {
+                let i = r * 4 + c;
+                if c < 3 {
+                    e.push((i, i + 1));
+                }
+                if r < 3 {
+                    e.push((i, i + 4));
+                }
+            }
+        }
+        graph(16, &e)
+    }
+
+    #[test]
+    fn balanced_paths_start_at_home_and_never_repeat() {
+        let (g, keys) = grid();
+        let live = |_: &Key| true;
+        let mut rng = Lcg(7);
+        for _ in 0..200 {
+            let p = choose(
+                &g,
+                &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
+                &mut rng,
+            )
+            .expect("path");
+            assert_eq!(p[0], keys[1]);
+            assert_eq!(*p.last().unwrap(), keys[15]);
+            assert!(p.len() - 1 >= MIN_RELAYS_BALANCED, "{} relays", p.len() - 1);
+            let mut seen = p.clone();
+            seen.push(keys[0]);
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), p.len() + 1, "a node repeats");
+            // Every step is an edge of the graph.
+            let mut prev = keys[0];
+            for k in &p {
+                assert!(g.edge(&prev, k).is_some());
+                prev = *k;
+            }
+        }
+    }
+
+    #[test]
+    fn settings_are_never_weakened() {
+        // A chain 0-1-2-3: from 0 to 3 with home 1 there are 2 relays only.
+        let (g, keys) = graph(4, &[(0, 1), (1, 2), (2, 3)]);
+        let live = |_: &Key| true;
+        let mut rng = Lcg(1);
+        let err = choose(
+            &g,
+            &req(&keys, 0, 3, 1, Anonymity::Balanced, &live),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert_eq!(err, PathError::NoPath(Anonymity::Balanced, 3));
+        assert!(err.to_string().contains("at least 3 relays"));
+        let fast =
+            choose(&g, &req(&keys, 0, 3, 1, Anonymity::Fast, &live), &mut rng).expect("fast");
+        assert_eq!(fast, [keys[1], keys[2], keys[3]]);
+    }
+
+    #[test]
+    fn a_down_home_is_an_error_not_a_fallback() {
+        let (g, keys) = grid();
+        let home = keys[1];
+        let live = move |k: &Key| *k != home;
+        let mut rng = Lcg(3);
+        let err = choose(
+            &g,
+            &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert_eq!(err, PathError::HomeDown(keys[1]));
+        // Fast goes around it.
+        let p = choose(&g, &req(&keys, 0, 15, 1, Anonymity::Fast, &live), &mut rng).expect("fast");
+        assert_eq!(p[0], keys[4]);
+    }
+}

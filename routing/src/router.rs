@@ -1,0 +1,665 @@
+//! The router: one node's whole routing layer as one sans-IO state machine.
+//!
+//! [`RouterCore`] joins the [`GraphCore`] (which nodes and agreement edges
+//! exist) and the [`CircuitCore`] (onion circuits) and adds what neither
+//! knows: which node an IPv6 address belongs to, which circuit carries
+//! packets to it, when to build one and over which path, and what to tell
+//! the app when no path exists (ICMPv6 destination unreachable).
+//!
+//! The daemon drives it as it drives its parts: it passes link events, cells,
+//! graph messages and packets read from the TUN, with the time; it takes back
+//! cells and graph messages for links (`poll_cell`, `poll_graph`), packets
+//! for the TUN (`poll_packet`) and the next wake-up (`poll_timeout`).
+//!
+//! # Which circuit carries a packet
+//!
+//! Packets belong to flows (addresses, protocol and ports; both directions
+//! are one flow). A flow stays on the circuit it started on until that
+//! circuit ends. A new flow to a node takes this node's current circuit to
+//! it (built or building: packets queue while it builds), else the circuit
+//! that node built to us (so a reply does not wait for a build), else a new
+//! circuit along a path from [`crate::path::choose`]. Circuits rotate: a
+//! current circuit older than its random 10–20 minutes is replaced for new
+//! flows, and closed once its last flow has been idle [`FLOW_IDLE`].
+//!
+//! When a build fails, the edge and node it could not pass are avoided for
+//! [`AVOID_FOR`] and a new circuit is built at once if the destination had
+//! traffic. With no path for the setting the app gets ICMPv6 unreachable,
+//! and for [`RETRY_AFTER`] packets to that node are answered so at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use crate::address;
+use crate::cell::CELL_LEN;
+use crate::circuit::{
+    CircuitConfig, CircuitCore, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, SendError,
+};
+use crate::crypto::{Identity, KEY_LEN};
+use crate::graph::{Edge, GraphCore, GraphCounters, LinkId, RecordError, Time};
+use crate::icmp;
+use crate::path::{self, Anonymity, PathRequest};
+use rand_core::RngCore;
+
+/// How long a node that a circuit could not pass is avoided in new paths.
+pub const AVOID_FOR: Duration = Duration::from_secs(60);
+/// After every path to a node failed, how long packets to it are answered
+/// with ICMPv6 unreachable before a build is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Most ICMPv6 errors sent per second (RFC 4443 §2.4 f asks for a limit).
+pub const ICMP_PER_SECOND: u32 = 100;
+/// A circuit is replaced for new flows after a random time in this range.
+pub const ROTATE_AFTER: (Duration, Duration) =
+    (Duration::from_secs(10 * 60), Duration::from_secs(20 * 60));
+/// A flow with no packet for this long is forgotten; a rotated-out circuit
+/// with no live flow is closed.
+pub const FLOW_IDLE: Duration = Duration::from_secs(60);
+/// How often idle flows and rotated-out circuits are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The two clocks the router needs: monotonic for circuits, wall-clock for
+/// graph records (see [`crate::graph`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Wall-clock time.
+    pub wall: Time,
+}
+
+/// Packets the router did not carry, by reason (circuit-level drops are in
+/// [`CircuitMetrics::drops`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Packets from the TUN that were not IPv6, or not to an overlay address.
+    pub not_overlay: u64,
+    /// Packets to an address no node in the graph has.
+    pub no_node: u64,
+    /// Packets to a known node that no path reaches.
+    pub no_path: u64,
+    /// Packets to this node itself (the kernel should not route them here).
+    pub to_self: u64,
+    /// ICMPv6 errors written back to the TUN.
+    pub icmp_sent: u64,
+    /// ICMPv6 errors not sent because of the rate limit.
+    pub icmp_limited: u64,
+    /// Circuit builds started.
+    pub builds: u64,
+    /// Circuit builds that could not start (no link, too many circuits...).
+    pub build_errors: u64,
+}
+
+/// What one destination node has.
+#[derive(Debug, Default)]
+struct Dest {
+    /// This node's circuit to it for new flows, built or building, and when
+    /// it rotates.
+    current: Option<(CircuitId, Instant)>,
+    /// Flows (by [`flow_hash`]) → their circuit and last packet.
+    flows: HashMap<u64, (CircuitId, Instant)>,
+    /// Until when packets to it get ICMPv6 unreachable without a new try.
+    failed_until: Option<Instant>,
+    /// Why the last path could not be chosen or built.
+    error: Option<String>,
+    /// The last packet to it.
+    last_used: Option<Instant>,
+}
+
+/// A circuit this node built.
+#[derive(Debug)]
+struct OriginCircuit {
+    dest: [u8; KEY_LEN],
+    /// Its hops, destination last (this node not included).
+    path: Vec<[u8; KEY_LEN]>,
+}
+
+/// One node's routing layer (sans-IO). See the module documentation.
+pub struct RouterCore {
+    key: [u8; KEY_LEN],
+    prefix: u8,
+    anonymity: Anonymity,
+    home: Option<[u8; KEY_LEN]>,
+    rng: Box<dyn RngCore + Send>,
+    graph: GraphCore,
+    circuits: CircuitCore,
+    /// Live links: link → peer.
+    links: HashMap<u64, [u8; KEY_LEN]>,
+    dests: HashMap<[u8; KEY_LEN], Dest>,
+    /// Origin circuits → their destination and path.
+    origin_of: HashMap<CircuitId, OriginCircuit>,
+    /// Circuits other nodes built to us, by their origin.
+    incoming: HashMap<[u8; KEY_LEN], CircuitId>,
+    /// Nodes and edges that circuits could not pass lately, until when.
+    avoid_nodes: HashMap<[u8; KEY_LEN], Instant>,
+    avoid_edges: HashMap<([u8; KEY_LEN], [u8; KEY_LEN]), Instant>,
+    /// Address bytes 1..8 (shared by a node's /128 and its /64) → key.
+    index: HashMap<[u8; 7], [u8; KEY_LEN]>,
+    /// The graph's node count when `index` was built.
+    indexed_nodes: usize,
+    next_sweep: Instant,
+    icmp_out: VecDeque<Vec<u8>>,
+    events: VecDeque<CircuitEvent>,
+    icmp_budget: (Instant, u32),
+    counters: RouterCounters,
+}
+
+impl std::fmt::Debug for RouterCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterCore")
+            .field("key", &hex::encode(self.key))
+            .field("links", &self.links.len())
+            .field("dests", &self.dests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterCore {
+    /// A router for `identity` whose node record lists `edges` (its
+    /// agreements). `graph_cache` is a graph saved by [`Self::export_graph`],
+    /// if any; a bad cache is ignored.
+    pub fn new(
+        identity: Identity,
+        prefix: u8,
+        now: Now,
+        edges: &[Edge],
+        graph_cache: Option<&[u8]>,
+        rng: Box<dyn RngCore + Send>,
+    ) -> Result<RouterCore, RecordError> {
+        let key = identity.public();
+        let mut graph = GraphCore::new(identity.clone(), now.wall, edges)?;
+        if let Some(bytes) = graph_cache {
+            if let Ok(g) = crate::graph::Graph::import(bytes, now.wall) {
+                graph = graph.with_graph(now.wall, g);
+            }
+        }
+        Ok(RouterCore {
+            key,
+            prefix,
+            anonymity: Anonymity::default(),
+            home: None,
+            rng,
+            graph,
+            circuits: CircuitCore::new(identity, prefix, CircuitConfig::default()),
+            links: HashMap::new(),
+            dests: HashMap::new(),
+            origin_of: HashMap::new(),
+            incoming: HashMap::new(),
+            avoid_nodes: HashMap::new(),
+            avoid_edges: HashMap::new(),
+            next_sweep: now.mono + SWEEP_EVERY,
+            index: HashMap::new(),
+            indexed_nodes: usize::MAX,
+            icmp_out: VecDeque::new(),
+            events: VecDeque::new(),
+            icmp_budget: (now.mono, 0),
+            counters: RouterCounters::default(),
+        })
+    }
+
+    /// The anonymity setting and the home node (DESIGN.md §9). Circuits
+    /// built before keep their paths.
+    pub fn set_policy(&mut self, anonymity: Anonymity, home: Option<[u8; KEY_LEN]>) {
+        self.anonymity = anonymity;
+        self.home = home;
+    }
+
+    /// The agreement edges changed: the node's record is re-signed and
+    /// flooded if they differ.
+    pub fn set_edges(&mut self, now: Now, edges: &[Edge]) -> Result<(), RecordError> {
+        self.graph.set_local_edges(now.wall, edges).map(|_| ())
+    }
+
+    /// A link to `peer` is up.
+    pub fn link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN]) {
+        self.links.insert(link, peer);
+        self.circuits.link_up(now.mono, link, peer);
+        self.graph.link_up(now.wall, LinkId(link), peer);
+    }
+
+    /// A link went down: its circuits are torn down (and rebuilt elsewhere
+    /// on the next packet).
+    pub fn link_down(&mut self, now: Now, link: u64) {
+        self.links.remove(&link);
+        self.circuits.link_down(now.mono, link);
+        self.graph.link_down(now.wall, LinkId(link));
+        self.drain_events(now);
+    }
+
+    /// A cell arrived on `link`.
+    pub fn handle_cell(&mut self, now: Now, link: u64, cell: &[u8; CELL_LEN]) {
+        self.circuits.handle_cell(now.mono, link, cell);
+        self.drain_events(now);
+    }
+
+    /// A graph message arrived on `link`.
+    pub fn handle_graph(&mut self, now: Now, link: u64, bytes: &[u8]) {
+        self.graph.handle_message(now.wall, LinkId(link), bytes);
+    }
+
+    /// An IPv6 packet from the TUN, to send into the overlay. Packets that
+    /// cannot go get an ICMPv6 error (see [`Self::poll_packet`]) or are
+    /// counted.
+    pub fn send_packet(&mut self, now: Now, packet: &[u8]) {
+        let Some((_, dst)) = icmp::ipv6_addresses(packet) else {
+            self.counters.not_overlay += 1;
+            return;
+        };
+        let Some(dest) = self.lookup(&dst) else {
+            if dst.octets()[0] & 0xfe == self.prefix & 0xfe {
+                self.counters.no_node += 1;
+                self.unreachable(now, packet, icmp::CODE_NO_ROUTE);
+            } else {
+                self.counters.not_overlay += 1;
+            }
+            return;
+        };
+        if dest == self.key {
+            self.counters.to_self += 1;
+            return;
+        }
+        let flow = flow_hash(packet);
+        let Some(circuit) = self.circuit_for_flow(now, &dest, flow) else {
+            self.counters.no_path += 1;
+            self.unreachable(now, packet, icmp::CODE_ADDRESS_UNREACHABLE);
+            return;
+        };
+        if let Err(SendError::UnknownCircuit) = self.circuits.send_packet(now.mono, circuit, packet)
+        {
+            // Closed under us; forget it so the next packet rebuilds.
+            self.forget_circuit(circuit);
+        }
+        // Other errors (queue full) are counted by the circuit core.
+    }
+
+    fn is_open(&self, c: CircuitId) -> bool {
+        self.origin_of.contains_key(&c) || self.incoming.values().any(|&i| i == c)
+    }
+
+    /// The circuit for a packet of `flow` to `dest`.
+    fn circuit_for_flow(&mut self, now: Now, dest: &[u8; KEY_LEN], flow: u64) -> Option<CircuitId> {
+        let existing = self
+            .dests
+            .get(dest)
+            .and_then(|d| d.flows.get(&flow))
+            .map(|&(c, _)| c)
+            .filter(|&c| self.is_open(c));
+        let circuit = match existing {
+            Some(c) => c,
+            None => self.current_circuit(now, dest).ok()?,
+        };
+        let d = self.dests.entry(*dest).or_default();
+        d.flows.insert(flow, (circuit, now.mono));
+        d.last_used = Some(now.mono);
+        Some(circuit)
+    }
+
+    /// The circuit new flows to `dest` take: the current one, unless it is
+    /// due to rotate; else the one `dest` built to us; else a new one.
+    fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
+        if let Some((c, rotate_at)) = self.dests.get(dest).and_then(|d| d.current) {
+            if now.mono < rotate_at {
+                return Ok(c);
+            }
+        }
+        if self.dests.get(dest).is_none_or(|d| d.current.is_none()) {
+            if let Some(&c) = self.incoming.get(dest) {
+                return Ok(c);
+            }
+        }
+        self.build(now, dest)
+    }
+
+    /// Builds a new current circuit to `dest`.
+    fn build(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
+        if let Some(d) = self.dests.get(dest) {
+            if d.failed_until.is_some_and(|t| t > now.mono) {
+                return Err(d.error.clone().unwrap_or_default());
+            }
+        }
+        let t = now.mono;
+        self.avoid_nodes.retain(|_, until| *until > t);
+        self.avoid_edges.retain(|_, until| *until > t);
+        let path = {
+            let links = &self.links;
+            let (an, ae) = (&self.avoid_nodes, &self.avoid_edges);
+            let live = |k: &[u8; KEY_LEN]| links.values().any(|p| p == k);
+            let avoid = |a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]| {
+                an.contains_key(b) || ae.contains_key(&(*a, *b))
+            };
+            let req = PathRequest {
+                origin: self.key,
+                destination: *dest,
+                anonymity: self.anonymity,
+                home: self.home,
+                live: &live,
+                avoid: &avoid,
+            };
+            path::choose(self.graph.graph(), &req, &mut *self.rng)
+        };
+        let result = match path {
+            Ok(path) => match self.circuits.build_circuit(now.mono, &path) {
+                Ok(id) => {
+                    self.counters.builds += 1;
+                    self.origin_of
+                        .insert(id, OriginCircuit { dest: *dest, path });
+                    let rotate = ROTATE_AFTER.0
+                        + Duration::from_millis(
+                            self.rng.next_u64()
+                                % (ROTATE_AFTER.1 - ROTATE_AFTER.0).as_millis().max(1) as u64,
+                        );
+                    let d = self.dests.entry(*dest).or_default();
+                    d.current = Some((id, now.mono + rotate));
+                    d.error = None;
+                    return Ok(id);
+                }
+                Err(e) => {
+                    self.counters.build_errors += 1;
+                    e.to_string()
+                }
+            },
+            Err(e) => e.to_string(),
+        };
+        let d = self.dests.entry(*dest).or_default();
+        d.failed_until = Some(now.mono + RETRY_AFTER);
+        d.error = Some(result.clone());
+        Err(result)
+    }
+
+    fn forget_circuit(&mut self, id: CircuitId) -> Option<[u8; KEY_LEN]> {
+        self.incoming.retain(|_, c| *c != id);
+        let o = self.origin_of.remove(&id)?;
+        let d = self.dests.get_mut(&o.dest)?;
+        if d.current.is_some_and(|(c, _)| c == id) {
+            d.current = None;
+        }
+        d.flows.retain(|_, (c, _)| *c != id);
+        Some(o.dest)
+    }
+
+    /// A circuit to `dest` ended: if it was in use lately, build another now.
+    fn rebuild_if_used(&mut self, now: Now, dest: [u8; KEY_LEN]) {
+        let used = self
+            .dests
+            .get(&dest)
+            .and_then(|d| d.last_used)
+            .is_some_and(|t| now.mono.saturating_duration_since(t) < FLOW_IDLE);
+        if used && self.dests.get(&dest).is_some_and(|d| d.current.is_none()) {
+            let _ = self.build(now, &dest);
+        }
+    }
+
+    /// Forgets idle flows and closes rotated-out circuits that no flow uses.
+    fn sweep(&mut self, now: Now) {
+        let mut close = Vec::new();
+        for d in self.dests.values_mut() {
+            d.flows
+                .retain(|_, (_, last)| now.mono.saturating_duration_since(*last) < FLOW_IDLE);
+        }
+        for (&id, o) in &self.origin_of {
+            let Some(d) = self.dests.get(&o.dest) else {
+                continue;
+            };
+            let current = d.current.is_some_and(|(c, _)| c == id);
+            if !current && !d.flows.values().any(|(c, _)| *c == id) {
+                close.push(id);
+            }
+        }
+        close.sort_unstable();
+        for id in close {
+            self.circuits.close_circuit(now.mono, id);
+            self.forget_circuit(id);
+        }
+        self.next_sweep = now.mono + SWEEP_EVERY;
+    }
+
+    /// Takes the circuit core's events into the router's tables; they are
+    /// kept for [`Self::poll_event`] so the daemon can log them.
+    fn drain_events(&mut self, now: Now) {
+        while let Some(ev) = self.circuits.poll_event() {
+            match &ev {
+                CircuitEvent::Built { circuit, .. } => {
+                    if let Some(d) = self
+                        .origin_of
+                        .get(circuit)
+                        .and_then(|o| self.dests.get_mut(&o.dest))
+                    {
+                        d.failed_until = None;
+                    }
+                }
+                CircuitEvent::Incoming { circuit, origin } => {
+                    self.incoming.insert(*origin, *circuit);
+                }
+                CircuitEvent::Closed { circuit, .. } | CircuitEvent::TagFailure { circuit, .. } => {
+                    if let Some(dest) = self.forget_circuit(*circuit) {
+                        self.rebuild_if_used(now, dest);
+                    }
+                }
+                CircuitEvent::Unreachable {
+                    circuit,
+                    destination,
+                    failed_hop,
+                    reason,
+                } => {
+                    let hops = self.origin_of.get(circuit).map(|o| o.path.clone());
+                    self.forget_circuit(*circuit);
+                    let until = now.mono + AVOID_FOR;
+                    if let Some(hops) = hops {
+                        if let Some(&node) = hops.get(*failed_hop) {
+                            let prev = if *failed_hop == 0 {
+                                self.key
+                            } else {
+                                hops[failed_hop - 1]
+                            };
+                            self.avoid_edges.insert((prev, node), until);
+                            if node != *destination && hops.first() != Some(&node) {
+                                self.avoid_nodes.insert(node, until);
+                            }
+                        }
+                    }
+                    let d = self.dests.entry(*destination).or_default();
+                    d.error = Some(format!(
+                        "hop {failed_hop} of the path could not be reached ({reason:?})"
+                    ));
+                    self.rebuild_if_used(now, *destination);
+                }
+            }
+            self.events.push_back(ev);
+        }
+    }
+
+    /// The node that `addr` (a /128 or an address in a /64) belongs to, if
+    /// the graph has it.
+    fn lookup(&mut self, addr: &Ipv6Addr) -> Option<[u8; KEY_LEN]> {
+        let o = addr.octets();
+        if o[0] & 0xfe != self.prefix & 0xfe {
+            return None;
+        }
+        let slot: [u8; 7] = o[1..8].try_into().ok()?;
+        if !self.index.contains_key(&slot) && self.indexed_nodes != self.graph.graph().node_count()
+        {
+            self.rebuild_index();
+        }
+        let key = *self.index.get(&slot)?;
+        address::address_belongs_to(addr, &key, self.prefix).then_some(key)
+    }
+
+    fn rebuild_index(&mut self) {
+        let graph = self.graph.graph();
+        self.index.clear();
+        for rec in graph.records() {
+            let a = address::address_for_key(rec.key(), self.prefix).octets();
+            if let Ok(slot) = a[1..8].try_into() {
+                self.index.entry(slot).or_insert(*rec.key());
+            }
+        }
+        self.indexed_nodes = graph.node_count();
+    }
+
+    /// Queues an ICMPv6 destination unreachable about `packet` for the TUN,
+    /// within the rate limit.
+    fn unreachable(&mut self, now: Now, packet: &[u8], code: u8) {
+        let (since, sent) = &mut self.icmp_budget;
+        if now.mono.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            *since = now.mono;
+            *sent = 0;
+        }
+        if *sent >= ICMP_PER_SECOND {
+            self.counters.icmp_limited += 1;
+            return;
+        }
+        let from = address::address_for_key(&self.key, self.prefix);
+        let mut out = Vec::new();
+        if icmp::destination_unreachable(packet, from, code, &mut out) {
+            *sent += 1;
+            self.counters.icmp_sent += 1;
+            self.icmp_out.push_back(out);
+        }
+    }
+
+    /// The next cell to send: written into `out`, with its link.
+    pub fn poll_cell(&mut self, out: &mut [u8; CELL_LEN]) -> Option<u64> {
+        self.circuits.poll_transmit(out)
+    }
+
+    /// The next graph message to send, with its link.
+    pub fn poll_graph(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.graph.poll_transmit().map(|(l, m)| (l.0, m))
+    }
+
+    /// The next packet for the TUN, copied into `out` (give it
+    /// [`crate::session::MAX_PACKET_LEN`] bytes): a packet from a circuit, or
+    /// an ICMPv6 error. Returns its length.
+    pub fn poll_packet(&mut self, out: &mut [u8]) -> Option<usize> {
+        if let Some(p) = self.icmp_out.pop_front() {
+            let n = p.len().min(out.len());
+            out[..n].copy_from_slice(&p[..n]);
+            return Some(n);
+        }
+        self.circuits.poll_packet(out).map(|d| d.len)
+    }
+
+    /// The next event worth logging.
+    pub fn poll_event(&mut self) -> Option<CircuitEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should next run, in each clock.
+    pub fn poll_timeout(&self) -> (Option<Instant>, Option<Time>) {
+        let mono = match self.circuits.poll_timeout() {
+            Some(t) => t.min(self.next_sweep),
+            None => self.next_sweep,
+        };
+        (Some(mono), self.graph.poll_timeout())
+    }
+
+    /// Runs what is due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        if now.mono >= self.next_sweep {
+            self.sweep(now);
+        }
+        self.circuits.handle_timeout(now.mono);
+        self.graph.handle_timeout(now.wall);
+        self.drain_events(now);
+    }
+
+    /// The circuit that carries new flows to `addr` now, building one if
+    /// there is none (for `umbra path`). Returns the destination and the
+    /// origin circuit's hops, or why there is none.
+    pub fn path_to(
+        &mut self,
+        now: Now,
+        addr: &Ipv6Addr,
+    ) -> Result<([u8; KEY_LEN], CircuitInfo), String> {
+        let dest = self
+            .lookup(addr)
+            .ok_or_else(|| format!("no node in the graph has the address {addr}"))?;
+        if dest == self.key {
+            return Err(format!("{addr} is this node"));
+        }
+        let current = self
+            .dests
+            .get(&dest)
+            .and_then(|d| d.current)
+            .map(|(c, _)| c);
+        let id = match current {
+            Some(c) => c,
+            None => {
+                if let Some(d) = self.dests.get_mut(&dest) {
+                    d.failed_until = None;
+                }
+                self.build(now, &dest)?
+            }
+        };
+        let info = self
+            .circuits
+            .circuit(id)
+            .ok_or_else(|| "the circuit closed; try again".to_string())?;
+        Ok((dest, info))
+    }
+
+    /// The address prefix (DESIGN.md §3).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The graph, for saving: see [`crate::graph::Graph::export`].
+    pub fn export_graph(&self) -> Vec<u8> {
+        self.graph.export()
+    }
+
+    /// The graph core (for status).
+    pub fn graph(&self) -> &GraphCore {
+        &self.graph
+    }
+
+    /// The graph's counters.
+    pub fn graph_counters(&self) -> &GraphCounters {
+        self.graph.counters()
+    }
+
+    /// The circuit layer's counters.
+    pub fn circuit_metrics(&self) -> &CircuitMetrics {
+        self.circuits.metrics()
+    }
+
+    /// The router's own counters.
+    pub fn counters(&self) -> &RouterCounters {
+        &self.counters
+    }
+
+    /// Every open circuit this node takes part in.
+    pub fn circuits(&self) -> impl Iterator<Item = CircuitInfo> + '_ {
+        self.circuits.circuits()
+    }
+}
+
+/// A flow's hash: the addresses, the next header and, for TCP and UDP, the
+/// ports, the same in both directions.
+pub fn flow_hash(packet: &[u8]) -> u64 {
+    let Some((src, dst)) = icmp::ipv6_addresses(packet) else {
+        return 0;
+    };
+    let next = packet[6];
+    let ports = match (next, packet.get(40..44)) {
+        (6 | 17, Some(p)) => [
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        ],
+        _ => [0, 0],
+    };
+    let (a, b) = ((src.octets(), ports[0]), (dst.octets(), ports[1]));
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    // FNV-1a: flows are local to this node, so no keyed hash is needed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in
+        lo.0.iter()
+            .chain(&lo.1.to_be_bytes())
+            .chain(&hi.0)
+            .chain(&hi.1.to_be_bytes())
+            .chain(&[next])
+    {
+        h = (h ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
