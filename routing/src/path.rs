@@ -29,7 +29,13 @@ use crate::graph::Graph;
 pub const MIN_RELAYS_BALANCED: usize = 3;
 /// Relays between the ends on a strong path, at least.
 pub const MIN_RELAYS_STRONG: usize = 5;
-/// Random walks tried before giving up.
+/// Random steps a walk takes from the home node before it looks for the
+/// shortest way on (Pisces walks a fixed length too). Without them, whenever
+/// the shortest path from the home is long enough the walk took no step and
+/// the whole path was fixed by the home and the destination: the simulation
+/// found that on three paths in four.
+pub const WALK_STEPS: usize = 2;
+/// Random walks tried per walk length before giving up.
 const WALK_TRIES: usize = 32;
 
 type Key = [u8; KEY_LEN];
@@ -123,25 +129,34 @@ pub fn choose(
     if home == dest {
         return Err(PathError::DestinationIsHome(req.anonymity, need));
     }
-    for _ in 0..WALK_TRIES {
-        if let Some(p) = walk_then_shortest(graph, req, home, need, rng) {
-            return Ok(p);
+    // Fewer random steps only where the graph has no room for them (a dead
+    // end near the home); the relay count is never lowered.
+    for steps in (0..=WALK_STEPS).rev() {
+        for _ in 0..WALK_TRIES {
+            if let Some(p) = walk_then_shortest(graph, req, home, need, steps, rng) {
+                return Ok(p);
+            }
         }
     }
     Err(PathError::NoPath(req.anonymity, need))
 }
 
-/// One try: home, a walk until `need` relays are chosen (or fewer, when the
-/// shortest path from the walk's end adds the rest), then the shortest path.
+/// One try: home, `steps` random steps, more steps while the relays so far
+/// plus the shortest way on are fewer than `need`, then that shortest way.
 fn walk_then_shortest(
     graph: &Graph,
     req: &PathRequest<'_>,
     home: Key,
     need: usize,
+    steps: usize,
     rng: &mut dyn RngCore,
 ) -> Option<Vec<Key>> {
     let (me, dest) = (req.origin, req.destination);
     let mut path = vec![home];
+    for _ in 0..steps {
+        let next = step(graph, req, *path.last()?, &path, rng)?;
+        path.push(next);
+    }
     // Walk until the relays so far plus the shortest way on make `need`.
     loop {
         let at = *path.last()?;
@@ -311,6 +326,24 @@ mod tests {
                 prev = *k;
             }
         }
+    }
+
+    #[test]
+    fn balanced_paths_vary() {
+        let (g, keys) = grid();
+        let live = |_: &Key| true;
+        let mut rng = Lcg(11);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let p = choose(
+                &g,
+                &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
+                &mut rng,
+            )
+            .expect("path");
+            seen.insert(p);
+        }
+        assert!(seen.len() >= 5, "only {} distinct paths", seen.len());
     }
 
     #[test]
