@@ -496,6 +496,62 @@ fn listen_acme_excludes_cert_files() {
     );
 }
 
+#[test]
+fn listen_acme_server_defaults_to_lets_encrypt_and_can_be_changed() {
+    let config = parse_ok("[listen]\nacme = true\nserver_name = \"a.example\"\n");
+    assert_eq!(
+        config.listen.acme_directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(config.listen.acme_email, None);
+    assert_eq!(config.listen.acme_ca, None);
+
+    let config = parse_ok(
+        "[listen]\nacme = true\nserver_name = \"a.example\"\n\
+         acme_directory = \"https://198.18.0.1:14000/dir\"\n\
+         acme_email = \"ops@example.org\"\nacme_ca = \"/etc/umbra/test-ca.pem\"\n",
+    );
+    assert_eq!(config.listen.acme_directory, "https://198.18.0.1:14000/dir");
+    assert_eq!(config.listen.acme_email.as_deref(), Some("ops@example.org"));
+    assert_eq!(
+        config.listen.acme_ca,
+        Some(PathBuf::from("/etc/umbra/test-ca.pem"))
+    );
+}
+
+#[test]
+fn listen_acme_keys_reject_bad_values() {
+    for bad in [
+        "http://acme.example/dir",
+        "acme.example/dir",
+        "https://",
+        "",
+    ] {
+        invalid(
+            &format!("[listen]\nacme_directory = \"{bad}\"\n"),
+            "listen.acme_directory",
+            &["[listen] acme_directory = ", "is not an https:// URL"],
+        );
+    }
+    for bad in ["ops", "@example.org", "ops@", "o ps@example.org"] {
+        invalid(
+            &format!("[listen]\nacme_email = \"{bad}\"\n"),
+            "listen.acme_email",
+            &["[listen] acme_email = ", "is not an e-mail address"],
+        );
+    }
+    invalid(
+        "[listen]\nacme_ca = \"\"\n",
+        "listen.acme_ca",
+        &["[listen] acme_ca is empty"],
+    );
+    invalid(
+        "[listen]\nacme_email = 3\n",
+        "listen.acme_email",
+        &["[listen] acme_email must be a string"],
+    );
+}
+
 // ---- [cover] ----
 
 #[test]
@@ -740,6 +796,9 @@ fn schema_line() -> impl Strategy<Value = String> {
         "https",
         "server_name",
         "acme",
+        "acme_directory",
+        "acme_email",
+        "acme_ca",
         "cert",
         "key",
         "root",

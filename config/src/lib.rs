@@ -50,6 +50,9 @@ pub const MAX_MTU: u32 = 65535;
 pub const DEFAULT_HTTPS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 443);
 
+/// The default ACME directory: Let's Encrypt's production server.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 /// The whole config file, with every default filled in.
 ///
 /// Build one with [`Config::load`] or [`Config::from_toml`], which also
@@ -99,6 +102,13 @@ pub struct ListenConfig {
     pub server_name: String,
     /// Get a certificate for `server_name` by ACME.
     pub acme: bool,
+    /// The ACME server's directory URL (`https://`); default Let's Encrypt.
+    pub acme_directory: String,
+    /// The e-mail address the ACME account gives the CA, if any.
+    pub acme_email: Option<String>,
+    /// PEM file of CA certificates to trust for the ACME server's HTTPS,
+    /// instead of the built-in web PKI roots (a private or test ACME server).
+    pub acme_ca: Option<PathBuf>,
     /// Certificate chain file (PEM); set together with `key`.
     pub cert: Option<PathBuf>,
     /// Private key file (PEM) of `cert`.
@@ -174,6 +184,9 @@ impl Default for ListenConfig {
             https: vec![DEFAULT_HTTPS_LISTEN],
             server_name: String::new(),
             acme: false,
+            acme_directory: DEFAULT_ACME_DIRECTORY.to_owned(),
+            acme_email: None,
+            acme_ca: None,
             cert: None,
             key: None,
         }

@@ -44,6 +44,9 @@ struct RawListen {
     https: Option<Value>,
     server_name: Option<Value>,
     acme: Option<Value>,
+    acme_directory: Option<Value>,
+    acme_email: Option<Value>,
+    acme_ca: Option<Value>,
     cert: Option<Value>,
     key: Option<Value>,
 }
@@ -374,6 +377,15 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         }
         if let Some(v) = listen.acme {
             config.listen.acme = r.bool(&scope.key("acme"), v)?;
+        }
+        if let Some(v) = listen.acme_directory {
+            config.listen.acme_directory = r.string(&scope.key("acme_directory"), v)?;
+        }
+        if let Some(v) = listen.acme_email {
+            config.listen.acme_email = Some(r.string(&scope.key("acme_email"), v)?);
+        }
+        if let Some(v) = listen.acme_ca {
+            config.listen.acme_ca = Some(r.path(&scope.key("acme_ca"), v)?);
         }
         if let Some(v) = listen.cert {
             config.listen.cert = Some(r.path(&scope.key("cert"), v)?);

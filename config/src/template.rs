@@ -43,6 +43,14 @@ server_name = ""
 # Where the TLS certificate comes from: ACME for server_name, or files (set both cert
 # and key), or, with neither, a self-signed certificate kept in state_dir.
 acme = false
+# With acme = true: the ACME server (Let's Encrypt unless changed), an e-mail address
+# for the CA's notices, and, for a private ACME server, a PEM file of the CA
+# certificates its HTTPS is checked against. ACME answers the TLS-ALPN-01 challenge
+# on the https port, so the CA must reach server_name on port 443. The account and
+# the certificate are kept in state_dir/acme.
+acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
+# acme_email = "ops@example.org"
+# acme_ca = "/etc/umbra/acme-ca.pem"
 # cert = "/etc/umbra/cert.pem"
 # key = "/etc/umbra/key.pem"
 
@@ -120,6 +128,8 @@ mod tests {
             "# root = \"/var/www/cover\"",
             "# upstream = \"http://127.0.0.1:8080\"",
             "# listen = \"127.0.0.1:9477\"",
+            "# acme_email = \"ops@example.org\"",
+            "# acme_ca = \"/etc/umbra/acme-ca.pem\"",
         ] {
             assert!(text.contains(example), "{example}");
             let edited = text.replace(example, example.trim_start_matches("# "));

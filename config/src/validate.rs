@@ -168,6 +168,47 @@ impl Config {
             }
         }
 
+        let directory = &listen.acme_directory;
+        let host = directory.strip_prefix("https://").unwrap_or_default();
+        if host.is_empty() || host.starts_with('/') || directory.chars().any(char::is_whitespace) {
+            return Err(r.invalid(
+                &scope.key("acme_directory"),
+                format!(
+                    "[listen] acme_directory = {} is not an https:// URL; write the ACME \
+                     server's directory URL, such as \"{}\"",
+                    quote(directory),
+                    crate::DEFAULT_ACME_DIRECTORY
+                ),
+            ));
+        }
+        if let Some(email) = &listen.acme_email {
+            let bad = email.chars().any(|c| c.is_whitespace() || c.is_control())
+                || email
+                    .split_once('@')
+                    .is_none_or(|(a, b)| a.is_empty() || b.is_empty());
+            if bad {
+                return Err(r.invalid(
+                    &scope.key("acme_email"),
+                    format!(
+                        "[listen] acme_email = {} is not an e-mail address, such as \
+                         \"ops@example.org\"; or remove the key",
+                        quote(email)
+                    ),
+                ));
+            }
+        }
+        if listen
+            .acme_ca
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(r.invalid(
+                &scope.key("acme_ca"),
+                "[listen] acme_ca is empty; name a PEM file of CA certificates, or remove the key"
+                    .to_owned(),
+            ));
+        }
+
         if listen
             .server_name
             .chars()

@@ -378,3 +378,140 @@ impl Daemon {
             .is_some_and(|a| a.iter().any(|p| p["key"] == key && p["state"] == "up"))
     }
 }
+
+/// The name of the interface in `ns` that holds `ip` (for example one end
+/// of a [`veth`] pair).
+pub fn iface_with_addr(ns: &Netns, ip: &str) -> String {
+    let out = ns.exec(&["ip", "-o", "-4", "addr", "show", "to", ip]);
+    out.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no interface holds {ip} in {}: {out:?}", ns.name()))
+        .to_string()
+}
+
+/// A `tcpdump -w` running in a namespace; stopped (and its file complete)
+/// by [`Tcpdump::stop`], killed on drop.
+#[derive(Debug)]
+pub struct Tcpdump {
+    child: Option<Child>,
+    /// The capture file.
+    pub file: PathBuf,
+    said: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tcpdump {
+    /// Starts `tcpdump -i iface -w file filter` in `ns` and waits until it
+    /// captures.
+    pub fn start(ns: &Netns, iface: &str, filter: &str, file: &Path) -> Tcpdump {
+        let mut child = ns
+            .command(Path::new("tcpdump"))
+            .args(["-i", iface, "-s", "0", "-B", "8192", "-U", "-n", "-w"])
+            .arg(file)
+            .args(filter.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpdump (apt-get install tcpdump)");
+        // tcpdump says "listening on …" once its socket is open.
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(
+            first.contains("listening on"),
+            "tcpdump did not start: {first:?}"
+        );
+        // Keep the rest (its closing counts) and never let tcpdump block
+        // on a full pipe.
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let keep = said.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(mut s) = keep.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        Tcpdump {
+            child: Some(child),
+            file: file.to_path_buf(),
+            said,
+        }
+    }
+
+    /// What tcpdump printed after it started (after [`Tcpdump::stop`]: how
+    /// many packets it captured and how many the kernel dropped).
+    pub fn said(&self) -> String {
+        self.said.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops the capture (SIGINT, so tcpdump flushes its file) and returns
+    /// the file's bytes.
+    pub fn stop(&mut self) -> Vec<u8> {
+        // tcpdump stops reading at SIGINT, so first let it write out what
+        // the kernel already handed it: wait until the file stops growing.
+        let size = || fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = size();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(700));
+            let now = size();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        fs::read(&self.file).unwrap_or_default()
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the current test binary again inside `ns`, as a helper process
+/// for the test `test_name` (which sees `role` in `UMBRA_TEST_ROLE` and
+/// `env`), and returns it running. Its stdout and stderr go to `log`.
+pub fn spawn_test_helper(
+    ns: &Netns,
+    test_name: &str,
+    role: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Child {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = fs::File::create(log).expect("helper log");
+    let err = out.try_clone().expect("helper log");
+    ns.command(&exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
+        .env("UMBRA_TEST_ROLE", role)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn test helper")
+}
+
+/// The helper role this process was started in by [`spawn_test_helper`],
+/// if any.
+pub fn test_role() -> Option<String> {
+    std::env::var("UMBRA_TEST_ROLE").ok()
+}

@@ -252,13 +252,74 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
             "tiny ClientHello",
             vec![0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00],
         ),
+        ("0x16, 0x03 then junk", junk(&[0x16, 0x03], 2046)),
+        ("0x80 then junk", junk(&[0x80, 0x00, 0x00], 2045)),
+        ("0xff then junk", junk(&[0xff, 0x00, 0x00], 2045)),
+        (
+            "SSLv2 hello, incomplete",
+            junk(&[0x8f, 0x10, 0x01, 0x03, 0x01], 500),
+        ),
+        (
+            "SSLv2 hello of junk",
+            junk(&[0x80, 0x40, 0x01, 0x03, 0x01], 61),
+        ),
+        (
+            "SSLv2 hello, too short",
+            junk(&[0x80, 0x04, 0x01, 0x03, 0x01], 1),
+        ),
+        (
+            "SSLv2 hello, huge",
+            junk(&[0xff, 0xff, 0x01, 0x03, 0x01], 500),
+        ),
+        ("SSLv2 longest", junk(&[0xc1, 0x40, 0x01, 0x03, 0x01], 500)),
+        (
+            "SSLv2 one too long",
+            junk(&[0xc1, 0x41, 0x01, 0x03, 0x01], 500),
+        ),
+        (
+            "TLS longest",
+            junk(&[0x16, 0x03, 0x01, 0x41, 0x40, 0x02], 500),
+        ),
+        (
+            "TLS one too long",
+            junk(&[0x16, 0x03, 0x01, 0x41, 0x41, 0x02], 500),
+        ),
+        (
+            "TLS incomplete",
+            junk(&[0x16, 0x03, 0x01, 0x04, 0x00, 0x02], 500),
+        ),
+        ("SSLv2 hello", sslv2_hello(0x0301, 3, 0, 16, 0)),
+        ("SSLv2 hello, SSL 2.0", sslv2_hello(0x0002, 3, 0, 16, 0)),
+        ("SSLv2 hello, SSL 3.0", sslv2_hello(0x0300, 3, 0, 16, 0)),
+        ("SSLv2 hello, TLS 1.2", sslv2_hello(0x0303, 3, 0, 16, 0)),
+        ("SSLv2 hello, TLS 1.3", sslv2_hello(0x0304, 3, 0, 16, 0)),
+        (
+            "SSLv2 hello, version 3.255",
+            sslv2_hello(0x03ff, 3, 0, 16, 0),
+        ),
+        (
+            "SSLv2 hello, short challenge",
+            sslv2_hello(0x0301, 3, 0, 8, 0),
+        ),
+        (
+            "SSLv2 hello, long session ID",
+            sslv2_hello(0x0303, 3, 33, 16, 0),
+        ),
+        ("SSLv2 hello, extra byte", sslv2_hello(0x0301, 3, 0, 16, 1)),
+        ("SSLv2 hello, no ciphers", sslv2_hello(0x0301, 0, 0, 32, 0)),
+        ("SSLv2 hello, odd ciphers", sslv2_hello(0x0301, 4, 0, 32, 0)),
+        ("SSLv2 min", junk(&[0x80, 0x09, 0x01, 0x03, 0x01], 500)),
+        ("SSLv2 min-1", junk(&[0x80, 0x08, 0x01, 0x03, 0x01], 500)),
     ] {
-        let (a, closed_a) = tcp_probe(l.addr, &bytes, Duration::from_secs(2)).await;
-        let (b, closed_b) = tcp_probe(nginx_addr, &bytes, Duration::from_secs(2)).await;
+        let (a, end_a) = tcp_probe_end(l.addr, &bytes, Duration::from_secs(2)).await;
+        let (b, end_b) = tcp_probe_end(nginx_addr, &bytes, Duration::from_secs(2)).await;
         let (a, b) = (without_dates(&a), without_dates(&b));
-        if a != b || closed_a != closed_b {
+        if std::env::var_os("UMBRA_SHOW_PROBES").is_some() {
+            eprintln!("== TCP {what}\n--- umbra ({end_a})\n{a:?}\n--- nginx ({end_b})\n{b:?}");
+        }
+        if a != b || end_a != end_b {
             differences.push(format!(
-                "TCP {what}:\n--- umbra (closed: {closed_a})\n{a:?}\n--- nginx (closed: {closed_b})\n{b:?}"
+                "TCP {what}:\n--- umbra ({end_a})\n{a:?}\n--- nginx ({end_b})\n{b:?}"
             ));
         }
     }
@@ -271,4 +332,43 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: notes.example.org\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends `data` and reads the answer until the server closes or `wait`
+/// passes; says how it ended: a FIN (`closed`), a reset, or not at all.
+async fn tcp_probe_end(addr: SocketAddr, data: &[u8], wait: Duration) -> (Vec<u8>, &'static str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(data).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return (out, "closed"),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (out, "reset");
+            }
+            Ok(Err(_)) => return (out, "error"),
+            Err(_) => return (out, "open"),
+        }
+    }
+}
+
+/// A whole SSLv2-form ClientHello record with the given version and field
+/// lengths (zero-filled), and `extra` bytes after them.
+fn sslv2_hello(version: u16, ciphers: u16, session_id: u16, challenge: u16, extra: u16) -> Vec<u8> {
+    let mut body = vec![0x01];
+    for v in [version, ciphers, session_id, challenge] {
+        body.extend(v.to_be_bytes());
+    }
+    body.resize(
+        body.len() + usize::from(ciphers + session_id + challenge + extra),
+        0,
+    );
+    let len = body.len() as u16 | 0x8000;
+    let mut record = len.to_be_bytes().to_vec();
+    record.extend(body);
+    record
 }

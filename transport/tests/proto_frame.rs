@@ -1,6 +1,7 @@
 //! Link framing: whatever the writer queues arrives intact and in order,
-//! however TCP and TLS split the stream; the first writes are padded; and no
-//! input panics the reader.
+//! however TCP and TLS split the stream; the first writes and every short
+//! write are padded, so no write size repeats; and no input panics the
+//! reader.
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -8,7 +9,8 @@ use rand_core::{RngCore, impls};
 use umbra_transport::proto::frame::{
     CELL_LEN, DECODER_BUFFER_MAX_LEN, FRAME_HEADER_LEN, FRAME_WIRE_MAX_LEN, Frame, FrameDecoder,
     FrameEncoder, FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN,
-    PADDED_FLUSHES_MAX, PADDED_FLUSHES_MIN, PADDING_PAYLOAD_MAX_LEN, keepalive_interval,
+    PADDED_FLUSH_BELOW_LEN, PADDED_FLUSHES_MAX, PADDED_FLUSHES_MIN, PADDING_PAYLOAD_MAX_LEN,
+    keepalive_interval,
 };
 
 /// A seeded RNG (SplitMix64), so a failing case reproduces.
@@ -171,17 +173,144 @@ fn the_first_writes_of_a_link_carry_padding_of_varying_size() {
         sizes.push(enc.flush(16_384, &mut rng).expect("queued").len());
     }
     let (first, rest) = sizes.split_at(padded as usize);
-    for &s in first {
+    // Early flushes start with padding and later short ones end with it;
+    // either way one padding frame of 0–255 bytes rides along.
+    let padded_range =
+        cell_write + FRAME_HEADER_LEN..=cell_write + FRAME_HEADER_LEN + PADDING_PAYLOAD_MAX_LEN;
+    for &s in first.iter().chain(rest) {
         assert!(
-            (cell_write + FRAME_HEADER_LEN
-                ..=cell_write + FRAME_HEADER_LEN + PADDING_PAYLOAD_MAX_LEN)
-                .contains(&s),
+            padded_range.contains(&s),
             "padded write of {s} bytes; sizes {sizes:?}"
         );
     }
     let distinct: std::collections::BTreeSet<_> = first.iter().collect();
     assert!(distinct.len() > 1, "padded writes all {first:?}");
-    assert!(rest.iter().all(|&s| s == cell_write), "sizes {sizes:?}");
+}
+
+/// Counts how often each value occurs and returns the most frequent one
+/// with its count.
+fn most_common(values: &[usize]) -> (usize, usize) {
+    let mut counts = std::collections::BTreeMap::new();
+    for &v in values {
+        *counts.entry(v).or_insert(0usize) += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .unwrap_or_default()
+}
+
+#[test]
+fn lone_cells_long_after_the_start_give_no_repeating_write_size() {
+    // A quiet link: one cell per writer wakeup, for 5000 wakeups, with
+    // the link writer's random 2–16 KiB write limit.
+    let mut rng = TestRng(11);
+    let mut enc = FrameEncoder::new(&mut rng);
+    let mut sizes = Vec::new();
+    for _ in 0..5000 {
+        enc.queue(FrameType::Cell, &[0x33; CELL_LEN])
+            .expect("queue");
+        let max = 2048 + (rng.next_u32() as usize % (16_384 - 2048 + 1));
+        sizes.push(enc.flush(max, &mut rng).expect("queued").len());
+        assert_eq!(enc.pending_len(), 0);
+    }
+    let (size, count) = most_common(&sizes);
+    let distinct: std::collections::BTreeSet<_> = sizes.iter().collect();
+    // 256 padding lengths, uniform: each about 0.4 % of writes.
+    assert!(
+        count * 100 < sizes.len(),
+        "{size}-byte writes are {count} of {}: more than 1 %",
+        sizes.len()
+    );
+    assert!(distinct.len() >= 250, "only {} sizes", distinct.len());
+    assert!(!sizes.contains(&(FRAME_HEADER_LEN + CELL_LEN)));
+    // What the padding costs on this worst case, for the record.
+    let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
+    let bare = (FRAME_HEADER_LEN + CELL_LEN) as f64;
+    eprintln!(
+        "lone cells: mean write {mean:.1} bytes vs {bare} unpadded ({:.1} % more), \
+         most common size {size} × {count} of {}",
+        (mean / bare - 1.0) * 100.0,
+        sizes.len()
+    );
+}
+
+#[test]
+fn bursts_of_a_few_cells_give_no_repeating_write_size() {
+    // k cells per wakeup, drained as the link writer drains them: every
+    // write size must spread, whatever k is.
+    for k in [1usize, 2, 3, 5, 8, 13, 20] {
+        let mut rng = TestRng(k as u64);
+        let mut enc = FrameEncoder::new(&mut rng);
+        let mut sizes = Vec::new();
+        for _ in 0..2000 {
+            for _ in 0..k {
+                enc.queue(FrameType::Cell, &[0x44; CELL_LEN])
+                    .expect("queue");
+            }
+            loop {
+                let max = 2048 + (rng.next_u32() as usize % (16_384 - 2048 + 1));
+                match enc.flush(max, &mut rng) {
+                    Some(b) => sizes.push(b.len()),
+                    None => break,
+                }
+            }
+        }
+        let (size, count) = most_common(&sizes);
+        assert!(
+            count * 50 < sizes.len(),
+            "{k} cells per wakeup: {size}-byte writes are {count} of {}",
+            sizes.len()
+        );
+    }
+}
+
+#[test]
+fn keepalive_only_writes_vary_in_size_too() {
+    let mut rng = TestRng(5);
+    let mut enc = FrameEncoder::new(&mut rng);
+    let sizes: Vec<usize> = (0..1000)
+        .map(|_| {
+            enc.queue(FrameType::Keepalive, &[]).expect("queue");
+            enc.flush(16_384, &mut rng).expect("queued").len()
+        })
+        .collect();
+    let (size, count) = most_common(&sizes);
+    assert!(count < 20, "{size}-byte keepalive writes × {count}");
+}
+
+#[test]
+fn big_writes_are_not_padded_and_padding_never_exceeds_the_limit() {
+    let mut rng = TestRng(8);
+    let mut enc = FrameEncoder::new(&mut rng);
+    // Past the early padded flushes.
+    while enc.padded_flushes_left() > 0 {
+        enc.queue(FrameType::Keepalive, &[]).expect("queue");
+        enc.flush(16_384, &mut rng).expect("queued");
+    }
+    let big = vec![0xAB; PADDED_FLUSH_BELOW_LEN];
+    enc.queue(FrameType::GraphRecord, &big).expect("queue");
+    let buf = enc.flush(usize::MAX, &mut rng).expect("queued");
+    assert_eq!(buf.len(), FRAME_HEADER_LEN + big.len(), "no padding");
+    // A limit that leaves no room for a padding header: nothing added.
+    enc.queue(FrameType::Cell, &[1; CELL_LEN]).expect("queue");
+    let buf = enc
+        .flush(FRAME_HEADER_LEN + CELL_LEN + 2, &mut rng)
+        .expect("queued");
+    assert_eq!(buf.len(), FRAME_HEADER_LEN + CELL_LEN);
+    // A limit with room for a short padding frame only.
+    enc.queue(FrameType::Cell, &[1; CELL_LEN]).expect("queue");
+    let limit = FRAME_HEADER_LEN + CELL_LEN + FRAME_HEADER_LEN + 4;
+    let buf = enc.flush(limit, &mut rng).expect("queued");
+    assert!(buf.len() <= limit);
+    let mut dec = FrameDecoder::new();
+    dec.push(&buf).expect("push");
+    assert_eq!(
+        dec.next_frame().expect("valid"),
+        Some(Frame::Cell(Bytes::from(vec![1; CELL_LEN])))
+    );
+    assert_eq!(dec.next_frame().expect("valid"), None);
+    assert_eq!(dec.buffered_len(), 0);
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //!
 //! Each link has two tasks:
 //! - the **writer** takes queued frames, coalesces everything queued at a
-//!   wakeup into one [`FrameEncoder`] flush of a random size (so TLS record
+//!   wakeup into [`FrameEncoder`] flushes of a random size (so TLS record
 //!   sizes do not cluster on the cell size; the encoder pads its first
-//!   flushes), and adds a keepalive at jittered intervals;
+//!   flushes and every short one, so a lone cell or keepalive never makes
+//!   a constant record size either), and adds a keepalive at jittered
+//!   intervals;
 //! - the **reader** decodes the peer's frames, drops keepalives and
 //!   padding, and ends the link when the stream ends, breaks, or goes
 //!   silent for [`LinkSettings::dead_after`].

@@ -4,9 +4,13 @@
 //! Every TCP connection is handled as nginx 1.22 would handle it:
 //! - bytes that are not a TLS handshake record get nginx's plain-HTTP `400`
 //!   ([`super::plain`]); a record header that is not TLS (`0x16` followed by
-//!   a version byte other than 3) is closed silently, and a record whose
-//!   first message is not a ClientHello gets `unexpected_message`, as
-//!   OpenSSL does (rustls would stay silent);
+//!   a version byte other than 3, or a first byte of `0x80` or more, which
+//!   nginx takes for SSLv2) is closed silently, and a record whose first
+//!   message is not a ClientHello gets `unexpected_message`, as OpenSSL
+//!   does (rustls would stay silent);
+//! - a connection given up on before or during the TLS handshake is read
+//!   to the end of what has arrived before it is closed, so the close is a
+//!   FIN as from nginx, not a reset;
 //! - otherwise a TLS handshake (rustls, [`TLS_HANDSHAKE_TIMEOUT`]), then
 //!   HTTP/2 if ALPN chose `h2`, else HTTP/1.1;
 //! - every request goes to the cover site unless it is a valid link
@@ -36,6 +40,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_rustls::TlsAcceptor;
 use umbra_routing::crypto::Identity;
 
+use super::acme::ACME_TLS_ALPN;
 use super::body::{ChannelBody, ServerBody};
 use super::cover::{CoverSite, RequestCtx};
 use super::link::{
@@ -80,6 +85,19 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The major version byte of every TLS record.
 const TLS_RECORD_MAJOR_VERSION: u8 = 0x03;
+
+/// The bit that marks an SSLv2 record header in a connection's first byte;
+/// nginx gives such a connection to OpenSSL instead of answering it as
+/// plain HTTP.
+const SSL2_HEADER_BIT: u8 = 0x80;
+
+/// The most bytes read and thrown away before closing a connection the
+/// listener gives up on.
+const DRAIN_MAX_LEN: usize = 64 * 1024;
+
+/// How long to wait for more bytes while draining a connection the
+/// listener gives up on (segments of one write that are still in flight).
+const DRAIN_IDLE: Duration = Duration::from_millis(10);
 
 /// The most reply payload the authorizer may return, in bytes: message 2's
 /// payload minus the observed address in front of it.
@@ -316,15 +334,30 @@ pub async fn serve(tcp: TcpListener, listener: Arc<LinkListener>, links: mpsc::S
     }
 }
 
-/// What the first bytes of a connection say.
+/// What the first bytes of a connection say, read as OpenSSL 3 reads a
+/// server's first record (`ssl3_get_record`, with nginx's read-ahead).
 enum FirstBytes {
     Tls,
     Plain,
-    /// `0x16` and then no TLS version: OpenSSL closes without a word.
+    /// `0x16` and then no TLS version, or a first byte of `0x80` or more
+    /// that is no SSLv2 ClientHello header: OpenSSL closes without a word.
     NotTls,
-    /// A TLS record whose first handshake message is not a ClientHello:
-    /// OpenSSL answers `unexpected_message`, rustls would say nothing.
-    NotClientHello,
+    /// A TLS record whose first handshake message is not a ClientHello,
+    /// `len` bytes long after its header: OpenSSL waits for all of it and
+    /// answers `unexpected_message`; rustls would say nothing.
+    NotClientHello {
+        len: usize,
+    },
+    /// An SSLv2 ClientHello header with a record `len` bytes long: OpenSSL
+    /// waits for all of it.
+    Sslv2Hello {
+        len: usize,
+    },
+    /// A record header that OpenSSL refuses at once with this alert
+    /// (too long, or an SSLv2 record too short).
+    Refused {
+        alert: u8,
+    },
     Gone,
 }
 
@@ -332,12 +365,46 @@ enum FirstBytes {
 /// handshake message type.
 const PEEK_LEN: usize = 6;
 
-/// The handshake message type of a ClientHello.
+/// The length of a TLS record header.
+const TLS_RECORD_HEADER_LEN: usize = 5;
+
+/// The length of an SSLv2 record header.
+const SSL2_RECORD_HEADER_LEN: usize = 2;
+
+/// The handshake message type of a ClientHello (in TLS and SSLv2 alike).
 const CLIENT_HELLO: u8 = 0x01;
 
-/// The `unexpected_message` alert as OpenSSL 3 sends it before the
-/// version is negotiated (record version TLS 1.2), measured from nginx.
-const UNEXPECTED_MESSAGE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a];
+/// The longest first record OpenSSL waits for, in bytes after the header
+/// (`SSL3_RT_MAX_ENCRYPTED_LENGTH`: 16384 of plaintext and 320 of
+/// encryption overhead, measured from nginx for TLS and SSLv2 headers
+/// alike); a longer one gets `record_overflow` at once.
+const OPENSSL_RECORD_MAX_LEN: usize = 16_704;
+
+/// The shortest SSLv2 ClientHello record OpenSSL reads
+/// (`MIN_SSL2_RECORD_LEN`); a shorter one gets `decode_error`.
+const SSL2_RECORD_MIN_LEN: usize = 9;
+
+/// TLS alert descriptions OpenSSL sends to a bad first record.
+const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
+const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
+const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_PROTOCOL_VERSION: u8 = 70;
+
+const ALERT_HANDSHAKE_FAILURE: u8 = 40;
+
+/// Versions in an SSLv2-form hello that OpenSSL answers differently.
+const SSL3_VERSION: usize = 0x0300;
+const TLS13_VERSION: usize = 0x0304;
+
+/// The longest session ID in a ClientHello, in bytes.
+const SSL_SESSION_ID_MAX_LEN: usize = 32;
+
+/// A fatal alert as OpenSSL 3 sends it before the version is negotiated
+/// (record version TLS 1.2), measured from nginx.
+fn fatal_alert(description: u8) -> [u8; 7] {
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
+}
 
 /// Looks at the first bytes without consuming them.
 async fn classify(stream: &TcpStream) -> FirstBytes {
@@ -351,18 +418,8 @@ async fn classify(stream: &TcpStream) -> FirstBytes {
         if n == 0 {
             return FirstBytes::Gone;
         }
-        if head[0] != TLS_HANDSHAKE_RECORD {
-            return FirstBytes::Plain;
-        }
-        if n >= 2 && head[1] != TLS_RECORD_MAJOR_VERSION {
-            return FirstBytes::NotTls;
-        }
-        if n >= PEEK_LEN {
-            return if head[5] == CLIENT_HELLO {
-                FirstBytes::Tls
-            } else {
-                FirstBytes::NotClientHello
-            };
+        if let Some(first) = classify_head(&head[..n]) {
+            return first;
         }
         // Part of a record header so far; peek returns at once while any
         // byte is buffered, so wait a little before looking again.
@@ -370,6 +427,120 @@ async fn classify(stream: &TcpStream) -> FirstBytes {
             return FirstBytes::Gone;
         }
         tokio::time::sleep(PEEK_RETRY).await;
+    }
+}
+
+/// What `head` (the first bytes, at least one) says, or `None` if it takes
+/// more bytes to tell.
+fn classify_head(head: &[u8]) -> Option<FirstBytes> {
+    let first = *head.first()?;
+    if first & SSL2_HEADER_BIT != 0 {
+        if head.len() < SSL2_RECORD_HEADER_LEN + 1 {
+            return None;
+        }
+        if head[2] != CLIENT_HELLO {
+            return Some(FirstBytes::NotTls);
+        }
+        let len = usize::from(first & !SSL2_HEADER_BIT) << 8 | usize::from(head[1]);
+        return Some(if len > OPENSSL_RECORD_MAX_LEN {
+            FirstBytes::Refused {
+                alert: ALERT_RECORD_OVERFLOW,
+            }
+        } else if len < SSL2_RECORD_MIN_LEN {
+            FirstBytes::Refused {
+                alert: ALERT_DECODE_ERROR,
+            }
+        } else {
+            FirstBytes::Sslv2Hello { len }
+        });
+    }
+    if first != TLS_HANDSHAKE_RECORD {
+        return Some(FirstBytes::Plain);
+    }
+    if head.len() >= 2 && head[1] != TLS_RECORD_MAJOR_VERSION {
+        return Some(FirstBytes::NotTls);
+    }
+    if head.len() < TLS_RECORD_HEADER_LEN {
+        return None;
+    }
+    let len = usize::from(head[3]) << 8 | usize::from(head[4]);
+    if len > OPENSSL_RECORD_MAX_LEN {
+        return Some(FirstBytes::Refused {
+            alert: ALERT_RECORD_OVERFLOW,
+        });
+    }
+    match head.get(5) {
+        None if len > 0 => None,
+        Some(&CLIENT_HELLO) => Some(FirstBytes::Tls),
+        _ => Some(FirstBytes::NotClientHello { len }),
+    }
+}
+
+/// Reads the first `len` bytes of `stream` (a whole first record, at most
+/// [`OPENSSL_RECORD_MAX_LEN`] and its header); `None` if the client closed
+/// or [`TLS_HANDSHAKE_TIMEOUT`] passed first.
+async fn read_record(stream: &mut TcpStream, len: usize) -> Option<Vec<u8>> {
+    let mut record = vec![0u8; len];
+    let read = tokio::io::AsyncReadExt::read_exact(stream, &mut record);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
+        Ok(Ok(_)) => Some(record),
+        _ => None,
+    }
+}
+
+/// The alert OpenSSL 3 (TLS 1.3 only, as the listener) sends to a whole
+/// SSLv2 ClientHello, `body` being the record after its 2-byte header.
+/// The checks of `tls_process_client_hello` come first, then version
+/// negotiation, which no SSLv2 hello passes; its alert carries the
+/// hello's version as record version. Measured from nginx.
+fn sslv2_hello_alert(body: &[u8]) -> [u8; 7] {
+    let u16_at = |i: usize| {
+        body.get(i..i + 2)
+            .map_or(0, |b| usize::from(b[0]) << 8 | usize::from(b[1]))
+    };
+    if body.len() < SSL2_RECORD_MIN_LEN {
+        return fatal_alert(ALERT_DECODE_ERROR);
+    }
+    let (version, ciphers, session_id, challenge) = (u16_at(1), u16_at(3), u16_at(5), u16_at(7));
+    if session_id > SSL_SESSION_ID_MAX_LEN {
+        return fatal_alert(ALERT_ILLEGAL_PARAMETER);
+    }
+    if SSL2_RECORD_MIN_LEN + ciphers + session_id + challenge != body.len() {
+        return fatal_alert(ALERT_DECODE_ERROR);
+    }
+    let mut alert = fatal_alert(ALERT_PROTOCOL_VERSION);
+    match version {
+        SSL3_VERSION => {
+            alert[1..3].copy_from_slice(&[0x03, 0x00]);
+            alert[6] = ALERT_HANDSHAKE_FAILURE;
+        }
+        TLS13_VERSION => {}
+        v if v >> 8 == usize::from(TLS_RECORD_MAJOR_VERSION) => {
+            alert[2] = (v & 0xff) as u8;
+        }
+        _ => {}
+    }
+    alert
+}
+
+/// Reads and throws away what the client has sent so far (at most
+/// [`DRAIN_MAX_LEN`] bytes, until nothing more arrives for
+/// [`DRAIN_IDLE`]), then drops the connection. Closing a socket with
+/// unread bytes sends a reset; nginx has read them all by the time it
+/// gives up (OpenSSL reads ahead), so its close is a FIN.
+async fn drain(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained < DRAIN_MAX_LEN {
+        match tokio::time::timeout(
+            DRAIN_IDLE,
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
     }
 }
 
@@ -407,23 +578,54 @@ async fn handle_connection(
         FirstBytes::NotTls => {
             bump(&listener.counters.not_tls_closed);
             tracing::debug!(%remote, "not a TLS record: closed");
+            drain(stream).await;
             return;
         }
-        FirstBytes::NotClientHello => {
+        FirstBytes::NotClientHello { len } => {
             bump(&listener.counters.not_tls_closed);
             tracing::debug!(%remote, "TLS record is not a ClientHello: alert and close");
             let mut stream = stream;
-            let _ =
-                tokio::io::AsyncWriteExt::write_all(&mut stream, &UNEXPECTED_MESSAGE_ALERT).await;
+            if read_record(&mut stream, TLS_RECORD_HEADER_LEN + len)
+                .await
+                .is_some()
+            {
+                let alert = fatal_alert(ALERT_UNEXPECTED_MESSAGE);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &alert).await;
+            }
+            drain(stream).await;
             return;
         }
-        FirstBytes::Gone => return,
+        FirstBytes::Sslv2Hello { len } => {
+            bump(&listener.counters.not_tls_closed);
+            tracing::debug!(%remote, "SSLv2 ClientHello: alert and close");
+            let mut stream = stream;
+            if let Some(record) = read_record(&mut stream, SSL2_RECORD_HEADER_LEN + len).await {
+                let alert = sslv2_hello_alert(&record[SSL2_RECORD_HEADER_LEN..]);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &alert).await;
+            }
+            drain(stream).await;
+            return;
+        }
+        FirstBytes::Refused { alert } => {
+            bump(&listener.counters.not_tls_closed);
+            tracing::debug!(%remote, alert, "first record refused: alert and close");
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &fatal_alert(alert)).await;
+            drain(stream).await;
+            return;
+        }
+        FirstBytes::Gone => {
+            drain(stream).await;
+            return;
+        }
     }
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, listener.tls.accept(stream)).await {
+    let accept = listener.tls.accept(stream).into_fallible();
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+        Ok(Err((e, stream))) => {
             bump(&listener.counters.tls_failures);
             tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            drain(stream).await;
             return;
         }
         Err(_) => {
@@ -433,6 +635,13 @@ async fn handle_connection(
         }
     };
     let (_, conn) = tls.get_ref();
+    if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        // A CA validating TLS-ALPN-01: the handshake was the answer (RFC 8737).
+        tracing::debug!(%remote, "ACME validation handshake: closed");
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return;
+    }
     let h2 = conn.alpn_protocol() == Some(ALPN_H2);
     let binding = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         link_exporter(conn).ok()

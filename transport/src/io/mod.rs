@@ -11,6 +11,7 @@
 //! - either way it gets a [`Link`]: the peer's key, addresses, the
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].
 
+mod acme;
 mod body;
 mod cover;
 mod dialer;
@@ -20,6 +21,7 @@ mod plain;
 mod time;
 mod tls;
 
+pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, AcmeSettings, LETS_ENCRYPT_DIRECTORY};
 pub use cover::{
     CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
 };

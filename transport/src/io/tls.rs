@@ -23,6 +23,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use super::acme::{ACME_TLS_ALPN, AcmeSettings, acme_resolver};
 use super::time::civil_from_unix;
 
 /// The ALPN protocols the listener offers, in its order of preference
@@ -64,8 +65,7 @@ const SERIAL_LEN: usize = 20;
 /// Seconds in a day.
 const SECS_PER_DAY: u64 = 86_400;
 
-/// Where the listener's certificate comes from (DESIGN.md §5). ACME is not
-/// here yet.
+/// Where the listener's certificate comes from (DESIGN.md §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
     /// A self-signed certificate generated once and kept as
@@ -82,6 +82,11 @@ pub enum CertSource {
         /// The private key (PKCS#8, PKCS#1 or SEC1).
         key: PathBuf,
     },
+    /// ACME for [`TlsSettings::server_name`], answered by TLS-ALPN-01 on
+    /// the listener's port (see [`super::acme`]). Until the first
+    /// certificate arrives, the self-signed one of the state directory is
+    /// served.
+    Acme(AcmeSettings),
 }
 
 /// The listener's TLS settings.
@@ -91,7 +96,8 @@ pub struct TlsSettings {
     pub cert: CertSource,
     /// The name a generated certificate is made for (config `server_name`);
     /// empty means [`DEFAULT_SERVER_NAME`]. Ignored for
-    /// [`CertSource::Files`].
+    /// [`CertSource::Files`]; for [`CertSource::Acme`], the domain to get a
+    /// certificate for, which must not be empty.
     pub server_name: String,
     /// Also accept TLS 1.2, for the cover site only (see the module docs).
     pub allow_tls12_for_cover: bool,
@@ -128,30 +134,62 @@ pub enum TlsError {
     /// match the certificate).
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// ACME could not be set up.
+    #[error("ACME certificate for {domain:?}: {what}")]
+    Acme {
+        /// The domain.
+        domain: String,
+        /// What failed.
+        what: String,
+    },
 }
 
 /// The crypto provider every TLS config here uses: aws-lc-rs.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Builds the listener's rustls config: the certificate from `settings`,
 /// TLS 1.3 (and 1.2 if allowed), ALPN `h2` then `http/1.1`.
+///
+/// With [`CertSource::Acme`] it also offers ALPN `acme-tls/1` (chosen only
+/// by a client that offers nothing else, as a validating CA does) and
+/// starts the ACME client on the current tokio runtime; the client stops
+/// when the returned config is dropped.
 pub fn server_tls_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let (certs, key) = match &settings.cert {
-        CertSource::SelfSigned { dir } => load_or_generate_self_signed(dir, &settings.server_name)?,
-        CertSource::Files { cert, key } => (load_certs(cert)?, load_key(key)?),
-    };
     let versions: &[&rustls::SupportedProtocolVersion] = if settings.allow_tls12_for_cover {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
         &[&rustls::version::TLS13]
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+        .with_no_client_auth();
+    let mut alpn = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    let mut config = match &settings.cert {
+        CertSource::SelfSigned { dir } => {
+            let (certs, key) = load_or_generate_self_signed(dir, &settings.server_name)?;
+            builder.with_single_cert(certs, key)?
+        }
+        CertSource::Files { cert, key } => {
+            builder.with_single_cert(load_certs(cert)?, load_key(key)?)?
+        }
+        CertSource::Acme(acme) => {
+            let domain = settings.server_name.trim();
+            if domain.is_empty() {
+                return Err(TlsError::Acme {
+                    domain: String::new(),
+                    what: "no domain: set server_name".to_string(),
+                });
+            }
+            let (certs, key) = load_or_generate_self_signed(&acme.state_dir, domain)?;
+            let key = provider().key_provider.load_private_key(key)?;
+            let fallback = Arc::new(rustls::sign::CertifiedKey::new(certs, key));
+            alpn.push(ACME_TLS_ALPN.to_vec());
+            builder.with_cert_resolver(acme_resolver(acme, domain, fallback)?)
+        }
+    };
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
@@ -333,7 +371,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     f.sync_all().map_err(err)
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = fs::read(path).map_err(|source| TlsError::File {
         path: path.to_path_buf(),
         source,

@@ -4,8 +4,10 @@
 //! - [`FrameDecoder`] takes received bytes in any split and yields whole
 //!   frames, skipping padding and (counting them) unknown types.
 //! - [`FrameEncoder`] queues frames and hands out coalesced write buffers.
-//!   Its first few buffers each start with a random-length padding frame, so
-//!   the first TLS record sizes do not reveal the cell size
+//!   Its first few buffers each start with a random-length padding frame,
+//!   and every later buffer under [`PADDED_FLUSH_BELOW_LEN`] that empties
+//!   the queue ends with one, so no TLS record size repeats with the cell
+//!   size: a lone cell is a 1206–1461-byte write, never a constant 1203
 //!   (research/camouflage-nat.md §3.4).
 //!
 //! Cells are opaque here: a frame carries exactly [`CELL_LEN`] bytes from the
@@ -46,6 +48,16 @@ pub const PADDED_FLUSHES_MAX: u32 = 16;
 /// The longest payload of an automatic padding frame, in bytes. Its length is
 /// drawn uniformly from 0 to this.
 pub const PADDING_PAYLOAD_MAX_LEN: usize = 255;
+
+/// A flush shorter than this, in bytes, that empties the queue ends with a
+/// padding frame (on every flush, not only the first few). Without it a
+/// quiet link writes exactly `k × 1203` bytes for a burst of `k` cells, a
+/// record size that repeats; with the link writer's 2–16 KiB writes, every
+/// burst of up to 13 cells ends in such a flush, so the bound is one full
+/// write. Larger flushes are already cut at random sizes. The cost is at
+/// most `FRAME_HEADER_LEN + PADDING_PAYLOAD_MAX_LEN` bytes per flush
+/// (130.5 on average).
+pub const PADDED_FLUSH_BELOW_LEN: usize = 16 * 1024;
 
 /// The shortest interval between keepalive frames.
 pub const LINK_KEEPALIVE_MIN: Duration = Duration::from_secs(15);
@@ -252,32 +264,46 @@ impl FrameDecoder {
 /// size, and writes that buffer in one call (one TLS record or a few). A
 /// buffer may end in the middle of a frame; the next one continues it.
 ///
-/// While [`FrameEncoder::padded_flushes_left`] is above zero, every flush
-/// that starts on a frame boundary begins with a padding frame of random
-/// length. The queue is not bounded here: the driver applies back-pressure
-/// from [`FrameEncoder::pending_len`].
+/// Padding, as a link uses it ([`FrameEncoder::new`]):
+/// - while [`FrameEncoder::padded_flushes_left`] is above zero, every flush
+///   that starts on a frame boundary begins with a padding frame of random
+///   length;
+/// - after that, every flush shorter than [`PADDED_FLUSH_BELOW_LEN`] that
+///   empties the queue ends with a padding frame of random length (if
+///   `max_len` leaves room for one).
+///
+/// The queue is not bounded here: the driver applies back-pressure from
+/// [`FrameEncoder::pending_len`].
 #[derive(Debug)]
 pub struct FrameEncoder {
     pending: BytesMut,
     /// Bytes of a frame that an earlier flush cut, at the front of `pending`.
     cut_frame_left: usize,
     padded_flushes_left: u32,
+    /// Whether short flushes that empty the queue end with padding.
+    pad_short_flushes: bool,
 }
 
 impl FrameEncoder {
-    /// An encoder that will pad its first 4–16 flushes (drawn from `rng`).
+    /// An encoder for a link: it pads its first 4–16 flushes (drawn from
+    /// `rng`) and every later short flush.
     pub fn new<R: RngCore + ?Sized>(rng: &mut R) -> FrameEncoder {
         let span = u64::from(PADDED_FLUSHES_MAX - PADDED_FLUSHES_MIN) + 1;
         let extra = u32::try_from(rng.next_u64() % span).unwrap_or(0);
-        FrameEncoder::with_padded_flushes(PADDED_FLUSHES_MIN + extra)
+        FrameEncoder {
+            pad_short_flushes: true,
+            ..FrameEncoder::with_padded_flushes(PADDED_FLUSHES_MIN + extra)
+        }
     }
 
-    /// An encoder that pads exactly its first `padded_flushes` flushes.
+    /// An encoder that pads exactly its first `padded_flushes` flushes and
+    /// nothing else, so flush sizes are predictable (tests, fuzzing).
     pub fn with_padded_flushes(padded_flushes: u32) -> FrameEncoder {
         FrameEncoder {
             pending: BytesMut::new(),
             cut_frame_left: 0,
             padded_flushes_left: padded_flushes,
+            pad_short_flushes: false,
         }
     }
 
@@ -310,9 +336,7 @@ impl FrameEncoder {
         let room_for_padding = max_len.saturating_sub(FRAME_HEADER_LEN + 1);
         if self.padded_flushes_left > 0 && self.cut_frame_left == 0 && max_len > FRAME_HEADER_LEN {
             self.padded_flushes_left -= 1;
-            let drawn =
-                usize::try_from(rng.next_u32()).unwrap_or(0) % (PADDING_PAYLOAD_MAX_LEN + 1);
-            let pad_len = drawn.min(room_for_padding);
+            let pad_len = padding_len(rng).min(room_for_padding);
             let take = self.pending.len().min(max_len - FRAME_HEADER_LEN - pad_len);
             let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + pad_len + take);
             let mut pad = [0u8; PADDING_PAYLOAD_MAX_LEN];
@@ -323,7 +347,25 @@ impl FrameEncoder {
             out.extend_from_slice(&self.take_pending(take));
             return Some(out.freeze());
         }
-        let take = self.pending.len().min(max_len);
+        let mut take = self.pending.len().min(max_len);
+        // This flush empties the queue, so it ends on a frame boundary and
+        // a padding frame can follow. It goes into `pending` itself: no
+        // second buffer, no copy.
+        if self.pad_short_flushes
+            && take == self.pending.len()
+            && take < PADDED_FLUSH_BELOW_LEN
+            && max_len - take >= FRAME_HEADER_LEN
+        {
+            let pad_len = padding_len(rng).min(max_len - take - FRAME_HEADER_LEN);
+            let payload_start = self.pending.len() + FRAME_HEADER_LEN;
+            // pad_len + 1 is at most 256, far below u16::MAX.
+            self.pending
+                .put_u16(u16::try_from(pad_len + 1).unwrap_or(1));
+            self.pending.put_u8(FrameType::Padding.to_byte());
+            self.pending.resize(payload_start + pad_len, 0);
+            rng.fill_bytes(&mut self.pending[payload_start..]);
+            take = self.pending.len();
+        }
         Some(self.take_pending(take).freeze())
     }
 
@@ -343,6 +385,11 @@ impl FrameEncoder {
         self.cut_frame_left = boundary.saturating_sub(take);
         self.pending.split_to(take)
     }
+}
+
+/// A padding payload length, uniform from 0 to [`PADDING_PAYLOAD_MAX_LEN`].
+fn padding_len<R: RngCore + ?Sized>(rng: &mut R) -> usize {
+    usize::try_from(rng.next_u32()).unwrap_or(0) % (PADDING_PAYLOAD_MAX_LEN + 1)
 }
 
 /// Appends one frame to `out`.
