@@ -62,6 +62,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the circuit that traffic to ADDRESS uses now, and what each hop sees.
+    Path {
+        /// A node's overlay address (or an address in its /64).
+        address: std::net::Ipv6Addr,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a one-time invite token for another node's operator.
     Invite {
         /// Bytes per period each way, like 50GiB/30d.
@@ -93,6 +101,8 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Build a small overlay of real daemons in network namespaces (root), send traffic across a circuit, show what each relay saw, and clean up.
+    Demo,
     /// Print a new identity.
     Keygen {
         /// Require at least N leading zero bits in the public key (a harder-to-imitate address).
@@ -150,12 +160,24 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Keygen { strength, json } => keygen(strength, json),
+        Command::Demo => crate::demo::run(),
         Command::Peers { json } => {
             let v = control::call(&control_socket(&cli.config, cli.control)?, &Request::Peers)?;
             if json {
                 output::json(&v)
             } else {
                 output::peers(&v)
+            }
+        }
+        Command::Path { address, json } => {
+            let v = control::call(
+                &control_socket(&cli.config, cli.control)?,
+                &Request::Path { address },
+            )?;
+            if json {
+                output::json(&v)
+            } else {
+                output::path(&v)
             }
         }
         Command::Invite {

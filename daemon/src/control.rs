@@ -48,6 +48,11 @@ pub(crate) enum Request {
         /// The `umbra1…` token.
         token: String,
     },
+    /// The circuit in use for an address.
+    Path {
+        /// The destination address.
+        address: std::net::Ipv6Addr,
+    },
     /// Every agreement.
     Agreements,
     /// End an agreement.

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use umbra_config::Terms;
 
 /// The schema version this code writes; older databases are migrated.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The life of an agreement (INTERFACE.md `agreements --json` `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,40 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE graph_cache (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     saved_unix INTEGER NOT NULL,
+                     records BLOB NOT NULL
+                 );
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
+    }
+
+    /// Saves the graph cache (DESIGN.md §6), replacing the last one.
+    pub(crate) fn save_graph(&self, records: &[u8], now: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO graph_cache (id, saved_unix, records) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET saved_unix = ?1, records = ?2",
+            rusqlite::params![now as i64, records],
+        )?;
+        Ok(())
+    }
+
+    /// The saved graph cache, if any.
+    pub(crate) fn load_graph(&self) -> Result<Option<Vec<u8>>> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .query_row("SELECT records FROM graph_cache WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// The agreements matching `filter` (an SQL condition on `params`), by id.

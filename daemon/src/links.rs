@@ -12,6 +12,8 @@ use rand_core::OsRng;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use umbra_config::{Config, Terms};
+use umbra_routing::graph::Edge;
+use umbra_routing::path::Anonymity;
 use umbra_routing::{Identity, address};
 use umbra_transport::io::{
     self as tio, CertSource, CoverSite, DialTarget, Dialer, Direction, IncomingLinkInfo, Link,
@@ -22,6 +24,7 @@ use umbra_transport::proto::invite::Invite;
 
 use crate::agreement::{self, Ask, LinkAsk};
 use crate::db::{AgreementState, InviteRefusal, Origin, Store};
+use crate::router::{Input, RouterTx};
 
 /// First wait before redialing a peer.
 const REDIAL_MIN: Duration = Duration::from_secs(1);
@@ -67,6 +70,7 @@ pub(crate) struct Links {
     dialer: Dialer,
     listeners: Mutex<Vec<SocketAddr>>,
     generation: std::sync::atomic::AtomicU64,
+    router: RouterTx,
 }
 
 impl std::fmt::Debug for Links {
@@ -76,7 +80,12 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
-    pub(crate) fn new(identity: Identity, config: Config, store: Store) -> Result<Arc<Links>> {
+    pub(crate) fn new(
+        identity: Identity,
+        config: Config,
+        store: Store,
+        router: RouterTx,
+    ) -> Result<Arc<Links>> {
         let dialer =
             Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
         Ok(Arc::new(Links {
@@ -89,6 +98,7 @@ impl Links {
             dialer,
             listeners: Mutex::new(Vec::new()),
             generation: Default::default(),
+            router,
         }))
     }
 
@@ -118,12 +128,18 @@ impl Links {
         if config.listen.https.is_empty() {
             return Ok(());
         }
-        if config.listen.acme {
-            bail!(
-                "config: [listen] acme = true is not supported yet; use cert/key files or the self-signed certificate"
-            );
-        }
         let cert = match (&config.listen.cert, &config.listen.key) {
+            _ if config.listen.acme => CertSource::Acme(tio::AcmeSettings {
+                directory: config.listen.acme_directory.clone(),
+                contact: config
+                    .listen
+                    .acme_email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect(),
+                ca_roots: config.listen.acme_ca.clone(),
+                state_dir: config.state_dir.clone(),
+            }),
             (Some(cert), Some(key)) => CertSource::Files {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -291,7 +307,17 @@ impl Links {
             "link up"
         );
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.read_link(link, generation).await });
+        tokio::spawn(async move {
+            let up = Input::LinkUp {
+                link: generation,
+                peer,
+                sender: link.sender.clone(),
+            };
+            if me.router.send(up).await.is_ok() {
+                Arc::clone(&me).read_link(link, generation).await;
+                let _ = me.router.send(Input::LinkDown { link: generation }).await;
+            }
+        });
     }
 
     async fn read_link(self: Arc<Self>, mut link: Link, generation: u64) {
@@ -309,10 +335,24 @@ impl Links {
                                 }
                                 Err(e) => tracing::error!("recording a revocation: {e:#}"),
                             }
+                            let _ = self.router.send(Input::Edges(self.edges())).await;
                             break "the peer revoked the agreement".to_string();
                         }
                     }
-                    // Cells and graph records go to the routing core (next issue).
+                    let input = match frame {
+                        Frame::Cell(cell) => Input::Cell {
+                            link: generation,
+                            cell,
+                        },
+                        Frame::GraphRecord(bytes) => Input::Graph {
+                            link: generation,
+                            bytes,
+                        },
+                        _ => continue,
+                    };
+                    if self.router.send(input).await.is_err() {
+                        break "the node is stopping".to_string();
+                    }
                 }
                 Err(e) => break e.to_string(),
             }
@@ -586,6 +626,7 @@ impl Links {
                 .await;
         }
         self.changed.notify_waiters();
+        let _ = self.router.send(Input::Edges(self.edges())).await;
         let in_config = self.config().peers.iter().any(|p| p.key.0 == a.peer_key);
         let mut v = self.agreement_json(&a);
         if in_config {
@@ -647,6 +688,64 @@ impl Links {
         Value::Array(rows)
     }
 
+    /// This node's agreement edges for its graph record: `[[peer]]` entries
+    /// and stored active agreements. An edge counts in the graph only once
+    /// the peer lists this node too.
+    pub(crate) fn edges(&self) -> Vec<Edge> {
+        let mut edges: Vec<Edge> = self
+            .config()
+            .peers
+            .iter()
+            .map(|p| edge(p.key.0, p.terms))
+            .collect();
+        match self.store().agreements() {
+            Ok(list) => edges.extend(
+                list.iter()
+                    .filter(|a| a.state == AgreementState::Active)
+                    .map(|a| edge(a.peer_key, a.terms)),
+            ),
+            Err(e) => tracing::error!("reading agreements: {e:#}"),
+        }
+        edges.sort_unstable_by_key(|e| e.peer);
+        edges.dedup_by_key(|e| e.peer);
+        edges.truncate(umbra_routing::graph::MAX_EDGES);
+        edges
+    }
+
+    /// The anonymity setting and the home node: `[home] key`, or else the
+    /// first agreement made (DESIGN.md §9).
+    pub(crate) fn policy(&self) -> (Anonymity, Option<[u8; 32]>) {
+        let config = self.config();
+        let anonymity = match config.anonymity {
+            umbra_config::Anonymity::Fast => Anonymity::Fast,
+            umbra_config::Anonymity::Balanced => Anonymity::Balanced,
+            umbra_config::Anonymity::Strong => Anonymity::Strong,
+        };
+        let home = config.home.key.map(|k| k.0).or_else(|| {
+            let list = self.store().agreements().ok()?;
+            list.iter()
+                .filter(|a| a.state == AgreementState::Active)
+                .min_by_key(|a| (a.created_unix, a.id))
+                .map(|a| a.peer_key)
+        });
+        (anonymity, home)
+    }
+
+    /// The saved graph, if any.
+    pub(crate) fn load_graph(&self) -> Option<Vec<u8>> {
+        self.store().load_graph().unwrap_or_else(|e| {
+            tracing::warn!("reading the graph cache: {e:#}");
+            None
+        })
+    }
+
+    /// Saves the graph.
+    pub(crate) fn save_graph(&self, records: &[u8]) {
+        if let Err(e) = self.store().save_graph(records, now_unix()) {
+            tracing::warn!("saving the graph cache: {e:#}");
+        }
+    }
+
     /// `(up, total)` for `umbra status`.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -680,6 +779,16 @@ impl PeerEntry {
             bytes_out: 0,
             dialing: false,
         }
+    }
+}
+
+/// An agreement edge; its capacity class is log2 of the terms' bytes per
+/// second (so 50GiB/30d, about 20 KiB/s, is class 14).
+fn edge(peer: [u8; 32], terms: Terms) -> Edge {
+    let per_sec = terms.bytes_per_period / terms.period_secs.max(1);
+    Edge {
+        peer,
+        capacity: (u64::BITS - per_sec.leading_zeros()).saturating_sub(1) as u8,
     }
 }
 

@@ -4,9 +4,11 @@ mod agreement;
 mod cli;
 mod control;
 mod db;
+mod demo;
 mod links;
 mod node;
 mod output;
+mod router;
 mod state;
 
 use std::process::ExitCode;

@@ -14,6 +14,7 @@ use umbra_routing::address;
 use crate::control::{self, Request, Response};
 use crate::db::Store;
 use crate::links::Links;
+use crate::router;
 use crate::state::{self, StateLock};
 
 /// How long an invite works unless `--ttl` says otherwise.
@@ -28,6 +29,7 @@ struct NodeView {
     tun: Option<(String, u32)>,
     config: Config,
     links: Arc<Links>,
+    router: router::RouterTx,
 }
 
 impl NodeView {
@@ -52,11 +54,40 @@ impl NodeView {
 /// Answers one control request.
 async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) -> Response {
     let result = match req {
-        Request::Status => match view.read() {
-            Ok(v) => Ok(v.status()),
-            Err(_) => Err(anyhow::anyhow!("internal error: node state unavailable")),
-        },
+        Request::Status => {
+            let snapshot = view.read().map(|v| (v.status(), v.router.clone())).ok();
+            match snapshot {
+                Some((mut status, router)) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if router.send(router::Input::Status(tx)).await.is_ok() {
+                        if let Ok(r) = rx.await {
+                            status["circuits"] =
+                                json!(r["circuits"].as_array().map_or(0, Vec::len));
+                            status["circuit_list"] = r["circuits"].clone();
+                            status["graph"] = r["graph"].clone();
+                            status["metrics"] = r["metrics"].clone();
+                        }
+                    }
+                    Ok(status)
+                }
+                None => Err(anyhow::anyhow!("internal error: node state unavailable")),
+            }
+        }
         Request::Peers => Ok(links.peers_json()),
+        Request::Path { address } => {
+            let router = view.read().ok().map(|v| v.router.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match router {
+                Some(r) if r.send(router::Input::Path(address, tx)).await.is_ok() => {
+                    match rx.await {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                        Err(_) => Err(anyhow::anyhow!("the router is stopping")),
+                    }
+                }
+                _ => Err(anyhow::anyhow!("the router is not running")),
+            }
+        }
         Request::Agreements => links.agreements_json(),
         Request::Revoke { id } => links.revoke(id).await,
         Request::Accept { token } => links.accept(&token).await,
@@ -120,7 +151,16 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     };
 
     let store = Store::open(&config.database_path())?;
-    let links = Links::new(identity.clone(), config.clone(), store)?;
+    let (router_tx, router_rx) = router::channel();
+    let links = Links::new(identity.clone(), config.clone(), store, router_tx.clone())?;
+    let tun = tun.map(Arc::new);
+    let router_task = tokio::spawn(router::run(
+        identity.clone(),
+        prefix,
+        Arc::clone(&links),
+        tun.clone(),
+        router_rx,
+    ));
     let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
     links.start_listeners(links_tx).await?;
     {
@@ -144,6 +184,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         tun: tun.as_ref().map(|t| (t.name().to_string(), t.mtu())),
         config,
         links: Arc::clone(&links),
+        router: router_tx.clone(),
     }));
 
     let result = serve(&listener, &view, &config_path).await;
@@ -154,7 +195,13 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(path = %socket_path.display(), error = %e, "could not remove control socket");
     }
-    if let Some(tun) = tun {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    if router_tx.send(router::Input::Flush(done_tx)).await.is_ok() {
+        let _ = done_rx.await;
+    }
+    router_task.abort();
+    let _ = router_task.await;
+    if let Some(tun) = tun.and_then(|t| Arc::try_unwrap(t).ok()) {
         tun.remove().await?;
         tracing::info!("TUN removed");
     }

@@ -149,6 +149,36 @@ pub(crate) fn peers(v: &Value) -> Result<()> {
     )
 }
 
+/// Prints `umbra path` for people.
+pub(crate) fn path(v: &Value) -> Result<()> {
+    line(&format!(
+        "circuit {} to {} ({})",
+        text(&v["circuit"]),
+        text(&v["destination"]["address"]),
+        if v["built"] == true {
+            "built"
+        } else {
+            "building"
+        }
+    ))?;
+    for (i, hop) in v["hops"].as_array().into_iter().flatten().enumerate() {
+        line(&format!(
+            "  {}. {}  {}\n       sees {} and {}\n       {}",
+            i + 1,
+            text(&hop["key"]).get(..16).unwrap_or_default(),
+            text(&hop["address"]),
+            text(&hop["sees"][0]["address"]),
+            if hop["sees"][1].is_null() {
+                "nothing after it".to_string()
+            } else {
+                text(&hop["sees"][1]["address"])
+            },
+            text(&hop["role"]),
+        ))?;
+    }
+    Ok(())
+}
+
 /// Prints `umbra agreements` for people.
 pub(crate) fn agreements(v: &Value) -> Result<()> {
     let rows = rows(

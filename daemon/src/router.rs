@@ -1,0 +1,389 @@
+//! The routing task: a thin tokio driver around the sans-IO
+//! [`RouterCore`] (DESIGN.md §2). It owns the core and the TUN's read side,
+//! takes link events, cells and graph messages from the link readers over one
+//! channel, and writes cells and graph messages back to the links and packets
+//! to the TUN.
+//!
+//! Cells to a link go through an unbounded per-link queue and a small task
+//! that waits on the link's own bounded queue, so the router never blocks on
+//! a slow link and relays never drop a cell (DESIGN.md §7). What such a queue
+//! can hold is bounded by the end-to-end windows of the circuits over the
+//! link (1,000 cells each), not by this code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use umbra_routing::cell::CELL_LEN;
+use umbra_routing::circuit::{CircuitEvent, CircuitRole};
+use umbra_routing::graph::{Edge, Time};
+use umbra_routing::router::{Now, RouterCore};
+use umbra_routing::session::MAX_PACKET_LEN;
+use umbra_routing::{Identity, address};
+use umbra_transport::io::LinkSender;
+use umbra_transport::proto::frame::Frame;
+use umbra_tun::Tun;
+
+use crate::links::{Links, short_key};
+
+/// How often the graph is saved to the state database.
+const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
+/// Packets read from the TUN per batch.
+const TUN_BATCH: usize = 32;
+/// Inputs handled before the router writes what they produced.
+const INPUT_BATCH: usize = 256;
+
+/// What the link readers and the control socket tell the router.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A link is up; `sender` writes to it.
+    LinkUp {
+        link: u64,
+        peer: [u8; 32],
+        sender: LinkSender,
+    },
+    /// The link ended.
+    LinkDown { link: u64 },
+    /// A cell frame arrived.
+    Cell { link: u64, cell: Bytes },
+    /// A graph frame arrived.
+    Graph { link: u64, bytes: Bytes },
+    /// The node's agreements changed; these are its edges now.
+    Edges(Vec<Edge>),
+    /// `umbra status`: circuits and counters.
+    Status(oneshot::Sender<Value>),
+    /// `umbra path ADDRESS`.
+    Path(std::net::Ipv6Addr, oneshot::Sender<Result<Value, String>>),
+    /// Save the graph now and answer (shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the rest of the daemon uses.
+pub(crate) type RouterTx = mpsc::Sender<Input>;
+
+/// The channel that feeds the router. Link readers wait when it is full,
+/// which is back-pressure on the links.
+pub(crate) fn channel() -> (RouterTx, mpsc::Receiver<Input>) {
+    mpsc::channel(1024)
+}
+
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall: Time::from(SystemTime::now()),
+    }
+}
+
+/// Runs the router until its input channel closes.
+pub(crate) async fn run(
+    identity: Identity,
+    prefix: u8,
+    links: Arc<Links>,
+    tun: Option<Arc<Tun>>,
+    mut rx: mpsc::Receiver<Input>,
+) {
+    let cache = links.load_graph();
+    let edges = links.edges();
+    let rng = Box::new(rand_core::OsRng);
+    let mut core = match RouterCore::new(identity, prefix, now(), &edges, cache.as_deref(), rng) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("routing core: {e}; no traffic will flow");
+            return;
+        }
+    };
+    let (anonymity, home) = links.policy();
+    core.set_policy(anonymity, home);
+    tracing::info!(
+        ?anonymity,
+        home = ?home.map(|h| short_key(&h)),
+        nodes = core.graph().graph().node_count(),
+        edges = edges.len(),
+        "routing core up"
+    );
+    let mut outs: HashMap<u64, mpsc::UnboundedSender<Frame>> = HashMap::new();
+    let (mut bufs, mut sizes) = match &tun {
+        Some(t) => t.batch_buffers(TUN_BATCH),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut packet = vec![0u8; MAX_PACKET_LEN];
+    let mut cell = [0u8; CELL_LEN];
+    let mut next_save = Instant::now() + GRAPH_SAVE_EVERY;
+    loop {
+        let wake = next_wake(&core, next_save);
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                handle(&mut core, &mut outs, &links, input);
+                for _ in 1..INPUT_BATCH {
+                    match rx.try_recv() {
+                        Ok(input) => handle(&mut core, &mut outs, &links, input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            read = recv_tun(tun.as_deref(), &mut bufs, &mut sizes) => match read {
+                Ok(n) => {
+                    let now = now();
+                    for (buf, &len) in bufs.iter().zip(&sizes).take(n) {
+                        core.send_packet(now, &buf[..len]);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("reading the TUN: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = tokio::time::sleep_until(wake.into()) => {
+                core.handle_timeout(now());
+                if Instant::now() >= next_save {
+                    links.save_graph(&core.export_graph());
+                    next_save = Instant::now() + GRAPH_SAVE_EVERY;
+                }
+            }
+        }
+        // Write out what the input produced: packets first, since taking them
+        // releases SENDMEs, which are cells.
+        while let Some(n) = core.poll_packet(&mut packet) {
+            if let Some(t) = &tun {
+                if let Err(e) = t.send_batch(&[&packet[..n]]).await {
+                    tracing::warn!("writing to the TUN: {e}");
+                }
+            }
+        }
+        while let Some(link) = core.poll_cell(&mut cell) {
+            send(&outs, link, Frame::Cell(Bytes::copy_from_slice(&cell)));
+        }
+        while let Some((link, msg)) = core.poll_graph() {
+            send(&outs, link, Frame::GraphRecord(msg.into()));
+        }
+        while let Some(ev) = core.poll_event() {
+            log_event(&ev);
+        }
+    }
+    links.save_graph(&core.export_graph());
+}
+
+async fn recv_tun(
+    tun: Option<&Tun>,
+    bufs: &mut [Vec<u8>],
+    sizes: &mut [usize],
+) -> Result<usize, umbra_tun::TunError> {
+    match tun {
+        Some(t) => t.recv_batch(bufs, sizes).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The earliest of the core's timers and the next graph save.
+fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
+    let (mono, wall) = core.poll_timeout();
+    let now_mono = Instant::now();
+    let now_wall = Time::from(SystemTime::now());
+    let wall = wall.map(|t| now_mono + t.saturating_duration_since(now_wall));
+    [mono, wall, Some(next_save)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(next_save)
+}
+
+fn send(outs: &HashMap<u64, mpsc::UnboundedSender<Frame>>, link: u64, frame: Frame) {
+    // A link that just went down has no queue; the core learns of it from
+    // its reader's LinkDown and tears its circuits down.
+    if let Some(q) = outs.get(&link) {
+        let _ = q.send(frame);
+    }
+}
+
+fn handle(
+    core: &mut RouterCore,
+    outs: &mut HashMap<u64, mpsc::UnboundedSender<Frame>>,
+    links: &Links,
+    input: Input,
+) {
+    let now = now();
+    match input {
+        Input::Cell { link, cell } => match <&[u8; CELL_LEN]>::try_from(&cell[..]) {
+            Ok(c) => core.handle_cell(now, link, c),
+            // The link layer checks cell lengths; this cannot happen.
+            Err(_) => tracing::debug!(link, len = cell.len(), "dropped a cell of the wrong size"),
+        },
+        Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
+        Input::LinkUp { link, peer, sender } => {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+            tokio::spawn(async move {
+                while let Some(frame) = rx.recv().await {
+                    if sender.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            outs.insert(link, tx);
+            if let Err(e) = core.set_edges(now, &links.edges()) {
+                tracing::warn!("re-signing the node record: {e}");
+            }
+            let (anonymity, home) = links.policy();
+            core.set_policy(anonymity, home);
+            core.link_up(now, link, peer);
+        }
+        Input::LinkDown { link } => {
+            outs.remove(&link);
+            core.link_down(now, link);
+        }
+        Input::Edges(edges) => {
+            if let Err(e) = core.set_edges(now, &edges) {
+                tracing::warn!("re-signing the node record: {e}");
+            }
+            let (anonymity, home) = links.policy();
+            core.set_policy(anonymity, home);
+        }
+        Input::Path(addr, reply) => {
+            let _ = reply.send(path_json(core, now, &addr));
+        }
+        Input::Status(reply) => {
+            let _ = reply.send(status(core));
+        }
+        Input::Flush(reply) => {
+            links.save_graph(&core.export_graph());
+            let _ = reply.send(());
+        }
+    }
+}
+
+fn log_event(ev: &CircuitEvent) {
+    match ev {
+        CircuitEvent::Built {
+            circuit,
+            destination,
+        } => tracing::info!(%circuit, to = %short_key(destination), "circuit built"),
+        CircuitEvent::Incoming { circuit, origin } => {
+            tracing::debug!(%circuit, from = %short_key(origin), "incoming circuit")
+        }
+        CircuitEvent::Closed {
+            circuit,
+            peer,
+            reason,
+        } => tracing::info!(%circuit, peer = %short_key(peer), ?reason, "circuit closed"),
+        CircuitEvent::Unreachable {
+            circuit,
+            destination,
+            failed_hop,
+            reason,
+        } => {
+            tracing::warn!(%circuit, to = %short_key(destination), failed_hop, ?reason, "circuit build failed")
+        }
+        CircuitEvent::TagFailure { circuit, role } => {
+            tracing::warn!(%circuit, ?role, "end-to-end tag failure: a cell was changed on the way; circuit destroyed")
+        }
+    }
+}
+
+/// `umbra path ADDRESS --json`: the circuit new flows to ADDRESS take, and
+/// what each hop on it can see (INTERFACE.md).
+fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Result<Value, String> {
+    let (dest, info) = core.path_to(now, addr)?;
+    let prefix = core.prefix();
+    let me = core.graph().key().to_owned();
+    let node = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, prefix).to_string()});
+    let mut hops = Vec::new();
+    for (i, k) in info.path.iter().enumerate() {
+        let prev = if i == 0 { me } else { info.path[i - 1] };
+        let next = info.path.get(i + 1);
+        let role = if i + 1 == info.path.len() {
+            "destination: knows the origin (the session is end to end) and the previous hop"
+        } else if i == 0 {
+            "home node: knows the origin's IP and key, not the destination"
+        } else if i + 2 == info.path.len() {
+            "last relay: knows the destination, not the origin"
+        } else {
+            "middle relay: knows only its two neighbours"
+        };
+        let mut hop = node(k);
+        hop["sees"] = json!([node(&prev), next.map(node)]);
+        hop["role"] = json!(role);
+        hops.push(hop);
+    }
+    Ok(json!({
+        "destination": node(&dest),
+        "circuit": info.id.to_string(),
+        "built": info.built,
+        "hops_built": info.hops_built,
+        "age_secs": info.created.elapsed().as_secs(),
+        "hops": hops,
+    }))
+}
+
+/// The router's part of `umbra status --json`.
+fn status(core: &RouterCore) -> Value {
+    let prefix_of = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, core.prefix()).to_string()});
+    let circuits: Vec<Value> = core
+        .circuits()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(),
+                "role": match c.role {
+                    CircuitRole::Origin => "origin",
+                    CircuitRole::Relay => "relay",
+                    CircuitRole::Destination => "destination",
+                },
+                "built": c.built,
+                "path": c.path.iter().map(prefix_of).collect::<Vec<_>>(),
+                "prev": c.prev.as_ref().map(prefix_of),
+                "next": c.next.as_ref().map(prefix_of),
+                "peer": c.peer.as_ref().map(prefix_of),
+                "age_secs": c.created.elapsed().as_secs(),
+                "cells_in": c.cells_in,
+                "cells_out": c.cells_out,
+            })
+        })
+        .collect();
+    let m = core.circuit_metrics();
+    let d = &m.drops;
+    let r = core.counters();
+    let g = core.graph_counters();
+    json!({
+        "circuits": circuits,
+        "graph": {
+            "nodes": core.graph().graph().node_count(),
+            "edges": core.graph().graph().edge_count(),
+        },
+        "metrics": {
+            "cells_in": m.cells_in,
+            "cells_out": m.cells_out,
+            "cells_relayed": m.cells_relayed,
+            "packets_sent": m.packets_sent,
+            "packet_bytes_sent": m.packet_bytes_sent,
+            "packets_delivered": m.packets_delivered,
+            "packet_bytes_delivered": m.packet_bytes_delivered,
+            "circuits_built": m.circuits_built,
+            "circuits_accepted": m.circuits_accepted,
+            "circuits_closed": m.circuits_closed,
+            "build_failures": m.build_failures,
+            "tag_failures": m.tag_failures,
+            "handshake_failures": m.handshake_failures,
+            "protocol_errors": m.protocol_errors,
+            "graph_messages_in": g.messages_in,
+            "graph_messages_out": g.messages_out,
+            "icmp_unreachable_sent": r.icmp_sent,
+            "drops": {
+                "forged_source": d.forged_source,
+                "replayed": d.replayed,
+                "not_ipv6": d.not_ipv6,
+                "malformed": d.malformed,
+                "send_queue_full": d.send_queue_full,
+                "lost_on_close": d.lost_on_close,
+                "buffer_too_small": d.buffer_too_small,
+                "unknown_circuit_cells": m.unknown_circuit_cells,
+                "not_overlay": r.not_overlay,
+                "no_node": r.no_node,
+                "no_path": r.no_path,
+                "to_self": r.to_self,
+                "icmp_rate_limited": r.icmp_limited,
+            },
+        },
+    })
+}
