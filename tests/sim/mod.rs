@@ -7,7 +7,8 @@
 //! - Nodes are anything that implements [`SimNode`]: a sans-IO core with
 //!   links, driven the quinn-proto way (`handle_*` with `now`, then
 //!   `poll_transmit` until empty, then `poll_timeout`). The graph core
-//!   ([`graph_node::GraphNode`]) is one; circuit cores can be another.
+//!   ([`graph_node::GraphNode`]) is one; circuit cores with a packet app
+//!   ([`circuit_node::CircuitNode`]) are another.
 //! - Links have a latency, a bandwidth and a loss rate, can be cut
 //!   (partitions) and healed, and nodes can fail and restart (churn).
 //! - A seeded RNG ([`Rng`]). [`seed`] reads `UMBRA_SIM_SEED` so a failing
@@ -24,6 +25,7 @@
 //! connection discards them, and the cores resynchronise on the next
 //! `link_up`.
 
+pub mod circuit_node;
 pub mod graph_node;
 pub mod topology;
 

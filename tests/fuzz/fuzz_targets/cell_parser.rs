@@ -1,6 +1,8 @@
 #![no_main]
 
 // The body is shared with the in-suite twin, routing/tests/fuzz_twins.rs.
+// Each target uses one of the shared bodies.
+#[allow(dead_code)]
 #[path = "../../../routing/tests/fuzz_bodies/mod.rs"]
 mod bodies;
 

@@ -1,0 +1,7 @@
+#![no_main]
+
+// The body is shared with the in-suite twin, tests/fuzz/twins.rs.
+#[path = "../bodies/node_record.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::node_record(data));
