@@ -634,11 +634,15 @@ async fn handle_connection(
             return;
         }
     };
+    // Send the session tickets that rustls queued at the end of the
+    // handshake now, as OpenSSL does, not with the first response: an HTTP/1
+    // client that sends nothing would otherwise see none (an nginx tells).
+    let mut tls = tls;
+    let _ = tokio::io::AsyncWriteExt::flush(&mut tls).await;
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
         // A CA validating TLS-ALPN-01: the handshake was the answer (RFC 8737).
         tracing::debug!(%remote, "ACME validation handshake: closed");
-        let mut tls = tls;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         return;
     }
