@@ -217,6 +217,31 @@ fn five_node_chain_carries_ping_and_tcp() {
     );
     let dest = o.status(4);
     assert_eq!(dest["metrics"]["tag_failures"], 0, "{dest}");
+
+    // An address no node has: the app hears "unreachable" at once.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            o.ns[0].name(),
+            "ping",
+            "-6",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "3",
+        ])
+        .arg("600:1234::1")
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("Destination unreachable"),
+        "no ICMPv6 unreachable: {text}"
+    );
+    assert_eq!(o.status(0)["metrics"]["icmp_unreachable_sent"], 1);
 }
 
 #[test]
