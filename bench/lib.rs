@@ -1,1 +1,6 @@
-//! Benchmarks live here; see README.md.
+#![doc = include_str!("README.md")]
+
+pub mod chain;
+pub mod procfs;
+pub mod stats;
+pub mod svg;

@@ -1,0 +1,425 @@
+//! `netbench`: the side-by-side network benchmark of umbra and Yggdrasil
+//! 0.4.7 (DESIGN.md §13, issue 6). See bench/README.md.
+//!
+//! It needs root (network namespaces), iperf3, ping, ss and Debian's
+//! `yggdrasil`. It prints one table to stdout, and writes JSON and an SVG
+//! chart.
+
+// The table is this program's output.
+#![allow(clippy::print_stdout)]
+
+mod measure;
+mod netns;
+mod overlay;
+mod profile;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use umbra_bench::stats::{median, percentile};
+
+use crate::measure::{FirstPacket, PingResult, TcpRun};
+use crate::overlay::{Binaries, Overlay, System};
+
+/// Errors are one line of text naming what failed.
+pub(crate) type R<T> = Result<T, String>;
+
+const USAGE: &str = "\
+usage: netbench [--quick] [--secs N] [--runs N] [--pings N] [--rounds N]
+                [--umbra PATH] [--yggdrasil PATH] [--out DIR] [--only umbra|yggdrasil]
+                [--keep] [--profile]
+
+Builds the same network-namespace topologies (2 nodes direct; a 5-node chain)
+for umbra and for Yggdrasil, and measures iperf3 TCP throughput (1 and 4
+streams), ping RTT, daemon CPU seconds per GB, resident memory, and the first
+packet to a new destination. Needs root.
+
+  --quick        2 nodes only, 2 s iperf3, 20 pings, 1 run (for CI)
+  --secs N       iperf3 seconds per run (default 10)
+  --runs N       iperf3 runs per case; the median counts (default 3)
+  --pings N      pings for RTT (default 200, 10 ms apart)
+  --rounds N     fresh starts of the chain to sample circuit builds (default 3)
+  --umbra PATH   the umbra binary (default: target/release/umbra beside netbench)
+  --yggdrasil P  the yggdrasil binary (default: yggdrasil on PATH)
+  --out DIR      where JSON and SVG go (default bench/results; with --quick,
+                 target/netbench)
+  --only SYSTEM  run one system only (no ratios)
+  --keep         keep the daemons' logs and configs
+  --profile      instead of measuring, record each daemon with `perf record`
+                 during one iperf3 run; reports go to <out>/profile
+";
+
+/// What the run does.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) secs: u32,
+    pub(crate) runs: usize,
+    pub(crate) pings: usize,
+    pub(crate) rounds: usize,
+    pub(crate) bins: Binaries,
+    pub(crate) out: PathBuf,
+    pub(crate) systems: Vec<System>,
+    pub(crate) keep: bool,
+    pub(crate) profile: bool,
+}
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_args() -> R<Options> {
+    let mut args = std::env::args().skip(1);
+    let mut quick = false;
+    let (mut secs, mut runs, mut pings, mut rounds) = (None, None, None, None);
+    let mut umbra = None;
+    let mut ygg = None;
+    let mut out = None;
+    let mut systems = vec![System::Umbra, System::Yggdrasil];
+    let mut keep = false;
+    let mut profile = false;
+    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> R<T> {
+        v.as_deref()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number\n\n{USAGE}"))
+    }
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--secs" => secs = Some(num("--secs", args.next())?),
+            "--runs" => runs = Some(num("--runs", args.next())?),
+            "--pings" => pings = Some(num("--pings", args.next())?),
+            "--rounds" => rounds = Some(num("--rounds", args.next())?),
+            "--umbra" => umbra = args.next().map(PathBuf::from),
+            "--yggdrasil" => ygg = args.next().map(PathBuf::from),
+            "--out" => out = args.next().map(PathBuf::from),
+            "--keep" => keep = true,
+            "--profile" => profile = true,
+            "--only" => {
+                systems = match args.next().as_deref() {
+                    Some("umbra") => vec![System::Umbra],
+                    Some("yggdrasil") => vec![System::Yggdrasil],
+                    other => return Err(format!("--only umbra|yggdrasil, not {other:?}")),
+                }
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    let umbra = match umbra {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("umbra")))
+            .ok_or("cannot locate the umbra binary; pass --umbra PATH")?,
+    };
+    let yggdrasil = ygg.unwrap_or_else(|| PathBuf::from("yggdrasil"));
+    let out = out.unwrap_or_else(|| {
+        if quick {
+            workspace_dir().join("target/netbench")
+        } else {
+            workspace_dir().join("bench/results")
+        }
+    });
+    Ok(Options {
+        quick,
+        secs: secs.unwrap_or(if quick { 2 } else { 10 }),
+        runs: runs.unwrap_or(if quick { 1 } else { 3 }),
+        pings: pings.unwrap_or(if quick { 20 } else { 200 }),
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+        bins: Binaries { umbra, yggdrasil },
+        out,
+        systems,
+        keep,
+        profile,
+    })
+}
+
+fn preflight(o: &Options) -> R<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        return Err("netbench builds network namespaces and needs root (sudo -E)".into());
+    }
+    if o.systems.contains(&System::Umbra) && !o.bins.umbra.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release -p umbra` first, or pass --umbra PATH",
+            o.bins.umbra.display()
+        ));
+    }
+    let perf: &[(&str, &str)] = if o.profile {
+        &[("perf", "apt-get install -y linux-perf")]
+    } else {
+        &[]
+    };
+    let tools: &[(&str, &str)] = &[
+        ("iperf3", "apt-get install -y iperf3"),
+        ("ping", "apt-get install -y iputils-ping"),
+        ("ss", "apt-get install -y iproute2"),
+    ];
+    for (tool, fix) in tools.iter().chain(perf) {
+        if netns::run(&["sh", "-c", &format!("command -v {tool}")])
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            return Err(format!("{tool} is not installed: {fix}"));
+        }
+    }
+    if o.systems.contains(&System::Yggdrasil)
+        && netns::run(&[&o.bins.yggdrasil.to_string_lossy(), "-version"]).is_err()
+    {
+        return Err(format!(
+            "{} is not installed: apt-get install -y yggdrasil (or --only umbra)",
+            o.bins.yggdrasil.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Measurements of one system on one topology.
+#[derive(Debug, Clone)]
+pub(crate) struct TopoResult {
+    pub(crate) nodes: usize,
+    pub(crate) first: Vec<FirstPacket>,
+    pub(crate) ping: PingResult,
+    pub(crate) rss_idle_kib: Vec<u64>,
+    /// The anonymous part (heap, stacks) of `rss_idle_kib`.
+    pub(crate) rss_idle_anon_kib: Vec<u64>,
+    /// Runs with 1 stream, then with 4.
+    pub(crate) tcp: [Vec<TcpRun>; 2],
+}
+
+/// iperf3 stream counts measured.
+pub(crate) const STREAMS: [u32; 2] = [1, 4];
+
+impl TopoResult {
+    pub(crate) fn mbps(&self, s: usize) -> Option<f64> {
+        median(&self.tcp[s].iter().map(|r| r.mbps).collect::<Vec<_>>())
+    }
+    pub(crate) fn cpu_per_gb(&self, s: usize) -> Option<f64> {
+        median(
+            &self.tcp[s]
+                .iter()
+                .filter_map(TcpRun::cpu_s_per_gb)
+                .collect::<Vec<_>>(),
+        )
+    }
+    pub(crate) fn rss_idle_mib(&self) -> Option<f64> {
+        mean_mib(&self.rss_idle_kib)
+    }
+    pub(crate) fn rss_idle_anon_mib(&self) -> Option<f64> {
+        mean_mib(&self.rss_idle_anon_kib)
+    }
+    /// The highest resident memory any node reached under load, MiB.
+    pub(crate) fn rss_load_max_mib(&self) -> Option<f64> {
+        self.tcp
+            .iter()
+            .flatten()
+            .flat_map(|r| r.rss_max_kib.iter())
+            .max()
+            .map(|&k| k as f64 / 1024.0)
+    }
+    pub(crate) fn first_rtts(&self) -> Vec<f64> {
+        self.first.iter().filter_map(|f| f.rtt_ms).collect()
+    }
+    pub(crate) fn builds(&self) -> Vec<f64> {
+        self.first.iter().filter_map(|f| f.build_ms).collect()
+    }
+
+    fn json(&self) -> Value {
+        let tcp = |s: usize| {
+            json!({
+                "streams": STREAMS[s],
+                "median_mbps": self.mbps(s),
+                "median_cpu_s_per_gb": self.cpu_per_gb(s),
+                "runs": self.tcp[s].iter().map(|r| json!({
+                    "mbps": r.mbps, "bytes": r.bytes, "cpu_s": r.cpu_s,
+                    "cpu_s_per_gb": r.cpu_s_per_gb(), "retransmits": r.retransmits,
+                    "rss_max_kib": r.rss_max_kib,
+                })).collect::<Vec<_>>(),
+            })
+        };
+        let firsts = self.first_rtts();
+        let builds = self.builds();
+        json!({
+            "nodes": self.nodes,
+            "ping": self.ping.json(),
+            "rss_idle_kib": self.rss_idle_kib,
+            "rss_idle_mean_mib": self.rss_idle_mib(),
+            "rss_idle_anon_kib": self.rss_idle_anon_kib,
+            "rss_idle_anon_mean_mib": self.rss_idle_anon_mib(),
+            "rss_load_max_mib": self.rss_load_max_mib(),
+            "tcp_1": tcp(0),
+            "tcp_4": tcp(1),
+            "first_packet": {
+                "samples": self.first.iter().map(FirstPacket::json).collect::<Vec<_>>(),
+                "first_rtt_median_ms": median(&firsts),
+                "first_rtt_p90_ms": percentile(&firsts, 90.0),
+                "circuit_build_median_ms": median(&builds),
+                "circuit_build_p90_ms": percentile(&builds, 90.0),
+            },
+        })
+    }
+}
+
+fn mean_mib(kib: &[u64]) -> Option<f64> {
+    umbra_bench::stats::mean(&kib.iter().map(|&k| k as f64 / 1024.0).collect::<Vec<_>>())
+}
+
+/// Runs every measurement on one system and topology.
+fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult> {
+    let t = Instant::now();
+    eprintln!("netbench: {} with {n} nodes: starting", system.key());
+    let mut o = Overlay::build(system, n, &opts.bins, dir)?;
+    eprintln!(
+        "netbench:   converged in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // The first packet to each new destination, on fresh daemons; more
+    // rounds restart them for more samples.
+    let mut first = measure::first_packets(&o)?;
+    for _ in 1..opts.rounds.max(1) {
+        o.restart()?;
+        first.extend(measure::first_packets(&o)?);
+    }
+    let last = n - 1;
+    // Settle, then idle memory.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (rss_idle_kib, rss_idle_anon_kib) = measure::rss_all(&o);
+    // Warm the path, then the RTT series.
+    measure::ping(&o.ns[0], &o.addrs[last], 3, 0.05)
+        .map_err(|e| format!("{e}\nlogs:\n{}", o.logs()))?;
+    let ping = measure::ping(&o.ns[0], &o.addrs[last], opts.pings, 0.01)?;
+    eprintln!(
+        "netbench:   ping avg {:.3} ms p99 {:.3} ms",
+        ping.avg().unwrap_or(f64::NAN),
+        ping.p99().unwrap_or(f64::NAN)
+    );
+    let _server = measure::iperf3_server(
+        &o.ns[last],
+        &o.addrs[last],
+        &dir.join(format!("iperf3-{}-{n}.log", system.key())),
+    )?;
+    let pids = o.pids();
+    let mut tcp: [Vec<TcpRun>; 2] = [Vec::new(), Vec::new()];
+    for (s, &streams) in STREAMS.iter().enumerate() {
+        for run in 0..opts.runs {
+            let r = measure::iperf3(&o.ns[0], &o.addrs[last], opts.secs, streams, &pids)
+                .map_err(|e| format!("{e}\nlogs:\n{}", o.logs()))?;
+            eprintln!(
+                "netbench:   iperf3 -P {streams} run {}: {:.0} Mbit/s, {:.2} CPU s/GB",
+                run + 1,
+                r.mbps,
+                r.cpu_s_per_gb().unwrap_or(f64::NAN)
+            );
+            tcp[s].push(r);
+        }
+    }
+    Ok(TopoResult {
+        nodes: n,
+        first,
+        ping,
+        rss_idle_kib,
+        rss_idle_anon_kib,
+        tcp,
+    })
+}
+
+/// Plain veth between two namespaces: the ceiling both overlays run under.
+fn baseline(opts: &Options) -> R<Value> {
+    let a = netns::Netns::new("b")?;
+    let b = netns::Netns::new("b")?;
+    let (_, ip_b) = netns::veth(&a, &b, 9)?;
+    let dir = std::env::temp_dir();
+    let _server = measure::iperf3_server(&b, &ip_b, &dir.join("netbench-veth-iperf3.log"))?;
+    let ping = measure::ping(&a, &ip_b, opts.pings, 0.01)?;
+    let tcp = measure::iperf3(&a, &ip_b, opts.secs, 1, &[])?;
+    eprintln!(
+        "netbench: plain veth: {:.0} Mbit/s, ping avg {:.3} ms",
+        tcp.mbps,
+        ping.avg().unwrap_or(f64::NAN)
+    );
+    Ok(json!({"tcp_1_mbps": tcp.mbps, "ping": ping.json()}))
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netbench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = preflight(&opts) {
+        eprintln!("netbench: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = netns::install_cleanup_handlers() {
+        eprintln!("netbench: {e}");
+        std::process::exit(1);
+    }
+    netns::sweep_stale();
+    let code = match run(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("netbench: {e}");
+            1
+        }
+    };
+    netns::cleanup_all();
+    std::process::exit(code);
+}
+
+fn run(opts: &Options) -> R<()> {
+    let started = Instant::now();
+    let load_before = umbra_bench::procfs::load_average();
+    let work = std::env::temp_dir().join(format!("umbra-netbench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let topologies: &[usize] = if opts.quick { &[2] } else { &[2, 5] };
+    if opts.profile {
+        return profile::run(opts, topologies, &work);
+    }
+    let mut results: Vec<(System, usize, TopoResult)> = Vec::new();
+    let outcome = (|| -> R<Value> {
+        let base = baseline(opts)?;
+        for &n in topologies {
+            for &system in &opts.systems {
+                results.push((system, n, measure(opts, system, n, &work)?));
+            }
+        }
+        Ok(base)
+    })();
+    let baseline = match outcome {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("netbench: logs and configs kept in {}", work.display());
+            return Err(e);
+        }
+    };
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    let load_after = umbra_bench::procfs::load_average();
+    let report = report::Report {
+        opts,
+        results: &results,
+        baseline,
+        load: [load_before, load_after],
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    print!("{}", report.table());
+    report.write(&opts.out)?;
+    Ok(())
+}
