@@ -108,14 +108,14 @@ pub(crate) fn parse_request(line: &str) -> Result<Request, String> {
 /// stale socket file, refuses to replace anything that is not a socket, and
 /// sets mode 0660.
 pub(crate) async fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .with_context(|| format!("creating control socket directory {}", dir.display()))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating control socket directory {}", dir.display()))?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) => {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,7 +54,9 @@ struct PeerEntry {
     remote: Option<SocketAddr>,
     observed: Option<SocketAddr>,
     up_since: Option<Instant>,
-    bytes_in: u64,
+    /// Frame bytes received from this peer, counted by its link readers
+    /// without taking the table's lock.
+    bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
     dialing: bool,
 }
@@ -69,7 +72,7 @@ pub(crate) struct Links {
     changed: Notify,
     dialer: Dialer,
     listeners: Mutex<Vec<SocketAddr>>,
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
     router: RouterTx,
 }
 
@@ -279,18 +282,16 @@ impl Links {
         // Both sides keep the link dialed by the lower key, so two nodes
         // dialing each other at once end with the same single link.
         let dialer_of = |d: Direction| if d == Direction::Outbound { me } else { peer };
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes_in = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let entry = peers.entry(peer).or_insert_with(PeerEntry::new);
-            if let (Some(old), Some(d)) = (&entry.sender, entry.direction) {
-                if !old.is_closed() && dialer_of(d) < dialer_of(link.direction) {
-                    tracing::debug!(peer = %short_key(&peer), "dropping a duplicate link");
-                    return;
-                }
+            if let (Some(old), Some(d)) = (&entry.sender, entry.direction)
+                && !old.is_closed()
+                && dialer_of(d) < dialer_of(link.direction)
+            {
+                tracing::debug!(peer = %short_key(&peer), "dropping a duplicate link");
+                return;
             }
             entry.sender = Some(link.sender.clone());
             entry.generation = generation;
@@ -298,7 +299,8 @@ impl Links {
             entry.remote = Some(link.remote);
             entry.observed = link.observed;
             entry.up_since = Some(Instant::now());
-        }
+            entry.bytes_in.clone()
+        };
         tracing::info!(
             peer = %short_key(&peer),
             remote = %link.remote,
@@ -314,30 +316,29 @@ impl Links {
                 sender: link.sender.clone(),
             };
             if me.router.send(up).await.is_ok() {
-                Arc::clone(&me).read_link(link, generation).await;
+                Arc::clone(&me).read_link(link, generation, bytes_in).await;
                 let _ = me.router.send(Input::LinkDown { link: generation }).await;
             }
         });
     }
 
-    async fn read_link(self: Arc<Self>, mut link: Link, generation: u64) {
+    async fn read_link(self: Arc<Self>, mut link: Link, generation: u64, bytes_in: Arc<AtomicU64>) {
         let peer = link.peer;
         let reason = loop {
             match link.receiver.recv().await {
                 Ok(frame) => {
-                    let n = frame.payload().len() as u64 + 3;
-                    self.with_entry(&peer, generation, |e| e.bytes_in += n);
-                    if let Frame::LinkControl(body) = &frame {
-                        if &body[..] == CONTROL_REVOKE {
-                            match self.store().revoke_peer(&peer) {
-                                Ok(_) => {
-                                    tracing::warn!(peer = %short_key(&peer), "the peer revoked our agreement")
-                                }
-                                Err(e) => tracing::error!("recording a revocation: {e:#}"),
+                    bytes_in.fetch_add(frame.payload().len() as u64 + 3, Ordering::Relaxed);
+                    if let Frame::LinkControl(body) = &frame
+                        && &body[..] == CONTROL_REVOKE
+                    {
+                        match self.store().revoke_peer(&peer) {
+                            Ok(_) => {
+                                tracing::warn!(peer = %short_key(&peer), "the peer revoked our agreement")
                             }
-                            let _ = self.router.send(Input::Edges(self.edges())).await;
-                            break "the peer revoked the agreement".to_string();
+                            Err(e) => tracing::error!("recording a revocation: {e:#}"),
                         }
+                        let _ = self.router.send(Input::Edges(self.edges())).await;
+                        break "the peer revoked the agreement".to_string();
                     }
                     let input = match frame {
                         Frame::Cell(cell) => Input::Cell {
@@ -678,7 +679,7 @@ impl Links {
                     "endpoint": e.remote.map(|a| a.to_string()),
                     "observed": e.observed.map(|a| a.to_string()),
                     "rtt_ms": Value::Null,
-                    "bytes_in": e.bytes_in,
+                    "bytes_in": e.bytes_in.load(Ordering::Relaxed),
                     "bytes_out": e.bytes_out,
                     "up_secs": e.up_since.map(|t| t.elapsed().as_secs()),
                 })
@@ -775,7 +776,7 @@ impl PeerEntry {
             remote: None,
             observed: None,
             up_since: None,
-            bytes_in: 0,
+            bytes_in: Arc::default(),
             bytes_out: 0,
             dialing: false,
         }

@@ -59,14 +59,13 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
             match snapshot {
                 Some((mut status, router)) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    if router.send(router::Input::Status(tx)).await.is_ok() {
-                        if let Ok(r) = rx.await {
-                            status["circuits"] =
-                                json!(r["circuits"].as_array().map_or(0, Vec::len));
-                            status["circuit_list"] = r["circuits"].clone();
-                            status["graph"] = r["graph"].clone();
-                            status["metrics"] = r["metrics"].clone();
-                        }
+                    if router.send(router::Input::Status(tx)).await.is_ok()
+                        && let Ok(r) = rx.await
+                    {
+                        status["circuits"] = json!(r["circuits"].as_array().map_or(0, Vec::len));
+                        status["circuit_list"] = r["circuits"].clone();
+                        status["graph"] = r["graph"].clone();
+                        status["metrics"] = r["metrics"].clone();
                     }
                     Ok(status)
                 }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use umbra_routing::cell::CELL_LEN;
@@ -110,7 +110,9 @@ pub(crate) async fn run(
         None => (Vec::new(), Vec::new()),
     };
     let mut packet = vec![0u8; MAX_PACKET_LEN];
-    let mut cell = [0u8; CELL_LEN];
+    // Cells are written straight into one shared buffer and split off as
+    // frames, so a batch of cells costs one allocation, not one each.
+    let mut cells = BytesMut::new();
     let mut next_save = Instant::now() + GRAPH_SAVE_EVERY;
     loop {
         let wake = next_wake(&core, next_save);
@@ -148,14 +150,14 @@ pub(crate) async fn run(
         // Write out what the input produced: packets first, since taking them
         // releases SENDMEs, which are cells.
         while let Some(n) = core.poll_packet(&mut packet) {
-            if let Some(t) = &tun {
-                if let Err(e) = t.send_batch(&[&packet[..n]]).await {
-                    tracing::warn!("writing to the TUN: {e}");
-                }
+            if let Some(t) = &tun
+                && let Err(e) = t.send_batch(&[&packet[..n]]).await
+            {
+                tracing::warn!("writing to the TUN: {e}");
             }
         }
-        while let Some(link) = core.poll_cell(&mut cell) {
-            send(&outs, link, Frame::Cell(Bytes::copy_from_slice(&cell)));
+        while let Some(link) = poll_cell(&mut core, &mut cells) {
+            send(&outs, link, Frame::Cell(cells.split().freeze()));
         }
         while let Some((link, msg)) = core.poll_graph() {
             send(&outs, link, Frame::GraphRecord(msg.into()));
@@ -176,6 +178,24 @@ async fn recv_tun(
         Some(t) => t.recv_batch(bufs, sizes).await,
         None => std::future::pending().await,
     }
+}
+
+/// Cells are allocated for in blocks of this many.
+const CELL_BLOCK: usize = 64;
+
+/// Has the core write its next cell into `buf` (which holds nothing else),
+/// reserving room for [`CELL_BLOCK`] cells at a time.
+fn poll_cell(core: &mut RouterCore, buf: &mut BytesMut) -> Option<u64> {
+    if buf.capacity() < CELL_LEN {
+        buf.reserve(CELL_LEN * CELL_BLOCK);
+    }
+    buf.resize(CELL_LEN, 0);
+    let cell: &mut [u8; CELL_LEN] = (&mut buf[..]).try_into().ok()?;
+    let link = core.poll_cell(cell);
+    if link.is_none() {
+        buf.clear();
+    }
+    link
 }
 
 /// The earliest of the core's timers and the next graph save.

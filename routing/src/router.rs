@@ -168,10 +168,10 @@ impl RouterCore {
     ) -> Result<RouterCore, RecordError> {
         let key = identity.public();
         let mut graph = GraphCore::new(identity.clone(), now.wall, edges)?;
-        if let Some(bytes) = graph_cache {
-            if let Ok(g) = crate::graph::Graph::import(bytes, now.wall) {
-                graph = graph.with_graph(now.wall, g);
-            }
+        if let Some(bytes) = graph_cache
+            && let Ok(g) = crate::graph::Graph::import(bytes, now.wall)
+        {
+            graph = graph.with_graph(now.wall, g);
         }
         Ok(RouterCore {
             key,
@@ -272,8 +272,10 @@ impl RouterCore {
         // Other errors (queue full) are counted by the circuit core.
     }
 
-    fn is_open(&self, c: CircuitId) -> bool {
-        self.origin_of.contains_key(&c) || self.incoming.values().any(|&i| i == c)
+    /// Whether `c`, a circuit a flow to `dest` used, is still open: one this
+    /// node built, or the one `dest` built to us.
+    fn is_open(&self, dest: &[u8; KEY_LEN], c: CircuitId) -> bool {
+        self.origin_of.contains_key(&c) || self.incoming.get(dest) == Some(&c)
     }
 
     /// The circuit for a packet of `flow` to `dest`.
@@ -283,7 +285,7 @@ impl RouterCore {
             .get(dest)
             .and_then(|d| d.flows.get(&flow))
             .map(|&(c, _)| c)
-            .filter(|&c| self.is_open(c));
+            .filter(|&c| self.is_open(dest, c));
         let circuit = match existing {
             Some(c) => c,
             None => self.current_circuit(now, dest).ok()?,
@@ -297,25 +299,25 @@ impl RouterCore {
     /// The circuit new flows to `dest` take: the current one, unless it is
     /// due to rotate; else the one `dest` built to us; else a new one.
     fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
-        if let Some((c, rotate_at)) = self.dests.get(dest).and_then(|d| d.current) {
-            if now.mono < rotate_at {
-                return Ok(c);
-            }
+        if let Some((c, rotate_at)) = self.dests.get(dest).and_then(|d| d.current)
+            && now.mono < rotate_at
+        {
+            return Ok(c);
         }
-        if self.dests.get(dest).is_none_or(|d| d.current.is_none()) {
-            if let Some(&c) = self.incoming.get(dest) {
-                return Ok(c);
-            }
+        if self.dests.get(dest).is_none_or(|d| d.current.is_none())
+            && let Some(&c) = self.incoming.get(dest)
+        {
+            return Ok(c);
         }
         self.build(now, dest)
     }
 
     /// Builds a new current circuit to `dest`.
     fn build(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
-        if let Some(d) = self.dests.get(dest) {
-            if d.failed_until.is_some_and(|t| t > now.mono) {
-                return Err(d.error.clone().unwrap_or_default());
-            }
+        if let Some(d) = self.dests.get(dest)
+            && d.failed_until.is_some_and(|t| t > now.mono)
+        {
+            return Err(d.error.clone().unwrap_or_default());
         }
         let t = now.mono;
         self.avoid_nodes.retain(|_, until| *until > t);
@@ -444,17 +446,17 @@ impl RouterCore {
                     let hops = self.origin_of.get(circuit).map(|o| o.path.clone());
                     self.forget_circuit(*circuit);
                     let until = now.mono + AVOID_FOR;
-                    if let Some(hops) = hops {
-                        if let Some(&node) = hops.get(*failed_hop) {
-                            let prev = if *failed_hop == 0 {
-                                self.key
-                            } else {
-                                hops[failed_hop - 1]
-                            };
-                            self.avoid_edges.insert((prev, node), until);
-                            if node != *destination && hops.first() != Some(&node) {
-                                self.avoid_nodes.insert(node, until);
-                            }
+                    if let Some(hops) = hops
+                        && let Some(&node) = hops.get(*failed_hop)
+                    {
+                        let prev = if *failed_hop == 0 {
+                            self.key
+                        } else {
+                            hops[failed_hop - 1]
+                        };
+                        self.avoid_edges.insert((prev, node), until);
+                        if node != *destination && hops.first() != Some(&node) {
+                            self.avoid_nodes.insert(node, until);
                         }
                     }
                     let d = self.dests.entry(*destination).or_default();

@@ -105,21 +105,31 @@ impl Overlay {
 
     /// `ping -6` from node `from` to node `to`'s address; true if replies came.
     fn ping(&self, from: usize, to: usize, count: u32) -> bool {
+        let count = count.to_string();
+        let args = ["-q", "-c", &count, "-W", "5", "-i", "0.2", &self.addrs[to]];
+        self.ping_with(from, &args).status.success()
+    }
+
+    /// Runs `ping -6 -n ARGS` in node `from`'s namespace.
+    fn ping_with(&self, from: usize, args: &[&str]) -> std::process::Output {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.ns[from].name(),
-                "ping",
-                "-6",
-                "-n",
-                "-q",
-            ])
-            .args(["-c", &count.to_string(), "-W", "5", "-i", "0.2"])
-            .arg(&self.addrs[to])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .args(["netns", "exec", self.ns[from].name(), "ping", "-6", "-n"])
+            .args(args)
+            .output()
+            .expect("run ping")
+    }
+
+    /// The nodes (by index) of the circuit `umbra path` shows from `from` to
+    /// `to`, and its JSON.
+    fn path(&self, from: usize, to: usize) -> (Vec<usize>, serde_json::Value) {
+        let path = self.daemons[from].cli_json(&["path", &self.addrs[to], "--json"]);
+        let hops = path["hops"]
+            .as_array()
+            .expect("hops")
+            .iter()
+            .map(|h| index_of(self, h))
+            .collect();
+        (hops, path)
     }
 
     fn status(&self, i: usize) -> serde_json::Value {
@@ -219,22 +229,7 @@ fn five_node_chain_carries_ping_and_tcp() {
     assert_eq!(dest["metrics"]["tag_failures"], 0, "{dest}");
 
     // An address no node has: the app hears "unreachable" at once.
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            o.ns[0].name(),
-            "ping",
-            "-6",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "3",
-        ])
-        .arg("600:1234::1")
-        .output()
-        .expect("ping");
+    let out = o.ping_with(0, &["-c", "1", "-W", "3", "600:1234::1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(
@@ -349,22 +344,24 @@ fn forged_source_never_reaches_the_destination() {
         "nodad",
     ]);
     let before = tun_rx_packets(&o.ns[2]);
-    let forged_ok = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            o.ns[0].name(),
-            "ping",
-            "-6",
-            "-n",
-            "-q",
-            "-c",
-            "5",
-        ])
-        .args(["-i", "0.2", "-W", "1", "-I", forged, &o.addrs[2]])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let forged_ok = o
+        .ping_with(
+            0,
+            &[
+                "-q",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-I",
+                forged,
+                &o.addrs[2],
+            ],
+        )
+        .status
+        .success();
     assert!(!forged_ok, "pings with a forged source were answered");
     let s = o.status(2);
     assert_eq!(s["metrics"]["drops"]["forged_source"], 5, "{s}");
@@ -404,20 +401,14 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
         }
     }
     let is_edge = |a: usize, b: usize| edges.contains(&(a.min(b), a.max(b)));
-    let mut o = Overlay::build("gr", 9, &edges, |i, keys| {
+    let o = Overlay::build("gr", 9, &edges, |i, keys| {
         if i == 0 {
             format!("[home]\nkey = \"{}\"", keys[1])
         } else {
             String::new()
         }
     });
-    let path = o.daemons[0].cli_json(&["path", &o.addrs[8], "--json"]);
-    let hops: Vec<usize> = path["hops"]
-        .as_array()
-        .expect("hops")
-        .iter()
-        .map(|h| index_of(&o, h))
-        .collect();
+    let (hops, path) = o.path(0, 8);
     eprintln!("path 0 → 8: {hops:?}");
     assert_eq!(hops[0], 1, "the first hop is the home node: {path}");
     assert_eq!(*hops.last().unwrap(), 8);
@@ -465,13 +456,7 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
         &[&o.daemons[0]],
         || o.ping(0, 8, 1).then_some(()),
     );
-    let again = o.daemons[0].cli_json(&["path", &o.addrs[8], "--json"]);
-    let new_hops: Vec<usize> = again["hops"]
-        .as_array()
-        .expect("hops")
-        .iter()
-        .map(|h| index_of(&o, h))
-        .collect();
+    let (new_hops, _) = o.path(0, 8);
     eprintln!("after stopping {middle}: {new_hops:?}");
     assert_eq!(new_hops[0], 1);
     assert!(!new_hops.contains(&middle), "{new_hops:?}");

@@ -58,7 +58,7 @@ impl Default for KeyIndex {
     }
 }
 
-fn key_at<'a>(slots: &'a Slots, slot: u32) -> Option<&'a [u8; 32]> {
+fn key_at(slots: &Slots, slot: u32) -> Option<&[u8; 32]> {
     let rec = slots.get(usize::try_from(slot).ok()?)?.as_ref()?;
     Some(rec.key())
 }
