@@ -832,6 +832,7 @@ fn steps(lab: &Mutex<Lab>) -> Result<()> {
             .flatten()
             .find(|c| {
                 c["role"] == want_role
+                    && c["pooled"] != true
                     && neighbour_is(&nodes, &c["prev"], prev)
                     && neighbour_is(&nodes, &c["next"], next)
             });

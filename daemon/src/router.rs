@@ -280,6 +280,9 @@ fn log_event(ev: &CircuitEvent) {
             circuit,
             destination,
         } => tracing::info!(%circuit, to = %short_key(destination), "circuit built"),
+        CircuitEvent::PrefixBuilt { circuit } => {
+            tracing::debug!(%circuit, "pooled prefix built")
+        }
         CircuitEvent::Incoming { circuit, origin } => {
             tracing::debug!(%circuit, from = %short_key(origin), "incoming circuit")
         }
@@ -351,6 +354,7 @@ fn status(core: &RouterCore) -> Value {
                     CircuitRole::Destination => "destination",
                 },
                 "built": c.built,
+                "pooled": c.prefix,
                 "path": c.path.iter().map(prefix_of).collect::<Vec<_>>(),
                 "prev": c.prev.as_ref().map(prefix_of),
                 "next": c.next.as_ref().map(prefix_of),
@@ -389,6 +393,10 @@ fn status(core: &RouterCore) -> Value {
             "graph_messages_in": g.messages_in,
             "graph_messages_out": g.messages_out,
             "icmp_unreachable_sent": r.icmp_sent,
+            "circuit_builds": r.builds,
+            "pool_hits": r.pool_hits,
+            "pool_misses": r.pool_misses,
+            "prefixes_built": r.prefixes_built,
             "drops": {
                 "forged_source": d.forged_source,
                 "replayed": d.replayed,

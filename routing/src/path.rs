@@ -80,6 +80,10 @@ pub enum PathError {
         "the destination is this node's home node; a {0:?} path needs {1} relays between the ends"
     )]
     DestinationIsHome(Anonymity, usize),
+    /// The graph has no room for a whole random walk from the home node
+    /// (for the circuit pool).
+    #[error("the graph has no walk of {WALK_STEPS} steps from the home node")]
+    NoWalk,
     /// The graph offers no path with enough relays.
     #[error("the graph offers no {0:?} path to the destination with at least {1} relays")]
     NoPath(Anonymity, usize),
@@ -131,33 +135,59 @@ pub fn choose(
     }
     // Fewer random steps only where the graph has no room for them (a dead
     // end near the home); the relay count is never lowered.
+    let excluded = [me, dest];
     for steps in (0..=WALK_STEPS).rev() {
         for _ in 0..WALK_TRIES {
-            if let Some(p) = walk_then_shortest(graph, req, home, need, steps, rng) {
-                return Ok(p);
+            let Some(mut path) = walk(graph, home, steps, &excluded, req.avoid, rng) else {
+                continue;
+            };
+            if let Some(rest) = complete(graph, req, &path, rng) {
+                path.extend_from_slice(&rest);
+                return Ok(path);
             }
         }
     }
     Err(PathError::NoPath(req.anonymity, need))
 }
 
-/// One try: home, `steps` random steps, more steps while the relays so far
-/// plus the shortest way on are fewer than `need`, then that shortest way.
-fn walk_then_shortest(
+/// Chooses a prefix for the circuit pool: the home node and [`WALK_STEPS`]
+/// random steps, the part of a balanced or strong path that does not depend
+/// on the destination. [`complete`] later finishes it for one. Needs the
+/// home node up, as [`choose`] does, and room for the whole walk: the pool
+/// never holds a shorter one.
+pub fn choose_prefix(
+    graph: &Graph,
+    origin: Key,
+    home: Option<Key>,
+    live: &dyn Fn(&Key) -> bool,
+    avoid: &dyn Fn(&Key, &Key) -> bool,
+    rng: &mut dyn RngCore,
+) -> Result<Vec<Key>, PathError> {
+    let home = home.ok_or(PathError::NoHome)?;
+    if !live(&home) {
+        return Err(PathError::HomeDown(home));
+    }
+    (0..WALK_TRIES)
+        .find_map(|_| walk(graph, home, WALK_STEPS, &[origin], avoid, rng))
+        .ok_or(PathError::NoWalk)
+}
+
+/// The hops after `prefix` (home first) to `req.destination`: more random
+/// steps while the relays so far plus the shortest way on are fewer than the
+/// setting needs, then that shortest way, destination last. `None` when the
+/// prefix holds the destination or no way on exists.
+pub fn complete(
     graph: &Graph,
     req: &PathRequest<'_>,
-    home: Key,
-    need: usize,
-    steps: usize,
+    prefix: &[Key],
     rng: &mut dyn RngCore,
 ) -> Option<Vec<Key>> {
     let (me, dest) = (req.origin, req.destination);
-    let mut path = vec![home];
-    for _ in 0..steps {
-        let next = step(graph, req, *path.last()?, &path, rng)?;
-        path.push(next);
+    if prefix.is_empty() || prefix.contains(&dest) {
+        return None;
     }
-    // Walk until the relays so far plus the shortest way on make `need`.
+    let need = req.anonymity.min_relays();
+    let mut path = prefix.to_vec();
     loop {
         let at = *path.last()?;
         let used = |k: &Key| *k == me || path.contains(k);
@@ -165,28 +195,47 @@ fn walk_then_shortest(
         // `rest` runs from `at` to `dest`; its inner nodes are relays.
         if path.len() + rest.len() - 2 >= need {
             path.extend_from_slice(&rest[1..]);
-            return Some(path);
+            return Some(path.split_off(prefix.len()));
         }
-        let next = step(graph, req, at, &path, rng)?;
+        let mut excluded = path.clone();
+        excluded.extend([me, dest]);
+        let next = step(graph, at, &excluded, req.avoid, rng)?;
         path.push(next);
     }
 }
 
-/// One random-walk step from `at`: a neighbour that is not used yet nor the
-/// destination, with probability proportional to 1/its degree.
+/// `steps` random steps from `home`, never onto an `excluded` node or back.
+fn walk(
+    graph: &Graph,
+    home: Key,
+    steps: usize,
+    excluded: &[Key],
+    avoid: &dyn Fn(&Key, &Key) -> bool,
+    rng: &mut dyn RngCore,
+) -> Option<Vec<Key>> {
+    let mut path = vec![home];
+    for _ in 0..steps {
+        let at = *path.last()?;
+        let mut used = path.clone();
+        used.extend_from_slice(excluded);
+        path.push(step(graph, at, &used, avoid, rng)?);
+    }
+    Some(path)
+}
+
+/// One random-walk step from `at`: a neighbour not in `used`, with
+/// probability proportional to 1/its degree.
 fn step(
     graph: &Graph,
-    req: &PathRequest<'_>,
     at: Key,
     used: &[Key],
+    avoid: &dyn Fn(&Key, &Key) -> bool,
     rng: &mut dyn RngCore,
 ) -> Option<Key> {
     let choices: Vec<(Key, f64)> = graph
         .neighbours(&at)
         .into_iter()
-        .filter(|n| {
-            *n != req.origin && *n != req.destination && !used.contains(n) && !(req.avoid)(&at, n)
-        })
+        .filter(|n| !used.contains(n) && !avoid(&at, n))
         .map(|n| {
             let degree = graph.neighbours(&n).len().max(1);
             (n, 1.0 / degree as f64)
@@ -311,21 +360,89 @@ mod tests {
                 &mut rng,
             )
             .expect("path");
-            assert_eq!(p[0], keys[1]);
-            assert_eq!(*p.last().unwrap(), keys[15]);
-            assert!(p.len() > MIN_RELAYS_BALANCED, "{} relays", p.len() - 1);
-            let mut seen = p.clone();
-            seen.push(keys[0]);
-            seen.sort_unstable();
-            seen.dedup();
-            assert_eq!(seen.len(), p.len() + 1, "a node repeats");
-            // Every step is an edge of the graph.
-            let mut prev = keys[0];
-            for k in &p {
-                assert!(g.edge(&prev, k).is_some());
-                prev = *k;
-            }
+            assert_valid(&g, &keys, &p, 15);
         }
+    }
+
+    /// `p` (from node 0) starts at the home node 1, ends at `dest`, has
+    /// enough relays for balanced, repeats no node and follows graph edges.
+    fn assert_valid(g: &Graph, keys: &[Key], p: &[Key], dest: usize) {
+        assert_eq!(p[0], keys[1]);
+        assert_eq!(p.last(), Some(&keys[dest]));
+        assert!(p.len() > MIN_RELAYS_BALANCED, "{} relays", p.len() - 1);
+        let mut seen = p.to_vec();
+        seen.push(keys[0]);
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), p.len() + 1, "a node repeats");
+        let mut prev = keys[0];
+        for k in p {
+            assert!(g.edge(&prev, k).is_some(), "not an edge");
+            prev = *k;
+        }
+    }
+
+    #[test]
+    fn pooled_prefixes_complete_to_valid_paths() {
+        let (g, keys) = grid();
+        let live = |_: &Key| true;
+        let mut rng = Lcg(5);
+        let (mut completed, mut tried, mut unserved) = (0, 0, 0);
+        let mut prefixes = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let prefix = choose_prefix(&g, keys[0], Some(keys[1]), &live, &|_, _| false, &mut rng)
+                .expect("prefix");
+            assert_eq!(prefix.len(), WALK_STEPS + 1);
+            assert_eq!(prefix[0], keys[1]);
+            assert!(!prefix.contains(&keys[0]));
+            prefixes.insert(prefix.clone());
+            for dest in [15, 12, 3, 6] {
+                let r = req(&keys, 0, dest, 1, Anonymity::Balanced, &live);
+                tried += 1;
+                let Some(rest) = complete(&g, &r, &prefix, &mut rng) else {
+                    // On a grid, only a prefix through the destination
+                    // cannot serve it.
+                    unserved += usize::from(!prefix.contains(&keys[dest]));
+                    continue;
+                };
+                completed += 1;
+                let mut p = prefix.clone();
+                p.extend_from_slice(&rest);
+                assert_valid(&g, &keys, &p, dest);
+            }
+            // A prefix through the destination cannot serve it.
+            let through = req(&keys, 0, 0, 1, Anonymity::Balanced, &live);
+            let r = PathRequest {
+                destination: prefix[WALK_STEPS],
+                ..through
+            };
+            assert_eq!(complete(&g, &r, &prefix, &mut rng), None);
+        }
+        assert!(prefixes.len() >= 4, "only {} prefixes", prefixes.len());
+        assert_eq!(
+            unserved, 0,
+            "{completed} of {tried} completed; the rest must hold the destination"
+        );
+    }
+
+    #[test]
+    fn a_prefix_needs_the_home_up_and_room_for_the_walk() {
+        let (g, keys) = grid();
+        let home = keys[1];
+        let mut rng = Lcg(9);
+        let down = move |k: &Key| *k != home;
+        let err = choose_prefix(&g, keys[0], Some(home), &down, &|_, _| false, &mut rng);
+        assert_eq!(err, Err(PathError::HomeDown(home)));
+        let (chain, keys) = graph(3, &[(0, 1), (1, 2)]);
+        let err = choose_prefix(
+            &chain,
+            keys[0],
+            Some(keys[1]),
+            &|_| true,
+            &|_, _| false,
+            &mut rng,
+        );
+        assert_eq!(err, Err(PathError::NoWalk));
     }
 
     #[test]

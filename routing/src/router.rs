@@ -22,6 +22,20 @@
 //! current circuit older than its random 10–20 minutes is replaced for new
 //! flows, and closed once its last flow has been idle [`FLOW_IDLE`].
 //!
+//! # Circuits built ahead
+//!
+//! - **The pool.** With a balanced or strong setting the router keeps
+//!   [`POOL_SIZE`] *prefixes* built: the home node and a random walk
+//!   ([`path::choose_prefix`]), the part of a path that does not depend on
+//!   the destination. A new destination takes one and extends it
+//!   ([`path::complete`], [`CircuitCore::extend_prefix`]), so it waits only
+//!   for the hops after the walk. A prefix is used for one destination only,
+//!   and one unused for [`PREFIX_MAX_AGE`] is closed and replaced.
+//! - **Successors.** A destination with traffic in the last [`FLOW_IDLE`]
+//!   gets its next circuit built [`ROTATE_LEAD`] before its current one
+//!   rotates; new flows move to it once it is built, so rotation never makes
+//!   a flow wait.
+//!
 //! When a build fails, the edge and node it could not pass are avoided for
 //! [`AVOID_FOR`] and a new circuit is built at once if the destination had
 //! traffic. With no path for the setting the app gets ICMPv6 unreachable,
@@ -57,6 +71,14 @@ pub const ROTATE_AFTER: (Duration, Duration) =
 pub const FLOW_IDLE: Duration = Duration::from_secs(60);
 /// How often idle flows and rotated-out circuits are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Built prefixes the pool keeps (balanced and strong).
+pub const POOL_SIZE: usize = 2;
+/// A pooled prefix unused this long is closed and replaced, so that no relay
+/// holds one idle circuit for long.
+pub const PREFIX_MAX_AGE: Duration = ROTATE_AFTER.0;
+/// How long before its current circuit rotates a busy destination gets its
+/// successor built.
+pub const ROTATE_LEAD: Duration = Duration::from_secs(30);
 
 /// The two clocks the router needs: monotonic for circuits, wall-clock for
 /// graph records (see [`crate::graph`]).
@@ -88,6 +110,13 @@ pub struct RouterCounters {
     pub builds: u64,
     /// Circuit builds that could not start (no link, too many circuits...).
     pub build_errors: u64,
+    /// Circuits that started from a pooled prefix.
+    pub pool_hits: u64,
+    /// Circuits built from scratch although the setting has a pool (none
+    /// was ready, or none could reach the destination).
+    pub pool_misses: u64,
+    /// Prefixes started for the pool.
+    pub prefixes_built: u64,
 }
 
 /// What one destination node has.
@@ -96,6 +125,8 @@ struct Dest {
     /// This node's circuit to it for new flows, built or building, and when
     /// it rotates.
     current: Option<(CircuitId, Instant)>,
+    /// The circuit built ahead to replace `current`, and when it rotates.
+    next: Option<(CircuitId, Instant)>,
     /// Flows (by [`flow_hash`]) → their circuit and last packet.
     flows: HashMap<u64, (CircuitId, Instant)>,
     /// Until when packets to it get ICMPv6 unreachable without a new try.
@@ -106,12 +137,34 @@ struct Dest {
     last_used: Option<Instant>,
 }
 
+impl Dest {
+    /// Moves new flows to the successor once the current circuit is due to
+    /// rotate and the successor is built.
+    fn rotate(&mut self, circuits: &CircuitCore, now: Instant) {
+        if let (Some((_, at)), Some((next, _))) = (self.current, self.next)
+            && now >= at
+            && circuits.circuit(next).is_some_and(|c| c.built)
+        {
+            self.current = self.next.take();
+        }
+    }
+}
+
 /// A circuit this node built.
 #[derive(Debug)]
 struct OriginCircuit {
     dest: [u8; KEY_LEN],
     /// Its hops, destination last (this node not included).
     path: Vec<[u8; KEY_LEN]>,
+}
+
+/// A prefix in the pool.
+#[derive(Debug)]
+struct Pooled {
+    id: CircuitId,
+    path: Vec<[u8; KEY_LEN]>,
+    built: bool,
+    since: Instant,
 }
 
 /// One node's routing layer (sans-IO). See the module documentation.
@@ -130,6 +183,12 @@ pub struct RouterCore {
     origin_of: HashMap<CircuitId, OriginCircuit>,
     /// Circuits other nodes built to us, by their origin.
     incoming: HashMap<[u8; KEY_LEN], CircuitId>,
+    /// Prefixes built or building for new destinations.
+    pool: Vec<Pooled>,
+    /// Prefixes the pool keeps ([`POOL_SIZE`]; 0 turns it off).
+    pool_size: usize,
+    /// No new prefix before this (after one failed).
+    pool_retry_at: Instant,
     /// Nodes and edges that circuits could not pass lately, until when.
     avoid_nodes: HashMap<[u8; KEY_LEN], Instant>,
     avoid_edges: HashMap<([u8; KEY_LEN], [u8; KEY_LEN]), Instant>,
@@ -185,6 +244,9 @@ impl RouterCore {
             dests: HashMap::new(),
             origin_of: HashMap::new(),
             incoming: HashMap::new(),
+            pool: Vec::new(),
+            pool_size: POOL_SIZE,
+            pool_retry_at: now.mono,
             avoid_nodes: HashMap::new(),
             avoid_edges: HashMap::new(),
             next_sweep: now.mono + SWEEP_EVERY,
@@ -204,6 +266,12 @@ impl RouterCore {
         self.home = home;
     }
 
+    /// How many built prefixes the pool keeps (default [`POOL_SIZE`]; 0
+    /// turns the pool off). The next sweep closes what is too many.
+    pub fn set_pool_size(&mut self, size: usize) {
+        self.pool_size = size;
+    }
+
     /// The agreement edges changed: the node's record is re-signed and
     /// flooded if they differ.
     pub fn set_edges(&mut self, now: Now, edges: &[Edge]) -> Result<(), RecordError> {
@@ -215,6 +283,10 @@ impl RouterCore {
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
         self.graph.link_up(now.wall, LinkId(link), peer);
+        if Some(peer) == self.home {
+            self.pool_retry_at = now.mono;
+            self.fill_pool(now);
+        }
     }
 
     /// A link went down: its circuits are torn down (and rebuilt elsewhere
@@ -299,10 +371,15 @@ impl RouterCore {
     /// The circuit new flows to `dest` take: the current one, unless it is
     /// due to rotate; else the one `dest` built to us; else a new one.
     fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
-        if let Some((c, rotate_at)) = self.dests.get(dest).and_then(|d| d.current)
-            && now.mono < rotate_at
-        {
-            return Ok(c);
+        if let Some(d) = self.dests.get_mut(dest) {
+            d.rotate(&self.circuits, now.mono);
+            if let Some((c, rotate_at)) = d.current
+                && (now.mono < rotate_at || d.next.is_some())
+            {
+                // Due to rotate, the old circuit serves until the successor
+                // is built.
+                return Ok(c);
+            }
         }
         if self.dests.get(dest).is_none_or(|d| d.current.is_none())
             && let Some(&c) = self.incoming.get(dest)
@@ -314,6 +391,18 @@ impl RouterCore {
 
     /// Builds a new current circuit to `dest`.
     fn build(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
+        let (id, rotate_at) = self.new_circuit(now, dest)?;
+        self.dests.entry(*dest).or_default().current = Some((id, rotate_at));
+        Ok(id)
+    }
+
+    /// Starts a circuit to `dest`, from a pooled prefix if one fits, and
+    /// draws when it rotates. A failure is remembered for [`RETRY_AFTER`].
+    fn new_circuit(
+        &mut self,
+        now: Now,
+        dest: &[u8; KEY_LEN],
+    ) -> Result<(CircuitId, Instant), String> {
         if let Some(d) = self.dests.get(dest)
             && d.failed_until.is_some_and(|t| t > now.mono)
         {
@@ -322,45 +411,26 @@ impl RouterCore {
         let t = now.mono;
         self.avoid_nodes.retain(|_, until| *until > t);
         self.avoid_edges.retain(|_, until| *until > t);
-        let path = {
-            let links = &self.links;
-            let (an, ae) = (&self.avoid_nodes, &self.avoid_edges);
-            let live = |k: &[u8; KEY_LEN]| links.values().any(|p| p == k);
-            let avoid = |a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]| {
-                an.contains_key(b) || ae.contains_key(&(*a, *b))
-            };
-            let req = PathRequest {
-                origin: self.key,
-                destination: *dest,
-                anonymity: self.anonymity,
-                home: self.home,
-                live: &live,
-                avoid: &avoid,
-            };
-            path::choose(self.graph.graph(), &req, &mut *self.rng)
+        let started = match self.start_from_pool(now, dest) {
+            Some(started) => Ok(started),
+            None => {
+                if self.pool_size > 0 && self.anonymity != Anonymity::Fast {
+                    self.counters.pool_misses += 1;
+                }
+                self.start_from_scratch(now, dest)
+            }
         };
-        let result = match path {
-            Ok(path) => match self.circuits.build_circuit(now.mono, &path) {
-                Ok(id) => {
-                    self.counters.builds += 1;
-                    self.origin_of
-                        .insert(id, OriginCircuit { dest: *dest, path });
-                    let rotate = ROTATE_AFTER.0
-                        + Duration::from_millis(
-                            self.rng.next_u64()
-                                % (ROTATE_AFTER.1 - ROTATE_AFTER.0).as_millis().max(1) as u64,
-                        );
-                    let d = self.dests.entry(*dest).or_default();
-                    d.current = Some((id, now.mono + rotate));
-                    d.error = None;
-                    return Ok(id);
-                }
-                Err(e) => {
-                    self.counters.build_errors += 1;
-                    e.to_string()
-                }
-            },
-            Err(e) => e.to_string(),
+        let result = match started {
+            Ok((id, path)) => {
+                self.counters.builds += 1;
+                self.origin_of
+                    .insert(id, OriginCircuit { dest: *dest, path });
+                let span = (ROTATE_AFTER.1 - ROTATE_AFTER.0).as_millis().max(1) as u64;
+                let rotate = ROTATE_AFTER.0 + Duration::from_millis(self.rng.next_u64() % span);
+                self.dests.entry(*dest).or_default().error = None;
+                return Ok((id, now.mono + rotate));
+            }
+            Err(e) => e,
         };
         let d = self.dests.entry(*dest).or_default();
         d.failed_until = Some(now.mono + RETRY_AFTER);
@@ -368,12 +438,117 @@ impl RouterCore {
         Err(result)
     }
 
+    /// Extends the oldest built prefix that can reach `dest` with enough
+    /// relays. Returns the circuit and its whole path.
+    fn start_from_pool(
+        &mut self,
+        now: Now,
+        dest: &[u8; KEY_LEN],
+    ) -> Option<(CircuitId, Vec<[u8; KEY_LEN]>)> {
+        if self.anonymity == Anonymity::Fast {
+            return None;
+        }
+        let (i, rest) = {
+            let avoid = avoider(&self.avoid_nodes, &self.avoid_edges);
+            let req = PathRequest {
+                origin: self.key,
+                destination: *dest,
+                anonymity: self.anonymity,
+                home: self.home,
+                live: &|_| true,
+                avoid: &avoid,
+            };
+            self.pool.iter().enumerate().find_map(|(i, p)| {
+                let usable = p.built
+                    && Some(p.path[0]) == self.home
+                    && !p.path.iter().any(|k| self.avoid_nodes.contains_key(k));
+                usable
+                    .then(|| path::complete(self.graph.graph(), &req, &p.path, &mut *self.rng))
+                    .flatten()
+                    .map(|rest| (i, rest))
+            })?
+        };
+        let p = self.pool.remove(i);
+        if self.circuits.extend_prefix(now.mono, p.id, &rest).is_err() {
+            self.circuits.close_circuit(now.mono, p.id);
+            return None;
+        }
+        self.counters.pool_hits += 1;
+        let mut path = p.path;
+        path.extend_from_slice(&rest);
+        self.fill_pool(now);
+        Some((p.id, path))
+    }
+
+    /// Chooses a whole path to `dest` and starts building it.
+    fn start_from_scratch(
+        &mut self,
+        now: Now,
+        dest: &[u8; KEY_LEN],
+    ) -> Result<(CircuitId, Vec<[u8; KEY_LEN]>), String> {
+        let links = &self.links;
+        let req = PathRequest {
+            origin: self.key,
+            destination: *dest,
+            anonymity: self.anonymity,
+            home: self.home,
+            live: &|k| links.values().any(|p| p == k),
+            avoid: &avoider(&self.avoid_nodes, &self.avoid_edges),
+        };
+        let path =
+            path::choose(self.graph.graph(), &req, &mut *self.rng).map_err(|e| e.to_string())?;
+        match self.circuits.build_circuit(now.mono, &path) {
+            Ok(id) => Ok((id, path)),
+            Err(e) => {
+                self.counters.build_errors += 1;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Starts prefixes until the pool holds [`Self::set_pool_size`] of them
+    /// (balanced and strong only). After a failure, waits [`RETRY_AFTER`].
+    fn fill_pool(&mut self, now: Now) {
+        if self.anonymity == Anonymity::Fast || now.mono < self.pool_retry_at {
+            return;
+        }
+        while self.pool.len() < self.pool_size {
+            let links = &self.links;
+            let prefix = path::choose_prefix(
+                self.graph.graph(),
+                self.key,
+                self.home,
+                &|k| links.values().any(|p| p == k),
+                &avoider(&self.avoid_nodes, &self.avoid_edges),
+                &mut *self.rng,
+            );
+            let started = prefix
+                .ok()
+                .and_then(|p| Some((self.circuits.build_prefix(now.mono, &p).ok()?, p)));
+            let Some((id, path)) = started else {
+                self.pool_retry_at = now.mono + RETRY_AFTER;
+                return;
+            };
+            self.counters.prefixes_built += 1;
+            self.pool.push(Pooled {
+                id,
+                path,
+                built: false,
+                since: now.mono,
+            });
+        }
+    }
+
     fn forget_circuit(&mut self, id: CircuitId) -> Option<[u8; KEY_LEN]> {
         self.incoming.retain(|_, c| *c != id);
+        self.pool.retain(|p| p.id != id);
         let o = self.origin_of.remove(&id)?;
         let d = self.dests.get_mut(&o.dest)?;
         if d.current.is_some_and(|(c, _)| c == id) {
-            d.current = None;
+            d.current = d.next.take();
+        }
+        if d.next.is_some_and(|(c, _)| c == id) {
+            d.next = None;
         }
         d.flows.retain(|_, (c, _)| *c != id);
         Some(o.dest)
@@ -397,22 +572,67 @@ impl RouterCore {
         for d in self.dests.values_mut() {
             d.flows
                 .retain(|_, (_, last)| now.mono.saturating_duration_since(*last) < FLOW_IDLE);
+            d.rotate(&self.circuits, now.mono);
         }
         for (&id, o) in &self.origin_of {
             let Some(d) = self.dests.get(&o.dest) else {
                 continue;
             };
-            let current = d.current.is_some_and(|(c, _)| c == id);
-            if !current && !d.flows.values().any(|(c, _)| *c == id) {
+            let kept = [d.current, d.next].iter().flatten().any(|(c, _)| *c == id);
+            if !kept && !d.flows.values().any(|(c, _)| *c == id) {
                 close.push(id);
             }
         }
+        // Pooled prefixes that are too old, too many, or no longer fit the
+        // policy.
+        let pool_size = if self.anonymity == Anonymity::Fast {
+            0
+        } else {
+            self.pool_size
+        };
+        close.extend(
+            self.pool
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    now.mono.saturating_duration_since(p.since) >= PREFIX_MAX_AGE
+                        || *i >= pool_size
+                        || Some(p.path[0]) != self.home
+                })
+                .map(|(_, p)| p.id),
+        );
         close.sort_unstable();
         for id in close {
             self.circuits.close_circuit(now.mono, id);
             self.forget_circuit(id);
         }
+        self.build_successors(now);
+        self.fill_pool(now);
         self.next_sweep = now.mono + SWEEP_EVERY;
+    }
+
+    /// Builds the next circuit of each busy destination whose current one
+    /// rotates within [`ROTATE_LEAD`].
+    fn build_successors(&mut self, now: Now) {
+        let mut due: Vec<[u8; KEY_LEN]> = self
+            .dests
+            .iter()
+            .filter(|(_, d)| {
+                d.next.is_none()
+                    && d.current.is_some_and(|(_, at)| {
+                        at.saturating_duration_since(now.mono) <= ROTATE_LEAD
+                    })
+                    && d.last_used
+                        .is_some_and(|t| now.mono.saturating_duration_since(t) < FLOW_IDLE)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        due.sort_unstable();
+        for dest in due {
+            if let Ok(next) = self.new_circuit(now, &dest) {
+                self.dests.entry(dest).or_default().next = Some(next);
+            }
+        }
     }
 
     /// Takes the circuit core's events into the router's tables; they are
@@ -429,6 +649,11 @@ impl RouterCore {
                         d.failed_until = None;
                     }
                 }
+                CircuitEvent::PrefixBuilt { circuit } => {
+                    if let Some(p) = self.pool.iter_mut().find(|p| p.id == *circuit) {
+                        p.built = true;
+                    }
+                }
                 CircuitEvent::Incoming { circuit, origin } => {
                     self.incoming.insert(*origin, *circuit);
                 }
@@ -443,7 +668,13 @@ impl RouterCore {
                     failed_hop,
                     reason,
                 } => {
-                    let hops = self.origin_of.get(circuit).map(|o| o.path.clone());
+                    let pooled = self.pool.iter().find(|p| p.id == *circuit);
+                    let hops = match (pooled, self.origin_of.get(circuit)) {
+                        (Some(p), _) => Some(p.path.clone()),
+                        (None, Some(o)) => Some(o.path.clone()),
+                        (None, None) => None,
+                    };
+                    let pooled = pooled.is_some();
                     self.forget_circuit(*circuit);
                     let until = now.mono + AVOID_FOR;
                     if let Some(hops) = hops
@@ -458,6 +689,10 @@ impl RouterCore {
                         if node != *destination && hops.first() != Some(&node) {
                             self.avoid_nodes.insert(node, until);
                         }
+                    }
+                    if pooled {
+                        self.events.push_back(ev);
+                        continue;
                     }
                     let d = self.dests.entry(*destination).or_default();
                     d.error = Some(format!(
@@ -664,4 +899,13 @@ pub fn flow_hash(packet: &[u8]) -> u64 {
         h = (h ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// Path selection's "avoid for now" test over the router's tables: the node
+/// `b`, or the edge `a → b`.
+fn avoider<'a>(
+    nodes: &'a HashMap<[u8; KEY_LEN], Instant>,
+    edges: &'a HashMap<([u8; KEY_LEN], [u8; KEY_LEN]), Instant>,
+) -> impl Fn(&[u8; KEY_LEN], &[u8; KEY_LEN]) -> bool + 'a {
+    move |a, b| nodes.contains_key(b) || edges.contains_key(&(*a, *b))
 }

@@ -44,7 +44,8 @@ use rand_core::RngCore;
 use serde_json::{Value, json};
 use umbra_routing::Identity;
 use umbra_routing::graph::Graph;
-use umbra_routing::path::{Anonymity, PathRequest, choose};
+use umbra_routing::path::{Anonymity, PathRequest, choose, choose_prefix, complete};
+use umbra_routing::router::POOL_SIZE;
 use umbra_tests::sim::circuit_node::signed_graph;
 use umbra_tests::sim::topology::{is_connected, neighbours, ring_with_chords};
 use umbra_tests::sim::{self, Rng};
@@ -178,6 +179,50 @@ fn path(
         )
     });
     keys.iter().map(|k| net.index[k]).collect()
+}
+
+/// Chooses one balanced path as the router does with its pool: prefixes
+/// (home and walk) drawn before the destination is known, the first that can
+/// be completed for it, else a path from scratch.
+fn pooled_path(
+    net: &Net,
+    origin: usize,
+    destination: usize,
+    home: usize,
+    rng: &mut PathRng,
+    seed: u64,
+) -> Vec<usize> {
+    let req = PathRequest {
+        origin: net.keys[origin],
+        destination: net.keys[destination],
+        anonymity: Anonymity::Balanced,
+        home: Some(net.keys[home]),
+        live: &|_| true,
+        avoid: &|_, _| false,
+    };
+    for _ in 0..POOL_SIZE {
+        let prefix = choose_prefix(
+            &net.graph,
+            req.origin,
+            req.home,
+            &|_| true,
+            &|_, _| false,
+            rng,
+        )
+        .unwrap_or_else(|e| panic!("no prefix from node {origin}: {e} (seed {seed:#x})"));
+        if let Some(rest) = complete(&net.graph, &req, &prefix, rng) {
+            return prefix.iter().chain(&rest).map(|k| net.index[k]).collect();
+        }
+    }
+    path(
+        net,
+        origin,
+        destination,
+        home,
+        Anonymity::Balanced,
+        rng,
+        seed,
+    )
 }
 
 fn circuits(
@@ -622,6 +667,33 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         sybil_fast.push(sybil_row(&net, &f, Anonymity::Fast, edges));
     }
 
+    // Balanced circuits as the router builds them from its pool. Their own
+    // RNGs, so the figures above stay what they were.
+    let mut pool_rng = PathRng(Rng::new(seed ^ 0x9001));
+    let pooled: Vec<Circuit> = pairs
+        .iter()
+        .map(|&(origin, destination)| Circuit {
+            origin,
+            destination,
+            path: pooled_path(
+                &net,
+                origin,
+                destination,
+                homes[origin],
+                &mut pool_rng,
+                seed,
+            ),
+        })
+        .collect();
+    check(&net, &pooled, &homes, Anonymity::Balanced, seed);
+    let pooled_shape = shape(&pooled);
+    let pooled_attackers = attacker_table(
+        &net,
+        &pooled,
+        Anonymity::Balanced,
+        &mut Rng::new(seed ^ 0x9002),
+    );
+
     // Report.
     let n = CIRCUITS as f64;
     let mean_path_bits = mean(entropies.iter().map(|e| e.path_bits));
@@ -680,6 +752,15 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
     print_attackers(
         "random attacker with k nodes, fast: circuits whose first and last relay are both held",
         &fast_attackers,
+    );
+    eprintln!(
+        "balanced from the pool: relays mean {:.2} {:?}; one relay adjacent to both ends: {}",
+        pooled_shape.mean_relays, pooled_shape.relays, pooled_shape.one_relay
+    );
+    print_attackers(
+        "random attacker with k nodes, balanced from the pool: circuits whose first relay \
+         after the home and last relay are both held",
+        &pooled_attackers,
     );
     eprintln!(
         "{SYBILS} Sybils, {} agreements among themselves (mean degree {:.1}); fraction of \
@@ -763,6 +844,24 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
             b.mean <= f.mean,
             "k = {}: balanced {} of circuits exposed, fast {} (seed {seed:#x})",
             b.k,
+            pct(b.mean),
+            pct(f.mean)
+        );
+    }
+    // The pool changes when the walk is drawn, not what it is: its circuits
+    // expose their ends about as often as paths drawn whole, and far less
+    // than fast ones.
+    for ((p, b), f) in pooled_attackers
+        .iter()
+        .zip(&balanced_attackers)
+        .zip(&fast_attackers)
+    {
+        assert!(
+            p.mean <= 1.5 * b.mean + 0.001 && p.mean <= f.mean,
+            "k = {}: from the pool {} of circuits exposed, drawn whole {}, fast {} \
+             (seed {seed:#x})",
+            p.k,
+            pct(p.mean),
             pct(b.mean),
             pct(f.mean)
         );

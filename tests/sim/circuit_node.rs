@@ -582,7 +582,7 @@ impl CircuitNode {
                 }
                 None => self.dest_closes.push((now, circuit, reason)),
             },
-            CircuitEvent::Incoming { .. } => {}
+            CircuitEvent::Incoming { .. } | CircuitEvent::PrefixBuilt { .. } => {}
             CircuitEvent::TagFailure { circuit, role } => self
                 .violations
                 .push(now, format!("tag failure on {circuit} as {role:?}")),

@@ -27,6 +27,7 @@
 
 pub mod circuit_node;
 pub mod graph_node;
+pub mod router_node;
 pub mod topology;
 
 use std::cmp::Ordering;

@@ -151,6 +151,12 @@ pub enum CircuitEvent {
         /// Its destination's identity.
         destination: [u8; 32],
     },
+    /// A prefix ([`CircuitCore::build_prefix`]) is built and may be
+    /// extended to a destination.
+    PrefixBuilt {
+        /// The circuit.
+        circuit: CircuitId,
+    },
     /// A circuit from `origin` ended here: this node is its destination.
     /// Replies to `origin` go with `send_packet` on `circuit`.
     Incoming {
@@ -159,8 +165,8 @@ pub enum CircuitEvent {
         /// The origin's identity, authenticated by the IK handshake.
         origin: [u8; 32],
     },
-    /// A built circuit ended (this node is its origin or destination). The
-    /// driver may build another over a different path.
+    /// A built circuit (or built prefix) ended (this node is its origin or
+    /// destination). The driver may build another over a different path.
     Closed {
         /// The circuit.
         circuit: CircuitId,
@@ -228,6 +234,9 @@ pub enum BuildError {
     /// No free circuit id on the first link.
     #[error("no free circuit id on the first link")]
     NoCircuitId,
+    /// `extend_prefix` was given a circuit that is not a built prefix.
+    #[error("not a built prefix")]
+    NotAPrefix,
     /// The handshake could not be started.
     #[error("handshake: {0}")]
     Crypto(#[from] CryptoError),
@@ -336,6 +345,8 @@ pub struct CircuitInfo {
     pub role: CircuitRole,
     /// Whether it carries packets yet (relays: whether it is extended).
     pub built: bool,
+    /// A pooled prefix not yet extended to a destination (origin only).
+    pub prefix: bool,
     /// The whole path, origin only; empty elsewhere.
     pub path: Vec<[u8; 32]>,
     /// Hops with keys (origin only; equals `path.len()` when built).

@@ -150,7 +150,61 @@ impl CircuitCore {
         now: Instant,
         path: &[[u8; KEY_LEN]],
     ) -> Result<CircuitId, BuildError> {
-        let first = *path.first().ok_or(BuildError::EmptyPath)?;
+        self.start_build(now, path, false)
+    }
+
+    /// Starts building a *prefix*: a partial circuit through relays only
+    /// (every hop `NK`), kept in a pool until a destination needs it. It ends
+    /// with [`CircuitEvent::PrefixBuilt`] or [`CircuitEvent::Unreachable`]
+    /// (whose `destination` is then the prefix's last relay).
+    /// [`Self::extend_prefix`] later extends it to a destination, so a new
+    /// destination waits only for the hops after the prefix. A prefix carries
+    /// no packets; a backward cell on it is a protocol error.
+    pub fn build_prefix(
+        &mut self,
+        now: Instant,
+        path: &[[u8; KEY_LEN]],
+    ) -> Result<CircuitId, BuildError> {
+        self.start_build(now, path, true)
+    }
+
+    /// Extends a built prefix by `rest`, destination last (the destination's
+    /// hop runs `IK`, as in [`Self::build_circuit`]). The circuit then builds
+    /// as any other and ends with [`CircuitEvent::Built`] or
+    /// [`CircuitEvent::Unreachable`]. Packets may be queued on it at once.
+    pub fn extend_prefix(
+        &mut self,
+        now: Instant,
+        circuit: CircuitId,
+        rest: &[[u8; KEY_LEN]],
+    ) -> Result<(), BuildError> {
+        let &destination = rest.last().ok_or(BuildError::EmptyPath)?;
+        let existing = match self.circuits.get(&circuit).map(|c| (&c.role, c.closed)) {
+            Some((Role::Origin(o), false)) if o.prefix && o.built() => o.path.clone(),
+            _ => return Err(BuildError::NotAPrefix),
+        };
+        let mut path = existing;
+        path.extend_from_slice(rest);
+        self.check_path(&path)?;
+        let (prefix, queue_bytes) = (self.prefix, self.config.send_queue_bytes);
+        let deadline = now + self.config.build_timeout;
+        if let Some(Role::Origin(o)) = self.circuits.get_mut(&circuit).map(|c| &mut c.role) {
+            o.path = path;
+            o.prefix = false;
+            o.deadline = deadline;
+            o.end = Endpoint::new(destination, prefix, queue_bytes);
+        }
+        self.building.push(circuit);
+        self.extend_next(circuit);
+        Ok(())
+    }
+
+    /// Checks a path an origin is about to build: not too long, valid keys,
+    /// no node twice and not this node.
+    fn check_path(&self, path: &[[u8; KEY_LEN]]) -> Result<(), BuildError> {
+        if path.is_empty() {
+            return Err(BuildError::EmptyPath);
+        }
         if path.len() > MAX_PATH_HOPS {
             return Err(BuildError::PathTooLong(path.len()));
         }
@@ -162,6 +216,17 @@ impl CircuitCore {
                 return Err(BuildError::RepeatedNode(i));
             }
         }
+        Ok(())
+    }
+
+    fn start_build(
+        &mut self,
+        now: Instant,
+        path: &[[u8; KEY_LEN]],
+        prefix: bool,
+    ) -> Result<CircuitId, BuildError> {
+        self.check_path(path)?;
+        let first = path[0];
         let &link = self.peers.get(&first).ok_or(BuildError::NoLink(first))?;
         if self.live_circuits() >= self.config.max_circuits {
             return Err(BuildError::TooManyCircuits);
@@ -169,7 +234,7 @@ impl CircuitCore {
         let circ_id = self
             .alloc_circ_id(link, &first)
             .ok_or(BuildError::NoCircuitId)?;
-        let handshake_type = if path.len() == 1 {
+        let handshake_type = if path.len() == 1 && !prefix {
             HandshakeType::Ik
         } else {
             HandshakeType::Nk
@@ -193,8 +258,9 @@ impl CircuitCore {
                 created: now,
                 role: Role::Origin(Box::new(Origin {
                     path: path.to_vec(),
+                    prefix,
                     first: (link, circ_id),
-                    hops: Vec::with_capacity(path.len()),
+                    hops: Vec::with_capacity(MAX_PATH_HOPS),
                     pending: Some(init),
                     deadline: now + self.config.build_timeout,
                     end: Endpoint::new(destination, self.prefix, self.config.send_queue_bytes),
@@ -224,6 +290,7 @@ impl CircuitCore {
             return Err(SendError::UnknownCircuit);
         };
         let (end, ready_to_send) = match &mut c.role {
+            Role::Origin(o) if o.prefix => return Err(SendError::NotAnEnd),
             Role::Origin(o) => {
                 let built = o.built();
                 (&mut o.end, built)
@@ -415,6 +482,7 @@ impl CircuitCore {
             id,
             role: CircuitRole::Relay,
             built: false,
+            prefix: false,
             path: Vec::new(),
             hops_built: 0,
             prev: None,
@@ -430,6 +498,7 @@ impl CircuitCore {
             Role::Origin(o) => {
                 info.role = CircuitRole::Origin;
                 info.built = o.built();
+                info.prefix = o.prefix;
                 info.path = o.path.clone();
                 info.hops_built = o.hops.len();
                 info.next = o.path.first().copied();
@@ -680,12 +749,17 @@ impl CircuitCore {
         };
         o.hops.push(Hop::new(keys));
         if o.built() {
+            self.building.retain(|b| *b != id);
+            if o.prefix {
+                self.events
+                    .push_back(CircuitEvent::PrefixBuilt { circuit: id });
+                return;
+            }
             let destination = o.end.peer;
             let start = !o.end.in_dirty && o.end.has_work();
             if start {
                 o.end.in_dirty = true;
             }
-            self.building.retain(|b| *b != id);
             self.metrics.circuits_built += 1;
             self.events.push_back(CircuitEvent::Built {
                 circuit: id,
@@ -696,10 +770,20 @@ impl CircuitCore {
             }
             return;
         }
-        // Extend to the next hop through the current last one.
+        self.extend_next(id);
+    }
+
+    /// Extends an origin circuit to its next hop through the current last
+    /// one: `IK` for the destination, `NK` for a relay.
+    fn extend_next(&mut self, id: CircuitId) {
+        let Some(Role::Origin(o)) = self.circuits.get(&id).map(|c| &c.role) else {
+            return;
+        };
         let i = o.hops.len();
-        let node = o.path[i];
-        let handshake_type = if i + 1 == o.path.len() {
+        let Some(&node) = o.path.get(i) else {
+            return;
+        };
+        let handshake_type = if i + 1 == o.path.len() && !o.prefix {
             HandshakeType::Ik
         } else {
             HandshakeType::Nk
@@ -820,7 +904,12 @@ impl CircuitCore {
                     self.tag_failure(id, CircuitRole::Origin);
                     return;
                 };
-                if o.built() {
+                if o.prefix && o.built() {
+                    // A prefix's last relay has nothing to say until the
+                    // next EXTEND.
+                    self.metrics.protocol_errors += 1;
+                    self.close(id, Reason::Protocol, None);
+                } else if o.built() {
                     self.end_receive(id, &buf, tag);
                 } else {
                     self.origin_building_receive(now, id, &buf);
@@ -1022,7 +1111,7 @@ impl CircuitCore {
         let (link, sealed) = match &mut c.role {
             Role::Origin(o) => {
                 o.end.in_dirty = false;
-                if !o.built() {
+                if !o.built() || o.prefix {
                     return None;
                 }
                 cell::write_header(out, o.first.1, Command::Relay);

@@ -272,6 +272,8 @@ impl Endpoint {
 #[derive(Debug)]
 pub(super) struct Origin {
     pub(super) path: Vec<[u8; 32]>,
+    /// A pooled prefix: every hop a relay, waiting for `extend_prefix`.
+    pub(super) prefix: bool,
     pub(super) first: Leg,
     pub(super) hops: Vec<Hop>,
     /// The handshake with `path[hops.len()]`, while it runs.

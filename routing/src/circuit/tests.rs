@@ -692,3 +692,94 @@ fn garbage_cells_are_counted_not_fatal() {
     let p = ipv6(a0, a2, 77, 0);
     assert_eq!(net.transfer(0, id, 2, std::slice::from_ref(&p)), vec![p]);
 }
+
+#[test]
+fn prefix_waits_in_the_pool_then_extends_to_a_destination() {
+    // origin 0 → home 1 → walk 2 (the prefix) → 3 → destination 4
+    let mut net = Net::chain(5);
+    let k = net.keys.clone();
+    let id = net.nodes[0]
+        .build_prefix(net.now, &[k[1], k[2]])
+        .expect("prefix");
+    net.pump();
+    assert_eq!(
+        net.events(0),
+        vec![CircuitEvent::PrefixBuilt { circuit: id }]
+    );
+    let info = net.nodes[0].circuit(id).expect("prefix");
+    assert!(info.built && info.prefix);
+    // Both prefix hops are NK relays: neither is an end, nobody got IK.
+    assert!(net.events(2).is_empty());
+    let at_2: Vec<CircuitInfo> = net.nodes[2].circuits().collect();
+    assert_eq!(at_2.len(), 1);
+    assert_eq!(
+        (at_2[0].role, at_2[0].prev, at_2[0].next),
+        (CircuitRole::Relay, Some(k[1]), None)
+    );
+    let (a0, a4) = (net.address(0), net.address(4));
+    assert_eq!(
+        net.nodes[0].send_packet(net.now, id, &ipv6(a0, a4, 100, 0)),
+        Err(SendError::NotAnEnd)
+    );
+
+    // A repeated node is refused before anything is sent.
+    assert_eq!(
+        net.nodes[0].extend_prefix(net.now, id, &[k[3], k[1]]),
+        Err(BuildError::RepeatedNode(3))
+    );
+    let cells_before = net.nodes[1].metrics().cells_relayed;
+    net.nodes[0]
+        .extend_prefix(net.now, id, &[k[3], k[4]])
+        .expect("extend");
+    // Packets queued while it extends flow once it is built.
+    net.nodes[0]
+        .send_packet(net.now, id, &ipv6(a0, a4, 3000, 1))
+        .expect("queue");
+    net.pump();
+    assert_eq!(
+        net.events(0),
+        vec![CircuitEvent::Built {
+            circuit: id,
+            destination: k[4]
+        }]
+    );
+    assert!(matches!(net.events(4)[..], [CircuitEvent::Incoming { origin, .. }] if origin == k[0]));
+    let got = net.packets(4);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, ipv6(a0, a4, 3000, 1));
+    let info = net.nodes[0].circuit(id).expect("circuit");
+    assert!(info.built && !info.prefix);
+    assert_eq!(info.path, vec![k[1], k[2], k[3], k[4]]);
+    // The home relayed only the two extensions (EXTEND and EXTENDED each)
+    // and the packet's 3 cells, not a rebuild of the prefix.
+    assert_eq!(
+        net.nodes[1].metrics().cells_relayed - cells_before,
+        2 * 2 + 3
+    );
+    assert_eq!(
+        net.nodes[0].extend_prefix(net.now, id, &[k[3]]),
+        Err(BuildError::NotAPrefix)
+    );
+    relay_never_dropped(&net, &[1, 2, 3]);
+}
+
+#[test]
+fn a_prefix_is_not_extended_while_it_builds() {
+    let mut net = Net::chain(4);
+    let k = net.keys.clone();
+    let id = net.nodes[0]
+        .build_prefix(net.now, &[k[1], k[2]])
+        .expect("prefix");
+    assert_eq!(
+        net.nodes[0].extend_prefix(net.now, id, &[k[3]]),
+        Err(BuildError::NotAPrefix)
+    );
+    let full = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[2], k[3]])
+        .expect("circuit");
+    net.pump();
+    assert_eq!(
+        net.nodes[0].extend_prefix(net.now, full, &[k[3]]),
+        Err(BuildError::NotAPrefix)
+    );
+}

@@ -1,0 +1,241 @@
+//! Whole routing layers in the simulation (issue 5): the circuit pool,
+//! rotation, and the ICMPv6 rate limit, on 40 [`RouterCore`]s that flood
+//! their graph over simulated links (20 ms each way) and build balanced
+//! circuits (home node, random walk, at least 3 relays) with real crypto.
+//!
+//! Times here are virtual: the figures depend on the link latency and the
+//! seed, not on the machine, so the comparisons are exact and repeatable.
+//! Read them with `cargo test -p umbra-tests --test sim_router --
+//! --nocapture`.
+//!
+//! [`RouterCore`]: umbra_routing::router::RouterCore
+
+use std::time::{Duration, Instant};
+
+use umbra_routing::Identity;
+use umbra_routing::circuit::CircuitRole;
+use umbra_routing::path::{Anonymity, MIN_RELAYS_BALANCED};
+use umbra_routing::router::{FLOW_IDLE, ICMP_PER_SECOND, POOL_SIZE, ROTATE_AFTER};
+use umbra_tests::sim::router_node::{RouterNode, tag_of, udp_packet};
+use umbra_tests::sim::topology::{is_connected, neighbours, ring_with_chords};
+use umbra_tests::sim::{LinkParams, Rng, Sim, SimTime, seed};
+
+const NODES: usize = 40;
+
+/// 40 routers on a ring with one random chord per node (mean degree about
+/// 4); each node's home is its lowest-numbered neighbour. All links come up
+/// at once and the graph converges.
+fn network(seed: u64, pool_size: usize) -> (Sim<RouterNode>, Vec<[u8; 32]>) {
+    let mut sim = Sim::new(seed);
+    let mut rng = Rng::new(seed);
+    let edges = ring_with_chords(NODES, 1, &mut rng);
+    assert!(is_connected(NODES, &edges));
+    let adj = neighbours(NODES, &edges);
+    let ids: Vec<Identity> = (0..NODES)
+        .map(|_| Identity::from_seed(&rng.bytes32()))
+        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
+    let base = Instant::now();
+    for (i, id) in ids.into_iter().enumerate() {
+        let peers: Vec<[u8; 32]> = adj[i].iter().map(|&j| keys[j]).collect();
+        let home = adj[i].iter().min().map(|&j| keys[j]);
+        let mut node = RouterNode::new(id, &peers, Anonymity::Balanced, home, rng.fork(), base);
+        node.core.set_pool_size(pool_size);
+        sim.add_node(node);
+    }
+    for &(a, b) in &edges {
+        let l = sim.add_link(a, b, LinkParams::default());
+        sim.set_link_up(l);
+    }
+    assert!(
+        sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)),
+        "graph did not converge; {}",
+        sim.context()
+    );
+    // Two sweeps: pools fill once the graph is known.
+    sim.run_for(Duration::from_secs(12));
+    (sim, keys)
+}
+
+/// When node `to` first got a packet tagged `tag` since `from` (its TUN log).
+fn arrival(sim: &Sim<RouterNode>, to: usize, tag: u64) -> Option<SimTime> {
+    sim.node(to)?
+        .tun
+        .iter()
+        .find(|(_, p)| tag_of(p) == Some(tag))
+        .map(|(t, _)| *t)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Node 0 sends one packet to each of 20 destinations it never talked to,
+/// 10 s apart; returns how long each waited from the TUN to the far TUN,
+/// and the router's pool counters.
+fn first_packet_waits(pool_size: usize) -> (Vec<Duration>, u64, u64) {
+    let (mut sim, keys) = network(seed(0x9001), pool_size);
+    let mut waits = Vec::new();
+    for (n, dest) in (5..NODES).step_by(NODES / 20 - 1).take(20).enumerate() {
+        let tag = 1000 + n as u64;
+        let sent = sim.now();
+        let p = udp_packet(&keys[0], &keys[dest], (4000, 5000), tag);
+        sim.with_node(0, |node, t| node.send(t, &p));
+        sim.run_for(Duration::from_secs(10));
+        let at = arrival(&sim, dest, tag)
+            .unwrap_or_else(|| panic!("packet to node {dest} not delivered; {}", sim.context()));
+        waits.push(at - sent);
+    }
+    let node = sim.node(0).expect("node 0");
+    let c = node.core.counters();
+    // Every circuit, pooled or not, is a balanced path from the home node.
+    let home = node
+        .core
+        .graph()
+        .graph()
+        .neighbours(&keys[0])
+        .into_iter()
+        .min_by_key(|k| keys.iter().position(|x| x == k));
+    for info in node
+        .core
+        .circuits()
+        .filter(|c| c.role == CircuitRole::Origin && !c.prefix)
+    {
+        assert_eq!(
+            info.path.first().copied(),
+            home,
+            "first hop is not the home node"
+        );
+        assert!(
+            info.path.len() > MIN_RELAYS_BALANCED,
+            "{} hops",
+            info.path.len()
+        );
+        let mut seen = info.path.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), info.path.len(), "a node repeats");
+    }
+    (waits, c.pool_hits, c.pool_misses)
+}
+
+#[test]
+fn the_pool_cuts_the_wait_for_a_new_destination() {
+    let (mut pooled, hits, misses) = first_packet_waits(POOL_SIZE);
+    let (mut scratch, hits0, _) = first_packet_waits(0);
+    assert_eq!(hits0, 0);
+    let (p, s) = (median(&mut pooled), median(&mut scratch));
+    eprintln!(
+        "first packet to a new destination, 20 destinations, links 20 ms one way: \
+         median {p:?} with the pool ({hits} pooled, {misses} from scratch), \
+         {s:?} without; ratio {:.2}",
+        p.as_secs_f64() / s.as_secs_f64()
+    );
+    assert!(hits >= 15, "only {hits} of 20 circuits came from the pool");
+    assert!(
+        p < s,
+        "the pool did not shorten the median wait: {p:?} against {s:?}"
+    );
+}
+
+#[test]
+fn rotation_moves_new_flows_and_keeps_old_ones() {
+    let (mut sim, keys) = network(seed(0x9002), POOL_SIZE);
+    let dest = NODES / 2;
+    let origin_circuits = |sim: &Sim<RouterNode>| -> Vec<_> {
+        sim.node(0)
+            .expect("node 0")
+            .core
+            .circuits()
+            .filter(|c| c.role == CircuitRole::Origin && !c.prefix && c.peer == Some(keys[dest]))
+            .map(|c| (c.id, c.cells_out))
+            .collect()
+    };
+    // Flow A: one packet every 10 s from t0 until past the latest rotation.
+    let t0 = sim.now();
+    let mut tag = 0;
+    let mut send = |sim: &mut Sim<RouterNode>, port: u16| {
+        tag += 1;
+        let p = udp_packet(&keys[0], &keys[dest], (port, 80), tag);
+        sim.with_node(0, |node, t| node.send(t, &p));
+        tag
+    };
+    let first = send(&mut sim, 1111);
+    sim.run_for(Duration::from_secs(1));
+    let build_wait = arrival(&sim, dest, first).expect("first packet") - t0;
+    let before = origin_circuits(&sim);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let old = before[0].0;
+    while sim.now() < t0 + ROTATE_AFTER.1 + Duration::from_secs(10) {
+        send(&mut sim, 1111);
+        sim.run_for(Duration::from_secs(10));
+    }
+    // Past the latest rotation a successor is built and waiting.
+    let now = origin_circuits(&sim);
+    assert_eq!(now.len(), 2, "old and successor: {now:?}");
+    // Flow B starts: it takes the successor at once, without a build.
+    let sent = sim.now();
+    let b = send(&mut sim, 2222);
+    sim.run_for(Duration::from_secs(1));
+    let b_wait = arrival(&sim, dest, b).expect("flow B") - sent;
+    let a = send(&mut sim, 1111);
+    sim.run_for(Duration::from_secs(1));
+    assert!(arrival(&sim, dest, a).is_some());
+    let after = origin_circuits(&sim);
+    let new = after
+        .iter()
+        .find(|(id, _)| *id != old)
+        .expect("successor")
+        .0;
+    let cells = |v: &[(umbra_routing::circuit::CircuitId, u64)], id| {
+        v.iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| *n)
+    };
+    assert!(
+        cells(&after, new) > cells(&now, new),
+        "flow B did not use the successor"
+    );
+    assert!(
+        cells(&after, old) > cells(&now, old),
+        "flow A left its circuit"
+    );
+    eprintln!(
+        "rotation: a new destination waited {build_wait:?} for its build; \
+         a new flow after rotation waited {b_wait:?}"
+    );
+    assert!(b_wait < build_wait, "flow B waited for a build: {b_wait:?}");
+    // Flow A stops: its old circuit closes once A has been idle.
+    sim.run_for(FLOW_IDLE + Duration::from_secs(10));
+    let last = origin_circuits(&sim);
+    assert!(
+        last.iter().all(|(id, _)| *id != old),
+        "old circuit still open: {last:?}"
+    );
+    assert!(last.iter().any(|(id, _)| *id == new));
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let (mut sim, keys) = network(seed(0x9003), 0);
+    // An overlay address no node has: a key nobody holds.
+    let nobody = Identity::from_seed(&[0xee; 32]).public();
+    let burst = |sim: &mut Sim<RouterNode>| {
+        for i in 0..1000 {
+            let p = udp_packet(&keys[0], &nobody, (7, 7), i);
+            sim.with_node(0, |node, t| node.send(t, &p));
+        }
+        sim.node(0).expect("node 0").tun.len()
+    };
+    let first = burst(&mut sim);
+    assert_eq!(first, ICMP_PER_SECOND as usize);
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(burst(&mut sim), first, "more errors within the same second");
+    sim.run_for(Duration::from_millis(600));
+    assert_eq!(burst(&mut sim), 2 * first);
+    let c = sim.node(0).expect("node 0").core.counters();
+    assert_eq!((c.icmp_sent, c.icmp_limited), (200, 2800));
+    // Each is an ICMPv6 destination unreachable (type 1), code 0 (no route).
+    for (_, p) in &sim.node(0).expect("node 0").tun {
+        assert_eq!((p[6], p[40], p[41]), (58, 1, 0));
+    }
+}

@@ -1,0 +1,233 @@
+//! Whole routing layers ([`RouterCore`]: graph, paths, circuits, the pool)
+//! as simulation nodes. The graph is flooded over the simulated links as the
+//! daemon floods it, so every node builds its own copy; an app (the test)
+//! hands the router IPv6 packets as the TUN would and reads back what the
+//! router writes to the TUN.
+
+use std::time::Instant;
+
+use rand_core::RngCore;
+use umbra_routing::address::address_for_key;
+use umbra_routing::cell::CELL_LEN;
+use umbra_routing::graph::Edge;
+use umbra_routing::path::Anonymity;
+use umbra_routing::router::{Now, RouterCore};
+use umbra_routing::session::MAX_PACKET_LEN;
+use umbra_routing::{Identity, address};
+
+use super::graph_node::{from_time, to_time};
+use super::{Rng, SimNode, SimTime};
+
+/// The address prefix of every simulated node.
+pub const PREFIX: u8 = address::DEFAULT_PREFIX;
+/// UDP's IPv6 next-header value.
+const UDP: u8 = 17;
+
+/// What travels on a simulated link: a cell, or a graph message.
+#[derive(Debug)]
+pub enum RouterMsg {
+    /// A 1200-byte cell.
+    Cell(Box<[u8; CELL_LEN]>),
+    /// An encoded graph message.
+    Graph(Vec<u8>),
+}
+
+/// The simulation's RNG as the router's randomness (paths, rotation), so a
+/// seed fixes every choice the router makes.
+struct SimRng(Rng);
+
+impl RngCore for SimRng {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let word = self.0.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+/// A [`RouterCore`] driven by the simulation, with a TUN log.
+pub struct RouterNode {
+    /// The core.
+    pub core: RouterCore,
+    /// This node's key.
+    pub key: [u8; 32],
+    /// Packets the router wrote to the TUN, and when.
+    pub tun: Vec<(SimTime, Vec<u8>)>,
+    base: Instant,
+    buf: Vec<u8>,
+    spare: Option<Box<[u8; CELL_LEN]>>,
+}
+
+impl std::fmt::Debug for RouterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterNode")
+            .field("key", &hex::encode(&self.key[..4]))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterNode {
+    /// A router for `identity` whose agreements are `peers`, with
+    /// `anonymity` and `home`. `base` is the instant of virtual time zero,
+    /// shared by all nodes.
+    pub fn new(
+        identity: Identity,
+        peers: &[[u8; 32]],
+        anonymity: Anonymity,
+        home: Option<[u8; 32]>,
+        rng: Rng,
+        base: Instant,
+    ) -> RouterNode {
+        let edges: Vec<Edge> = peers
+            .iter()
+            .map(|&peer| Edge { peer, capacity: 1 })
+            .collect();
+        let key = identity.public();
+        let now = Now {
+            mono: base,
+            wall: to_time(SimTime::ZERO),
+        };
+        let mut core = RouterCore::new(identity, PREFIX, now, &edges, None, Box::new(SimRng(rng)))
+            .expect("router");
+        core.set_policy(anonymity, home);
+        RouterNode {
+            core,
+            key,
+            tun: Vec::new(),
+            base,
+            buf: vec![0u8; MAX_PACKET_LEN],
+            spare: None,
+        }
+    }
+
+    fn now(&self, t: SimTime) -> Now {
+        Now {
+            mono: self.base + t,
+            wall: to_time(t),
+        }
+    }
+
+    /// The virtual time of an instant of this node's monotonic clock.
+    pub fn sim_time(&self, i: Instant) -> SimTime {
+        i.saturating_duration_since(self.base)
+    }
+
+    /// A packet from the TUN.
+    pub fn send(&mut self, t: SimTime, packet: &[u8]) {
+        let now = self.now(t);
+        self.core.send_packet(now, packet);
+        self.drain(t);
+    }
+
+    fn drain(&mut self, t: SimTime) {
+        while let Some(n) = self.core.poll_packet(&mut self.buf) {
+            self.tun.push((t, self.buf[..n].to_vec()));
+        }
+        while self.core.poll_event().is_some() {}
+    }
+}
+
+impl SimNode for RouterNode {
+    type Id = [u8; 32];
+    type Message = RouterMsg;
+
+    fn id(&self) -> [u8; 32] {
+        self.key
+    }
+
+    fn link_up(&mut self, t: SimTime, link: usize, peer: &[u8; 32]) {
+        let now = self.now(t);
+        self.core.link_up(now, link as u64, *peer);
+        self.drain(t);
+    }
+
+    fn link_down(&mut self, t: SimTime, link: usize) {
+        let now = self.now(t);
+        self.core.link_down(now, link as u64);
+        self.drain(t);
+    }
+
+    fn handle_message(&mut self, t: SimTime, link: usize, msg: RouterMsg) {
+        let now = self.now(t);
+        match msg {
+            RouterMsg::Cell(cell) => {
+                self.core.handle_cell(now, link as u64, &cell);
+                self.spare = Some(cell);
+            }
+            RouterMsg::Graph(bytes) => self.core.handle_graph(now, link as u64, &bytes),
+        }
+        self.drain(t);
+    }
+
+    fn poll_transmit(&mut self, _t: SimTime) -> Option<(usize, RouterMsg)> {
+        let mut cell = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Box::new([0u8; CELL_LEN]));
+        if let Some(link) = self.core.poll_cell(&mut cell) {
+            return Some((usize::try_from(link).ok()?, RouterMsg::Cell(cell)));
+        }
+        self.spare = Some(cell);
+        let (link, bytes) = self.core.poll_graph()?;
+        Some((usize::try_from(link).ok()?, RouterMsg::Graph(bytes)))
+    }
+
+    fn poll_timeout(&self) -> Option<SimTime> {
+        let (mono, wall) = self.core.poll_timeout();
+        let mono = mono.map(|i| self.sim_time(i));
+        let wall = wall.map(from_time);
+        match (mono, wall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, t: SimTime) {
+        let now = self.now(t);
+        self.core.handle_timeout(now);
+        self.drain(t);
+    }
+
+    fn wire_len(msg: &RouterMsg) -> usize {
+        match msg {
+            RouterMsg::Cell(_) => CELL_LEN,
+            RouterMsg::Graph(b) => b.len(),
+        }
+    }
+}
+
+/// A UDP packet from `src`'s node address to `dst`'s, between the two
+/// ports, whose payload starts with `tag` (so the test can find it).
+pub fn udp_packet(src: &[u8; 32], dst: &[u8; 32], ports: (u16, u16), tag: u64) -> Vec<u8> {
+    let payload = 64;
+    let mut p = Vec::with_capacity(40 + 8 + payload);
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    p.push(UDP);
+    p.push(64);
+    p.extend_from_slice(&address_for_key(src, PREFIX).octets());
+    p.extend_from_slice(&address_for_key(dst, PREFIX).octets());
+    p.extend_from_slice(&ports.0.to_be_bytes());
+    p.extend_from_slice(&ports.1.to_be_bytes());
+    p.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&tag.to_be_bytes());
+    p.resize(40 + 8 + payload, 0);
+    p
+}
+
+/// The tag of a packet [`udp_packet`] made, if `p` is one.
+pub fn tag_of(p: &[u8]) -> Option<u64> {
+    (p.len() >= 56 && p[6] == UDP)
+        .then(|| u64::from_be_bytes(p[48..56].try_into().unwrap_or([0; 8])))
+}
