@@ -297,7 +297,7 @@ fn log_event(ev: &CircuitEvent) {
             failed_hop,
             reason,
         } => {
-            tracing::warn!(%circuit, to = %short_key(destination), failed_hop, ?reason, "circuit build failed")
+            tracing::warn!(%circuit, to = %short_key(destination), ?failed_hop, ?reason, "circuit build failed")
         }
         CircuitEvent::TagFailure { circuit, role } => {
             tracing::warn!(%circuit, ?role, "end-to-end tag failure: a cell was changed on the way; circuit destroyed")

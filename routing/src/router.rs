@@ -676,17 +676,17 @@ impl RouterCore {
                     };
                     let pooled = pooled.is_some();
                     self.forget_circuit(*circuit);
+                    // Avoid the edge and node the build could not pass, when
+                    // the origin knows which (not after a DESTROY from inside).
                     let until = now.mono + AVOID_FOR;
                     if let Some(hops) = hops
-                        && let Some(&node) = hops.get(*failed_hop)
+                        && let Some(hop) = *failed_hop
+                        && let Some(&node) = hops.get(hop)
                     {
-                        let prev = if *failed_hop == 0 {
-                            self.key
-                        } else {
-                            hops[failed_hop - 1]
-                        };
+                        let prev = if hop == 0 { self.key } else { hops[hop - 1] };
                         self.avoid_edges.insert((prev, node), until);
-                        if node != *destination && hops.first() != Some(&node) {
+                        let is_destination = !pooled && node == *destination;
+                        if !is_destination && hops.first() != Some(&node) {
                             self.avoid_nodes.insert(node, until);
                         }
                     }
@@ -695,9 +695,12 @@ impl RouterCore {
                         continue;
                     }
                     let d = self.dests.entry(*destination).or_default();
-                    d.error = Some(format!(
-                        "hop {failed_hop} of the path could not be reached ({reason:?})"
-                    ));
+                    d.error = Some(match failed_hop {
+                        Some(hop) => {
+                            format!("hop {hop} of the path could not be reached ({reason:?})")
+                        }
+                        None => format!("the path broke while the circuit was built ({reason:?})"),
+                    });
                     self.rebuild_if_used(now, *destination);
                 }
             }

@@ -446,6 +446,37 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
         assert!(view["path"].as_array().is_some_and(Vec::is_empty), "{view}");
         assert!(view["peer"].is_null(), "{view}");
     }
+    // The pool: a built prefix from the home node waits, and a destination
+    // never used before (node 6, 3 hops from the home, so in no 2-step
+    // prefix) takes it.
+    wait_for(
+        Duration::from_secs(20),
+        "a built prefix in the pool",
+        &[&o.daemons[0]],
+        || {
+            let s = o.status(0);
+            s["circuit_list"]
+                .as_array()?
+                .iter()
+                .any(|c| {
+                    c["pooled"] == true && c["built"] == true && index_of(&o, &c["path"][0]) == 1
+                })
+                .then_some(())
+        },
+    );
+    let hits = |o: &Overlay| {
+        o.status(0)["metrics"]["pool_hits"]
+            .as_u64()
+            .expect("pool_hits")
+    };
+    let before = hits(&o);
+    assert!(o.ping(0, 6, 1), "ping 0 → 6 failed; logs:\n{}", o.logs());
+    assert_eq!(
+        hits(&o),
+        before + 1,
+        "the circuit to node 6 did not come from the pool"
+    );
+
     // Stop the path's middle relay: traffic moves to a new path.
     let middle = hops[hops.len() / 2 - if hops.len() % 2 == 0 { 1 } else { 0 }];
     let middle = if middle == 1 { hops[2] } else { middle };

@@ -564,7 +564,7 @@ impl CircuitNode {
                 if let Some((_, b)) = self.senders[i].circuit {
                     let rec = &mut self.builds[b];
                     rec.ended = Some((now, e.clone()));
-                    if let Some(&n) = rec.path.get(failed_hop) {
+                    if let Some(&n) = failed_hop.and_then(|h| rec.path.get(h)) {
                         let k = self.plan.keys[n];
                         self.suspects.insert(k);
                     }

@@ -183,8 +183,12 @@ pub enum CircuitEvent {
         circuit: CircuitId,
         /// The destination it was meant for.
         destination: [u8; 32],
-        /// Index in the path of the hop that could not be reached.
-        failed_hop: usize,
+        /// Index in the path of the hop that could not be reached: the hop
+        /// being extended to when the last hop answered EXTEND_FAILED or the
+        /// build timed out, 0 when the link to the first hop went down.
+        /// `None` when a DESTROY came back from inside the path (a link
+        /// between two relays went down): the origin cannot tell where.
+        failed_hop: Option<usize>,
         /// Why.
         reason: Reason,
     },

@@ -1214,10 +1214,15 @@ impl CircuitCore {
                 } else {
                     m.build_failures += 1;
                     self.building.retain(|b| *b != id);
+                    let failed_hop = match from {
+                        None => Some(o.hops.len()),
+                        Some((link, _)) if !self.links.contains_key(&link) => Some(0),
+                        Some(_) => None,
+                    };
                     self.events.push_back(CircuitEvent::Unreachable {
                         circuit: id,
                         destination: o.end.peer,
-                        failed_hop: o.hops.len(),
+                        failed_hop,
                         reason,
                     });
                 }

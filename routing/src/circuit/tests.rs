@@ -536,7 +536,7 @@ fn extend_without_a_live_link_fails_with_a_reason() {
         vec![CircuitEvent::Unreachable {
             circuit: id,
             destination: net4.keys[3],
-            failed_hop: 2,
+            failed_hop: Some(2),
             reason: Reason::NoLink
         }]
     );
@@ -580,7 +580,7 @@ fn build_times_out() {
         vec![CircuitEvent::Unreachable {
             circuit: id,
             destination: net.keys[2],
-            failed_hop: 0,
+            failed_hop: Some(0),
             reason: Reason::Timeout
         }]
     );
