@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use crate::{Anonymity, Config, ConfigError, PeerConfig, PublicKey, Terms};
+use crate::{Anonymity, ByteRate, Config, ConfigError, PeerConfig, PublicKey, Terms};
 
 const FILE: &str = "/etc/umbra/umbra.toml";
 
@@ -754,6 +754,88 @@ fn metrics_listen_must_be_loopback() {
     );
 }
 
+// ---- [padding] ----
+
+#[test]
+fn padding_rate_defaults_to_32_kib_per_second() {
+    assert_eq!(Config::default().padding.rate, ByteRate::per_sec(32 * 1024));
+    assert_eq!(
+        parse_ok("[padding]\n").padding.rate,
+        ByteRate::per_sec(32 * 1024)
+    );
+}
+
+#[test]
+fn padding_rate_parses_byte_units_per_second() {
+    for (text, bytes) in [
+        ("64KiB/s", 64 * 1024),
+        ("1MiB/s", 1 << 20),
+        ("20000B/s", 20_000),
+        ("100KB/s", 100_000),
+    ] {
+        let config = parse_ok(&format!(
+            "anonymity = \"strong\"\n[padding]\nrate = \"{text}\"\n"
+        ));
+        assert_eq!(config.padding.rate, ByteRate::per_sec(bytes), "{text}");
+    }
+}
+
+#[test]
+fn padding_rate_zero_means_off() {
+    let config = parse_ok("anonymity = \"strong\"\n[padding]\nrate = \"0B/s\"\n");
+    assert!(config.padding.rate.is_zero());
+}
+
+#[test]
+fn padding_rate_rejects_bad_units_and_shapes() {
+    invalid(
+        "[padding]\nrate = \"32kbps\"\n",
+        "padding.rate",
+        &[
+            "[padding] rate = \"32kbps\" is not a rate",
+            "expected <amount>/s, such as \"32KiB/s\"",
+        ],
+    );
+    invalid(
+        "[padding]\nrate = \"32XB/s\"\n",
+        "padding.rate",
+        &[
+            "[padding] rate = \"32XB/s\" is not a rate",
+            "unknown unit \"XB\"",
+        ],
+    );
+    invalid(
+        "[padding]\nrate = \"32KiB/m\"\n",
+        "padding.rate",
+        &["expected <amount>/s"],
+    );
+    invalid(
+        "[padding]\nrate = 32768\n",
+        "padding.rate",
+        &["[padding] rate must be a string, found integer 32768"],
+    );
+}
+
+#[test]
+fn padding_rate_has_a_maximum() {
+    invalid(
+        "[padding]\nrate = \"2MiB/s\"\n",
+        "padding.rate",
+        &["[padding] rate = \"2MiB/s\" is above the maximum 1MiB/s"],
+    );
+    invalid(
+        "[padding]\nrate = \"8GiB/s\"\n",
+        "padding.rate",
+        &["too large for a rate"],
+    );
+}
+
+#[test]
+fn unknown_key_in_padding_is_named() {
+    let message = unknown("[padding]\nrat = \"1KiB/s\"\n", "[padding]", "rat");
+    assert!(message.ends_with("expected `rate`"), "{message}");
+}
+
 // ---- validate on configs built in code ----
 
 #[test]
@@ -808,6 +890,7 @@ fn schema_line() -> impl Strategy<Value = String> {
         "listen",
         "tun",
         "peer",
+        "rate",
         "bogus",
     ]);
     let values = prop::sample::select(vec![
@@ -829,6 +912,8 @@ fn schema_line() -> impl Strategy<Value = String> {
         "1979-05-27",
         "\"http://a\"",
         "\"50GiB/30d\"",
+        "\"32KiB/s\"",
+        "\"0B/s\"",
         "\"127.0.0.1:9\"",
         "\"0101010101010101010101010101010101010101010101010101010101010101\"",
     ]);
@@ -839,6 +924,7 @@ fn schema_line() -> impl Strategy<Value = String> {
         "[home]",
         "[[peer]]",
         "[metrics]",
+        "[padding]",
         "[bogus]",
         "[peer]",
     ]);

@@ -11,12 +11,14 @@ mod config_tests;
 mod error;
 pub mod keyfile;
 mod parse;
+mod rate;
 mod template;
 mod terms;
 mod validate;
 mod values;
 
 pub use error::ConfigError;
+pub use rate::ByteRate;
 pub use template::default_config_text;
 pub use terms::Terms;
 pub use values::{Anonymity, PUBLIC_KEY_LEN, ParseError, PublicKey};
@@ -50,6 +52,13 @@ pub const MAX_MTU: u32 = 65535;
 pub const DEFAULT_HTTPS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 443);
 
+/// The default link padding rate with `anonymity = "strong"`: 32 KiB/s, about 27 cells a
+/// second each way on every link.
+pub const DEFAULT_PADDING_RATE: ByteRate = ByteRate::per_sec(32 * 1024);
+/// The highest link padding rate: 1 MiB/s. Padding is paced one cell at a time, and
+/// timers are not much finer than the 1.1 ms between cells at this rate.
+pub const MAX_PADDING_RATE: ByteRate = ByteRate::per_sec(1024 * 1024);
+
 /// The default ACME directory: Let's Encrypt's production server.
 pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -80,6 +89,8 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// Prometheus metrics, `[metrics]`.
     pub metrics: MetricsConfig,
+    /// Link padding with `anonymity = "strong"`, `[padding]`.
+    pub padding: PaddingConfig,
 }
 
 /// The `[tun]` table.
@@ -151,6 +162,27 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// The `[padding]` table: cover traffic on links (DESIGN.md §9, §10).
+///
+/// Only a node with `anonymity = "strong"` pads. It sends padding cells on every link at
+/// `rate`, capped by that link's agreement (its terms' average rate), and asks the peer
+/// to pad toward it at the same rate. Padding only tops up: cells that carry traffic
+/// count toward the rate, so a busy link sends no padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaddingConfig {
+    /// Bytes per second of cell frames each way on every link; zero turns padding off.
+    /// At most [`MAX_PADDING_RATE`].
+    pub rate: ByteRate,
+}
+
+impl Default for PaddingConfig {
+    fn default() -> Self {
+        PaddingConfig {
+            rate: DEFAULT_PADDING_RATE,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -164,6 +196,7 @@ impl Default for Config {
             home: HomeConfig::default(),
             peers: Vec::new(),
             metrics: MetricsConfig::default(),
+            padding: PaddingConfig::default(),
         }
     }
 }

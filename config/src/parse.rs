@@ -28,6 +28,7 @@ struct RawTop {
     home: Option<Value>,
     peer: Option<Value>,
     metrics: Option<Value>,
+    padding: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +77,12 @@ struct RawPeer {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPadding {
+    rate: Option<Value>,
 }
 
 /// A table as the user wrote it (`[tun]`, `[[peer]] #2`, or the top level).
@@ -421,6 +428,19 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         let key = Scope::table("metrics").key("listen");
         let text = r.string(&key, v)?;
         config.metrics.listen = Some(r.socket_addr(&key, &text, "\"127.0.0.1:9477\"")?);
+    }
+
+    if let Some(padding) = r.sub_table::<RawPadding>("padding", raw.padding)?
+        && let Some(v) = padding.rate
+    {
+        let key = Scope::table("padding").key("rate");
+        let text = r.string(&key, v)?;
+        config.padding.rate = text.parse().map_err(|e| {
+            r.invalid(
+                &key,
+                format!("{} = {} is not a rate: {e}", key.shown, quote(&text)),
+            )
+        })?;
     }
 
     Ok(config)

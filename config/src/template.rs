@@ -76,6 +76,13 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 [metrics]
 # Prometheus text on a loopback address; unset means no metrics.
 # listen = "127.0.0.1:9477"
+
+[padding]
+# With anonymity = "strong": cover cells each way on every link, so an idle link looks
+# busy. Cells with traffic count toward the rate; padding fills the rest. It is paid
+# from the agreement: never above its terms' average rate (50GiB/30d is about
+# 20KiB/s). Bytes per second, at most 1MiB/s; "0B/s" turns padding off.
+# rate = "32KiB/s"
 "#
     )
 }
@@ -130,6 +137,7 @@ mod tests {
             "# listen = \"127.0.0.1:9477\"",
             "# acme_email = \"ops@example.org\"",
             "# acme_ca = \"/etc/umbra/acme-ca.pem\"",
+            "# rate = \"32KiB/s\"",
         ] {
             assert!(text.contains(example), "{example}");
             let edited = text.replace(example, example.trim_start_matches("# "));

@@ -48,6 +48,9 @@ const BYTE_UNITS: [(&str, u64); 9] = [
     ("TiB", TIB),
 ];
 
+/// The byte units, as error messages list them.
+const BYTE_UNIT_LIST: &str = "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB";
+
 /// Byte units used by `Display`, largest first.
 const CANONICAL_BYTE_UNITS: [(&str, u64); 4] =
     [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)];
@@ -71,6 +74,13 @@ impl Terms {
     pub fn period(&self) -> Duration {
         Duration::from_secs(self.period_secs)
     }
+
+    /// The average rate the terms allow, in bytes per second each way: the bytes per
+    /// period spread evenly over the period (`50GiB/30d` is 20,712 B/s). Link padding
+    /// with `anonymity = "strong"` never goes above it (DESIGN.md §10).
+    pub fn average_bytes_per_sec(&self) -> u64 {
+        self.bytes_per_period / self.period_secs.max(1)
+    }
 }
 
 impl Default for Terms {
@@ -81,22 +91,13 @@ impl Default for Terms {
 
 impl fmt::Display for Terms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.bytes_per_period;
-        let (byte_unit, byte_size) = CANONICAL_BYTE_UNITS
-            .into_iter()
-            .find(|&(_, size)| bytes.is_multiple_of(size))
-            .unwrap_or(("B", 1));
+        fmt_bytes(self.bytes_per_period, f)?;
         let secs = self.period_secs;
         let (period_unit, period_len) = PERIOD_UNITS
             .into_iter()
             .find(|&(_, len)| secs.is_multiple_of(len))
             .unwrap_or(("s", 1));
-        write!(
-            f,
-            "{}{byte_unit}/{}{period_unit}",
-            bytes / byte_size,
-            secs / period_len
-        )
+        write!(f, "/{}{period_unit}", secs / period_len)
     }
 }
 
@@ -109,12 +110,7 @@ impl FromStr for Terms {
                 "{s:?} is not terms: expected <amount>/<period>, such as \"50GiB/30d\""
             )));
         };
-        let bytes_per_period = parse_quantity(
-            amount,
-            &BYTE_UNITS,
-            "amount",
-            "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB",
-        )?;
+        let bytes_per_period = parse_quantity(amount, &BYTE_UNITS, "amount", BYTE_UNIT_LIST)?;
         let period_secs = parse_quantity(period, &PERIOD_UNITS, "period", "s, m, h or d")?;
         Ok(Terms {
             bytes_per_period,
@@ -123,8 +119,38 @@ impl FromStr for Terms {
     }
 }
 
-/// Parses `<digits><unit>` and multiplies out the unit.
+/// Parses `<digits><unit>` and multiplies out the unit; zero is an error.
 fn parse_quantity(
+    text: &str,
+    units: &[(&str, u64)],
+    what: &str,
+    unit_list: &str,
+) -> Result<u64, ParseError> {
+    let value = parse_quantity_or_zero(text, units, what, unit_list)?;
+    if value == 0 {
+        return Err(ParseError(format!(
+            "the {what} {text:?} is zero; it must be above zero"
+        )));
+    }
+    Ok(value)
+}
+
+/// Parses a byte amount such as `32KiB` (the units of [`Terms`]); zero is allowed.
+pub(crate) fn parse_bytes_or_zero(text: &str, what: &str) -> Result<u64, ParseError> {
+    parse_quantity_or_zero(text, &BYTE_UNITS, what, BYTE_UNIT_LIST)
+}
+
+/// Writes `bytes` with the largest binary unit that divides it exactly (else `B`).
+pub(crate) fn fmt_bytes(bytes: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let (unit, size) = CANONICAL_BYTE_UNITS
+        .into_iter()
+        .find(|&(_, size)| bytes != 0 && bytes.is_multiple_of(size))
+        .unwrap_or(("B", 1));
+    write!(f, "{}{unit}", bytes / size)
+}
+
+/// Parses `<digits><unit>` and multiplies out the unit.
+fn parse_quantity_or_zero(
     text: &str,
     units: &[(&str, u64)],
     what: &str,
@@ -155,11 +181,6 @@ fn parse_quantity(
         .map_err(|_| too_large())?
         .checked_mul(scale)
         .ok_or_else(too_large)?;
-    if value == 0 {
-        return Err(ParseError(format!(
-            "the {what} {text:?} is zero; it must be above zero"
-        )));
-    }
     Ok(value)
 }
 
@@ -199,6 +220,17 @@ mod tests {
     fn default_is_50_gib_per_30_days() {
         assert_eq!(Terms::default(), terms(50 << 30, 30 * 86_400));
         assert_eq!(Terms::default().to_string(), "50GiB/30d");
+    }
+
+    #[test]
+    fn average_rate_spreads_the_amount_over_the_period() {
+        assert_eq!(Terms::default().average_bytes_per_sec(), 20_712);
+        assert_eq!(
+            terms(1_000_000_000_000, 30 * 86_400).average_bytes_per_sec(),
+            385_802
+        );
+        assert_eq!(terms(7, 1).average_bytes_per_sec(), 7);
+        assert_eq!(terms(1, 2).average_bytes_per_sec(), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::parse::{Reporter, Scope, quote};
-use crate::{Config, ConfigError, MAX_MTU, MAX_TUN_NAME_LEN, MIN_MTU};
+use crate::{Config, ConfigError, MAX_MTU, MAX_PADDING_RATE, MAX_TUN_NAME_LEN, MIN_MTU};
 
 /// Why an MTU is out of range, or `None` if it is fine.
 pub(crate) fn mtu_problem(mtu: i64) -> Option<String> {
@@ -62,6 +62,17 @@ impl Config {
         self.validate_listen(&r)?;
         self.validate_cover(&r)?;
         self.validate_peers(&r)?;
+
+        if self.padding.rate > MAX_PADDING_RATE {
+            return Err(r.invalid(
+                &Scope::table("padding").key("rate"),
+                format!(
+                    "[padding] rate = \"{}\" is above the maximum {MAX_PADDING_RATE}; padding is \
+                     sent one cell at a time, so it cannot be paced faster",
+                    self.padding.rate
+                ),
+            ));
+        }
 
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()

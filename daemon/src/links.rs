@@ -1,6 +1,17 @@
 //! Links in the daemon: the listeners, the dialers with backoff, the
-//! authorizer that decides from agreements, and the table behind
-//! `umbra peers` (DESIGN.md §4, §5).
+//! authorizer that decides from agreements, link padding for
+//! `anonymity = "strong"`, and the table behind `umbra peers` (DESIGN.md
+//! §4, §5, §9, §10).
+//!
+//! **Padding, paid from the agreement.** A strong node pads its side of
+//! every link at `[padding] rate`, capped by that link's agreement (its
+//! terms' average rate, [`Terms::average_bytes_per_sec`]), and asks the peer
+//! with [`CONTROL_PADDING`] to pad toward it at the same rate. The peer pads
+//! at the asked rate, capped the same way, whatever its own `anonymity`.
+//! Until ledgers exist (DESIGN.md §10) this cap is how "padding paid from
+//! unused agreement quota" is approximated: padding never goes above the
+//! rate the agreement allows on average, but it is not yet counted against
+//! what real traffic left unused in the period.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +46,10 @@ const REDIAL_MAX: Duration = Duration::from_secs(60);
 const LINK_STABLE_AFTER: Duration = Duration::from_secs(30);
 /// LinkControl message: the sender revoked the agreement.
 const CONTROL_REVOKE: &[u8] = b"revoke";
+/// LinkControl message: "pad toward me at this rate", followed by the rate
+/// as a big-endian `u32`, bytes of cell frames per second; 0 stops. Any
+/// other length after the tag is malformed: ignored, counted and logged.
+const CONTROL_PADDING: &[u8] = b"padding";
 
 pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
@@ -59,6 +74,12 @@ struct PeerEntry {
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
     dialing: bool,
+    /// The padding rate the peer asked for on the current link, bytes/s.
+    padding_asked: u32,
+    /// The padding rate this node asked the peer for on the current link.
+    padding_requested: u32,
+    /// Padding requests from the peer that did not parse.
+    padding_malformed: u64,
 }
 
 /// Everything about links that the daemon's tasks share.
@@ -116,10 +137,68 @@ impl Links {
             .clone()
     }
 
-    /// New config on SIGHUP: new `[[peer]]` entries get dialers.
+    /// New config on SIGHUP: new `[[peer]]` entries get dialers, and live
+    /// links follow a changed `anonymity` or `[padding] rate`.
     pub(crate) fn set_config(self: &Arc<Self>, config: Config) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         self.spawn_dialers();
+        self.refresh_padding();
+    }
+
+    /// The padding rate this node wants on every link: `[padding] rate`
+    /// with `anonymity = "strong"`, else 0.
+    fn padding_wanted(&self) -> u32 {
+        let config = self.config();
+        if config.anonymity == umbra_config::Anonymity::Strong {
+            config.padding.rate.bytes_per_sec
+        } else {
+            0
+        }
+    }
+
+    /// The most padding the agreement with `peer` pays for, in bytes/s each
+    /// way: its terms' average rate.
+    fn padding_cap(&self, peer: &[u8; 32]) -> u32 {
+        let rate = self.terms_for(peer).average_bytes_per_sec();
+        u32::try_from(rate).unwrap_or(u32::MAX)
+    }
+
+    /// What to pad at toward `peer`, and what to ask it for: this node's
+    /// own rate and the rate the peer asked for, each capped by the
+    /// agreement.
+    fn padding_rates(&self, peer: &[u8; 32], asked: u32) -> (u32, u32) {
+        padding_rates(self.padding_wanted(), asked, self.padding_cap(peer))
+    }
+
+    /// Applies the current config's padding to every live link (SIGHUP).
+    fn refresh_padding(&self) {
+        let live: Vec<([u8; 32], tio::LinkSender, u32, u32)> = {
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .iter()
+                .filter_map(|(k, e)| {
+                    let s = e.sender.as_ref().filter(|s| !s.is_closed())?;
+                    Some((*k, s.clone(), e.padding_asked, e.padding_requested))
+                })
+                .collect()
+        };
+        for (peer, sender, asked, requested) in live {
+            let (out, request) = self.padding_rates(&peer, asked);
+            sender.set_padding(out);
+            if request != requested {
+                match sender.try_send(padding_request(request)) {
+                    Ok(true) => {
+                        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(e) = peers.get_mut(&peer) {
+                            e.padding_requested = request;
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(peer = %short_key(&peer), "could not send the new padding request; it goes out when the link next comes up")
+                    }
+                }
+            }
+        }
     }
 
     /// Binds every `[listen] https` address and serves it.
@@ -299,6 +378,8 @@ impl Links {
             entry.remote = Some(link.remote);
             entry.observed = link.observed;
             entry.up_since = Some(Instant::now());
+            entry.padding_asked = 0;
+            entry.padding_requested = 0;
             entry.bytes_in.clone()
         };
         tracing::info!(
@@ -310,6 +391,7 @@ impl Links {
         );
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            me.start_padding(&link, generation).await;
             let up = Input::LinkUp {
                 link: generation,
                 peer,
@@ -320,6 +402,45 @@ impl Links {
                 let _ = me.router.send(Input::LinkDown { link: generation }).await;
             }
         });
+    }
+
+    /// On link up: pads this side at this node's own rate and, if that is
+    /// not zero, asks the peer to pad toward it at the same rate.
+    async fn start_padding(&self, link: &Link, generation: u64) {
+        let (out, request) = self.padding_rates(&link.peer, 0);
+        link.sender.set_padding(out);
+        if request == 0 {
+            return;
+        }
+        tracing::info!(peer = %short_key(&link.peer), rate = request, "padding the link, and asking the peer to pad back (bytes/s)");
+        if link.sender.send(padding_request(request)).await.is_ok() {
+            self.with_entry(&link.peer, generation, |e| e.padding_requested = request);
+        }
+    }
+
+    /// The peer asked for padding toward it (`body` is what followed
+    /// [`CONTROL_PADDING`]).
+    fn on_padding_request(&self, link: &Link, generation: u64, body: &[u8]) {
+        let peer = link.peer;
+        let Some(rate) = parse_padding_request(body) else {
+            let count = self
+                .with_entry(&peer, generation, |e| {
+                    e.padding_malformed += 1;
+                    e.padding_malformed
+                })
+                .unwrap_or(1);
+            // The first from this peer is worth a warning; the rest are counted.
+            if count == 1 {
+                tracing::warn!(peer = %short_key(&peer), len = body.len(), "ignoring a malformed padding request");
+            } else {
+                tracing::debug!(peer = %short_key(&peer), len = body.len(), count, "ignoring a malformed padding request");
+            }
+            return;
+        };
+        self.with_entry(&peer, generation, |e| e.padding_asked = rate);
+        let (out, _) = self.padding_rates(&peer, rate);
+        link.sender.set_padding(out);
+        tracing::info!(peer = %short_key(&peer), asked = rate, rate = out, "the peer asked for padding (bytes/s)");
     }
 
     async fn read_link(self: Arc<Self>, mut link: Link, generation: u64, bytes_in: Arc<AtomicU64>) {
@@ -339,6 +460,12 @@ impl Links {
                         }
                         let _ = self.router.send(Input::Edges(self.edges())).await;
                         break "the peer revoked the agreement".to_string();
+                    }
+                    if let Frame::LinkControl(body) = &frame
+                        && let Some(rest) = body.strip_prefix(CONTROL_PADDING)
+                    {
+                        self.on_padding_request(&link, generation, rest);
+                        continue;
                     }
                     let input = match frame {
                         Frame::Cell(cell) => Input::Cell {
@@ -670,6 +797,7 @@ impl Links {
             .map(|(key, e)| {
                 let up = e.sender.as_ref().is_some_and(|s| !s.is_closed());
                 let state = if up { "up" } else if e.dialing { "connecting" } else { "down" };
+                let padding = e.sender.as_ref().filter(|_| up).map(|s| s.padding());
                 json!({
                     "key": hex::encode(key),
                     "address": address::address_for_key(key, self.prefix).to_string(),
@@ -682,6 +810,14 @@ impl Links {
                     "bytes_in": e.bytes_in.load(Ordering::Relaxed),
                     "bytes_out": e.bytes_out,
                     "up_secs": e.up_since.map(|t| t.elapsed().as_secs()),
+                    // Link padding (anonymity = "strong"): the rate this side
+                    // pads at and the rate the peer asked for, in bytes/s, and
+                    // padding frames (1203 bytes each) sent and received.
+                    "padding_rate_out": padding.map(|p| p.rate_out),
+                    "padding_rate_asked": up.then_some(e.padding_asked),
+                    "padding_out": padding.map(|p| p.frames_out),
+                    "padding_in": padding.map(|p| p.frames_in),
+                    "padding_malformed": e.padding_malformed,
                 })
             })
             .collect();
@@ -779,6 +915,9 @@ impl PeerEntry {
             bytes_in: Arc::default(),
             bytes_out: 0,
             dialing: false,
+            padding_asked: 0,
+            padding_requested: 0,
+            padding_malformed: 0,
         }
     }
 }
@@ -793,7 +932,71 @@ fn edge(peer: [u8; 32], terms: Terms) -> Edge {
     }
 }
 
+/// `(pad at, ask the peer for)` on one link, in bytes/s: this node's own
+/// rate (`wanted`, 0 unless strong) and the rate the peer `asked` for, each
+/// capped by what the agreement pays for (`cap`). Both sides pad at the
+/// higher of the two, so a strong node's link is padded both ways.
+fn padding_rates(wanted: u32, asked: u32, cap: u32) -> (u32, u32) {
+    let own = wanted.min(cap);
+    (own.max(asked.min(cap)), own)
+}
+
+/// A [`CONTROL_PADDING`] message asking for `bytes_per_sec`.
+fn padding_request(bytes_per_sec: u32) -> Frame {
+    let mut body = CONTROL_PADDING.to_vec();
+    body.extend_from_slice(&bytes_per_sec.to_be_bytes());
+    Frame::LinkControl(body.into())
+}
+
+/// The rate in a [`CONTROL_PADDING`] message, given what followed the tag;
+/// `None` if it is not exactly a `u32`.
+fn parse_padding_request(rest: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(rest).ok().map(u32::from_be_bytes)
+}
+
 /// The first 8 hex digits of a key, for logs.
 pub(crate) fn short_key(k: &[u8; 32]) -> String {
     hex::encode(&k[..4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_requests_round_trip_and_bad_lengths_are_refused() {
+        for rate in [0, 1, 32 * 1024, u32::MAX] {
+            let Frame::LinkControl(body) = padding_request(rate) else {
+                panic!("not a LinkControl frame");
+            };
+            let rest = body.strip_prefix(CONTROL_PADDING).expect("tag");
+            assert_eq!(parse_padding_request(rest), Some(rate));
+        }
+        for bad in [&b""[..], b"\x00", b"\x00\x00\x80", b"\x00\x00\x80\x00\x00"] {
+            assert_eq!(parse_padding_request(bad), None, "{bad:?}");
+        }
+        // The revoke message is not a padding request.
+        assert!(CONTROL_REVOKE.strip_prefix(CONTROL_PADDING).is_none());
+    }
+
+    #[test]
+    fn padding_is_the_higher_wish_capped_by_the_agreement() {
+        const K64: u32 = 64 * 1024;
+        let cap = |terms: &str| {
+            let t: Terms = terms.parse().expect("terms");
+            u32::try_from(t.average_bytes_per_sec()).unwrap_or(u32::MAX)
+        };
+        let (big, small) = (cap("1TB/30d"), cap("50GiB/30d"));
+        assert_eq!((big, small), (385_802, 20_712));
+        // A strong node with room in the agreement pads and asks at its rate.
+        assert_eq!(padding_rates(K64, 0, big), (K64, K64));
+        // The default terms pay for about 20 KiB/s: both are capped there.
+        assert_eq!(padding_rates(K64, 0, small), (small, small));
+        // A balanced node pads only as asked, capped by the agreement.
+        assert_eq!(padding_rates(0, K64, big), (K64, 0));
+        assert_eq!(padding_rates(0, u32::MAX, small), (small, 0));
+        // Two strong nodes pad at the higher rate; 0 asks for nothing.
+        assert_eq!(padding_rates(K64, 2 * K64, big), (2 * K64, K64));
+        assert_eq!(padding_rates(0, 0, big), (0, 0));
+    }
 }

@@ -6,11 +6,14 @@
 //!   wakeup into [`FrameEncoder`] flushes of a random size (so TLS record
 //!   sizes do not cluster on the cell size; the encoder pads its first
 //!   flushes and every short one, so a lone cell or keepalive never makes
-//!   a constant record size either), and adds a keepalive at jittered
-//!   intervals;
+//!   a constant record size either), adds a keepalive at jittered
+//!   intervals, and, when the daemon sets a rate with
+//!   [`LinkSender::set_padding`], tops cell frames up to that rate with
+//!   cell-sized padding frames ([`PaddingPacer`]);
 //! - the **reader** decodes the peer's frames, drops keepalives and
-//!   padding, and ends the link when the stream ends, breaks, or goes
-//!   silent for [`LinkSettings::dead_after`].
+//!   padding (counting the peer's cell-sized padding), and ends the link
+//!   when the stream ends, breaks, or goes silent for
+//!   [`LinkSettings::dead_after`].
 //!
 //! Closing: a side whose senders are all dropped ends its stream (HTTP/2
 //! `END_STREAM`); the peer's reader then reports [`LinkEnded::Closed`],
@@ -19,6 +22,7 @@
 //! the link: incoming frames are then discarded.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,13 +31,14 @@ use hyper::body::Incoming;
 use rand_core::{OsRng, RngCore};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::proto::frame::{
     CELL_LEN, FRAME_PAYLOAD_MAX_LEN, FRAME_WIRE_MAX_LEN, Frame, FrameDecoder, FrameEncoder,
     FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN,
 };
+use crate::proto::padding::PaddingPacer;
 
 /// Length of an encoded observed address: a 16-byte IPv6 address
 /// (IPv4-mapped for IPv4) and a big-endian `u16` port.
@@ -176,6 +181,30 @@ pub enum LinkSendError {
 #[derive(Debug, Clone)]
 pub struct LinkSender {
     tx: mpsc::Sender<Frame>,
+    /// The padding rate the writer follows, in bytes per second; 0 is off.
+    padding_rate: Arc<watch::Sender<u32>>,
+    padding: Arc<PaddingCounters>,
+}
+
+/// Padding frames of one link, counted by its writer and reader.
+#[derive(Debug, Default)]
+struct PaddingCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// Link padding on one link, as [`LinkSender::padding`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PaddingStats {
+    /// The rate this side pads at, in bytes of cell frames per second; 0 is
+    /// off.
+    pub rate_out: u32,
+    /// Padding frames sent, each the size of a cell frame
+    /// ([`CELL_FRAME_WIRE_LEN`](crate::proto::padding::CELL_FRAME_WIRE_LEN)
+    /// bytes).
+    pub frames_out: u64,
+    /// Cell-sized padding frames received from the peer and discarded.
+    pub frames_in: u64,
 }
 
 impl LinkSender {
@@ -200,6 +229,27 @@ impl LinkSender {
     /// Whether the link's writer has stopped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Pads this side of the link at `bytes_per_sec` of cell frames from now
+    /// on (DESIGN.md §9 `"strong"`); 0 stops padding. Cells sent count
+    /// toward the rate, so padding only fills what they leave
+    /// ([`PaddingPacer`]). The rate takes effect at once, for every clone.
+    pub fn set_padding(&self, bytes_per_sec: u32) {
+        self.padding_rate.send_if_modified(|rate| {
+            let changed = *rate != bytes_per_sec;
+            *rate = bytes_per_sec;
+            changed
+        });
+    }
+
+    /// The padding rate and the padding frames sent and received so far.
+    pub fn padding(&self) -> PaddingStats {
+        PaddingStats {
+            rate_out: *self.padding_rate.borrow(),
+            frames_out: self.padding.sent.load(Ordering::Relaxed),
+            frames_in: self.padding.received.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -299,11 +349,15 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     let (frame_tx, frame_rx) = mpsc::channel(settings.send_queue_frames.max(1));
     let (recv_tx, recv_rx) = mpsc::channel(settings.receive_queue_frames.max(1));
     let stop_writer = Arc::new(Notify::new());
+    let (rate_tx, rate_rx) = watch::channel(0);
+    let padding = Arc::new(PaddingCounters::default());
     tokio::spawn(writer(
         frame_rx,
         start.outgoing,
         settings.clone(),
         stop_writer.clone(),
+        rate_rx,
+        padding.clone(),
     ));
     tokio::spawn(reader(
         start.incoming,
@@ -312,6 +366,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
         settings.dead_after(),
         stop_writer,
         start.close_connection,
+        padding.clone(),
     ));
     Link {
         peer: start.peer,
@@ -320,7 +375,11 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
         app_payload: start.app_payload,
         handshake_hash: start.handshake_hash,
         direction: start.direction,
-        sender: LinkSender { tx: frame_tx },
+        sender: LinkSender {
+            tx: frame_tx,
+            padding_rate: Arc::new(rate_tx),
+            padding,
+        },
         receiver: LinkReceiver {
             rx: recv_rx,
             ended: None,
@@ -328,35 +387,65 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     }
 }
 
-/// Coalesces queued frames into writes and adds jittered keepalives. Ends
-/// (closing this direction cleanly) when every [`LinkSender`] is gone, when
-/// the reader says the link is over, or when HTTP/2 drops the stream.
+/// Coalesces queued frames into writes, adds jittered keepalives, and pads
+/// at the rate [`LinkSender::set_padding`] set. Ends (closing this direction
+/// cleanly) when every [`LinkSender`] is gone, when the reader says the link
+/// is over, or when HTTP/2 drops the stream.
 async fn writer(
     mut frames: mpsc::Receiver<Frame>,
     out: mpsc::Sender<Bytes>,
     settings: LinkSettings,
     stop: Arc<Notify>,
+    mut padding_rate: watch::Receiver<u32>,
+    counters: Arc<PaddingCounters>,
 ) {
     let mut rng = OsRng;
     let mut enc = FrameEncoder::new(&mut rng);
     let mut next_keepalive = Instant::now() + settings.keepalive_interval();
+    let mut pacer: Option<PaddingPacer> = None;
+    let mut rate_open = true;
+    let mut pad = [0u8; CELL_LEN];
     loop {
+        let pad_at = pacer
+            .as_ref()
+            .map_or(next_keepalive, |p| Instant::from_std(p.poll_timeout()));
         tokio::select! {
             biased;
             () = out.closed() => return,
             () = stop.notified() => return,
             frame = frames.recv() => {
                 let Some(frame) = frame else { return };
-                queue(&mut enc, &frame);
+                queue(&mut enc, &frame, pacer.as_mut());
                 while enc.pending_len() < COALESCE_MAX_LEN {
                     match frames.try_recv() {
-                        Ok(frame) => queue(&mut enc, &frame),
+                        Ok(frame) => queue(&mut enc, &frame, pacer.as_mut()),
                         Err(_) => break,
                     }
                 }
             }
+            changed = padding_rate.changed(), if rate_open => {
+                if changed.is_ok() {
+                    let rate = *padding_rate.borrow_and_update();
+                    pacer = PaddingPacer::new(rate, Instant::now().into_std());
+                } else {
+                    rate_open = false;
+                }
+            }
+            () = tokio::time::sleep_until(pad_at), if pacer.is_some() => {
+                if let Some(p) = pacer.as_mut()
+                    && p.poll_padding(Instant::now().into_std())
+                {
+                    // A cell frame in all but its type byte. The payload is
+                    // random like the encoder's own padding, though TLS
+                    // hides it anyway.
+                    rng.fill_bytes(&mut pad);
+                    if enc.queue(FrameType::Padding, &pad).is_ok() {
+                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             () = tokio::time::sleep_until(next_keepalive) => {
-                queue(&mut enc, &Frame::Keepalive);
+                queue(&mut enc, &Frame::Keepalive, None);
                 next_keepalive = Instant::now() + settings.keepalive_interval();
             }
         }
@@ -374,10 +463,14 @@ async fn writer(
 }
 
 /// Queues one frame; [`LinkSender`] already checked it, so this cannot
-/// fail.
-fn queue(enc: &mut FrameEncoder, frame: &Frame) {
+/// fail. A cell fills the padding pacer's current slot.
+fn queue(enc: &mut FrameEncoder, frame: &Frame, pacer: Option<&mut PaddingPacer>) {
     if let Err(e) = enc.queue(frame.frame_type(), frame.payload()) {
         tracing::warn!(error = %e, "dropping a frame the link sender should have refused");
+        return;
+    }
+    if let (Frame::Cell(_), Some(p)) = (frame, pacer) {
+        p.on_cell(Instant::now().into_std());
     }
 }
 
@@ -391,10 +484,11 @@ async fn reader(
     dead_after: Duration,
     stop_writer: Arc<Notify>,
     close_connection: CloseConnection,
+    padding: Arc<PaddingCounters>,
 ) {
     let mut dec = FrameDecoder::new();
     let end: Result<std::convert::Infallible, LinkEnded> = async {
-        feed(&mut dec, &already_read, &out).await?;
+        feed(&mut dec, &already_read, &out, &padding).await?;
         let mut deadline = Instant::now() + dead_after;
         loop {
             let frame = tokio::select! {
@@ -408,7 +502,7 @@ async fn reader(
                 Some(Err(e)) => return Err(LinkEnded::Transport(e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        feed(&mut dec, &data, &out).await?;
+                        feed(&mut dec, &data, &out, &padding).await?;
                         deadline = Instant::now() + dead_after;
                     }
                 }
@@ -424,12 +518,14 @@ async fn reader(
 }
 
 /// Pushes received bytes through the decoder and hands whole frames on
-/// (dropping them if nobody receives any more). `Ok(())` means "keep
-/// reading"; an `Err` ends the link.
+/// (dropping them if nobody receives any more). Padding never reaches the
+/// daemon: the decoder skips it, and the peer's cell-sized padding is
+/// counted. `Ok(())` means "keep reading"; an `Err` ends the link.
 async fn feed(
     dec: &mut FrameDecoder,
     data: &[u8],
     out: &mpsc::Sender<Result<Frame, LinkEnded>>,
+    padding: &PaddingCounters,
 ) -> Result<(), LinkEnded> {
     // Chunks this size always fit the decoder once it is drained.
     for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
@@ -442,6 +538,9 @@ async fn feed(
             let _ = out.send(Ok(frame)).await;
         }
     }
+    padding
+        .received
+        .store(dec.cover_frames(), Ordering::Relaxed);
     Ok(())
 }
 

@@ -183,6 +183,7 @@ pub struct FrameDecoder {
     buf: BytesMut,
     unknown_frames: u64,
     padding_frames: u64,
+    cover_frames: u64,
 }
 
 impl FrameDecoder {
@@ -231,6 +232,9 @@ impl FrameDecoder {
                 Some(FrameType::Keepalive) => Frame::Keepalive,
                 Some(FrameType::Padding) => {
                     self.padding_frames += 1;
+                    if payload_len == CELL_LEN {
+                        self.cover_frames += 1;
+                    }
                     continue;
                 }
                 None => {
@@ -254,6 +258,13 @@ impl FrameDecoder {
     /// Padding frames skipped so far.
     pub fn padding_frames(&self) -> u64 {
         self.padding_frames
+    }
+
+    /// Of [`FrameDecoder::padding_frames`], those the size of a cell frame: the link
+    /// padding of `anonymity = "strong"` (`proto::padding`), as opposed to the short
+    /// padding the encoder adds to writes.
+    pub fn cover_frames(&self) -> u64 {
+        self.cover_frames
     }
 }
 

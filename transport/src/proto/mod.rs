@@ -1,4 +1,4 @@
-//! Sans-IO protocol parts of links: handshake, framing, invite tokens.
+//! Sans-IO protocol parts of links: handshake, framing, padding, invite tokens.
 //!
 //! Nothing here does I/O, reads the clock or spawns tasks: callers pass bytes,
 //! `now_unix` and random sources in, and get bytes and typed results out
@@ -11,3 +11,4 @@ mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod invite;
+pub mod padding;
