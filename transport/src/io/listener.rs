@@ -35,6 +35,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -673,15 +674,7 @@ async fn handle_connection(
         b.timer(TokioTimer::new())
             .auto_date_header(false)
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
-        let conn = b.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = close.notified() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(LINK_CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
-            }
-        }
+        serve_until_closed(b.serve_connection(io, service), &close).await
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -689,18 +682,27 @@ async fn handle_connection(
             .auto_date_header(false)
             .preserve_header_case(true)
             .title_case_headers(true);
-        let conn = b.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            () = close.notified() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(LINK_CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
-            }
-        }
+        serve_until_closed(b.serve_connection(io, service), &close).await
     };
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Serves one HTTP connection until it ends or `close` is notified (its link
+/// closed); then shuts it down gracefully, waiting at most
+/// [`LINK_CLOSE_GRACE`].
+async fn serve_until_closed<C>(conn: C, close: &Notify) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = close.notified() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(LINK_CLOSE_GRACE, conn).await.unwrap_or(Ok(()))
+        }
     }
 }
 
