@@ -16,8 +16,8 @@ use crate::cell::{
     Reason, RelayMsg, RelayWriter, relay_messages,
 };
 use crate::crypto::{
-    self, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern, HandshakeResponder, Identity,
-    KEY_LEN,
+    self, CryptoError, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern, HandshakeResponder,
+    Identity, KEY_LEN,
 };
 use crate::session::{Progress, QueueError, RxDrop};
 
@@ -40,6 +40,20 @@ fn pattern_of(t: HandshakeType) -> HandshakePattern {
     match t {
         HandshakeType::Nk => HandshakePattern::Nk,
         HandshakeType::Ik => HandshakePattern::Ik,
+    }
+}
+
+/// The start of the origin's handshake with one hop.
+struct HopStart {
+    handshake_type: HandshakeType,
+    init: HandshakeInitiator,
+    msg1: [u8; HANDSHAKE_BUF_LEN],
+    len: usize,
+}
+
+impl HopStart {
+    fn msg1(&self) -> &[u8] {
+        &self.msg1[..self.len]
     }
 }
 
@@ -234,20 +248,13 @@ impl CircuitCore {
         let circ_id = self
             .alloc_circ_id(link, &first)
             .ok_or(BuildError::NoCircuitId)?;
-        let handshake_type = if path.len() == 1 && !prefix {
-            HandshakeType::Ik
-        } else {
-            HandshakeType::Nk
-        };
-        let mut init = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, &first)?;
-        let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
-        let n = init.write_msg1(&self.hop_offer(handshake_type), &mut msg1)?;
+        let hop = self.start_hop(&first, path.len() == 1 && !prefix)?;
         self.push_cell(
             link,
             circ_id,
             CellBody::Create {
-                handshake_type,
-                handshake: &msg1[..n],
+                handshake_type: hop.handshake_type,
+                handshake: hop.msg1(),
             },
         );
         let id = self.new_circuit_id();
@@ -261,7 +268,7 @@ impl CircuitCore {
                     prefix,
                     first: (link, circ_id),
                     hops: Vec::with_capacity(MAX_PATH_HOPS),
-                    pending: Some(init),
+                    pending: Some(hop.init),
                     deadline: now + self.config.build_timeout,
                     end: Endpoint::new(destination, self.prefix, self.config.send_queue_bytes),
                 })),
@@ -469,6 +476,15 @@ impl CircuitCore {
             .map(|(&id, c)| self.info(id, c))
     }
 
+    /// Whether `id` is an open circuit this node originated (or a prefix)
+    /// with every hop built. Cheaper than [`Self::circuit`].
+    pub fn is_built(&self, id: CircuitId) -> bool {
+        matches!(
+            self.circuits.get(&id),
+            Some(Circuit { role: Role::Origin(o), closed: false, .. }) if o.built()
+        )
+    }
+
     /// What this node knows of one open circuit.
     pub fn circuit(&self, id: CircuitId) -> Option<CircuitInfo> {
         self.circuits
@@ -549,14 +565,28 @@ impl CircuitCore {
         None
     }
 
-    /// The payload of message 1: offered versions, and for IK the origin's
-    /// Ed25519 identity (its X25519 form alone does not give the address).
-    fn hop_offer(&self, t: HandshakeType) -> Vec<u8> {
-        let mut p = vec![SUPPORTED_VERSIONS];
-        if t == HandshakeType::Ik {
-            p.extend_from_slice(&self.public);
-        }
-        p
+    /// Starts the handshake with the next hop `node`: `IK` when it is the
+    /// destination (`last`), else `NK`. Returns the type, the initiator and
+    /// message 1 (its first `n` bytes). Message 1's payload offers the
+    /// versions, and for IK carries the origin's Ed25519 identity (its
+    /// X25519 form alone does not give the address).
+    fn start_hop(&self, node: &[u8; KEY_LEN], last: bool) -> Result<HopStart, CryptoError> {
+        let (handshake_type, offer_len) = if last {
+            (HandshakeType::Ik, 1 + KEY_LEN)
+        } else {
+            (HandshakeType::Nk, 1)
+        };
+        let mut offer = [SUPPORTED_VERSIONS; 1 + KEY_LEN];
+        offer[1..].copy_from_slice(&self.public);
+        let mut init = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, node)?;
+        let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
+        let len = init.write_msg1(&offer[..offer_len], &mut msg1)?;
+        Ok(HopStart {
+            handshake_type,
+            init,
+            msg1,
+            len,
+        })
     }
 
     fn push_cell(&mut self, link: LinkId, circ_id: u32, body: CellBody<'_>) {
@@ -783,19 +813,13 @@ impl CircuitCore {
         let Some(&node) = o.path.get(i) else {
             return;
         };
-        let handshake_type = if i + 1 == o.path.len() && !o.prefix {
-            HandshakeType::Ik
-        } else {
-            HandshakeType::Nk
-        };
-        let offer = self.hop_offer(handshake_type);
-        let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
-        let started = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, &node)
-            .and_then(|mut init| {
-                let n = init.write_msg1(&offer, &mut msg1)?;
-                Ok((init, n))
-            });
-        let Ok((init, n)) = started else {
+        let Ok(HopStart {
+            handshake_type,
+            init,
+            msg1,
+            len,
+        }) = self.start_hop(&node, i + 1 == o.path.len() && !o.prefix)
+        else {
             self.close(id, Reason::Internal, None);
             return;
         };
@@ -807,7 +831,7 @@ impl CircuitCore {
             &RelayMsg::Extend {
                 node,
                 handshake_type,
-                handshake: &msg1[..n],
+                handshake: &msg1[..len],
             },
         );
     }
