@@ -143,7 +143,7 @@ impl Dest {
     fn rotate(&mut self, circuits: &CircuitCore, now: Instant) {
         if let (Some((_, at)), Some((next, _))) = (self.current, self.next)
             && now >= at
-            && circuits.circuit(next).is_some_and(|c| c.built)
+            && circuits.is_built(next)
         {
             self.current = self.next.take();
         }
@@ -163,7 +163,6 @@ struct OriginCircuit {
 struct Pooled {
     id: CircuitId,
     path: Vec<[u8; KEY_LEN]>,
-    built: bool,
     since: Instant,
 }
 
@@ -408,9 +407,6 @@ impl RouterCore {
         {
             return Err(d.error.clone().unwrap_or_default());
         }
-        let t = now.mono;
-        self.avoid_nodes.retain(|_, until| *until > t);
-        self.avoid_edges.retain(|_, until| *until > t);
         let started = match self.start_from_pool(now, dest) {
             Some(started) => Ok(started),
             None => {
@@ -449,7 +445,7 @@ impl RouterCore {
             return None;
         }
         let (i, rest) = {
-            let avoid = avoider(&self.avoid_nodes, &self.avoid_edges);
+            let avoid = avoider(&self.avoid_nodes, &self.avoid_edges, now.mono);
             let req = PathRequest {
                 origin: self.key,
                 destination: *dest,
@@ -459,9 +455,11 @@ impl RouterCore {
                 avoid: &avoid,
             };
             self.pool.iter().enumerate().find_map(|(i, p)| {
-                let usable = p.built
+                // A prefix through a node now avoided waits for a later
+                // destination or its age limit.
+                let usable = self.circuits.is_built(p.id)
                     && Some(p.path[0]) == self.home
-                    && !p.path.iter().any(|k| self.avoid_nodes.contains_key(k));
+                    && !p.path.windows(2).any(|w| avoid(&w[0], &w[1]));
                 usable
                     .then(|| path::complete(self.graph.graph(), &req, &p.path, &mut *self.rng))
                     .flatten()
@@ -493,7 +491,7 @@ impl RouterCore {
             anonymity: self.anonymity,
             home: self.home,
             live: &|k| links.values().any(|p| p == k),
-            avoid: &avoider(&self.avoid_nodes, &self.avoid_edges),
+            avoid: &avoider(&self.avoid_nodes, &self.avoid_edges, now.mono),
         };
         let path =
             path::choose(self.graph.graph(), &req, &mut *self.rng).map_err(|e| e.to_string())?;
@@ -519,7 +517,7 @@ impl RouterCore {
                 self.key,
                 self.home,
                 &|k| links.values().any(|p| p == k),
-                &avoider(&self.avoid_nodes, &self.avoid_edges),
+                &avoider(&self.avoid_nodes, &self.avoid_edges, now.mono),
                 &mut *self.rng,
             );
             let started = prefix
@@ -533,7 +531,6 @@ impl RouterCore {
             self.pool.push(Pooled {
                 id,
                 path,
-                built: false,
                 since: now.mono,
             });
         }
@@ -568,6 +565,9 @@ impl RouterCore {
 
     /// Forgets idle flows and closes rotated-out circuits that no flow uses.
     fn sweep(&mut self, now: Now) {
+        let t = now.mono;
+        self.avoid_nodes.retain(|_, until| *until > t);
+        self.avoid_edges.retain(|_, until| *until > t);
         let mut close = Vec::new();
         for d in self.dests.values_mut() {
             d.flows
@@ -640,6 +640,7 @@ impl RouterCore {
     fn drain_events(&mut self, now: Now) {
         while let Some(ev) = self.circuits.poll_event() {
             match &ev {
+                CircuitEvent::PrefixBuilt { .. } => {}
                 CircuitEvent::Built { circuit, .. } => {
                     if let Some(d) = self
                         .origin_of
@@ -647,11 +648,6 @@ impl RouterCore {
                         .and_then(|o| self.dests.get_mut(&o.dest))
                     {
                         d.failed_until = None;
-                    }
-                }
-                CircuitEvent::PrefixBuilt { circuit } => {
-                    if let Some(p) = self.pool.iter_mut().find(|p| p.id == *circuit) {
-                        p.built = true;
                     }
                 }
                 CircuitEvent::Incoming { circuit, origin } => {
@@ -905,10 +901,12 @@ pub fn flow_hash(packet: &[u8]) -> u64 {
 }
 
 /// Path selection's "avoid for now" test over the router's tables: the node
-/// `b`, or the edge `a → b`.
+/// `b`, or the edge `a → b`, while its time has not run out at `now`.
 fn avoider<'a>(
     nodes: &'a HashMap<[u8; KEY_LEN], Instant>,
     edges: &'a HashMap<([u8; KEY_LEN], [u8; KEY_LEN]), Instant>,
+    now: Instant,
 ) -> impl Fn(&[u8; KEY_LEN], &[u8; KEY_LEN]) -> bool + 'a {
-    move |a, b| nodes.contains_key(b) || edges.contains_key(&(*a, *b))
+    let live = move |until: Option<&Instant>| until.is_some_and(|t| *t > now);
+    move |a, b| live(nodes.get(b)) || live(edges.get(&(*a, *b)))
 }
