@@ -1074,7 +1074,7 @@ mod tests {
 
     use rand_core::RngCore;
     use umbra_routing::Identity;
-    use umbra_routing::graph::{Ed25519Verifier, Edge, Graph, NodeRecord, Time};
+    use umbra_routing::graph::{Graph, Time};
     use umbra_routing::path::{Anonymity, MIN_RELAYS_BALANCED, PathRequest, choose};
 
     use super::{DESTINATION, EDGES, HOME, NODES, ORIGIN};
@@ -1108,29 +1108,12 @@ mod tests {
     /// no repeats; and the random walk really chooses between two paths.
     #[test]
     fn demo_overlay_always_has_a_balanced_path() {
-        let now = Time::from_unix_secs(1_700_000_000);
         let ids: Vec<Identity> = (0..NODES.len())
             .map(|i| Identity::from_seed(&[i as u8 + 1; 32]))
             .collect();
         let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
-        let mut g = Graph::new();
-        for (i, id) in ids.iter().enumerate() {
-            let peers: Vec<Edge> = EDGES
-                .iter()
-                .filter_map(|&(a, b)| match (a == i, b == i) {
-                    (true, _) => Some(b),
-                    (_, true) => Some(a),
-                    _ => None,
-                })
-                .map(|j| Edge {
-                    peer: keys[j],
-                    capacity: 1,
-                })
-                .collect();
-            let rec = NodeRecord::sign(id, 1, now.unix_secs() + 3600, 0, &peers).expect("record");
-            g.insert(std::sync::Arc::new(rec), now, &Ed25519Verifier)
-                .expect("insert");
-        }
+        let now = Time::from_unix_secs(1_700_000_000);
+        let g = Graph::from_topology(&ids, &EDGES, now).expect("graph");
         let live = |_: &[u8; 32]| true;
         let req = PathRequest {
             origin: keys[ORIGIN],

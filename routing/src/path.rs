@@ -260,7 +260,7 @@ fn step(
 mod tests {
     use super::*;
     use crate::crypto::Identity;
-    use crate::graph::{Ed25519Verifier, Edge, NodeRecord, Time};
+    use crate::graph::Time;
 
     struct Lcg(u64);
     impl RngCore for Lcg {
@@ -287,30 +287,12 @@ mod tests {
 
     /// A graph of `n` nodes with `edges` (both ends list each edge).
     fn graph(n: usize, edges: &[(usize, usize)]) -> (Graph, Vec<Key>) {
-        let now = Time::from_unix_secs(1_700_000_000);
         let ids: Vec<Identity> = (0..n)
             .map(|i| Identity::from_seed(&[i as u8 + 1; 32]))
             .collect();
-        let keys: Vec<Key> = ids.iter().map(Identity::public).collect();
-        let mut g = Graph::new();
-        for (i, id) in ids.iter().enumerate() {
-            let peers: Vec<Edge> = edges
-                .iter()
-                .filter_map(|&(a, b)| match (a == i, b == i) {
-                    (true, _) => Some(b),
-                    (_, true) => Some(a),
-                    _ => None,
-                })
-                .map(|j| Edge {
-                    peer: keys[j],
-                    capacity: 1,
-                })
-                .collect();
-            let rec = NodeRecord::sign(id, 1, now.unix_secs() + 3600, 0, &peers).expect("record");
-            g.insert(std::sync::Arc::new(rec), now, &Ed25519Verifier)
-                .expect("insert");
-        }
-        (g, keys)
+        let now = Time::from_unix_secs(1_700_000_000);
+        let g = Graph::from_topology(&ids, edges, now).expect("graph");
+        (g, ids.iter().map(Identity::public).collect())
     }
 
     fn req<'a>(
@@ -349,10 +331,11 @@ mod tests {
     }
 
     #[test]
-    fn balanced_paths_start_at_home_and_never_repeat() {
+    fn balanced_paths_start_at_home_never_repeat_and_vary() {
         let (g, keys) = grid();
         let live = |_: &Key| true;
         let mut rng = Lcg(7);
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             let p = choose(
                 &g,
@@ -361,7 +344,9 @@ mod tests {
             )
             .expect("path");
             assert_valid(&g, &keys, &p, 15);
+            seen.insert(p);
         }
+        assert!(seen.len() >= 5, "only {} distinct paths", seen.len());
     }
 
     /// `p` (from node 0) starts at the home node 1, ends at `dest`, has
@@ -443,24 +428,6 @@ mod tests {
             &mut rng,
         );
         assert_eq!(err, Err(PathError::NoWalk));
-    }
-
-    #[test]
-    fn balanced_paths_vary() {
-        let (g, keys) = grid();
-        let live = |_: &Key| true;
-        let mut rng = Lcg(11);
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..200 {
-            let p = choose(
-                &g,
-                &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
-                &mut rng,
-            )
-            .expect("path");
-            seen.insert(p);
-        }
-        assert!(seen.len() >= 5, "only {} distinct paths", seen.len());
     }
 
     #[test]

@@ -40,7 +40,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use rand_core::RngCore;
 use serde_json::{Value, json};
 use umbra_routing::Identity;
 use umbra_routing::graph::Graph;
@@ -75,28 +74,6 @@ const ENTROPY_DRAWS: usize = 2_000;
 const MIN_RELAYS: usize = 3;
 
 type Key = [u8; 32];
-
-/// The simulation's seeded RNG, as `path::choose` takes it.
-struct PathRng(Rng);
-
-impl RngCore for PathRng {
-    fn next_u32(&mut self) -> u32 {
-        (self.0.next_u64() >> 32) as u32
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let bytes = self.0.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
 
 /// A signed graph and the node numbering the test uses.
 struct Net {
@@ -161,7 +138,7 @@ fn path(
     destination: usize,
     home: usize,
     anonymity: Anonymity,
-    rng: &mut PathRng,
+    rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
     let req = PathRequest {
@@ -189,7 +166,7 @@ fn pooled_path(
     origin: usize,
     destination: usize,
     home: usize,
-    rng: &mut PathRng,
+    rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
     let req = PathRequest {
@@ -230,7 +207,7 @@ fn circuits(
     pairs: &[(usize, usize)],
     homes: &[usize],
     anonymity: Anonymity,
-    rng: &mut PathRng,
+    rng: &mut Rng,
     seed: u64,
 ) -> Vec<Circuit> {
     pairs
@@ -468,7 +445,7 @@ fn pair_entropy(
     origin: usize,
     destination: usize,
     home: usize,
-    rng: &mut PathRng,
+    rng: &mut Rng,
     seed: u64,
 ) -> PairEntropy {
     let mut paths = BTreeMap::new();
@@ -599,7 +576,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         })
         .collect();
 
-    let mut path_rng = PathRng(rng.fork());
+    let mut path_rng = rng.fork();
     let balanced = circuits(
         &net,
         &pairs,
@@ -669,7 +646,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
 
     // Balanced circuits as the router builds them from its pool. Their own
     // RNGs, so the figures above stay what they were.
-    let mut pool_rng = PathRng(Rng::new(seed ^ 0x9001));
+    let mut pool_rng = Rng::new(seed ^ 0x9001);
     let pooled: Vec<Circuit> = pairs
         .iter()
         .map(|&(origin, destination)| Circuit {

@@ -30,11 +30,11 @@ use umbra_routing::cell::{CELL_LEN, Reason};
 use umbra_routing::circuit::{
     BuildError, CircuitConfig, CircuitCore, CircuitEvent, CircuitId, Delivered, SendError,
 };
-use umbra_routing::graph::{Ed25519Verifier, Edge, Graph, NodeRecord, RECORD_LIFETIME};
+use umbra_routing::graph::Graph;
 use umbra_routing::session::{IPV6_HEADER_LEN, MAX_PACKET_LEN};
 use umbra_routing::{Identity, address};
 
-use super::graph_node::{SIM_EPOCH, to_time};
+use super::graph_node::to_time;
 use super::{Rng, SimNode, SimTime};
 
 /// The address prefix of every simulated node (DESIGN.md §3's default).
@@ -765,26 +765,6 @@ impl SimNode for CircuitNode {
 /// The graph every node holds: each node's record, signed by its identity,
 /// listing its agreements in `topology` (node index pairs).
 pub fn signed_graph(identities: &[Identity], topology: &[(usize, usize)]) -> Graph {
-    let now = to_time(Duration::ZERO);
-    let expiry = (SIM_EPOCH + RECORD_LIFETIME).unix_secs();
-    let keys: Vec<[u8; 32]> = identities.iter().map(Identity::public).collect();
-    let mut g = Graph::new();
-    for (i, id) in identities.iter().enumerate() {
-        let edges: Vec<Edge> = topology
-            .iter()
-            .filter_map(|&(a, b)| match (a == i, b == i) {
-                (true, _) => Some(b),
-                (_, true) => Some(a),
-                _ => None,
-            })
-            .map(|p| Edge {
-                peer: keys[p],
-                capacity: 1,
-            })
-            .collect();
-        let rec = NodeRecord::sign(id, 1, expiry, 0, &edges).expect("simulated edges are valid");
-        g.insert(std::sync::Arc::new(rec), now, &Ed25519Verifier)
-            .expect("a fresh signed record");
-    }
-    g
+    Graph::from_topology(identities, topology, to_time(Duration::ZERO))
+        .expect("simulated edges are valid")
 }

@@ -132,6 +132,27 @@ impl Rng {
     }
 }
 
+/// The same stream for code that takes a `rand_core` RNG (path selection,
+/// the router), so a seed fixes its choices too.
+impl rand_core::RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        (Rng::next_u64(self) >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        Rng::next_u64(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = Rng::next_u64(self).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
 /// A sans-IO core with links, as the simulation drives it. Links are named
 /// by the simulation's link index, nodes by their index.
 pub trait SimNode {

@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use rand_core::RngCore;
 use umbra_routing::address::address_for_key;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::graph::Edge;
@@ -30,29 +29,6 @@ pub enum RouterMsg {
     Cell(Box<[u8; CELL_LEN]>),
     /// An encoded graph message.
     Graph(Vec<u8>),
-}
-
-/// The simulation's RNG as the router's randomness (paths, rotation), so a
-/// seed fixes every choice the router makes.
-struct SimRng(Rng);
-
-impl RngCore for SimRng {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u64() as u32
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let word = self.0.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
 }
 
 /// A [`RouterCore`] driven by the simulation, with a TUN log.
@@ -97,8 +73,8 @@ impl RouterNode {
             mono: base,
             wall: to_time(SimTime::ZERO),
         };
-        let mut core = RouterCore::new(identity, PREFIX, now, &edges, None, Box::new(SimRng(rng)))
-            .expect("router");
+        let mut core =
+            RouterCore::new(identity, PREFIX, now, &edges, None, Box::new(rng)).expect("router");
         core.set_policy(anonymity, home);
         RouterNode {
             core,

@@ -171,6 +171,39 @@ impl Graph {
         Graph::default()
     }
 
+    /// The graph of nodes `identities` (numbered by their place) with the
+    /// agreements `topology` (pairs of numbers), every record signed here at
+    /// `now` with sequence number 1: the graph every node of such a network
+    /// converges to. For simulations and tests, which have every identity.
+    /// Fails on a record that cannot be made (too many edges for one node).
+    pub fn from_topology(
+        identities: &[crate::Identity],
+        topology: &[(usize, usize)],
+        now: Time,
+    ) -> Result<Graph, RecordError> {
+        let keys: Vec<[u8; KEY_LEN]> = identities.iter().map(crate::Identity::public).collect();
+        let expiry = now.saturating_add(RECORD_LIFETIME).unix_secs();
+        let mut g = Graph::new();
+        for (i, id) in identities.iter().enumerate() {
+            let edges: Vec<super::Edge> = topology
+                .iter()
+                .filter_map(|&(a, b)| match (a == i, b == i) {
+                    (true, _) => Some(b),
+                    (_, true) => Some(a),
+                    _ => None,
+                })
+                .map(|j| super::Edge {
+                    peer: keys[j],
+                    capacity: 1,
+                })
+                .collect();
+            let rec = NodeRecord::sign(id, 1, expiry, 0, &edges)?;
+            // A fresh record signed by its own key always goes in.
+            let _ = g.insert(Arc::new(rec), now, &Ed25519Verifier);
+        }
+        Ok(g)
+    }
+
     /// Number of nodes (records) held.
     pub fn node_count(&self) -> usize {
         self.len
