@@ -111,7 +111,7 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
 
     // The same files, with the same modification time, for nginx.
     let root = tempfile::tempdir().unwrap();
-    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mtime = SystemTime::UNIX_EPOCH + COVER_MTIME;
     let mut etag = String::new();
     for name in ["index.html", "style.css", "robots.txt", "favicon.ico"] {
         let raw = h1_raw(l.addr, get(&format!("/{name}")).as_bytes()).await;
@@ -332,28 +332,6 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: notes.example.org\r\nConnection: close\r\n\r\n")
-}
-
-/// Sends `data` and reads the answer until the server closes or `wait`
-/// passes; says how it ended: a FIN (`closed`), a reset, or not at all.
-async fn tcp_probe_end(addr: SocketAddr, data: &[u8], wait: Duration) -> (Vec<u8>, &'static str) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(data).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) => return (out, "closed"),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return (out, "reset");
-            }
-            Ok(Err(_)) => return (out, "error"),
-            Err(_) => return (out, "open"),
-        }
-    }
 }
 
 /// A whole SSLv2-form ClientHello record with the given version and field

@@ -39,6 +39,21 @@ fn handshake(
     (at_dialer, at_listener)
 }
 
+/// Message 1 from a dialer made from `seed` to the listener made from seed 7,
+/// at [`NOW`]. Returns the dialer's state, message 1 and the listener.
+fn dial(seed: &[u8; 32], prologue: &[u8], request: &[u8]) -> (LinkInitiator, Vec<u8>, Identity) {
+    let listener = Identity::from_seed(&[7; 32]);
+    let (initiator, msg1) = LinkInitiator::start(
+        &Identity::from_seed(seed),
+        &listener.public(),
+        prologue,
+        NOW,
+        request,
+    )
+    .expect("start");
+    (initiator, msg1, listener)
+}
+
 fn identity() -> impl Strategy<Value = Identity> {
     any::<[u8; 32]>().prop_map(|seed| Identity::from_seed(&seed))
 }
@@ -74,10 +89,7 @@ proptest! {
         index in any::<usize>(),
         bit in any::<u8>(),
     ) {
-        let dialer = Identity::from_seed(&seed);
-        let listener = Identity::from_seed(&[7; 32]);
-        let (_, msg1) = LinkInitiator::start(&dialer, &listener.public(), b"tls", NOW, b"secret")
-            .expect("start");
+        let (_, msg1, listener) = dial(&seed, b"tls", b"secret");
         let mut responder = LinkResponder::new(listener);
         let altered = flip(&msg1, index, bit);
         prop_assert!(responder.read_msg1(&altered, b"tls", NOW).is_err());
@@ -91,10 +103,7 @@ proptest! {
         index in any::<usize>(),
         bit in any::<u8>(),
     ) {
-        let dialer = Identity::from_seed(&seed);
-        let listener = Identity::from_seed(&[7; 32]);
-        let (initiator, msg1) =
-            LinkInitiator::start(&dialer, &listener.public(), b"tls", NOW, b"").expect("start");
+        let (initiator, msg1, listener) = dial(&seed, b"tls", b"");
         let incoming = LinkResponder::new(listener)
             .read_msg1(&msg1, b"tls", NOW)
             .expect("msg1");
@@ -111,10 +120,7 @@ proptest! {
 
     #[test]
     fn a_replayed_msg1_is_refused(seed in any::<[u8; 32]>(), later in 0..=HANDSHAKE_MAX_CLOCK_SKEW_SECS) {
-        let dialer = Identity::from_seed(&seed);
-        let listener = Identity::from_seed(&[7; 32]);
-        let (_, msg1) =
-            LinkInitiator::start(&dialer, &listener.public(), b"", NOW, b"").expect("start");
+        let (_, msg1, listener) = dial(&seed, b"", b"");
         let mut responder = LinkResponder::new(listener);
         prop_assert!(responder.read_msg1(&msg1, b"", NOW).is_ok());
         let again = responder.read_msg1(&msg1, b"", NOW + later).map(|_| ());
@@ -128,10 +134,7 @@ proptest! {
         theirs in proptest::collection::vec(any::<u8>(), 0..48),
     ) {
         prop_assume!(ours != theirs);
-        let dialer = Identity::from_seed(&seed);
-        let listener = Identity::from_seed(&[7; 32]);
-        let (_, msg1) =
-            LinkInitiator::start(&dialer, &listener.public(), &ours, NOW, b"").expect("start");
+        let (_, msg1, listener) = dial(&seed, &ours, b"");
         let got = LinkResponder::new(listener).read_msg1(&msg1, &theirs, NOW).map(|_| ());
         prop_assert_eq!(got, Err(HandshakeError::DecryptFailed));
     }
@@ -166,10 +169,7 @@ proptest! {
         if let Ok(Some((msg2, used))) = decode_msg2(&data) {
             prop_assert_eq!(used, msg2.len() + 2);
             prop_assert!(used <= data.len());
-            let listener = Identity::from_seed(&[7; 32]);
-            let (initiator, _) = LinkInitiator::start(
-                &Identity::from_seed(&[8; 32]), &listener.public(), b"", NOW, b"",
-            ).expect("start");
+            let (initiator, _, _) = dial(&[8; 32], b"", b"");
             prop_assert!(initiator.finish(msg2).is_err());
         }
     }
@@ -201,26 +201,19 @@ fn clock_skew_of_120_seconds_is_allowed_and_121_is_not() {
     let listener = Identity::from_seed(&[1; 32]);
     let dialer = Identity::from_seed(&[2; 32]);
     let mut responder = LinkResponder::new(listener.clone());
+    // Message 1 from a dialer whose clock is `skew` seconds off.
+    let msg1_with_skew = |skew: i64| {
+        let then = NOW.saturating_add_signed(skew);
+        let (_, msg1) =
+            LinkInitiator::start(&dialer, &listener.public(), b"", then, b"").expect("start");
+        msg1
+    };
     for skew in [-120i64, 0, 120] {
-        let (_, msg1) = LinkInitiator::start(
-            &dialer,
-            &listener.public(),
-            b"",
-            NOW.saturating_add_signed(skew),
-            b"",
-        )
-        .expect("start");
+        let msg1 = msg1_with_skew(skew);
         assert!(responder.read_msg1(&msg1, b"", NOW).is_ok(), "skew {skew}");
     }
     for skew in [-121i64, 121, -100_000] {
-        let (_, msg1) = LinkInitiator::start(
-            &dialer,
-            &listener.public(),
-            b"",
-            NOW.saturating_add_signed(skew),
-            b"",
-        )
-        .expect("start");
+        let msg1 = msg1_with_skew(skew);
         let got = responder.read_msg1(&msg1, b"", NOW).map(|_| ());
         assert_eq!(got, Err(HandshakeError::StaleTimestamp), "skew {skew}");
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkMessage,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::netlink_to_io;
@@ -40,44 +42,36 @@ impl Netlink {
             LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
                 In6AddrGenMode::None,
             )])]);
-        let msg = LinkUnspec::new_with_index(index)
-            .append_extra_attribute(spec)
-            .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(netlink_to_io)
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .append_extra_attribute(spec)
+                .build(),
+        )
+        .await
     }
 
     /// `ip link set dev X multicast off`. Without `IFF_MULTICAST` the kernel
     /// joins no multicast group that it would announce with MLD (with
     /// forwarding on it otherwise joins ff02::2 and reports it from `::`).
     pub(crate) async fn disable_multicast(&self, index: u32) -> io::Result<()> {
-        let msg = LinkUnspec::new_with_index(index).multicast(false).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(LinkUnspec::new_with_index(index).multicast(false).build())
             .await
-            .map_err(netlink_to_io)
     }
 
     /// `ip link set dev X mtu M`.
     pub(crate) async fn set_mtu(&self, index: u32, mtu: u32) -> io::Result<()> {
-        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(LinkUnspec::new_with_index(index).mtu(mtu).build())
             .await
-            .map_err(netlink_to_io)
     }
 
     /// `ip link set dev X up`.
     pub(crate) async fn set_up(&self, index: u32) -> io::Result<()> {
-        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.set_link(LinkUnspec::new_with_index(index).up().build())
+            .await
+    }
+
+    /// Sends one `RTM_SETLINK` request built with [`LinkUnspec`].
+    async fn set_link(&self, msg: LinkMessage) -> io::Result<()> {
         self.handle
             .link()
             .set(msg)

@@ -53,12 +53,12 @@ pub fn refuse_all() -> Authorizer {
     Arc::new(|_info| None)
 }
 
+/// The modification time of the files of [`built_in_cover`].
+pub const COVER_MTIME: Duration = Duration::from_secs(1_700_000_000);
+
 /// The built-in cover with a fixed modification time.
 pub fn built_in_cover() -> CoverSite {
-    CoverSite::built_in(
-        "notes.example.org",
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-    )
+    CoverSite::built_in("notes.example.org", SystemTime::UNIX_EPOCH + COVER_MTIME)
 }
 
 /// Starts a listener on 127.0.0.1 with a fresh identity and a self-signed
@@ -259,6 +259,18 @@ pub fn parse_raw(raw: &[u8]) -> RawSeen {
 /// until the server closes or `wait` passes. Returns the bytes and whether
 /// the server closed.
 pub async fn tcp_probe(addr: SocketAddr, data: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let (out, end) = tcp_probe_end(addr, data, wait).await;
+    (out, end != "open")
+}
+
+/// Like [`tcp_probe`], but says how the connection ended: a FIN
+/// (`closed`), a reset, another read error (`error`), or not at all
+/// (`open`).
+pub async fn tcp_probe_end(
+    addr: SocketAddr,
+    data: &[u8],
+    wait: Duration,
+) -> (Vec<u8>, &'static str) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(data).await.unwrap();
     let mut out = Vec::new();
@@ -266,9 +278,13 @@ pub async fn tcp_probe(addr: SocketAddr, data: &[u8], wait: Duration) -> (Vec<u8
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(0)) => return (out, "closed"),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (out, false),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (out, "reset");
+            }
+            Ok(Err(_)) => return (out, "error"),
+            Err(_) => return (out, "open"),
         }
     }
 }
