@@ -2,7 +2,7 @@
 //! the listener and the dialer, with the aws-lc-rs provider, TLS 1.3 and
 //! ALPN `h2` and `http/1.1`. Where the certificate comes from is `pki`.
 //!
-//! **Why TLS 1.3 only.** DESIGN.md says links are TLS 1.3 and nothing else,
+//! **Why TLS 1.3 only.** Links are TLS 1.3 and nothing else (docs/protocol.md, "Link setup"),
 //! and the Noise prologue is the TLS 1.3 exporter. The cost is one probe: a
 //! ClientHello that offers only TLS 1.2 gets a `protocol_version` alert,
 //! where most web servers would answer with TLS 1.2 (Debian's packaged
