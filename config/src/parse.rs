@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
+use crate::error::{Key, QUOTE_MAX_CHARS, Reporter, Scope, escape_controls, one_line, quote};
 use crate::{Config, ConfigError, PeerConfig, PublicKey, Terms};
 
 #[derive(Deserialize)]
@@ -85,75 +86,8 @@ struct RawPadding {
     rate: Option<Value>,
 }
 
-/// A table as the user wrote it (`[tun]`, `[[peer]] #2`, or the top level).
-pub(crate) struct Scope {
-    /// As written in the file; empty for the top level.
-    shown: String,
-    /// Dotted prefix for [`ConfigError::Invalid::key`].
-    dotted: String,
-}
-
-/// A key inside a [`Scope`].
-pub(crate) struct Key {
-    /// As people read it: `[tun] mtu`, `address_prefix`.
-    pub(crate) shown: String,
-    /// Dotted: `tun.mtu`, `peer[2].key`.
-    pub(crate) dotted: String,
-}
-
-impl Scope {
-    pub(crate) fn top() -> Scope {
-        Scope {
-            shown: String::new(),
-            dotted: String::new(),
-        }
-    }
-
-    pub(crate) fn table(name: &str) -> Scope {
-        Scope {
-            shown: format!("[{name}]"),
-            dotted: name.to_owned(),
-        }
-    }
-
-    /// The `number`th `[[peer]]`, counted from 1 as people count.
-    pub(crate) fn peer(number: usize) -> Scope {
-        Scope {
-            shown: format!("[[peer]] #{number}"),
-            dotted: format!("peer[{number}]"),
-        }
-    }
-
-    pub(crate) fn key(&self, name: &str) -> Key {
-        if self.shown.is_empty() {
-            Key {
-                shown: name.to_owned(),
-                dotted: name.to_owned(),
-            }
-        } else {
-            Key {
-                shown: format!("{} {name}", self.shown),
-                dotted: format!("{}.{name}", self.dotted),
-            }
-        }
-    }
-}
-
-/// Builds errors that name the config file.
-pub(crate) struct Reporter<'a> {
-    pub(crate) path: &'a Path,
-}
-
+/// Reads TOML values for [`Reporter`], each error naming its key.
 impl Reporter<'_> {
-    /// An error about `key`; `message` must name the key itself.
-    pub(crate) fn invalid(&self, key: &Key, message: String) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            key: key.dotted.clone(),
-            message,
-        }
-    }
-
     fn wrong_type(&self, key: &Key, expected: &str, found: &Value) -> ConfigError {
         self.invalid(
             key,
@@ -540,50 +474,6 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// Longest user string quoted in full in a message, in characters.
-const QUOTE_MAX_CHARS: usize = 80;
-
-/// Quotes a user's string for a one-line message: escaped, and shortened if long.
-pub(crate) fn quote(text: &str) -> String {
-    if text.chars().count() <= QUOTE_MAX_CHARS {
-        format!("{text:?}")
-    } else {
-        let head: String = text.chars().take(QUOTE_MAX_CHARS).collect();
-        format!("{head:?}…")
-    }
-}
-
-/// Makes a message one line: newlines become "; " and other control characters are
-/// escaped.
-pub(crate) fn one_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, line) in text
-        .trim()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-    {
-        if i > 0 {
-            out.push_str("; ");
-        }
-        out.push_str(&escape_controls(line.trim()));
-    }
-    out
-}
-
-/// Escapes control characters (`\n`, `\t`, …) so a user's text stays on one line.
-pub(crate) fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -612,12 +502,6 @@ mod tests {
     }
 
     #[test]
-    fn one_line_flattens_and_escapes() {
-        assert_eq!(one_line("a\n  b\n\nc\r\n"), "a; b; c");
-        assert_eq!(one_line("tab\there"), "tab\\there");
-    }
-
-    #[test]
     fn unknown_field_parses_serde_messages() {
         assert_eq!(
             unknown_field("unknown field `foo`, expected one of `a`, `b`"),
@@ -632,15 +516,5 @@ mod tests {
             Some(("a`, b".to_owned(), vec!["key".to_owned()]))
         );
         assert_eq!(unknown_field("invalid type: integer"), None);
-    }
-
-    #[test]
-    fn quote_shortens_long_strings() {
-        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
-        let long = "x".repeat(200);
-        assert_eq!(
-            quote(&long),
-            format!("\"{}\"…", "x".repeat(QUOTE_MAX_CHARS))
-        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::parse::{Reporter, Scope, quote};
+use crate::error::{Reporter, Scope, quote};
 use crate::{Config, ConfigError, MAX_MTU, MAX_PADDING_RATE, MAX_TUN_NAME_LEN, MIN_MTU};
 
 /// Why an MTU is out of range, or `None` if it is fine.

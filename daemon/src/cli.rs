@@ -11,7 +11,7 @@ use umbra_routing::{Identity, address};
 use crate::UsageError;
 use crate::control::{self, Request};
 use crate::output;
-use crate::state;
+use crate::state_dir;
 
 /// Highest `keygen --strength` accepted: each bit doubles the expected work,
 /// and 2^32 keys is already hours on one core.
@@ -138,11 +138,11 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         Command::Init { state_dir, json } => init(&cli.config, state_dir, json),
         Command::Run => {
             let config = load_config(&cli.config)?;
-            crate::node::run(config, cli.config.clone(), cli.control)
+            crate::run::run(config, cli.config.clone(), cli.control)
         }
         Command::Address { json } => {
             let config = load_config(&cli.config)?;
-            let id = state::require_identity(&config)?;
+            let id = state_dir::require_identity(&config)?;
             let addr = address::address_for_key(&id.public(), config.address_prefix);
             if json {
                 output::json(&json!({ "address": addr.to_string() }))
@@ -270,7 +270,7 @@ fn init(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> Resul
         }
         config.state_dir = dir;
     }
-    let (id, created_key) = state::load_or_create_identity(&config)?;
+    let (id, created_key) = state_dir::load_or_create_identity(&config)?;
     let text = umbra_config::default_config_text(&config.state_dir, &config.control_socket);
     let created_config = umbra_config::write_new(config_path, &text, 0o640)
         .with_context(|| format!("writing config {}", config_path.display()))?;

@@ -3,13 +3,18 @@
 mod agreement;
 mod cli;
 mod control;
+mod datapath;
 mod db;
 mod demo;
+mod events;
 mod links;
-mod node;
 mod output;
-mod router;
-mod state;
+mod run;
+mod state_dir;
+
+// `demo` still names the state directory module `state`; it moves to its
+// own crate, and this alias goes with it.
+use state_dir as state;
 
 use std::process::ExitCode;
 

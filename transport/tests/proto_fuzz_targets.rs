@@ -49,4 +49,34 @@ proptest! {
     fn invite_token_target_on_token_shaped_text(s in "umbra1[A-Za-z0-9_-]{0,300}") {
         fuzz_bodies::invite_token(s.as_bytes());
     }
+
+    #[test]
+    fn link_control_target(data in proptest::collection::vec(any::<u8>(), 0..40)) {
+        fuzz_bodies::link_control(&data);
+    }
+
+    #[test]
+    fn link_control_target_on_tagged_input(
+        tag in prop_oneof![Just(&b"revoke"[..]), Just(&b"padding"[..])],
+        rest in proptest::collection::vec(any::<u8>(), 0..8),
+    ) {
+        // Mostly a known tag, so the decoders' length checks are reached.
+        fuzz_bodies::link_control(&[tag, &rest[..]].concat());
+    }
+
+    #[test]
+    fn link_ask_target(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fuzz_bodies::link_ask(&data);
+    }
+
+    #[test]
+    fn link_ask_target_on_ask_shaped_input(
+        kind in 0u8..4,
+        terms in any::<[u8; 16]>(),
+        signature in any::<[u8; 64]>(),
+        secret in proptest::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let data = [&[kind][..], &terms, &signature, &secret].concat();
+        fuzz_bodies::link_ask(&data);
+    }
 }

@@ -7,6 +7,8 @@
 //! the normal test suite without cargo-fuzz.
 
 use umbra_routing::crypto::Identity;
+use umbra_transport::proto::agreement::LinkAsk;
+use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::{CELL_LEN, Frame, FrameDecoder, FrameEncoder};
 use umbra_transport::proto::handshake::{LinkResponder, decode_bearer, decode_msg2};
 use umbra_transport::proto::invite::Invite;
@@ -80,5 +82,23 @@ pub fn invite_token(data: &[u8]) {
     if let Ok(invite) = Invite::decode(text) {
         assert_eq!(invite.encode(), text.trim());
         assert_eq!(Invite::decode(&invite.encode()), Ok(invite));
+    }
+}
+
+/// Link control messages (a LinkControl frame's payload): any bytes either
+/// fail or are a message whose encoding is exactly those bytes.
+pub fn link_control(data: &[u8]) {
+    if let Ok(msg) = LinkControl::decode(data) {
+        assert_eq!(msg.encode(), data);
+        assert_eq!(LinkControl::decode(&msg.encode()), Ok(msg));
+    }
+}
+
+/// The agreement ask in message 1's payload: any bytes either fail or are
+/// an ask whose encoding is exactly those bytes.
+pub fn link_ask(data: &[u8]) {
+    if let Ok(ask) = LinkAsk::decode(data) {
+        assert_eq!(ask.encode(), data);
+        assert_eq!(LinkAsk::decode(&ask.encode()), Ok(ask));
     }
 }

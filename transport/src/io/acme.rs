@@ -1,4 +1,4 @@
-//! ACME certificates (DESIGN.md §5) with rustls-acme, answered by the
+//! ACME certificates (docs/protocol.md, "Link setup") with rustls-acme, answered by the
 //! TLS-ALPN-01 challenge on the listener's own port.
 //!
 //! - The ACME client runs as one tokio task per TLS config. It loads the
@@ -14,7 +14,7 @@
 //!   listener then closes the connection (see [`ACME_TLS_ALPN`]).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -25,7 +25,7 @@ use rustls::sign::CertifiedKey;
 use rustls_acme::caches::DirCache;
 use rustls_acme::{AcmeConfig, EventOk, ResolvesServerCertAcme, is_tls_alpn_challenge};
 
-use super::tls::{TlsError, load_certs, provider};
+use super::pki::{AcmeSettings, TlsError, load_certs, provider};
 
 /// Let's Encrypt's production directory, the default ACME server.
 pub const LETS_ENCRYPT_DIRECTORY: &str = rustls_acme::acme::LETS_ENCRYPT_PRODUCTION_DIRECTORY;
@@ -38,23 +38,6 @@ pub const ACME_TLS_ALPN: &[u8] = rustls_acme::acme::ACME_TLS_ALPN_NAME;
 /// The directory under the state directory that holds the ACME account key
 /// and the certificate with its key (mode 0700, as they are secrets).
 pub const ACME_CACHE_DIR: &str = "acme";
-
-/// Where an ACME certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeSettings {
-    /// The ACME directory URL, e.g. [`LETS_ENCRYPT_DIRECTORY`].
-    pub directory: String,
-    /// Account contacts, as URLs (`mailto:ops@example.org`); may be empty.
-    pub contact: Vec<String>,
-    /// A PEM file of CA certificates to trust for the directory's HTTPS,
-    /// instead of the built-in web PKI roots (for a private or test ACME
-    /// server).
-    pub ca_roots: Option<PathBuf>,
-    /// The state directory: the cache goes to [`ACME_CACHE_DIR`] inside it,
-    /// and the self-signed certificate served until the first ACME
-    /// certificate arrives is kept there too.
-    pub state_dir: PathBuf,
-}
 
 /// Sets up ACME for `domain` and starts its client task on the current
 /// tokio runtime. The returned resolver answers challenge handshakes,

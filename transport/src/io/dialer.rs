@@ -29,8 +29,9 @@ use super::link::{
     OBSERVED_ADDR_LEN, decode_observed_addr, start_link,
 };
 use super::listener::{LINK_CONTENT_TYPE, LINK_PATH};
+use super::pki::TlsError;
 use super::time::unix_secs;
-use super::tls::{ALPN_H2, TlsError, client_tls_config, link_exporter};
+use super::tls::{ALPN_H2, client_tls_config, link_exporter};
 use crate::proto::handshake::{
     HandshakeError, LinkInitiator, MSG2_MAX_LEN, MSG2_PREFIX_LEN, decode_msg2, encode_bearer,
 };

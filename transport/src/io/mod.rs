@@ -17,11 +17,12 @@ mod cover;
 mod dialer;
 mod link;
 mod listener;
+mod pki;
 mod plain;
 mod time;
 mod tls;
 
-pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, AcmeSettings, LETS_ENCRYPT_DIRECTORY};
+pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, LETS_ENCRYPT_DIRECTORY};
 pub use cover::{
     CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
 };
@@ -36,9 +37,12 @@ pub use listener::{
     IncomingLinkInfo, LINK_CONTENT_TYPE, LINK_PATH, LinkListener, ListenerConfig, ListenerStats,
     RefuseReason, TLS_HANDSHAKE_TIMEOUT, serve,
 };
+pub use pki::{
+    AcmeSettings, CertSource, DEFAULT_SERVER_NAME, SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE,
+    SELF_SIGNED_VALIDITY_DAYS, TlsError,
+};
 pub use plain::PLAIN_HEADER_TIMEOUT;
 pub use tls::{
-    ALPN_H2, ALPN_HTTP11, CertSource, DEFAULT_SERVER_NAME, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN,
-    NoCaVerification, SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE, SELF_SIGNED_VALIDITY_DAYS,
-    TlsError, TlsSettings, client_tls_config, server_tls_config,
+    ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification, TlsSettings,
+    client_tls_config, server_tls_config,
 };

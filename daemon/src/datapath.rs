@@ -1,12 +1,12 @@
-//! The routing task: a thin tokio driver around the sans-IO
-//! [`RouterCore`] (DESIGN.md §2). It owns the core and the TUN's read side,
-//! takes link events, cells and graph messages from the link readers over one
-//! channel, and writes cells and graph messages back to the links and packets
-//! to the TUN.
+//! The datapath: the tokio task around the sans-IO [`RouterCore`]
+//! (docs/architecture.md, "Tasks and data flow"). It owns the core and the
+//! TUN's read side, takes link events, cells and graph messages from the link
+//! readers over one channel ([`crate::events`]), and writes cells and graph
+//! messages back to the links and packets to the TUN.
 //!
 //! Cells to a link go through an unbounded per-link queue and a small task
-//! that waits on the link's own bounded queue, so the router never blocks on
-//! a slow link and relays never drop a cell (DESIGN.md §7). What such a queue
+//! that waits on the link's own bounded queue, so the datapath never blocks on
+//! a slow link and relays never drop a cell. What such a queue
 //! can hold is bounded by the end-to-end windows of the circuits over the
 //! link (1,000 cells each), not by this code.
 
@@ -14,61 +14,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::circuit::{CircuitEvent, CircuitRole};
-use umbra_routing::graph::{Edge, Time};
+use umbra_routing::graph::Time;
 use umbra_routing::router::{Now, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
-use umbra_transport::io::LinkSender;
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
 
+use crate::events::{Input, LinkId};
 use crate::links::{Links, short_key};
 
 /// How often the graph is saved to the state database.
 const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Packets read from the TUN per batch.
 const TUN_BATCH: usize = 32;
-/// Inputs handled before the router writes what they produced.
+/// Inputs handled before the datapath writes what they produced.
 const INPUT_BATCH: usize = 256;
-
-/// What the link readers and the control socket tell the router.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// A link is up; `sender` writes to it.
-    LinkUp {
-        link: u64,
-        peer: [u8; 32],
-        sender: LinkSender,
-    },
-    /// The link ended.
-    LinkDown { link: u64 },
-    /// A cell frame arrived.
-    Cell { link: u64, cell: Bytes },
-    /// A graph frame arrived.
-    Graph { link: u64, bytes: Bytes },
-    /// The node's agreements changed; these are its edges now.
-    Edges(Vec<Edge>),
-    /// `umbra status`: circuits and counters.
-    Status(oneshot::Sender<Value>),
-    /// `umbra path ADDRESS`.
-    Path(std::net::Ipv6Addr, oneshot::Sender<Result<Value, String>>),
-    /// Save the graph now and answer (shutdown).
-    Flush(oneshot::Sender<()>),
-}
-
-/// The handle the rest of the daemon uses.
-pub(crate) type RouterTx = mpsc::Sender<Input>;
-
-/// The channel that feeds the router. Link readers wait when it is full,
-/// which is back-pressure on the links.
-pub(crate) fn channel() -> (RouterTx, mpsc::Receiver<Input>) {
-    mpsc::channel(1024)
-}
 
 fn now() -> Now {
     Now {
@@ -77,7 +43,7 @@ fn now() -> Now {
     }
 }
 
-/// Runs the router until its input channel closes.
+/// Runs the datapath until its input channel closes.
 pub(crate) async fn run(
     identity: Identity,
     prefix: u8,
@@ -104,7 +70,7 @@ pub(crate) async fn run(
         edges = edges.len(),
         "routing core up"
     );
-    let mut outs: HashMap<u64, mpsc::UnboundedSender<Frame>> = HashMap::new();
+    let mut outs: HashMap<LinkId, mpsc::UnboundedSender<Frame>> = HashMap::new();
     let (mut bufs, mut sizes) = match &tun {
         Some(t) => t.batch_buffers(TUN_BATCH),
         None => (Vec::new(), Vec::new()),
@@ -185,7 +151,7 @@ const CELL_BLOCK: usize = 64;
 
 /// Has the core write its next cell into `buf` (which holds nothing else),
 /// reserving room for [`CELL_BLOCK`] cells at a time.
-fn poll_cell(core: &mut RouterCore, buf: &mut BytesMut) -> Option<u64> {
+fn poll_cell(core: &mut RouterCore, buf: &mut BytesMut) -> Option<LinkId> {
     if buf.capacity() < CELL_LEN {
         buf.reserve(CELL_LEN * CELL_BLOCK);
     }
@@ -211,7 +177,7 @@ fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
         .unwrap_or(next_save)
 }
 
-fn send(outs: &HashMap<u64, mpsc::UnboundedSender<Frame>>, link: u64, frame: Frame) {
+fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) {
     // A link that just went down has no queue; the core learns of it from
     // its reader's LinkDown and tears its circuits down.
     if let Some(q) = outs.get(&link) {
@@ -221,7 +187,7 @@ fn send(outs: &HashMap<u64, mpsc::UnboundedSender<Frame>>, link: u64, frame: Fra
 
 fn handle(
     core: &mut RouterCore,
-    outs: &mut HashMap<u64, mpsc::UnboundedSender<Frame>>,
+    outs: &mut HashMap<LinkId, mpsc::UnboundedSender<Frame>>,
     links: &Links,
     input: Input,
 ) {
@@ -306,7 +272,7 @@ fn log_event(ev: &CircuitEvent) {
 }
 
 /// `umbra path ADDRESS --json`: the circuit new flows to ADDRESS take, and
-/// what each hop on it can see (INTERFACE.md).
+/// what each hop on it can see (docs/cli.md).
 fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Result<Value, String> {
     let (dest, info) = core.path_to(now, addr)?;
     let prefix = core.prefix();
@@ -340,7 +306,7 @@ fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Resu
     }))
 }
 
-/// The router's part of `umbra status --json`.
+/// The datapath's part of `umbra status --json`.
 fn status(core: &RouterCore) -> Value {
     let prefix_of = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, core.prefix()).to_string()});
     let circuits: Vec<Value> = core

@@ -1,5 +1,6 @@
-//! `umbra run`: the daemon. It wires the identity, the TUN and the control
-//! socket together and handles signals (DESIGN.md §11).
+//! `umbra run`: the daemon. It wires the identity, the TUN, the links, the
+//! datapath and the control socket together, answers control requests, and
+//! handles signals (docs/architecture.md, "The service").
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -12,10 +13,11 @@ use umbra_config::Config;
 use umbra_routing::address;
 
 use crate::control::{self, Request, Response};
+use crate::datapath;
 use crate::db::Store;
+use crate::events::{self, DatapathTx, Input};
 use crate::links::Links;
-use crate::router;
-use crate::state::{self, StateLock};
+use crate::state_dir::{self, StateLock};
 
 /// How long an invite works unless `--ttl` says otherwise.
 const DEFAULT_INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -29,7 +31,7 @@ struct NodeView {
     tun: Option<(String, u32)>,
     config: Config,
     links: Arc<Links>,
-    router: router::RouterTx,
+    datapath: DatapathTx,
 }
 
 impl NodeView {
@@ -55,11 +57,11 @@ impl NodeView {
 async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) -> Response {
     let result = match req {
         Request::Status => {
-            let snapshot = view.read().map(|v| (v.status(), v.router.clone())).ok();
+            let snapshot = view.read().map(|v| (v.status(), v.datapath.clone())).ok();
             match snapshot {
-                Some((mut status, router)) => {
+                Some((mut status, datapath)) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    if router.send(router::Input::Status(tx)).await.is_ok()
+                    if datapath.send(Input::Status(tx)).await.is_ok()
                         && let Ok(r) = rx.await
                     {
                         status["circuits"] = json!(r["circuits"].as_array().map_or(0, Vec::len));
@@ -74,16 +76,14 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
         }
         Request::Peers => Ok(links.peers_json()),
         Request::Path { address } => {
-            let router = view.read().ok().map(|v| v.router.clone());
+            let datapath = view.read().ok().map(|v| v.datapath.clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
-            match router {
-                Some(r) if r.send(router::Input::Path(address, tx)).await.is_ok() => {
-                    match rx.await {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
-                        Err(_) => Err(anyhow::anyhow!("the router is stopping")),
-                    }
-                }
+            match datapath {
+                Some(d) if d.send(Input::Path(address, tx)).await.is_ok() => match rx.await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                    Err(_) => Err(anyhow::anyhow!("the router is stopping")),
+                },
                 _ => Err(anyhow::anyhow!("the router is not running")),
             }
         }
@@ -123,9 +123,9 @@ pub(crate) fn run(config: Config, config_path: PathBuf, control: Option<PathBuf>
 }
 
 async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf>) -> Result<()> {
-    state::ensure_state_dir(&config.state_dir)?;
+    state_dir::ensure_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
-    let (identity, created) = state::load_or_create_identity(&config)?;
+    let (identity, created) = state_dir::load_or_create_identity(&config)?;
     if created {
         tracing::info!(path = %config.identity_path().display(), "created a new identity");
     }
@@ -150,15 +150,15 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     };
 
     let store = Store::open(&config.database_path())?;
-    let (router_tx, router_rx) = router::channel();
-    let links = Links::new(identity.clone(), config.clone(), store, router_tx.clone())?;
+    let (datapath_tx, datapath_rx) = events::channel();
+    let links = Links::new(identity.clone(), config.clone(), store, datapath_tx.clone())?;
     let tun = tun.map(Arc::new);
-    let router_task = tokio::spawn(router::run(
+    let datapath_task = tokio::spawn(datapath::run(
         identity.clone(),
         prefix,
         Arc::clone(&links),
         tun.clone(),
-        router_rx,
+        datapath_rx,
     ));
     let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
     links.start_listeners(links_tx).await?;
@@ -183,7 +183,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         tun: tun.as_ref().map(|t| (t.name().to_string(), t.mtu())),
         config,
         links: Arc::clone(&links),
-        router: router_tx.clone(),
+        datapath: datapath_tx.clone(),
     }));
 
     let result = serve(&listener, &view, &config_path).await;
@@ -195,11 +195,11 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         tracing::warn!(path = %socket_path.display(), error = %e, "could not remove control socket");
     }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    if router_tx.send(router::Input::Flush(done_tx)).await.is_ok() {
+    if datapath_tx.send(Input::Flush(done_tx)).await.is_ok() {
         let _ = done_rx.await;
     }
-    router_task.abort();
-    let _ = router_task.await;
+    datapath_task.abort();
+    let _ = datapath_task.await;
     if let Some(tun) = tun.and_then(|t| Arc::try_unwrap(t).ok()) {
         tun.remove().await?;
         tracing::info!("TUN removed");

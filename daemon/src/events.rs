@@ -1,0 +1,47 @@
+//! What the daemon's tasks tell the datapath, and the channel it comes
+//! over. The links (readers, agreement changes) and `umbra run` (the
+//! control socket, shutdown) send; the datapath receives.
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use umbra_routing::graph::Edge;
+use umbra_transport::io::LinkSender;
+
+/// A link's id: given out once per link the daemon adopts, never reused
+/// while it runs, and how the routing core names the link (its `link`).
+pub(crate) type LinkId = u64;
+
+/// What the link readers and the control socket tell the datapath.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A link is up; `sender` writes to it.
+    LinkUp {
+        link: LinkId,
+        peer: [u8; 32],
+        sender: LinkSender,
+    },
+    /// The link ended.
+    LinkDown { link: LinkId },
+    /// A cell frame arrived.
+    Cell { link: LinkId, cell: Bytes },
+    /// A graph frame arrived.
+    Graph { link: LinkId, bytes: Bytes },
+    /// The node's agreements changed; these are its edges now.
+    Edges(Vec<Edge>),
+    /// `umbra status`: circuits and counters.
+    Status(oneshot::Sender<Value>),
+    /// `umbra path ADDRESS`.
+    Path(std::net::Ipv6Addr, oneshot::Sender<Result<Value, String>>),
+    /// Save the graph now and answer (shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the rest of the daemon sends to the datapath with.
+pub(crate) type DatapathTx = mpsc::Sender<Input>;
+
+/// The channel that feeds the datapath. Link readers wait when it is full,
+/// which is back-pressure on the links.
+pub(crate) fn channel() -> (DatapathTx, mpsc::Receiver<Input>) {
+    mpsc::channel(1024)
+}

@@ -1,0 +1,90 @@
+//! Listening: binds every `[listen] https` address with its certificate
+//! and cover site, and serves it; authenticated link requests go to
+//! [`Links::authorize`], accepted links to the daemon's links channel.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use umbra_transport::io::{
+    self as tio, CertSource, CoverSite, IncomingLinkInfo, Link, LinkListener, LinkSettings,
+    ListenerConfig, TlsSettings,
+};
+
+use super::Links;
+
+impl Links {
+    /// Binds every `[listen] https` address and serves it.
+    pub(crate) async fn start_listeners(
+        self: &Arc<Self>,
+        links_tx: mpsc::Sender<Link>,
+    ) -> Result<()> {
+        let config = self.config();
+        if config.listen.https.is_empty() {
+            return Ok(());
+        }
+        let cert = match (&config.listen.cert, &config.listen.key) {
+            _ if config.listen.acme => CertSource::Acme(tio::AcmeSettings {
+                directory: config.listen.acme_directory.clone(),
+                contact: config
+                    .listen
+                    .acme_email
+                    .iter()
+                    .map(|e| format!("mailto:{e}"))
+                    .collect(),
+                ca_roots: config.listen.acme_ca.clone(),
+                state_dir: config.state_dir.clone(),
+            }),
+            (Some(cert), Some(key)) => CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CertSource::SelfSigned {
+                dir: config.state_dir.clone(),
+            },
+        };
+        let tls = tio::server_tls_config(&TlsSettings {
+            cert,
+            server_name: config.listen.server_name.clone(),
+            allow_tls12_for_cover: false,
+        })
+        .context("TLS setup")?;
+        let cover = if let Some(root) = &config.cover.root {
+            CoverSite::directory(root)?
+        } else if let Some(up) = &config.cover.upstream {
+            CoverSite::upstream(up)?
+        } else {
+            let name = if config.listen.server_name.is_empty() {
+                tio::DEFAULT_SERVER_NAME.to_string()
+            } else {
+                config.listen.server_name.clone()
+            };
+            let modified = std::fs::metadata(config.identity_path())
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            CoverSite::built_in(&name, modified)
+        };
+        let me = Arc::clone(self);
+        let listener = Arc::new(LinkListener::new(ListenerConfig {
+            identity: self.identity.clone(),
+            tls,
+            cover,
+            authorizer: Arc::new(move |info: &IncomingLinkInfo<'_>| me.authorize(info)),
+            link: LinkSettings::default(),
+        }));
+        for addr in &config.listen.https {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            let local = tcp.local_addr()?;
+            tracing::info!(%local, "link listener up");
+            self.listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(local);
+            tokio::spawn(tio::serve(tcp, Arc::clone(&listener), links_tx.clone()));
+        }
+        Ok(())
+    }
+}

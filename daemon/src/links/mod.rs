@@ -1,0 +1,130 @@
+//! Links in the daemon: everything about links that the daemon's tasks
+//! share, behind one handle, [`Links`]. Each job has its file:
+//! - `listen`: the listeners;
+//! - `authorize`: the listener's decision on a link request, from agreements;
+//! - `peers`: the peer table behind `umbra peers`, and each link's reader;
+//! - `dial`: the dialers, with backoff;
+//! - `agreements`: invite, accept, list and revoke agreements;
+//! - `edges`: the edges, policy and graph cache the datapath asks for;
+//! - `padding`: link padding for `anonymity = "strong"`.
+
+mod agreements;
+mod authorize;
+mod dial;
+mod edges;
+mod listen;
+mod padding;
+mod peers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+use umbra_config::Config;
+use umbra_routing::Identity;
+use umbra_transport::io::{Dialer, LinkSettings};
+
+use crate::db::Store;
+use crate::events::DatapathTx;
+use peers::PeerEntry;
+
+/// Everything about links that the daemon's tasks share.
+pub(crate) struct Links {
+    identity: Identity,
+    prefix: u8,
+    store: Mutex<Store>,
+    config: Mutex<Config>,
+    peers: Mutex<HashMap<[u8; 32], PeerEntry>>,
+    /// Woken when any link goes down, so dialers retry.
+    changed: Notify,
+    dialer: Dialer,
+    listeners: Mutex<Vec<SocketAddr>>,
+    /// The last link id given out; each adopted link takes the next.
+    last_link_id: AtomicU64,
+    datapath: DatapathTx,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    pub(crate) fn new(
+        identity: Identity,
+        config: Config,
+        store: Store,
+        datapath: DatapathTx,
+    ) -> Result<Arc<Links>> {
+        let dialer =
+            Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
+        Ok(Arc::new(Links {
+            prefix: config.address_prefix,
+            identity,
+            store: Mutex::new(store),
+            config: Mutex::new(config),
+            peers: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            dialer,
+            listeners: Mutex::new(Vec::new()),
+            last_link_id: AtomicU64::new(0),
+            datapath,
+        }))
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New config on SIGHUP: new `[[peer]]` entries get dialers, and live
+    /// links follow a changed `anonymity` or `[padding] rate`.
+    pub(crate) fn set_config(self: &Arc<Self>, config: Config) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
+        self.spawn_dialers();
+        self.refresh_padding();
+    }
+
+    /// `(up, total)` for `umbra status`.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let up = peers
+            .values()
+            .filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed()))
+            .count();
+        (up, peers.len())
+    }
+
+    pub(crate) fn listeners(&self) -> Vec<String> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+}
+
+/// The wall clock in unix seconds, as the state database keeps time.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The first 8 hex digits of a key, for logs.
+pub(crate) fn short_key(k: &[u8; 32]) -> String {
+    hex::encode(&k[..4])
+}
