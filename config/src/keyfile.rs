@@ -1,4 +1,5 @@
-//! The identity key file, `STATE_DIR/identity.key` (INTERFACE.md "Files").
+//! The identity key file, `STATE_DIR/identity.key` (`docs/architecture.md, "State on
+//! disk"`).
 //!
 //! It holds one line: the Ed25519 secret seed as 64 hex characters. This module only
 //! stores and loads the 32 bytes; what they mean is the crypto code's business.

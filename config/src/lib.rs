@@ -29,8 +29,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/umbra/umbra.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/umbra";
 /// The default control socket, which the CLI uses to talk to the daemon.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/umbra/control.sock";
-/// The default first byte of every address (DESIGN.md §3): addresses in `600::/8`,
-/// subnets in `700::/8`.
+/// The default first byte of every address (`docs/protocol.md, "Identity and
+/// addresses"`): addresses in `600::/8`, subnets in `700::/8`.
 pub const DEFAULT_ADDRESS_PREFIX: u8 = 0x06;
 
 /// File name of the identity key inside the state directory.
@@ -73,9 +73,9 @@ pub struct Config {
     /// The control socket the CLI talks to. Absolute.
     pub control_socket: PathBuf,
     /// First byte of every address; even, because `address_prefix | 1` is the subnet
-    /// prefix (DESIGN.md §3).
+    /// prefix (`docs/protocol.md, "Identity and addresses"`).
     pub address_prefix: u8,
-    /// How circuits pick their relays (DESIGN.md §9).
+    /// How circuits pick their relays (`docs/architecture.md, "Path selection"`).
     pub anonymity: Anonymity,
     /// The TUN interface, `[tun]`.
     pub tun: TunConfig,
@@ -85,7 +85,8 @@ pub struct Config {
     pub cover: CoverConfig,
     /// The pinned first hop, `[home]`.
     pub home: HomeConfig,
-    /// Half-agreements from the config, the `[[peer]]` tables (DESIGN.md §4).
+    /// Half-agreements from the config, the `[[peer]]` tables (`docs/protocol.md,
+    /// "Agreements"`).
     pub peers: Vec<PeerConfig>,
     /// Prometheus metrics, `[metrics]`.
     pub metrics: MetricsConfig,
@@ -126,7 +127,8 @@ pub struct ListenConfig {
     pub key: Option<PathBuf>,
 }
 
-/// The `[cover]` table: the website anyone without a link token sees (DESIGN.md §5).
+/// The `[cover]` table: the website anyone without a link token sees
+/// (`docs/threat-model.md, "What a prober sees"`).
 /// With neither key set, the built-in static site is served.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CoverConfig {
@@ -162,7 +164,8 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
-/// The `[padding]` table: cover traffic on links (DESIGN.md §9, §10).
+/// The `[padding]` table: cover traffic on links (`docs/protocol.md, "Link framing"`
+/// and `docs/protocol.md, "Link control"`).
 ///
 /// Only a node with `anonymity = "strong"` pads. It sends padding cells on every link at
 /// `rate`, capped by that link's agreement (its terms' average rate), and asks the peer

@@ -1,4 +1,5 @@
-//! Agreement terms as written by people: `50GiB/30d` (INTERFACE.md, DESIGN.md §4).
+//! Agreement terms as written by people: `50GiB/30d` (`docs/config.md, "Value types"`;
+//! `docs/protocol.md, "Agreements"`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -77,7 +78,8 @@ impl Terms {
 
     /// The average rate the terms allow, in bytes per second each way: the bytes per
     /// period spread evenly over the period (`50GiB/30d` is 20,712 B/s). Link padding
-    /// with `anonymity = "strong"` never goes above it (DESIGN.md §10).
+    /// with `anonymity = "strong"` never goes above it (`docs/protocol.md, "Link
+    /// control"`).
     pub fn average_bytes_per_sec(&self) -> u64 {
         self.bytes_per_period / self.period_secs.max(1)
     }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[error("{0}")]
 pub struct ParseError(pub(crate) String);
 
-/// An Ed25519 public key: a node's name everywhere (DESIGN.md §1).
+/// An Ed25519 public key: a node's name everywhere (`docs/protocol.md, "Identity and
+/// addresses"`).
 ///
 /// Written as 64 hex characters; `Display` prints lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +78,8 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
-/// How hard circuits work to hide who talks to whom (DESIGN.md §9).
+/// How hard circuits work to hide who talks to whom (`docs/architecture.md, "Path
+/// selection"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Anonymity {

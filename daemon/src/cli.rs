@@ -1,4 +1,4 @@
-//! The command line (INTERFACE.md "Command line").
+//! The command line (`docs/cli.md`).
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
 //! The control socket: newline-delimited JSON requests and responses
-//! (DESIGN.md §11).
+//! (`docs/protocol.md, "Control protocol"`).
 //!
 //! A request is one line, `{"cmd": "status", ...}`. A response is one line,
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. A

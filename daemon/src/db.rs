@@ -1,5 +1,6 @@
 //! The state database, `STATE_DIR/umbra.db` (SQLite, WAL): agreements and
-//! invites, which must survive restarts and crashes (DESIGN.md §4, §11).
+//! invites, which must survive restarts and crashes (`docs/architecture.md,
+//! "State on disk"`).
 //!
 //! Every change is one transaction with `synchronous = FULL`, so a crash
 //! loses at most the change in flight, never a stored agreement.
@@ -13,7 +14,8 @@ use umbra_config::Terms;
 /// The schema version this code writes; older databases are migrated.
 const SCHEMA_VERSION: i64 = 2;
 
-/// The life of an agreement (INTERFACE.md `agreements --json` `state`).
+/// The life of an agreement: the `state` of `umbra agreements --json`
+/// (`docs/cli.md, "umbra agreements"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AgreementState {
     /// Proposed, not yet accepted by both.
@@ -167,7 +169,7 @@ impl Store {
         Ok(())
     }
 
-    /// Saves the graph cache (DESIGN.md §6), replacing the last one.
+    /// Saves the graph cache (`docs/protocol.md, "Flooding"`), replacing the last one.
     pub(crate) fn save_graph(&self, records: &[u8], now: u64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO graph_cache (id, saved_unix, records) VALUES (1, ?1, ?2)

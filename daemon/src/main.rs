@@ -1,4 +1,4 @@
-//! `umbra`: the daemon and its command line (INTERFACE.md).
+//! `umbra`: the daemon and its command line (`docs/cli.md`).
 
 mod agreement;
 mod cli;
@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit code for bad usage or bad config (INTERFACE.md).
+/// Exit code for bad usage or bad config (`docs/cli.md, "Exit codes"`).
 const EXIT_USAGE: u8 = 2;
 /// Exit code for any other failure.
 const EXIT_FAILURE: u8 = 1;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One clear sentence on stderr, no backtrace (INTERFACE.md).
+            // One clear sentence on stderr, no backtrace (`docs/cli.md, "Output"`).
             eprintln!("umbra: {e:#}");
             let usage = e.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })

@@ -1,5 +1,5 @@
 //! What commands print: small aligned tables for people, one JSON document
-//! for scripts (STYLE.md).
+//! for scripts (`docs/cli.md, "Output"`).
 
 #![allow(clippy::print_stdout)] // this module is the CLI's output
 

@@ -1,12 +1,13 @@
-//! The only module of `transport` that touches crypto crates (DESIGN.md §2:
-//! one crypto module per crate). `proto` calls the wrappers here; it never
-//! names snow, blake2 or curve25519-dalek itself.
+//! The only module of `transport` that touches crypto crates
+//! (`docs/architecture.md, "Crates"`: one crypto module per crate). `proto`
+//! calls the wrappers here; it never names snow, blake2 or curve25519-dalek
+//! itself.
 
 use blake2::{Blake2s256, Digest};
 use curve25519_dalek::edwards::CompressedEdwardsY;
 use rand_core::{OsRng, RngCore};
 
-/// The Noise protocol of link authentication (DESIGN.md §5).
+/// The Noise protocol of link authentication (`docs/protocol.md, "Link setup"`).
 const LINK_NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 
 /// Length of an X25519 key and of a BLAKE2s hash.

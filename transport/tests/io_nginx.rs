@@ -1,7 +1,7 @@
 //! Side by side with a real nginx serving the same files: a prober must
 //! see the same status lines, header names in the same case and order, and
-//! the same bodies (DESIGN.md §5: "no status, header or timing may
-//! differ"). The known differences are listed in `src/io/cover.rs`.
+//! the same bodies, and no difference in timing (`docs/threat-model.md, "What a
+//! prober sees"`). The known differences are listed in `src/io/cover.rs`.
 //! Needs the `nginx` binary (Debian's nginx 1.22 was the
 //! reference); without it the test says so and does nothing else.
 

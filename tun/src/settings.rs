@@ -14,7 +14,8 @@ pub const MAX_MTU: u32 = 65535;
 /// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL byte).
 pub const MAX_NAME_LEN: usize = 15;
 
-/// What [`crate::Tun::create`] sets up (DESIGN.md §8, "The TUN").
+/// What [`crate::Tun::create`] sets up (`docs/architecture.md, "The service"`: the
+/// TUN at start-up).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunSettings {
     /// Interface name, for example `umbra0`.

@@ -246,10 +246,10 @@ async fn child_async(ns: &str) {
         "kernel counted {icmp6_in} echo replies, want 3"
     );
 
-    // Packets from the overlay to a node's subnet are forwarded (DESIGN.md
-    // §8): the TUN's own `forwarding` sysctl, which create() turns off to
-    // leave ff02::2, must not stop that. A second TUN stands in for the
-    // containers' bridge.
+    // Packets from the overlay to a node's subnet are forwarded
+    // (`docs/architecture.md, "Tasks and data flow"`): the TUN's own
+    // `forwarding` sysctl, which create() turns off to leave ff02::2, must not
+    // stop that. A second TUN stands in for the containers' bridge.
     let subnet = Tun::create(&TunSettings {
         name: SUBNET_TUN.to_owned(),
         mtu: 1500,

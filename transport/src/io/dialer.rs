@@ -1,5 +1,5 @@
 //! The dialer: TCP, TLS 1.3 with ALPN `h2`, an HTTP/2 link request, then
-//! frames both ways (DESIGN.md §5).
+//! frames both ways (`docs/protocol.md, "Link setup"`).
 //!
 //! The TLS client does not verify the listener's certificate against any
 //! CA; the Noise IK handshake, bound to this TLS connection by the

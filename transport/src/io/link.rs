@@ -1,5 +1,5 @@
 //! A live link as the daemon sees it: who is on the other end, and a
-//! sender and receiver of frames (DESIGN.md §5 "Framing").
+//! sender and receiver of frames (`docs/protocol.md, "Link framing"`).
 //!
 //! Each link has two tasks:
 //! - the **writer** takes queued frames, coalesces everything queued at a
@@ -129,8 +129,9 @@ pub struct Link {
     pub peer: [u8; 32],
     /// The peer's address as this node sees the TCP connection.
     pub remote: SocketAddr,
-    /// The address the listener saw this node's connection come from (for
-    /// NAT traversal, DESIGN.md §5). `Some` on outbound links only.
+    /// The address the listener saw this node's connection come from, which
+    /// tells a node behind NAT its public address (`docs/protocol.md, "Link
+    /// setup"`). `Some` on outbound links only.
     pub observed: Option<SocketAddr>,
     /// What the peer's handshake message carried for the daemon: message
     /// 1's payload (for example an invite secret) on inbound links, the
@@ -232,9 +233,10 @@ impl LinkSender {
     }
 
     /// Pads this side of the link at `bytes_per_sec` of cell frames from now
-    /// on (DESIGN.md §9 `"strong"`); 0 stops padding. Cells sent count
-    /// toward the rate, so padding only fills what they leave
-    /// ([`PaddingPacer`]). The rate takes effect at once, for every clone.
+    /// on (the link padding of `anonymity = "strong"`, `docs/protocol.md, "Link
+    /// framing"`); 0 stops padding. Cells sent count toward the rate, so
+    /// padding only fills what they leave ([`PaddingPacer`]). The rate takes
+    /// effect at once, for every clone.
     pub fn set_padding(&self, bytes_per_sec: u32) {
         self.padding_rate.send_if_modified(|rate| {
             let changed = *rate != bytes_per_sec;
@@ -296,8 +298,8 @@ impl LinkReceiver {
 /// Encodes the address a connection was observed from:
 /// `IPv6 address [16] | port u16`, IPv4 as an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`). The listener puts it at the start of message 2's
-/// payload so the dialer learns its public address (DESIGN.md §5 "NAT
-/// traversal").
+/// payload so the dialer learns its public address (`docs/protocol.md, "Link
+/// setup"`).
 pub fn encode_observed_addr(addr: SocketAddr) -> [u8; OBSERVED_ADDR_LEN] {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),

@@ -1,5 +1,5 @@
-//! The listener: a web server first (DESIGN.md §5, research/camouflage-nat.md
-//! §3.1).
+//! The listener: a web server first (`docs/protocol.md, "Link setup"`;
+//! `docs/threat-model.md, "What a prober sees"`).
 //!
 //! Every TCP connection is handled as nginx 1.22 would handle it:
 //! - bytes that are not a TLS handshake record get nginx's plain-HTTP `400`

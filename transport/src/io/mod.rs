@@ -1,7 +1,8 @@
-//! The tokio side of links (DESIGN.md §5): the TLS listener that is a web
-//! server first, the cover site, the dialer, and the per-link reader and
-//! writer tasks. The protocol itself (handshake, framing) is in
-//! [`crate::proto`]; this module only moves bytes and keeps time.
+//! The tokio side of links (`docs/protocol.md, "Link setup"`): the TLS
+//! listener that is a web server first, the cover site, the dialer, and the
+//! per-link reader and writer tasks. The protocol itself (handshake,
+//! framing) is in [`crate::proto`]; this module only moves bytes and keeps
+//! time.
 //!
 //! The daemon's view:
 //! - build a [`LinkListener`] from a [`ListenerConfig`] (TLS from
