@@ -24,6 +24,19 @@ impl Peer {
             terms: terms.map(str::to_string),
         }
     }
+
+    /// Its `[[peer]]` table as TOML.
+    pub fn toml(&self) -> String {
+        let mut t = format!(
+            "[[peer]]\nkey = \"{}\"\nendpoints = [{}]\n",
+            self.key,
+            quoted(&self.endpoints)
+        );
+        if let Some(terms) = &self.terms {
+            let _ = writeln!(t, "terms = \"{terms}\"");
+        }
+        t
+    }
 }
 
 /// A daemon's config: its files live in one directory (`state/`,
@@ -97,15 +110,8 @@ impl UmbraConfig {
         }
         t.push_str(&self.extra);
         for p in &self.peers {
-            let _ = write!(
-                t,
-                "\n[[peer]]\nkey = \"{}\"\nendpoints = [{}]\n",
-                p.key,
-                quoted(&p.endpoints)
-            );
-            if let Some(terms) = &p.terms {
-                let _ = writeln!(t, "terms = \"{terms}\"");
-            }
+            t.push('\n');
+            t.push_str(&p.toml());
         }
         t
     }

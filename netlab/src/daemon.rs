@@ -179,6 +179,15 @@ impl Daemon {
         self.query(&serde_json::json!({"cmd": "status"}))
     }
 
+    /// Its public key, hex, from its status.
+    pub fn key(&self) -> Result<String> {
+        let s = self.status()?;
+        s["public_key"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Output(format!("no public_key in the status: {s}")))
+    }
+
     /// Whether its link to `key` is up (its `peers` over the control socket).
     pub fn link_up_to(&self, key: &str) -> bool {
         self.query(&serde_json::json!({"cmd": "peers"}))
@@ -259,6 +268,20 @@ impl Daemon {
         let s = self.proc.as_mut()?.stop(STOP_GRACE);
         self.forget();
         s
+    }
+
+    /// Stops all of `daemons` at once: SIGTERM to each, then each gets
+    /// the rest of 3 s before SIGKILL.
+    pub fn stop_all(daemons: &mut [Daemon]) -> usize {
+        let running: Vec<&mut Daemon> = daemons.iter_mut().filter(|d| d.proc.is_some()).collect();
+        for d in &running {
+            let _ = d.signal("TERM");
+        }
+        let n = running.len();
+        for d in running {
+            d.stop();
+        }
+        n
     }
 
     fn forget(&mut self) {

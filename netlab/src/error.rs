@@ -75,3 +75,10 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+/// For programs whose errors are one line of text.
+impl From<Error> for String {
+    fn from(e: Error) -> String {
+        e.to_string()
+    }
+}

@@ -31,7 +31,7 @@ impl Lab {
 
     /// Makes `dir` (mode 0700, which must not exist yet) the lab's work
     /// directory, removed at cleanup.
-    pub fn with_dir(mut self, dir: impl Into<PathBuf>) -> Result<Lab> {
+    pub fn make_dir(&mut self, dir: impl Into<PathBuf>) -> Result<&Path> {
         let dir = dir.into();
         registry::making(|r| {
             std::fs::DirBuilder::new()
@@ -41,11 +41,10 @@ impl Lab {
             r.dirs.push(dir.clone());
             Ok(())
         })?;
-        self.dir = Some(dir);
-        Ok(self)
+        Ok(self.dir.insert(dir))
     }
 
-    /// The work directory, if [`Lab::with_dir`] made one.
+    /// The work directory, if [`Lab::make_dir`] made one.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
     }
