@@ -19,11 +19,27 @@ impl Router {
     /// Needs `nft` (Debian's `nftables`).
     pub fn masquerade(netns: Netns, outside: &str) -> Result<Router> {
         netns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        let rules = format!(
-            "table ip nat {{ chain post {{ type nat hook postrouting priority srcnat; \
-             oifname \"{outside}\" masquerade; }} }}"
-        );
-        netns.exec(&["nft", &rules])?;
+        netns.exec(&["nft", "add", "table", "ip", "nat"])?;
+        netns.exec(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "nat",
+            "post",
+            "{ type nat hook postrouting priority srcnat; }",
+        ])?;
+        netns.exec(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "nat",
+            "post",
+            "oifname",
+            outside,
+            "masquerade",
+        ])?;
         Ok(Router {
             netns,
             outside: outside.to_string(),
