@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use umbra_tests::netns::{
-    Daemon, Netns, Tcpdump, init_keys, netns, peer, prepare, require_root, spawn_test_helper,
-    temp_dir, test_role, veth, wait_for,
+    Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, temp_dir, test_role,
+    veth, wait_for,
 };
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
@@ -290,12 +290,6 @@ fn check_capture(pcap: &[u8]) -> (String, usize) {
 
 // ---- the tests ----
 
-fn daemon(ns: &Netns, dir: &std::path::Path, extra: &str) -> Daemon {
-    let mut d = prepare(dir, extra);
-    d.start(ns).expect("umbra run starts");
-    d
-}
-
 #[test]
 fn a_link_between_two_daemons_shows_only_tls_records() {
     require_root();
@@ -309,7 +303,7 @@ fn a_link_between_two_daemons_shows_only_tls_records() {
         &format!("tcp port {LINK_PORT}"),
         &dir.path().join("link.pcap"),
     );
-    let a = daemon(
+    let a = start(
         &na,
         &dir.path().join("a"),
         &format!(
@@ -317,7 +311,7 @@ fn a_link_between_two_daemons_shows_only_tls_records() {
             peer(&keys[1], &ip_b)
         ),
     );
-    let b = daemon(
+    let b = start(
         &nb,
         &dir.path().join("b"),
         &format!(

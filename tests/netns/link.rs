@@ -5,18 +5,17 @@
 use std::time::Duration;
 
 use umbra_tests::netns::{
-    Daemon, Netns, init_keys, netns, peer, prepare, require_root, temp_dir, veth, wait_for,
+    Daemon, Netns, init_keys, netns, peer, require_root, start, temp_dir, veth, wait_for,
 };
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
 
 fn node(ns: &Netns, dir: &tempfile::TempDir, name: &str, extra: &str) -> Daemon {
-    let mut d = prepare(
+    start(
+        ns,
         &dir.path().join(name),
         &format!("[tun]\nenabled = false\n{extra}"),
-    );
-    d.start(ns).expect("umbra run starts");
-    d
+    )
 }
 
 #[test]

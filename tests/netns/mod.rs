@@ -73,6 +73,13 @@ pub fn prepare(dir: &Path, extra: &str) -> Daemon {
     d
 }
 
+/// [`prepare`], then starts it in `ns`.
+pub fn start(ns: &Netns, dir: &Path, extra: &str) -> Daemon {
+    let mut d = prepare(dir, extra);
+    d.start(ns).expect("umbra run starts");
+    d
+}
+
 /// The keys of fresh nodes `names` under `dir` (`umbra init` in
 /// `dir/<name>`), so their configs can name each other.
 pub fn init_keys(dir: &Path, names: &[&str]) -> Vec<String> {
