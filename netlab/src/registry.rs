@@ -116,7 +116,10 @@ pub(crate) fn stop_pids(pids: &[u32]) {
 /// started (by handles dropping too). With `cancel`, nothing more is made
 /// afterwards.
 pub(crate) fn cleanup_all(cancel: bool) -> Cleanup {
-    let mut r = lock();
+    cleanup_locked(&mut lock(), cancel)
+}
+
+fn cleanup_locked(r: &mut Registry, cancel: bool) -> Cleanup {
     r.cancelled |= cancel;
     let daemons = std::mem::take(&mut r.daemons);
     stop_pids(&daemons);
@@ -150,7 +153,10 @@ pub fn cleanup_on_signals(
         .name("netlab-signals".into())
         .spawn(move || {
             if let Some(sig) = sigs.forever().next() {
-                let done = cleanup_all(true);
+                // The record stays locked until the exit: the program's
+                // other threads make and remove nothing in between.
+                let mut r = lock();
+                let done = cleanup_locked(&mut r, true);
                 report(sig, &done);
                 std::process::exit(130);
             }
