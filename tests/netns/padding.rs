@@ -85,9 +85,10 @@ fn pair(
     let config = |me: &str, peer: &str, peer_ip: &str, extra: &str| {
         // `extra` first: it may hold top-level keys, which TOML wants
         // before any table.
+        let peer = umbra_netlab::Peer::new(peer, format!("{peer_ip}:443"), Some(terms));
         format!(
-            "{extra}[tun]\nenabled = false\n[listen]\nhttps = [\"{me}:443\"]\n\
-             [[peer]]\nkey = \"{peer}\"\nendpoints = [\"{peer_ip}:443\"]\nterms = \"{terms}\"\n"
+            "{extra}[tun]\nenabled = false\n[listen]\nhttps = [\"{me}:443\"]\n{}",
+            peer.toml()
         )
     };
     let mut a = prepare(&dir_a, &config(&ip_a, &kb, &ip_b, extra_a));
