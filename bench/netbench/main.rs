@@ -9,7 +9,6 @@
 #![allow(clippy::print_stdout)]
 
 mod measure;
-mod netns;
 mod overlay;
 mod profile;
 mod report;
@@ -19,6 +18,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use umbra_bench::stats::{median, percentile};
+use umbra_netlab::{Lab, Veth};
 
 use crate::measure::{FirstPacket, PingResult, TcpRun};
 use crate::overlay::{Binaries, Overlay, System};
@@ -26,30 +26,66 @@ use crate::overlay::{Binaries, Overlay, System};
 /// Errors are one line of text naming what failed.
 pub(crate) type R<T> = Result<T, String>;
 
-const USAGE: &str = "\
-usage: netbench [--quick] [--secs N] [--runs N] [--pings N] [--rounds N]
-                [--umbra PATH] [--yggdrasil PATH] [--out DIR] [--only umbra|yggdrasil]
-                [--keep] [--profile]
+/// The benchmark's lab: namespaces `ubn<pid>-<tag>`.
+pub(crate) fn lab() -> &'static Lab {
+    static LAB: std::sync::OnceLock<Lab> = std::sync::OnceLock::new();
+    LAB.get_or_init(|| Lab::new("ubn"))
+}
 
-Builds the same network-namespace topologies (2 nodes direct; a 5-node chain)
-for umbra and for Yggdrasil, and measures iperf3 TCP throughput (1 and 4
-streams), ping RTT, daemon CPU seconds per GB, resident memory, and the first
-packet to a new destination. Needs root.
+/// The command line (`netbench --help`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "netbench",
+    about = "The side-by-side network benchmark of umbra and Yggdrasil.",
+    long_about = "Builds the same network-namespace topologies (2 nodes direct; a 5-node chain) \
+                  for umbra and for Yggdrasil, and measures iperf3 TCP throughput (1 and 4 \
+                  streams), ping RTT, daemon CPU seconds per GB, resident memory, and the first \
+                  packet to a new destination. Needs root."
+)]
+struct Args {
+    /// 2 nodes only, 2 s iperf3, 20 pings, 1 run (for CI)
+    #[arg(long)]
+    quick: bool,
+    /// iperf3 seconds per run (default 10)
+    #[arg(long, value_name = "N")]
+    secs: Option<u32>,
+    /// iperf3 runs per case; the median counts (default 3)
+    #[arg(long, value_name = "N")]
+    runs: Option<usize>,
+    /// pings for RTT (default 200, 10 ms apart)
+    #[arg(long, value_name = "N")]
+    pings: Option<usize>,
+    /// fresh starts of the chain to sample circuit builds (default 3)
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// the umbra binary (default: target/release/umbra beside netbench)
+    #[arg(long, value_name = "PATH")]
+    umbra: Option<PathBuf>,
+    /// the yggdrasil binary (default: yggdrasil on PATH)
+    #[arg(long, value_name = "PATH")]
+    yggdrasil: Option<PathBuf>,
+    /// where JSON and SVG go (default bench/results; with --quick,
+    /// target/netbench)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// run one system only (no ratios)
+    #[arg(long, value_enum, value_name = "SYSTEM")]
+    only: Option<Only>,
+    /// keep the daemons' logs and configs
+    #[arg(long)]
+    keep: bool,
+    /// instead of measuring, record each daemon with `perf record` during
+    /// one iperf3 run; reports go to <out>/profile
+    #[arg(long)]
+    profile: bool,
+}
 
-  --quick        2 nodes only, 2 s iperf3, 20 pings, 1 run (for CI)
-  --secs N       iperf3 seconds per run (default 10)
-  --runs N       iperf3 runs per case; the median counts (default 3)
-  --pings N      pings for RTT (default 200, 10 ms apart)
-  --rounds N     fresh starts of the chain to sample circuit builds (default 3)
-  --umbra PATH   the umbra binary (default: target/release/umbra beside netbench)
-  --yggdrasil P  the yggdrasil binary (default: yggdrasil on PATH)
-  --out DIR      where JSON and SVG go (default bench/results; with --quick,
-                 target/netbench)
-  --only SYSTEM  run one system only (no ratios)
-  --keep         keep the daemons' logs and configs
-  --profile      instead of measuring, record each daemon with `perf record`
-                 during one iperf3 run; reports go to <out>/profile
-";
+/// `--only`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Only {
+    Umbra,
+    Yggdrasil,
+}
 
 /// What the run does.
 #[derive(Debug, Clone)]
@@ -74,46 +110,24 @@ fn workspace_dir() -> PathBuf {
 }
 
 fn parse_args() -> R<Options> {
-    let mut args = std::env::args().skip(1);
-    let mut quick = false;
-    let (mut secs, mut runs, mut pings, mut rounds) = (None, None, None, None);
-    let mut umbra = None;
-    let mut ygg = None;
-    let mut out = None;
-    let mut systems = vec![System::Umbra, System::Yggdrasil];
-    let mut keep = false;
-    let mut profile = false;
-    fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> R<T> {
-        v.as_deref()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a number\n\n{USAGE}"))
-    }
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--secs" => secs = Some(num("--secs", args.next())?),
-            "--runs" => runs = Some(num("--runs", args.next())?),
-            "--pings" => pings = Some(num("--pings", args.next())?),
-            "--rounds" => rounds = Some(num("--rounds", args.next())?),
-            "--umbra" => umbra = args.next().map(PathBuf::from),
-            "--yggdrasil" => ygg = args.next().map(PathBuf::from),
-            "--out" => out = args.next().map(PathBuf::from),
-            "--keep" => keep = true,
-            "--profile" => profile = true,
-            "--only" => {
-                systems = match args.next().as_deref() {
-                    Some("umbra") => vec![System::Umbra],
-                    Some("yggdrasil") => vec![System::Yggdrasil],
-                    other => return Err(format!("--only umbra|yggdrasil, not {other:?}")),
-                }
-            }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
-        }
-    }
+    let Args {
+        quick,
+        secs,
+        runs,
+        pings,
+        rounds,
+        umbra,
+        yggdrasil: ygg,
+        out,
+        only,
+        keep,
+        profile,
+    } = clap::Parser::parse();
+    let systems = match only {
+        Some(Only::Umbra) => vec![System::Umbra],
+        Some(Only::Yggdrasil) => vec![System::Yggdrasil],
+        None => vec![System::Umbra, System::Yggdrasil],
+    };
     let umbra = match umbra {
         Some(p) => p,
         None => std::env::current_exe()
@@ -144,13 +158,7 @@ fn parse_args() -> R<Options> {
 }
 
 fn preflight(o: &Options) -> R<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0");
-    if !root {
+    if !umbra_netlab::is_root() {
         return Err("netbench builds network namespaces and needs root (sudo -E)".into());
     }
     if o.systems.contains(&System::Umbra) && !o.bins.umbra.exists() {
@@ -170,15 +178,12 @@ fn preflight(o: &Options) -> R<()> {
         ("ss", "apt-get install -y iproute2"),
     ];
     for (tool, fix) in tools.iter().chain(perf) {
-        if netns::run(&["sh", "-c", &format!("command -v {tool}")])
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
+        if !umbra_netlab::has_tool(tool) {
             return Err(format!("{tool} is not installed: {fix}"));
         }
     }
     if o.systems.contains(&System::Yggdrasil)
-        && netns::run(&[&o.bins.yggdrasil.to_string_lossy(), "-version"]).is_err()
+        && umbra_netlab::run(&[&o.bins.yggdrasil.to_string_lossy(), "-version"]).is_err()
     {
         return Err(format!(
             "{} is not installed: apt-get install -y yggdrasil (or --only umbra)",
@@ -339,9 +344,9 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
 
 /// Plain veth between two namespaces: the ceiling both overlays run under.
 fn baseline(opts: &Options) -> R<Value> {
-    let a = netns::Netns::new("b")?;
-    let b = netns::Netns::new("b")?;
-    let (_, ip_b) = netns::veth(&a, &b, 9)?;
+    let a = lab().netns("b0")?;
+    let b = lab().netns("b1")?;
+    let (_, ip_b) = Veth::internet(&a, &b, 9)?.ips();
     let dir = std::env::temp_dir();
     let _server = measure::iperf3_server(&b, &ip_b, &dir.join("netbench-veth-iperf3.log"))?;
     let ping = measure::ping(&a, &ip_b, opts.pings, 0.01)?;
@@ -366,11 +371,20 @@ fn main() {
         eprintln!("netbench: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = netns::install_cleanup_handlers() {
+    let on_signal = |sig, _: &umbra_netlab::Cleanup| {
+        eprintln!("netbench: signal {sig}, removed the namespaces");
+    };
+    let signals = [
+        umbra_netlab::SIGINT,
+        umbra_netlab::SIGTERM,
+        umbra_netlab::SIGHUP,
+    ];
+    if let Err(e) = umbra_netlab::cleanup_on_signals(&signals, on_signal) {
         eprintln!("netbench: {e}");
         std::process::exit(1);
     }
-    netns::sweep_stale();
+    umbra_netlab::cleanup_on_panic();
+    lab().sweep_stale(|_| None);
     let code = match run(&opts) {
         Ok(()) => 0,
         Err(e) => {
@@ -378,7 +392,7 @@ fn main() {
             1
         }
     };
-    netns::cleanup_all();
+    lab().cleanup();
     std::process::exit(code);
 }
 

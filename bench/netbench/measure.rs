@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use umbra_bench::procfs::{cpu_seconds, parse_utc_timestamp, rss_anon_kib, rss_kib, strip_ansi};
 use umbra_bench::stats::{mean, median, percentile};
 
+use umbra_netlab::{IperfOptions, IperfServer, Netns, PingOptions};
+
 use crate::R;
-use crate::netns::{Netns, Proc};
 use crate::overlay::{Overlay, System};
 
 /// Round-trip times of one ping run.
@@ -41,51 +42,19 @@ impl PingResult {
     }
 }
 
-/// One reply line of `ping -D`: (unix time of the reply, RTT in ms).
-fn parse_ping_line(line: &str) -> Option<(Option<f64>, f64)> {
-    let rtt: f64 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("time="))?
-        .parse()
-        .ok()?;
-    let ts = line
-        .strip_prefix('[')
-        .and_then(|l| l.split_once(']'))
-        .and_then(|(t, _)| t.parse().ok());
-    Some((ts, rtt))
-}
-
 /// `count` pings from `ns` to `addr`, `interval` seconds apart.
 pub(crate) fn ping(ns: &Netns, addr: &str, count: usize, interval: f64) -> R<PingResult> {
-    let family = if addr.contains(':') { "-6" } else { "-4" };
-    let out = ns.run(&[
-        "ping",
-        family,
-        "-n",
-        "-c",
-        &count.to_string(),
-        "-i",
-        &format!("{interval}"),
-        "-W",
-        "2",
-        addr,
-    ])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rtts_ms: Vec<f64> = text
-        .lines()
-        .filter_map(parse_ping_line)
-        .map(|(_, r)| r)
-        .collect();
-    if rtts_ms.is_empty() {
+    let stats = umbra_netlab::ping(ns, addr, PingOptions::new(count, interval))?;
+    if stats.received() == 0 {
         return Err(format!(
-            "ping {addr} from {} got no reply: {text}{}",
+            "ping {addr} from {} got no reply: {}",
             ns.name(),
-            String::from_utf8_lossy(&out.stderr)
+            stats.output
         ));
     }
     Ok(PingResult {
         sent: count,
-        rtts_ms,
+        rtts_ms: stats.rtts_ms(),
     })
 }
 
@@ -130,19 +99,13 @@ pub(crate) fn first_packets(o: &Overlay) -> R<Vec<FirstPacket>> {
     let mut out = Vec::new();
     for from in 0..n {
         for to in from + 1..n {
-            let res = o.ns[from].run(&[
-                "ping",
-                "-6",
-                "-D",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "10",
-                &o.addrs[to],
-            ])?;
-            let text = String::from_utf8_lossy(&res.stdout);
-            let reply = text.lines().find_map(parse_ping_line);
+            let opts = PingOptions {
+                wait_secs: 10,
+                timestamps: true,
+                ..PingOptions::new(1, 1.0)
+            };
+            let stats = umbra_netlab::ping(&o.ns[from], &o.addrs[to], opts)?;
+            let reply = stats.replies.first().map(|r| (r.at, r.rtt_ms));
             let (rtt_ms, sent_at) = match reply {
                 Some((Some(ts), rtt)) => (Some(rtt), Some(ts - rtt / 1000.0)),
                 Some((None, rtt)) => (Some(rtt), None),
@@ -205,12 +168,8 @@ impl TcpRun {
 }
 
 /// A persistent iperf3 server in `ns` bound to `addr`.
-pub(crate) fn iperf3_server(ns: &Netns, addr: &str, log: &std::path::Path) -> R<Proc> {
-    let mut c = ns.command(std::path::Path::new("iperf3"));
-    c.args(["-s", "-B", addr]);
-    let p = Proc::spawn(c, log)?;
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(p)
+pub(crate) fn iperf3_server(ns: &Netns, addr: &str, log: &std::path::Path) -> R<IperfServer> {
+    Ok(IperfServer::start(ns, addr, log, false)?)
 }
 
 /// One iperf3 TCP run of `secs` seconds with `streams` parallel streams from
@@ -222,11 +181,6 @@ pub(crate) fn iperf3(
     streams: u32,
     pids: &[u32],
 ) -> R<TcpRun> {
-    let family = if server_addr.contains(':') {
-        "-6"
-    } else {
-        "-4"
-    };
     let stop = AtomicBool::new(false);
     let cpu_before = cpu_all(pids);
     let (out, rss_max_kib) = std::thread::scope(|s| {
@@ -240,58 +194,28 @@ pub(crate) fn iperf3(
             }
             max
         });
-        let out = client.run(&[
-            "iperf3",
-            family,
-            "-J",
-            "-c",
-            server_addr,
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "--connect-timeout",
-            "5000",
-        ]);
+        let opts = IperfOptions {
+            streams,
+            ..IperfOptions::new(secs)
+        };
+        let out = umbra_netlab::iperf3(client, server_addr, opts);
         stop.store(true, Ordering::Relaxed);
         (out, sampler.join().unwrap_or_default())
     });
     let cpu_s = cpu_all(pids) - cpu_before;
-    let out = out?;
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "iperf3 printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if let Some(err) = v["error"].as_str() {
-        return Err(format!("iperf3 to {server_addr}: {err}"));
-    }
-    let recv = &v["end"]["sum_received"];
+    let r = out.map_err(|e| format!("iperf3 to {server_addr}: {e}"))?;
     Ok(TcpRun {
-        mbps: recv["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
-        bytes: recv["bytes"].as_u64().unwrap_or(0),
+        mbps: r.mbps(),
+        bytes: r.bytes,
         cpu_s,
         rss_max_kib,
-        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        retransmits: r.retransmits,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ping_lines_with_and_without_timestamps() {
-        let l = "[1795245938.123456] 64 bytes from 600::1: icmp_seq=1 ttl=64 time=0.456 ms";
-        assert_eq!(
-            parse_ping_line(l),
-            Some((Some(1_795_245_938.123456), 0.456))
-        );
-        let l = "64 bytes from 198.18.10.2: icmp_seq=3 ttl=64 time=12.5 ms";
-        assert_eq!(parse_ping_line(l), Some((None, 12.5)));
-        assert_eq!(parse_ping_line("PING 600::1 56 data bytes"), None);
-    }
 
     #[test]
     fn built_lines_in_a_log() {

@@ -5,8 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::R;
-use crate::netns::{Netns, Proc, veth};
+use umbra_netlab::{Daemon, Links, Netns, Proc, UmbraConfig};
+
+use crate::{R, lab};
 
 /// Which overlay runs the topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub(crate) struct Binaries {
 const YGG_TLS_PORT: u16 = 7443;
 /// How long the links and routing may take to come up.
 const CONVERGE: Duration = Duration::from_secs(45);
+/// How long a stopped daemon gets to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// A running chain of overlay daemons.
 #[derive(Debug)]
@@ -68,21 +71,15 @@ impl Overlay {
             System::Umbra => "u",
             System::Yggdrasil => "y",
         };
-        let ns: Vec<Netns> = (0..n).map(|_| Netns::new(tag)).collect::<R<_>>()?;
-        // listen[i]: node i's veth addresses; links: (a, b, ip_a, ip_b).
-        let mut listen: Vec<Vec<String>> = vec![Vec::new(); n];
-        let mut links = Vec::new();
-        for i in 0..n - 1 {
-            let (ip_a, ip_b) = veth(&ns[i], &ns[i + 1], 10 + i as u8)?;
-            listen[i].push(ip_a.clone());
-            listen[i + 1].push(ip_b.clone());
-            links.push((i, i + 1, ip_a, ip_b));
-        }
+        let ns: Vec<Netns> = (0..n)
+            .map(|i| lab().netns(&format!("{tag}{i}")))
+            .collect::<Result<_, _>>()?;
+        let links = Links::new(&ns, &Links::chain(n), 10, umbra_netlab::numbered)?;
         let dir = dir.join(format!("{}-{n}", system.key()));
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let (configs, addrs) = match system {
-            System::Umbra => umbra_configs(&bins.umbra, &dir, n, &listen, &links)?,
-            System::Yggdrasil => ygg_configs(&bins.yggdrasil, &dir, n, &listen, &links)?,
+            System::Umbra => umbra_configs(&bins.umbra, &dir, &links)?,
+            System::Yggdrasil => ygg_configs(&bins.yggdrasil, &dir, &links)?,
         };
         let mut o = Overlay {
             system,
@@ -127,7 +124,7 @@ impl Overlay {
     /// sessions), and waits until routing works.
     pub(crate) fn restart(&mut self) -> R<()> {
         for d in self.daemons.iter_mut().flatten() {
-            d.stop();
+            d.stop(STOP_GRACE);
         }
         self.daemons.iter_mut().for_each(|d| *d = None);
         self.start_all()
@@ -165,18 +162,14 @@ impl Overlay {
     /// Waits until Yggdrasil on node `i` accepts peerings.
     fn wait_listening(&self, i: usize) -> R<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let port = format!(":{YGG_TLS_PORT}");
         while Instant::now() < deadline {
-            let listening = self.ns[i]
-                .exec(&["ss", "-Hltn"])
-                .is_ok_and(|o| o.contains(&port));
-            if listening {
+            if self.ns[i].listens_tcp(YGG_TLS_PORT) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!(
-            "yggdrasil on node {i} does not listen on {port}; log:\n{}",
+            "yggdrasil on node {i} does not listen on :{YGG_TLS_PORT}; log:\n{}",
             self.log(i)
         ))
     }
@@ -185,7 +178,7 @@ impl Overlay {
         let deadline = Instant::now() + CONVERGE;
         loop {
             for (i, d) in self.daemons.iter_mut().enumerate() {
-                if let Some(d) = d.as_mut().filter(|d| d.exited_now()) {
+                if let Some(d) = d.as_mut().filter(|d| d.exited()) {
                     return Err(format!(
                         "{} on node {i} exited early; log:\n{}",
                         self.system.key(),
@@ -248,83 +241,35 @@ impl Overlay {
 
 /// The last `n` lines of `text`.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    umbra_netlab::tail(text, n)
 }
 
-type Links = [(usize, usize, String, String)];
-
-fn umbra_configs(
-    umbra: &Path,
-    dir: &Path,
-    n: usize,
-    listen: &[Vec<String>],
-    links: &Links,
-) -> R<(Vec<PathBuf>, Vec<String>)> {
-    let mut configs = Vec::new();
-    let mut keys = Vec::new();
-    let mut addrs = Vec::new();
-    let base = |i: usize| {
-        let d = dir.join(format!("n{i}"));
-        format!(
-            "state_dir = \"{}\"\ncontrol_socket = \"{}\"\nanonymity = \"fast\"\n",
-            d.join("state").display(),
-            d.join("control.sock").display()
-        )
+/// Writes each node's umbra.toml (`anonymity = "fast"`, listening on its
+/// veth addresses, a `[[peer]]` per neighbour) and returns the config files
+/// and overlay addresses.
+fn umbra_configs(umbra: &Path, dir: &Path, links: &Links) -> R<(Vec<PathBuf>, Vec<String>)> {
+    let n = links.listen.len();
+    let config = |i: usize| {
+        let mut c = UmbraConfig::new(&dir.join(format!("n{i}")));
+        c.top = "anonymity = \"fast\"\n".into();
+        c
     };
+    let ids = (0..n)
+        .map(|i| Daemon::new(umbra, &config(i))?.init())
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<String> = ids.iter().map(|id| id.key.clone()).collect();
+    let mut configs = Vec::new();
     for i in 0..n {
-        let d = dir.join(format!("n{i}"));
-        fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        let config = d.join("umbra.toml");
-        fs::write(&config, base(i)).map_err(|e| format!("{}: {e}", config.display()))?;
-        let out = std::process::Command::new(umbra)
-            .arg("--config")
-            .arg(&config)
-            .args(["init", "--json"])
-            .output()
-            .map_err(|e| format!("running {} init: {e}", umbra.display()))?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "umbra init printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-        let field = |k: &str| {
-            v[k].as_str()
-                .map(str::to_string)
-                .ok_or_else(|| format!("umbra init --json has no {k}: {v}"))
-        };
-        keys.push(field("public_key")?);
-        addrs.push(field("address")?);
-        configs.push(config);
+        let mut c = config(i);
+        c.listen = Some(links.listen_on(i, 443));
+        c.peers = links.umbra_peers(i, &keys, 443, Some("1TB/30d"));
+        configs.push(c.write()?);
     }
-    for i in 0..n {
-        let mut text = base(i);
-        let https: Vec<String> = listen[i].iter().map(|ip| format!("\"{ip}:443\"")).collect();
-        text.push_str(&format!("[listen]\nhttps = [{}]\n", https.join(", ")));
-        for (a, b, ip_a, ip_b) in links {
-            let (peer, ip) = match i {
-                _ if i == *a => (*b, ip_b),
-                _ if i == *b => (*a, ip_a),
-                _ => continue,
-            };
-            text.push_str(&format!(
-                "[[peer]]\nkey = \"{}\"\nendpoints = [\"{ip}:443\"]\nterms = \"1TB/30d\"\n",
-                keys[peer]
-            ));
-        }
-        fs::write(&configs[i], text).map_err(|e| format!("{}: {e}", configs[i].display()))?;
-    }
-    Ok((configs, addrs))
+    Ok((configs, ids.into_iter().map(|id| id.address).collect()))
 }
 
-fn ygg_configs(
-    ygg: &Path,
-    dir: &Path,
-    n: usize,
-    listen: &[Vec<String>],
-    links: &Links,
-) -> R<(Vec<PathBuf>, Vec<String>)> {
+fn ygg_configs(ygg: &Path, dir: &Path, links: &Links) -> R<(Vec<PathBuf>, Vec<String>)> {
+    let n = links.listen.len();
     let mut configs = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..n {
@@ -336,13 +281,16 @@ fn ygg_configs(
             .map_err(|e| format!("yggdrasil -genconf -json printed no JSON: {e}"))?;
         // TLS peering: the lower-numbered node of each link dials the other.
         let peers: Vec<String> = links
+            .edges
             .iter()
-            .filter(|(a, ..)| *a == i)
-            .map(|(_, _, _, ip_b)| format!("tls://{ip_b}:{YGG_TLS_PORT}"))
+            .zip(&links.veths)
+            .filter(|((a, _), _)| *a == i)
+            .map(|(_, v)| format!("tls://{}:{YGG_TLS_PORT}", v.b.ip))
             .collect();
-        let listen: Vec<String> = listen[i]
+        let listen: Vec<String> = links
+            .listen_on(i, YGG_TLS_PORT)
             .iter()
-            .map(|ip| format!("tls://{ip}:{YGG_TLS_PORT}"))
+            .map(|ep| format!("tls://{ep}"))
             .collect();
         conf["Peers"] = serde_json::json!(peers);
         conf["Listen"] = serde_json::json!(listen);

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::netns::Proc;
 use crate::overlay::{Overlay, System};
 use crate::{Options, R, measure};
+use umbra_netlab::Proc;
 
 /// Samples per second per daemon: enough for percentages, little overhead.
 const PERF_HZ: &str = "499";
@@ -53,9 +53,12 @@ fn profile_one(opts: &Options, system: System, n: usize, work: &Path, out: &Path
                 .arg("-o")
                 .arg(out.join(format!("{}.data", name(i))))
                 .args(["--", "sleep", &opts.secs.to_string()]);
-            perfs.push(Proc::spawn(c, &out.join(format!("{}.record.log", name(i)))));
+            perfs.push(
+                Proc::spawn(c, &out.join(format!("{}.record.log", name(i)))).map_err(String::from),
+            );
         }
         for p in perfs.iter_mut().flatten() {
+            // Still running past its limit: killed as it drops.
             p.wait(Duration::from_secs(u64::from(opts.secs) + 60));
         }
         (client.join(), perfs)

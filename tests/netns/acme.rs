@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use umbra_tests::netns::{Daemon, Netns, require_root, run, temp_dir, veth, wait_for};
+use umbra_tests::netns::{Netns, netns, prepare, require_root, temp_dir, veth, wait_for};
 
 /// The domain the node gets a certificate for (`.test` is reserved, RFC 2606).
 const DOMAIN: &str = "node.umbra.test";
@@ -184,13 +184,11 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
     require_root();
     for bin in ["pebble", "pebble-challtestsrv", "openssl", "curl"] {
         assert!(
-            run(&["sh", "-c", &format!("command -v {bin}")])
-                .status
-                .success(),
+            umbra_netlab::has_tool(bin),
             "this test needs `{bin}` (apt-get install pebble openssl curl)"
         );
     }
-    let (ca, node) = (Netns::new("ca"), Netns::new("an"));
+    let (ca, node) = (netns("ca"), netns("an"));
     let (ca_ip, node_ip) = veth(&ca, &node, 60);
     let dir = temp_dir("acme");
     let test_ca = make_wfe_cert(dir.path(), &ca_ip);
@@ -201,7 +199,7 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
     let root = dir.path().join("pebble-root.pem").display().to_string();
     wait_for(Duration::from_secs(20), "pebble's root CA", &[], || {
         let mgmt = format!("https://{ca_ip}:15000/roots/0");
-        let out = run(&[
+        let out = umbra_netlab::run(&[
             "ip",
             "netns",
             "exec",
@@ -213,11 +211,12 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
             "-o",
             &root,
             &mgmt,
-        ]);
+        ])
+        .expect("run curl");
         out.status.success().then_some(())
     });
 
-    let mut d = Daemon::prepare(
+    let mut d = prepare(
         &dir.path().join("node"),
         &format!(
             "[tun]\nenabled = false\n[listen]\nhttps = [\"{node_ip}:443\"]\n\
@@ -226,7 +225,7 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
              acme_email = \"ops@umbra.test\"\nacme_ca = \"{test_ca}\"\n"
         ),
     );
-    d.start(&node);
+    d.start(&node).expect("umbra run starts");
 
     let (serial, issuer) = wait_for(
         ISSUE_WAIT,
@@ -249,19 +248,21 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
     // An ordinary web client that trusts pebble's root sees the cover site.
     let url = format!("https://{DOMAIN}/");
     let resolve = format!("{DOMAIN}:443:{node_ip}");
-    let status = ca.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{http_version}",
-        "--cacert",
-        &root,
-        "--resolve",
-        &resolve,
-        &url,
-    ]);
+    let status = ca
+        .exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            "--cacert",
+            &root,
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .expect("command in the namespace");
     assert_eq!(status, "200 2", "curl with pebble's root: {status}");
 
     // The certificate and the account are kept in the state directory, private.
@@ -281,13 +282,13 @@ fn acme_certificate_from_pebble_is_served_and_survives_a_restart() {
     assert_eq!(mode & 0o777, 0o700, "state_dir/acme mode {mode:o}");
 
     // After a restart the same certificate is served at once, with no new order.
-    d.signal("TERM");
+    d.signal("TERM").expect("signal the daemon");
     assert!(
         d.wait(Duration::from_secs(10)).is_some(),
         "umbra run did not stop on SIGTERM; log:\n{}",
         d.log_text()
     );
-    d.start(&node);
+    d.start(&node).expect("umbra run starts");
     let again = wait_for(
         Duration::from_secs(10),
         "the restarted node to serve pebble's certificate",

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use umbra_tests::netns::{
-    Daemon, Netns, Tcpdump, iface_with_addr, require_root, spawn_test_helper, temp_dir, test_role,
+    Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, temp_dir, test_role,
     veth, wait_for,
 };
 
@@ -290,38 +290,20 @@ fn check_capture(pcap: &[u8]) -> (String, usize) {
 
 // ---- the tests ----
 
-fn daemon(ns: &Netns, dir: &std::path::Path, extra: &str) -> Daemon {
-    let mut d = Daemon::prepare(dir, extra);
-    d.start(ns);
-    d
-}
-
 #[test]
 fn a_link_between_two_daemons_shows_only_tls_records() {
     require_root();
-    let (na, nb) = (Netns::new("pa"), Netns::new("pb"));
+    let (na, nb) = (netns("pa"), netns("pb"));
     let (ip_a, ip_b) = veth(&na, &nb, 50);
     let dir = temp_dir("capture");
-    let keys: Vec<String> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            let d = Daemon::prepare(&dir.path().join(n), "");
-            d.cli_json(&["init", "--json"])["public_key"]
-                .as_str()
-                .expect("key")
-                .to_string()
-        })
-        .collect();
-    let peer = |k: &str, ep: &str| {
-        format!("[[peer]]\nkey = \"{k}\"\nendpoints = [\"{ep}:443\"]\nterms = \"1TB/30d\"\n")
-    };
+    let keys = init_keys(dir.path(), &["a", "b"]);
     let mut capture = Tcpdump::start(
         &na,
-        &iface_with_addr(&na, &ip_a),
+        &na.iface_with_addr(&ip_a).expect("interface"),
         &format!("tcp port {LINK_PORT}"),
         &dir.path().join("link.pcap"),
     );
-    let a = daemon(
+    let a = start(
         &na,
         &dir.path().join("a"),
         &format!(
@@ -329,7 +311,7 @@ fn a_link_between_two_daemons_shows_only_tls_records() {
             peer(&keys[1], &ip_b)
         ),
     );
-    let b = daemon(
+    let b = start(
         &nb,
         &dir.path().join("b"),
         &format!(
@@ -343,7 +325,7 @@ fn a_link_between_two_daemons_shows_only_tls_records() {
     let linked = Instant::now();
 
     // Cells, if the overlay carries packets yet: pings both ways.
-    let addr_b = b.cli_json(&["status", "--json"])["address"]
+    let addr_b = b.cli_json(&["status", "--json"]).expect("umbra cli")["address"]
         .as_str()
         .expect("address")
         .to_string();
@@ -353,7 +335,9 @@ fn a_link_between_two_daemons_shows_only_tls_records() {
         .output()
         .is_ok_and(|o| o.status.success());
     if pinged {
-        let out = na.exec(&["ping", "-6", "-q", "-c", "300", "-i", "0.02", &addr_b]);
+        let out = na
+            .exec(&["ping", "-6", "-q", "-c", "300", "-i", "0.02", &addr_b])
+            .expect("command in the namespace");
         eprintln!("overlay ping: {out}");
     } else {
         eprintln!("the overlay does not carry ping yet: keepalives only");
@@ -381,7 +365,7 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
         return;
     }
     require_root();
-    let (nl, nd) = (Netns::new("ql"), Netns::new("qd"));
+    let (nl, nd) = (netns("ql"), netns("qd"));
     let (ip_l, _) = veth(&nl, &nd, 51);
     let dir = temp_dir("cells");
     let key_file = dir.path().join("listener.key");
@@ -395,7 +379,7 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
     ];
     let mut capture = Tcpdump::start(
         &nl,
-        &iface_with_addr(&nl, &ip_l),
+        &nl.iface_with_addr(&ip_l).expect("interface"),
         &format!("tcp port {LINK_PORT}"),
         &dir.path().join("cells.pcap"),
     );

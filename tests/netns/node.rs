@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use umbra_tests::netns::{Daemon, Netns, require_root, temp_dir};
+use umbra_tests::netns::{netns, prepare, require_root, temp_dir};
 
 #[test]
 fn node_runs_in_a_namespace() {
     require_root();
-    let ns = Netns::new("node");
+    let ns = netns("node");
     let dir = temp_dir("node");
-    let mut d = Daemon::prepare(dir.path(), "[listen]\nhttps = []\n");
-    d.start(&ns);
+    let mut d = prepare(dir.path(), "[listen]\nhttps = []\n");
+    d.start(&ns).expect("umbra run starts");
 
     // The identity was created on first run, mode 0600.
     let key = d.state_dir.join("identity.key");
@@ -22,7 +22,7 @@ fn node_runs_in_a_namespace() {
     );
     assert_eq!(mode & 0o777, 0o600, "identity.key mode");
 
-    let status = d.cli_json(&["status", "--json"]);
+    let status = d.cli_json(&["status", "--json"]).expect("umbra cli");
     let addr = status["address"].as_str().expect("address").to_string();
     assert!(addr.starts_with("6"), "address {addr} is not in 600::/8");
     assert!(status["subnet"].as_str().expect("subnet").ends_with("/64"));
@@ -33,20 +33,26 @@ fn node_runs_in_a_namespace() {
     assert_eq!(status["circuits"], 0);
 
     // `umbra address` works offline from the state dir and agrees.
-    let out = d.cli(&["address"]);
+    let out = d.cli(&["address"]).expect("run umbra cli");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), addr);
 
     // The kernel's view: address, no link-local, route, MTU.
-    let addrs = ns.exec(&["ip", "-6", "addr", "show", "dev", "umbra0"]);
+    let addrs = ns
+        .exec(&["ip", "-6", "addr", "show", "dev", "umbra0"])
+        .expect("command in the namespace");
     assert!(
         addrs.contains(&format!("{addr}/128")),
         "ip -6 addr:\n{addrs}"
     );
     assert!(!addrs.contains("fe80"), "link-local on umbra0:\n{addrs}");
-    let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "umbra0"]);
+    let routes = ns
+        .exec(&["ip", "-6", "route", "show", "dev", "umbra0"])
+        .expect("command in the namespace");
     assert!(routes.contains("600::/7"), "ip -6 route:\n{routes}");
-    let link = ns.exec(&["ip", "link", "show", "umbra0"]);
+    let link = ns
+        .exec(&["ip", "link", "show", "umbra0"])
+        .expect("command in the namespace");
     assert!(link.contains("mtu 65535"), "ip link:\n{link}");
 
     // Malformed requests get an error answer; the daemon keeps running.
@@ -64,7 +70,10 @@ fn node_runs_in_a_namespace() {
         "daemon died on bad input:\n{}",
         d.log_text()
     );
-    assert_eq!(d.cli_json(&["status", "--json"])["address"], addr.as_str());
+    assert_eq!(
+        d.cli_json(&["status", "--json"]).expect("umbra cli")["address"],
+        addr.as_str()
+    );
 
     // A second daemon on the same state directory is refused clearly.
     let mut second = std::process::Command::new(umbra_tests::netns::umbra_bin());
@@ -81,7 +90,7 @@ fn node_runs_in_a_namespace() {
     assert!(err.contains("already running"), "second daemon said: {err}");
 
     // SIGHUP reloads; the daemon stays up.
-    d.signal("HUP");
+    d.signal("HUP").expect("signal the daemon");
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.try_wait().is_none());
     assert!(
@@ -91,7 +100,7 @@ fn node_runs_in_a_namespace() {
     );
 
     // SIGTERM: clean exit, interface and socket gone.
-    d.signal("TERM");
+    d.signal("TERM").expect("signal the daemon");
     let status = d
         .wait(Duration::from_secs(10))
         .expect("daemon exits after SIGTERM");
@@ -100,57 +109,64 @@ fn node_runs_in_a_namespace() {
         "exit status {status}; log:\n{}",
         d.log_text()
     );
-    let links = ns.exec(&["ip", "link", "show"]);
+    let links = ns
+        .exec(&["ip", "link", "show"])
+        .expect("command in the namespace");
     assert!(!links.contains("umbra0"), "umbra0 still there:\n{links}");
     assert!(!d.socket.exists(), "control socket left behind");
 
     // A stale socket file from a crash does not stop the next start.
     std::os::unix::net::UnixListener::bind(&d.socket).expect("stale socket");
-    d.start(&ns);
-    assert_eq!(d.cli_json(&["status", "--json"])["address"], addr.as_str());
+    d.start(&ns).expect("umbra run starts");
+    assert_eq!(
+        d.cli_json(&["status", "--json"]).expect("umbra cli")["address"],
+        addr.as_str()
+    );
 }
 
 #[test]
 fn prefix_from_config_moves_the_address() {
     require_root();
-    let ns = Netns::new("pfx");
+    let ns = netns("pfx");
     let dir = temp_dir("pfx");
-    let mut d = Daemon::prepare(
+    let mut d = prepare(
         dir.path(),
         "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n",
     );
-    d.start(&ns);
-    let status = d.cli_json(&["status", "--json"]);
+    d.start(&ns).expect("umbra run starts");
+    let status = d.cli_json(&["status", "--json"]).expect("umbra cli");
     let addr = status["address"].as_str().expect("address");
     assert!(addr.starts_with("2"), "address {addr} should be in 200::/8");
-    let routes = ns.exec(&["ip", "-6", "route", "show", "dev", "ygg9"]);
+    let routes = ns
+        .exec(&["ip", "-6", "route", "show", "dev", "ygg9"])
+        .expect("command in the namespace");
     assert!(routes.contains("200::/7"), "ip -6 route:\n{routes}");
 }
 
 #[test]
 fn tells_systemd_ready_reloading_stopping() {
     require_root();
-    let ns = Netns::new("sdn");
+    let ns = netns("sdn");
     let dir = temp_dir("sdn");
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let mut d = Daemon::prepare(dir.path(), "[tun]\nname = \"sdn0\"\n[listen]\nhttps = []\n");
+    let mut d = prepare(dir.path(), "[tun]\nname = \"sdn0\"\n[listen]\nhttps = []\n");
     d.env
         .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
-    d.start(&ns);
+    d.start(&ns).expect("umbra run starts");
     let next = || {
         let mut buf = [0u8; 512];
         let n = notify.recv(&mut buf).expect("a notification within 20 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert!(next().contains("READY=1"));
-    d.signal("HUP");
+    d.signal("HUP").expect("signal the daemon");
     assert!(next().contains("RELOADING=1"));
     assert!(next().contains("READY=1"));
-    d.signal("TERM");
+    d.signal("TERM").expect("signal the daemon");
     assert!(next().contains("STOPPING=1"));
     assert!(d.wait(Duration::from_secs(10)).expect("exits").success());
 }

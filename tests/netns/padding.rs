@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use umbra_tests::netns::{Daemon, Netns, iface_with_addr, require_root, temp_dir, veth, wait_for};
+use umbra_tests::netns::{Daemon, Netns, netns, prepare, require_root, temp_dir, veth, wait_for};
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
 
@@ -67,14 +67,16 @@ fn pair(
     extra_a: &str,
     terms: &str,
 ) -> Pair {
-    let (ns_a, ns_b) = (Netns::new("pa"), Netns::new("pb"));
+    let (ns_a, ns_b) = (netns("pa"), netns("pb"));
     let (ip_a, ip_b) = veth(&ns_a, &ns_b, subnet);
-    let iface_a = iface_with_addr(&ns_a, &ip_a);
+    let iface_a = ns_a.iface_with_addr(&ip_a).expect("interface");
     let dir_a = dir.path().join(format!("{name}-a"));
     let dir_b = dir.path().join(format!("{name}-b"));
     // Keys first, so each config can name the other node.
     let key = |d: &std::path::Path| {
-        Daemon::prepare(d, "").cli_json(&["init", "--json"])["public_key"]
+        prepare(d, "")
+            .cli_json(&["init", "--json"])
+            .expect("umbra cli")["public_key"]
             .as_str()
             .expect("public_key")
             .to_string()
@@ -83,15 +85,16 @@ fn pair(
     let config = |me: &str, peer: &str, peer_ip: &str, extra: &str| {
         // `extra` first: it may hold top-level keys, which TOML wants
         // before any table.
+        let peer = umbra_netlab::Peer::new(peer, format!("{peer_ip}:443"), Some(terms));
         format!(
-            "{extra}[tun]\nenabled = false\n[listen]\nhttps = [\"{me}:443\"]\n\
-             [[peer]]\nkey = \"{peer}\"\nendpoints = [\"{peer_ip}:443\"]\nterms = \"{terms}\"\n"
+            "{extra}[tun]\nenabled = false\n[listen]\nhttps = [\"{me}:443\"]\n{}",
+            peer.toml()
         )
     };
-    let mut a = Daemon::prepare(&dir_a, &config(&ip_a, &kb, &ip_b, extra_a));
-    let mut b = Daemon::prepare(&dir_b, &config(&ip_b, &ka, &ip_a, ""));
-    a.start(&ns_a);
-    b.start(&ns_b);
+    let mut a = prepare(&dir_a, &config(&ip_a, &kb, &ip_b, extra_a));
+    let mut b = prepare(&dir_b, &config(&ip_b, &ka, &ip_a, ""));
+    a.start(&ns_a).expect("umbra run starts");
+    b.start(&ns_b).expect("umbra run starts");
     Pair {
         name,
         a,
@@ -109,7 +112,8 @@ impl Pair {
     fn wire_bytes(&self) -> (u64, u64) {
         let out = self
             .ns_a
-            .exec(&["ip", "-j", "-s", "link", "show", "dev", &self.iface_a]);
+            .exec(&["ip", "-j", "-s", "link", "show", "dev", &self.iface_a])
+            .expect("command in the namespace");
         let v: Value = serde_json::from_str(&out).expect("ip -j output");
         let stats = &v[0]["stats64"];
         let n = |dir: &str| stats[dir]["bytes"].as_u64().expect("byte counter");
@@ -124,7 +128,7 @@ impl Pair {
 
 /// `d`'s `peers --json` row for `key`.
 fn row(d: &Daemon, key: &str) -> Value {
-    let peers = d.cli_json(&["peers", "--json"]);
+    let peers = d.cli_json(&["peers", "--json"]).expect("umbra cli");
     peers
         .as_array()
         .and_then(|rows| rows.iter().find(|r| r["key"] == key))
@@ -308,7 +312,7 @@ fn strong_pads_both_ways_at_the_configured_rate_capped_by_the_agreement() {
     let text = std::fs::read_to_string(&strong.a.config).expect("read config");
     let text = text.replace("anonymity = \"strong\"", "anonymity = \"balanced\"");
     std::fs::write(&strong.a.config, text).expect("write config");
-    strong.a.signal("HUP");
+    strong.a.signal("HUP").expect("signal the daemon");
     wait_for(
         LINK_WAIT,
         "both sides to stop padding after SIGHUP",

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use umbra_tests::netns::{
-    Daemon, Netns, iface_with_addr, require_root, spawn_test_helper, temp_dir, test_role, veth,
+    Daemon, Netns, netns, prepare, require_root, spawn_test_helper, temp_dir, test_role, veth,
 };
 
 const NODE_IP: &str = "198.18.60.1";
@@ -324,29 +324,31 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let (node_ns, prober) = (Netns::new("pn"), Netns::new("pp"));
+    let (node_ns, prober) = (netns("pn"), netns("pp"));
     let (node_ip, _) = veth(&node_ns, &prober, 60);
     assert_eq!(node_ip, NODE_IP);
-    let iface = iface_with_addr(&node_ns, NODE_IP);
-    node_ns.exec(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{REFERENCE_IP}/24"),
-        "dev",
-        &iface,
-    ]);
+    let iface = node_ns.iface_with_addr(NODE_IP).expect("interface");
+    node_ns
+        .exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{REFERENCE_IP}/24"),
+            "dev",
+            &iface,
+        ])
+        .expect("command in the namespace");
     let dir = temp_dir("probe");
     let www = dir.path().join("www");
     write_site(&www);
-    let mut node = Daemon::prepare(
+    let mut node = prepare(
         &dir.path().join("node"),
         &format!(
             "[tun]\nenabled = false\n[listen]\nhttps = [\"{NODE_IP}:443\"]\n\
              [cover]\nupstream = \"http://127.0.0.1:8080\"\n"
         ),
     );
-    node.start(&node_ns);
+    node.start(&node_ns).expect("umbra run starts");
     let cert = node.state_dir.join("tls-cert.pem");
     let key = node.state_dir.join("tls-key.pem");
     assert!(cert.exists(), "the node made no self-signed certificate");
@@ -444,7 +446,7 @@ fn a_prober_sees_the_same_as_from_nginx_in_upstream_mode() {
     // A valid message 1, then the same bytes replayed, from the transport
     // crate in a helper process in the prober's namespace.
     let log = s.dir.path().join("replay.log");
-    let key = s.node.key();
+    let key = s.node.key().expect("the node key");
     let mut helper = Child(spawn_test_helper(
         &s.prober,
         "a_prober_sees_the_same_as_from_nginx_in_upstream_mode",

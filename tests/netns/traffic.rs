@@ -2,10 +2,10 @@
 //! across a 5-node chain, failover in a diamond when a middle node dies, and
 //! a forged source address that never reaches the destination's TUN.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use umbra_tests::netns::{Daemon, Netns, require_root, temp_dir, veth, wait_for};
+use umbra_netlab::{Identity, IperfOptions, IperfServer, Links, PingOptions, UmbraConfig};
+use umbra_tests::netns::{Daemon, Netns, netns, prepare, require_root, temp_dir, wait_for};
 
 /// How long links and the graph may take to come up.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -18,7 +18,7 @@ struct Overlay {
     keys: Vec<String>,
     addrs: Vec<String>,
     ns: Vec<Netns>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Overlay {
@@ -29,57 +29,31 @@ impl Overlay {
         edges: &[(usize, usize)],
         extra: impl Fn(usize, &[String]) -> String,
     ) -> Overlay {
-        let ns: Vec<Netns> = (0..n).map(|i| Netns::new(&format!("{tag}{i}"))).collect();
+        let ns: Vec<Netns> = (0..n).map(|i| netns(&format!("{tag}{i}"))).collect();
         let dir = temp_dir(tag);
-        let mut listen: Vec<Vec<String>> = vec![Vec::new(); n];
-        let mut peers: Vec<Vec<(usize, String)>> = vec![Vec::new(); n];
-        for (i, &(a, b)) in edges.iter().enumerate() {
-            let (ip_a, ip_b) = veth(&ns[a], &ns[b], 40 + i as u8);
-            listen[a].push(ip_a.clone());
-            listen[b].push(ip_b.clone());
-            peers[a].push((b, ip_b));
-            peers[b].push((a, ip_a));
-        }
-        let mut daemons: Vec<Daemon> = (0..n)
-            .map(|i| Daemon::prepare(&dir.path().join(format!("n{i}")), ""))
-            .collect();
-        let ids: Vec<serde_json::Value> = daemons
+        let links = Links::new(&ns, edges, 40, umbra_netlab::numbered).expect("veth pairs");
+        let node_dir = |i: usize| dir.path().join(format!("n{i}"));
+        let mut daemons: Vec<Daemon> = (0..n).map(|i| prepare(&node_dir(i), "")).collect();
+        let ids: Vec<Identity> = daemons
             .iter()
-            .map(|d| d.cli_json(&["init", "--json"]))
+            .map(|d| d.init().expect("umbra init"))
             .collect();
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|v| v["public_key"].as_str().expect("key").to_string())
-            .collect();
-        let addrs: Vec<String> = ids
-            .iter()
-            .map(|v| v["address"].as_str().expect("address").to_string())
-            .collect();
-        for i in 0..n {
-            let mut config = format!(
-                "{}\n[listen]\nhttps = [{}]\n",
-                extra(i, &keys),
-                listen[i]
-                    .iter()
-                    .map(|ip| format!("\"{ip}:443\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            for (j, ip) in &peers[i] {
-                config.push_str(&format!(
-                    "[[peer]]\nkey = \"{}\"\nendpoints = [\"{ip}:443\"]\nterms = \"1TB/30d\"\n",
-                    keys[*j]
-                ));
-            }
-            daemons[i] = Daemon::prepare(&dir.path().join(format!("n{i}")), &config);
-            daemons[i].start(&ns[i]);
+        let keys: Vec<String> = ids.iter().map(|id| id.key.clone()).collect();
+        let addrs: Vec<String> = ids.iter().map(|id| id.address.clone()).collect();
+        for (i, d) in daemons.iter_mut().enumerate() {
+            let mut config = UmbraConfig::new(&node_dir(i));
+            config.top = format!("{}\n", extra(i, &keys));
+            config.listen = Some(links.listen_on(i, 443));
+            config.peers = links.umbra_peers(i, &keys, 443, Some("1TB/30d"));
+            d.rewrite(&config).expect("write the config");
+            d.start(&ns[i]).expect("umbra run starts");
         }
         let o = Overlay {
             daemons,
             keys,
             addrs,
             ns,
-            _dir: dir,
+            dir,
         };
         // Every node holds the whole graph, with every edge counted.
         let refs: Vec<&Daemon> = o.daemons.iter().collect();
@@ -87,7 +61,7 @@ impl Overlay {
             o.daemons
                 .iter()
                 .all(|d| {
-                    let s = d.cli_json(&["status", "--json"]);
+                    let s = d.cli_json(&["status", "--json"]).expect("umbra cli");
                     s["graph"]["nodes"] == n && s["graph"]["edges"] == edges.len()
                 })
                 .then_some(())
@@ -104,25 +78,29 @@ impl Overlay {
     }
 
     /// `ping -6` from node `from` to node `to`'s address; true if replies came.
-    fn ping(&self, from: usize, to: usize, count: u32) -> bool {
-        let count = count.to_string();
-        let args = ["-q", "-c", &count, "-W", "5", "-i", "0.2", &self.addrs[to]];
-        self.ping_with(from, &args).status.success()
+    fn ping(&self, from: usize, to: usize, count: usize) -> bool {
+        let opts = PingOptions {
+            wait_secs: 5,
+            ..PingOptions::new(count, 0.2)
+        };
+        umbra_netlab::ping(&self.ns[from], &self.addrs[to], opts)
+            .expect("run ping")
+            .success
     }
 
     /// Runs `ping -6 -n ARGS` in node `from`'s namespace.
     fn ping_with(&self, from: usize, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", self.ns[from].name(), "ping", "-6", "-n"])
-            .args(args)
-            .output()
-            .expect("run ping")
+        let mut full = vec!["ping", "-6", "-n"];
+        full.extend_from_slice(args);
+        self.ns[from].run(&full).expect("run ping")
     }
 
     /// The nodes (by index) of the circuit `umbra path` shows from `from` to
     /// `to`, and its JSON.
     fn path(&self, from: usize, to: usize) -> (Vec<usize>, serde_json::Value) {
-        let path = self.daemons[from].cli_json(&["path", &self.addrs[to], "--json"]);
+        let path = self.daemons[from]
+            .cli_json(&["path", &self.addrs[to], "--json"])
+            .expect("umbra cli");
         let hops = path["hops"]
             .as_array()
             .expect("hops")
@@ -133,53 +111,28 @@ impl Overlay {
     }
 
     fn status(&self, i: usize) -> serde_json::Value {
-        self.daemons[i].cli_json(&["status", "--json"])
+        self.daemons[i]
+            .cli_json(&["status", "--json"])
+            .expect("umbra cli")
     }
 }
 
 /// Runs an iperf3 client in `ns` against `server` for `secs` seconds with
 /// 1 s intervals, and returns its JSON report.
 fn iperf3(ns: &Netns, server: &str, secs: u32) -> serde_json::Value {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "iperf3",
-            "-6",
-            "-J",
-            "-c",
-            server,
-        ])
-        .args([
-            "-t",
-            &secs.to_string(),
-            "-i",
-            "1",
-            "--connect-timeout",
-            "10000",
-        ])
-        .output()
-        .expect("run iperf3 (is it installed? .ci/run installs it)");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 printed no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let opts = IperfOptions {
+        interval_secs: Some(1),
+        connect_timeout_ms: 10_000,
+        ..IperfOptions::new(secs)
+    };
+    umbra_netlab::iperf3(ns, server, opts)
+        .expect("run iperf3 (is it installed? .ci/run installs it)")
+        .report
 }
 
 /// Starts a one-shot iperf3 server in `ns` on `addr`.
-fn iperf3_server(ns: &Netns, addr: &str) -> std::process::Child {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "iperf3", "-s", "-1", "-B", addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start iperf3 server");
-    std::thread::sleep(Duration::from_millis(500));
-    child
+fn iperf3_server(ns: &Netns, addr: &str, log: &std::path::Path) -> IperfServer {
+    IperfServer::start(ns, addr, log, true).expect("start iperf3 server")
 }
 
 #[test]
@@ -210,9 +163,9 @@ fn five_node_chain_carries_ping_and_tcp() {
         );
     }
 
-    let mut server = iperf3_server(&o.ns[4], &o.addrs[4]);
+    let mut server = iperf3_server(&o.ns[4], &o.addrs[4], &o.dir.path().join("iperf3.log"));
     let report = iperf3(&o.ns[0], &o.addrs[4], 3);
-    let _ = server.wait();
+    let _ = server.proc.wait(Duration::from_secs(30));
     let end = &report["end"]["sum_received"];
     let bytes = end["bytes"].as_u64().unwrap_or(0);
     let bps = end["bits_per_second"].as_f64().unwrap_or(0.0);
@@ -249,16 +202,16 @@ fn diamond_fails_over_when_a_middle_node_dies() {
         "anonymity = \"fast\"".to_string()
     });
     assert!(o.ping(0, 3, 3), "ping 0 → 3 failed; logs:\n{}", o.logs());
-    let mut server = iperf3_server(&o.ns[3], &o.addrs[3]);
+    let mut server = iperf3_server(&o.ns[3], &o.addrs[3], &o.dir.path().join("iperf3.log"));
     let client = {
         let ns = o.ns[0].name().to_string();
         let addr = o.addrs[3].clone();
         std::thread::spawn(move || {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns, "iperf3", "-6", "-J", "-c", &addr])
-                .args(["-t", "16", "-i", "1"])
-                .output()
-                .expect("iperf3");
+            let out = umbra_netlab::run(&[
+                "ip", "netns", "exec", &ns, "iperf3", "-6", "-J", "-c", &addr, "-t", "16", "-i",
+                "1",
+            ])
+            .expect("iperf3");
             serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
         })
     };
@@ -276,9 +229,9 @@ fn diamond_fails_over_when_a_middle_node_dies() {
         .to_string();
     let middle = o.keys.iter().position(|k| *k == first).expect("known key");
     assert!(middle == 1 || middle == 2, "first hop is node {middle}");
-    o.daemons[middle].signal("KILL");
+    o.daemons[middle].signal("KILL").expect("signal the daemon");
     let report = client.join().expect("iperf3 thread");
-    let _ = server.wait();
+    let _ = server.proc.wait(Duration::from_secs(30));
     let intervals: Vec<u64> = report["intervals"]
         .as_array()
         .map(|a| {
@@ -318,6 +271,7 @@ fn diamond_fails_over_when_a_middle_node_dies() {
 /// Packets the destination's TUN handed to its kernel.
 fn tun_rx_packets(ns: &Netns) -> u64 {
     ns.exec(&["cat", "/sys/class/net/umbra0/statistics/rx_packets"])
+        .expect("command in the namespace")
         .trim()
         .parse()
         .expect("rx_packets")
@@ -333,16 +287,18 @@ fn forged_source_never_reaches_the_destination() {
     // Node 0 gives itself node 1's address and pings node 2 from it: the
     // packets enter the overlay at node 0 with a source that is not node 0's.
     let forged = &o.addrs[1];
-    o.ns[0].exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{forged}/128"),
-        "dev",
-        "lo",
-        "nodad",
-    ]);
+    o.ns[0]
+        .exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{forged}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])
+        .expect("command in the namespace");
     let before = tun_rx_packets(&o.ns[2]);
     let forged_ok = o
         .ping_with(
@@ -480,7 +436,7 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
     // Stop the path's middle relay: traffic moves to a new path.
     let middle = hops[hops.len() / 2 - if hops.len() % 2 == 0 { 1 } else { 0 }];
     let middle = if middle == 1 { hops[2] } else { middle };
-    o.daemons[middle].signal("TERM");
+    o.daemons[middle].signal("TERM").expect("signal the daemon");
     wait_for(
         Duration::from_secs(20),
         "traffic on a new path",
