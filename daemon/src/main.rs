@@ -12,10 +12,6 @@ mod output;
 mod run;
 mod state_dir;
 
-// `demo` still names the state directory module `state`; it moves to its
-// own crate, and this alias goes with it.
-use state_dir as state;
-
 use std::process::ExitCode;
 
 use clap::Parser;
