@@ -425,7 +425,7 @@ mod tests {
             &req(&keys, 0, 3, 1, Anonymity::Balanced, &live),
             &mut rng,
         )
-        .unwrap_err();
+        .expect_err("no path");
         assert_eq!(err, PathError::NoPath(Anonymity::Balanced, 3));
         assert!(err.to_string().contains("at least 3 relays"));
         let fast =
@@ -444,7 +444,7 @@ mod tests {
             &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
             &mut rng,
         )
-        .unwrap_err();
+        .expect_err("no path");
         assert_eq!(err, PathError::HomeDown(keys[1]));
         // Fast goes around it.
         let p = choose(&g, &req(&keys, 0, 15, 1, Anonymity::Fast, &live), &mut rng).expect("fast");
