@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use umbra_routing::Identity;
 use umbra_routing::address::{DEFAULT_PREFIX, address_for_key};
 use umbra_routing::cell::{CELL_LEN, DATA_START_FIELDS_LEN, MAX_DATA_PER_CELL_BYTES};
@@ -37,7 +39,11 @@ impl Chain {
         let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
         let mut nodes: Vec<CircuitCore> = ids
             .into_iter()
-            .map(|i| CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default()))
+            .zip(0u64..)
+            .map(|(i, seed)| {
+                let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
+                CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
+            })
             .collect();
         for i in 0..n - 1 {
             let l = Self::link(i);

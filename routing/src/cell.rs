@@ -28,6 +28,8 @@
 //! parsers are total: they return an error for any input they do not accept,
 //! never index past a length they have not checked, and never panic.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use crate::crypto::{KEY_LEN, RELAY_TAG_LEN};
 
 /// Length of every cell on a link, header included.
@@ -307,6 +309,20 @@ pub fn set_circ_id(cell: &mut [u8; CELL_LEN], circ_id: u32) {
     cell[..4].copy_from_slice(&circ_id.to_be_bytes());
 }
 
+/// Copies `src` into `b` at `at`, or [`CellError::NoRoom`] if it does not
+/// fit (callers check the room first; this keeps the writers total).
+fn put(b: &mut [u8], at: usize, src: &[u8]) -> Result<(), CellError> {
+    let room = b.len().saturating_sub(at);
+    at.checked_add(src.len())
+        .and_then(|end| b.get_mut(at..end))
+        .ok_or(CellError::NoRoom {
+            need: src.len(),
+            room,
+        })?
+        .copy_from_slice(src);
+    Ok(())
+}
+
 fn length_prefixed(b: &[u8], at: usize) -> Result<&[u8], CellError> {
     let len = u16_at(b, at).ok_or(CellError::Truncated {
         len: HANDSHAKE_LEN_FIELD,
@@ -327,7 +343,7 @@ impl<'a> Cell<'a> {
         let body = match Command::from_u8(cmd).ok_or(CellError::UnknownCommand(cmd))? {
             Command::Padding => CellBody::Padding,
             Command::Create => {
-                let t = b[0];
+                let &t = b.first().ok_or(CellError::Truncated { len: 1, room: 0 })?;
                 let handshake_type =
                     HandshakeType::from_u8(t).ok_or(CellError::UnknownHandshakeType(t))?;
                 CellBody::Create {
@@ -340,7 +356,9 @@ impl<'a> Cell<'a> {
             },
             Command::Relay => CellBody::Relay(b),
             Command::Destroy => CellBody::Destroy {
-                reason: Reason::from_u8(b[0]),
+                reason: Reason::from_u8(
+                    *b.first().ok_or(CellError::Truncated { len: 1, room: 0 })?,
+                ),
             },
         };
         Ok(Cell { circ_id, body })
@@ -383,16 +401,16 @@ impl<'a> Cell<'a> {
                 handshake_type,
                 handshake,
             } => {
-                b[0] = handshake_type.to_u8();
-                b[1..3].copy_from_slice(&(handshake.len() as u16).to_be_bytes());
-                b[3..3 + handshake.len()].copy_from_slice(handshake);
+                put(b, 0, &[handshake_type.to_u8()])?;
+                put(b, 1, &(handshake.len() as u16).to_be_bytes())?;
+                put(b, 3, handshake)?;
             }
             CellBody::Created { handshake } => {
-                b[0..2].copy_from_slice(&(handshake.len() as u16).to_be_bytes());
-                b[2..2 + handshake.len()].copy_from_slice(handshake);
+                put(b, 0, &(handshake.len() as u16).to_be_bytes())?;
+                put(b, 2, handshake)?;
             }
             CellBody::Relay(r) => b.copy_from_slice(r),
-            CellBody::Destroy { reason } => b[0] = reason.to_u8(),
+            CellBody::Destroy { reason } => put(b, 0, &[reason.to_u8()])?,
         }
         Ok(())
     }
@@ -610,7 +628,7 @@ impl<'a> RelayWriter<'a> {
 
     /// Bytes still free.
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.buf.len().saturating_sub(self.pos)
     }
 
     /// Bytes written so far.
@@ -641,10 +659,16 @@ impl<'a> RelayWriter<'a> {
             });
         }
         let start = self.pos;
-        self.buf[start] = msg_type;
-        self.buf[start + 1..start + 3].copy_from_slice(&(len as u16).to_be_bytes());
+        let room = self.remaining();
+        let no_room = CellError::NoRoom { need, room };
+        let area = self.buf.get_mut(start..start + need).ok_or(no_room)?;
+        let (head, data) = area
+            .split_first_chunk_mut::<MSG_HEADER_LEN>()
+            .ok_or(no_room)?;
+        let [hi, lo] = (len as u16).to_be_bytes();
+        *head = [msg_type, hi, lo];
         self.pos = start + need;
-        Ok(&mut self.buf[start + MSG_HEADER_LEN..start + need])
+        Ok(data)
     }
 
     /// Reserves a DATA_START with `len` packet bytes; returns their area.
@@ -655,9 +679,9 @@ impl<'a> RelayWriter<'a> {
         len: usize,
     ) -> Result<&mut [u8], CellError> {
         let d = self.reserve(msg_type::DATA_START, DATA_START_FIELDS_LEN + len)?;
-        d[..8].copy_from_slice(&seq.to_be_bytes());
-        d[8..10].copy_from_slice(&total_len.to_be_bytes());
-        Ok(&mut d[DATA_START_FIELDS_LEN..])
+        put(d, 0, &seq.to_be_bytes())?;
+        put(d, 8, &total_len.to_be_bytes())?;
+        Ok(d.get_mut(DATA_START_FIELDS_LEN..).unwrap_or_default())
     }
 
     /// Appends a whole message.
@@ -669,9 +693,9 @@ impl<'a> RelayWriter<'a> {
                 total_len,
                 data,
             } => {
-                d[..8].copy_from_slice(&seq.to_be_bytes());
-                d[8..10].copy_from_slice(&total_len.to_be_bytes());
-                d[10..].copy_from_slice(data);
+                put(d, 0, &seq.to_be_bytes())?;
+                put(d, 8, &total_len.to_be_bytes())?;
+                put(d, DATA_START_FIELDS_LEN, data)?;
             }
             RelayMsg::DataCont { data } => d.copy_from_slice(data),
             RelayMsg::Sendme { tag } => d.copy_from_slice(tag),
@@ -680,12 +704,12 @@ impl<'a> RelayWriter<'a> {
                 handshake_type,
                 handshake,
             } => {
-                d[..KEY_LEN].copy_from_slice(node);
-                d[KEY_LEN] = handshake_type.to_u8();
-                d[KEY_LEN + 1..].copy_from_slice(handshake);
+                put(d, 0, node)?;
+                put(d, KEY_LEN, &[handshake_type.to_u8()])?;
+                put(d, KEY_LEN + 1, handshake)?;
             }
             RelayMsg::Extended { handshake } => d.copy_from_slice(handshake),
-            RelayMsg::ExtendFailed { reason } => d[0] = reason.to_u8(),
+            RelayMsg::ExtendFailed { reason } => put(d, 0, &[reason.to_u8()])?,
             RelayMsg::Unknown { data, .. } => d.copy_from_slice(data),
         }
         Ok(())
@@ -694,7 +718,9 @@ impl<'a> RelayWriter<'a> {
     /// Zero-fills the rest of the buffer (padding) and returns the bytes used
     /// by messages.
     pub fn finish(self) -> usize {
-        self.buf[self.pos..].fill(0);
+        if let Some(rest) = self.buf.get_mut(self.pos..) {
+            rest.fill(0);
+        }
         self.pos
     }
 }

@@ -2,7 +2,26 @@
 //! crypto module per crate). Everything else uses the types defined here.
 
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
-use rand_core::{OsRng, RngCore};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{OsRng, RngCore, SeedableRng};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+pub use rand_core::CryptoRngCore;
+
+/// The randomness a routing core draws from: handshake ephemerals, hop
+/// secrets, path choice, rotation times. The caller gives it (the daemon an
+/// OS-seeded one, a simulation a seeded one), so a seed fixes every byte a
+/// run sends. Cores never draw from the operating system themselves.
+pub type CoreRng = Box<dyn CryptoRngCore + Send>;
+
+/// A fresh [`CoreRng`] seeded from `rng`: a core that needs an RNG of its
+/// own (the router's circuit layer) gets one this way, without drawing from
+/// the operating system.
+pub fn fork_rng(rng: &mut dyn CryptoRngCore) -> CoreRng {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    Box::new(ChaCha20Rng::from_seed(seed))
+}
 
 /// Length of an identity's public key and of its secret seed.
 pub const KEY_LEN: usize = 32;
@@ -26,11 +45,17 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// A fresh random identity.
+    /// A fresh random identity from the operating system's RNG: for new
+    /// long-term keys (`umbra keygen`, tests). Cores never call it.
     pub fn generate() -> Identity {
-        Identity {
-            signing: SigningKey::generate(&mut OsRng),
-        }
+        Identity::generate_with(&mut OsRng)
+    }
+
+    /// A fresh random identity drawn from `rng`.
+    pub fn generate_with(rng: &mut dyn CryptoRngCore) -> Identity {
+        let mut seed = [0u8; KEY_LEN];
+        rng.fill_bytes(&mut seed);
+        Identity::from_seed(&seed)
     }
 
     /// The identity with this secret seed (RFC 8032).
@@ -42,7 +67,8 @@ impl Identity {
 
     /// A random identity whose public key has at least `strength` leading
     /// zero bits (`umbra keygen --strength N`). Expect about 2^N tries; the
-    /// caller bounds N. `tries` counts the keys made.
+    /// caller bounds N. `tries` counts the keys made. Draws from the
+    /// operating system's RNG, like [`Self::generate`].
     pub fn mine(strength: u32, tries: &mut u64) -> Identity {
         let mut seed = [0u8; KEY_LEN];
         loop {
@@ -141,13 +167,60 @@ const CIRCUIT_PROLOGUE: &[u8] = b"umbra circuit handshake 1";
 /// Length of a Noise handshake hash with BLAKE2s.
 const HANDSHAKE_HASH_LEN: usize = 32;
 
-fn noise_builder(pattern: HandshakePattern) -> Result<snow::Builder<'static>, CryptoError> {
+/// snow's default primitives, but the handshake's randomness (its ephemeral
+/// key) comes from a ChaCha20 stream seeded from the core's RNG rather than
+/// from the operating system.
+struct SeededResolver {
+    seed: [u8; 32],
+}
+
+/// A [`snow::types::Random`] over a seeded ChaCha20 stream.
+struct SeededRandom(ChaCha20Rng);
+
+impl snow::types::Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for SeededResolver {
+    fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
+        Some(Box::new(SeededRandom(ChaCha20Rng::from_seed(self.seed))))
+    }
+
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(
+        &self,
+        choice: &snow::params::HashChoice,
+    ) -> Option<Box<dyn snow::types::Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(
+        &self,
+        choice: &snow::params::CipherChoice,
+    ) -> Option<Box<dyn snow::types::Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+fn noise_builder(
+    pattern: HandshakePattern,
+    rng: &mut dyn CryptoRngCore,
+) -> Result<snow::Builder<'static>, CryptoError> {
     let name = match pattern {
         HandshakePattern::Nk => NOISE_NK,
         HandshakePattern::Ik => NOISE_IK,
     };
     let params: snow::params::NoiseParams = name.parse().map_err(|_| CryptoError::Internal)?;
-    Ok(snow::Builder::new(params).prologue(CIRCUIT_PROLOGUE)?)
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let resolver = Box::new(SeededResolver { seed });
+    Ok(snow::Builder::with_resolver(params, resolver).prologue(CIRCUIT_PROLOGUE)?)
 }
 
 fn handshake_hash(hs: &snow::HandshakeState) -> Result<[u8; HANDSHAKE_HASH_LEN], CryptoError> {
@@ -170,13 +243,15 @@ impl std::fmt::Debug for HandshakeInitiator {
 impl HandshakeInitiator {
     /// Starts a handshake with the hop whose Ed25519 identity is `hop`. With
     /// [`HandshakePattern::Ik`] the origin's `identity` is sent, encrypted.
+    /// The ephemeral key is drawn from `rng`.
     pub(crate) fn new(
         pattern: HandshakePattern,
         identity: &Identity,
         hop: &[u8; KEY_LEN],
+        rng: &mut dyn CryptoRngCore,
     ) -> Result<Self, CryptoError> {
         let remote = x25519_public(hop).ok_or(CryptoError::Handshake)?;
-        let builder = noise_builder(pattern)?;
+        let builder = noise_builder(pattern, rng)?;
         let builder = builder.remote_public_key(&remote)?;
         let hs = match pattern {
             HandshakePattern::Nk => builder.build_initiator()?,
@@ -225,15 +300,17 @@ impl std::fmt::Debug for HandshakeResponder {
 
 impl HandshakeResponder {
     /// Reads message 1 with this node's static key and writes its payload into
-    /// `payload`. Returns the responder and the payload's length.
+    /// `payload`. Returns the responder and the payload's length. The
+    /// ephemeral key of message 2 is drawn from `rng`.
     pub(crate) fn read_msg1(
         pattern: HandshakePattern,
         identity: &Identity,
         msg: &[u8],
         payload: &mut [u8],
+        rng: &mut dyn CryptoRngCore,
     ) -> Result<(Self, usize), CryptoError> {
         let secret = identity.x25519_secret();
-        let mut hs = noise_builder(pattern)?
+        let mut hs = noise_builder(pattern, rng)?
             .local_private_key(&secret)?
             .build_responder()?;
         let n = hs.read_message(msg, payload)?;
@@ -271,9 +348,9 @@ pub(crate) const HOP_SECRET_LEN: usize = 32;
 
 /// A fresh random hop secret. The responder sends it inside message 2, which
 /// is encrypted under the ephemeral–ephemeral DH, so it is forward secret.
-pub(crate) fn random_hop_secret() -> [u8; HOP_SECRET_LEN] {
+pub(crate) fn random_hop_secret(rng: &mut dyn CryptoRngCore) -> [u8; HOP_SECRET_LEN] {
     let mut s = [0u8; HOP_SECRET_LEN];
-    OsRng.fill_bytes(&mut s);
+    rng.fill_bytes(&mut s);
     s
 }
 
@@ -442,19 +519,21 @@ mod tests {
         for pattern in [HandshakePattern::Nk, HandshakePattern::Ik] {
             let origin = Identity::generate();
             let hop = Identity::generate();
-            let mut init = HandshakeInitiator::new(pattern, &origin, &hop.public()).expect("init");
+            let mut init =
+                HandshakeInitiator::new(pattern, &origin, &hop.public(), &mut OsRng).expect("init");
             let mut m1 = [0u8; 256];
             let n1 = init.write_msg1(b"v", &mut m1).expect("msg1");
             let mut p = [0u8; 256];
             let (resp, pn) =
-                HandshakeResponder::read_msg1(pattern, &hop, &m1[..n1], &mut p).expect("read1");
+                HandshakeResponder::read_msg1(pattern, &hop, &m1[..n1], &mut p, &mut OsRng)
+                    .expect("read1");
             assert_eq!(&p[..pn], b"v");
             if pattern == HandshakePattern::Ik {
                 let rs = resp.remote_static().expect("static");
                 assert!(identity_matches_static(&origin.public(), &rs));
                 assert!(!identity_matches_static(&hop.public(), &rs));
             }
-            let secret = random_hop_secret();
+            let secret = random_hop_secret(&mut OsRng);
             let mut m2 = [0u8; 256];
             let (n2, h_resp) = resp.write_msg2(&secret, &mut m2).expect("msg2");
             let (pn2, h_init) = init.read_msg2(&m2[..n2], &mut p).expect("read2");
@@ -475,12 +554,20 @@ mod tests {
         let hop = Identity::generate();
         let other = Identity::generate();
         let mut init =
-            HandshakeInitiator::new(HandshakePattern::Nk, &origin, &hop.public()).expect("init");
+            HandshakeInitiator::new(HandshakePattern::Nk, &origin, &hop.public(), &mut OsRng)
+                .expect("init");
         let mut m1 = [0u8; 256];
         let n1 = init.write_msg1(b"v", &mut m1).expect("msg1");
         let mut p = [0u8; 256];
         assert!(
-            HandshakeResponder::read_msg1(HandshakePattern::Nk, &other, &m1[..n1], &mut p).is_err()
+            HandshakeResponder::read_msg1(
+                HandshakePattern::Nk,
+                &other,
+                &m1[..n1],
+                &mut p,
+                &mut OsRng
+            )
+            .is_err()
         );
     }
 

@@ -261,28 +261,12 @@ mod tests {
     use super::*;
     use crate::crypto::Identity;
     use crate::graph::Time;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
 
-    struct Lcg(u64);
-    impl RngCore for Lcg {
-        fn next_u32(&mut self) -> u32 {
-            self.next_u64() as u32
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            self.0
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for b in dest {
-                *b = self.next_u64() as u8;
-            }
-        }
-        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-            self.fill_bytes(dest);
-            Ok(())
-        }
+    /// A seeded test RNG.
+    fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
     }
 
     /// A graph of `n` nodes with `edges` (both ends list each edge).
@@ -334,7 +318,7 @@ mod tests {
     fn balanced_paths_start_at_home_never_repeat_and_vary() {
         let (g, keys) = grid();
         let live = |_: &Key| true;
-        let mut rng = Lcg(7);
+        let mut rng = rng(7);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             let p = choose(
@@ -371,7 +355,7 @@ mod tests {
     fn pooled_prefixes_complete_to_valid_paths() {
         let (g, keys) = grid();
         let live = |_: &Key| true;
-        let mut rng = Lcg(5);
+        let mut rng = rng(5);
         let (mut completed, mut tried, mut unserved) = (0, 0, 0);
         let mut prefixes = std::collections::HashSet::new();
         for _ in 0..200 {
@@ -414,7 +398,7 @@ mod tests {
     fn a_prefix_needs_the_home_up_and_room_for_the_walk() {
         let (g, keys) = grid();
         let home = keys[1];
-        let mut rng = Lcg(9);
+        let mut rng = rng(9);
         let down = move |k: &Key| *k != home;
         let err = choose_prefix(&g, keys[0], Some(home), &down, &|_, _| false, &mut rng);
         assert_eq!(err, Err(PathError::HomeDown(home)));
@@ -435,13 +419,13 @@ mod tests {
         // A chain 0-1-2-3: from 0 to 3 with home 1 there are 2 relays only.
         let (g, keys) = graph(4, &[(0, 1), (1, 2), (2, 3)]);
         let live = |_: &Key| true;
-        let mut rng = Lcg(1);
+        let mut rng = rng(1);
         let err = choose(
             &g,
             &req(&keys, 0, 3, 1, Anonymity::Balanced, &live),
             &mut rng,
         )
-        .unwrap_err();
+        .expect_err("no path");
         assert_eq!(err, PathError::NoPath(Anonymity::Balanced, 3));
         assert!(err.to_string().contains("at least 3 relays"));
         let fast =
@@ -454,13 +438,13 @@ mod tests {
         let (g, keys) = grid();
         let home = keys[1];
         let live = move |k: &Key| *k != home;
-        let mut rng = Lcg(3);
+        let mut rng = rng(3);
         let err = choose(
             &g,
             &req(&keys, 0, 15, 1, Anonymity::Balanced, &live),
             &mut rng,
         )
-        .unwrap_err();
+        .expect_err("no path");
         assert_eq!(err, PathError::HomeDown(keys[1]));
         // Fast goes around it.
         let p = choose(&g, &req(&keys, 0, 15, 1, Anonymity::Fast, &live), &mut rng).expect("fast");

@@ -50,11 +50,10 @@ use crate::cell::CELL_LEN;
 use crate::circuit::{
     CircuitConfig, CircuitCore, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, SendError,
 };
-use crate::crypto::{Identity, KEY_LEN};
+use crate::crypto::{self, CoreRng, Identity, KEY_LEN};
 use crate::graph::{Edge, GraphCore, GraphCounters, LinkId, RecordError, Time};
 use crate::icmp;
 use crate::path::{self, Anonymity, PathRequest};
-use rand_core::RngCore;
 
 /// How long a node that a circuit could not pass is avoided in new paths.
 pub const AVOID_FOR: Duration = Duration::from_secs(60);
@@ -172,7 +171,7 @@ pub struct RouterCore {
     prefix: u8,
     anonymity: Anonymity,
     home: Option<[u8; KEY_LEN]>,
-    rng: Box<dyn RngCore + Send>,
+    rng: CoreRng,
     graph: GraphCore,
     circuits: CircuitCore,
     /// Live links: link → peer.
@@ -215,14 +214,16 @@ impl std::fmt::Debug for RouterCore {
 impl RouterCore {
     /// A router for `identity` whose node record lists `edges` (its
     /// agreements). `graph_cache` is a graph saved by [`Self::export_graph`],
-    /// if any; a bad cache is ignored.
+    /// if any; a bad cache is ignored. Every random byte the router and its
+    /// circuits need is drawn from `rng` (the circuit layer gets its own
+    /// ChaCha20 stream seeded from it), so a seeded `rng` fixes a run.
     pub fn new(
         identity: Identity,
         prefix: u8,
         now: Now,
         edges: &[Edge],
         graph_cache: Option<&[u8]>,
-        rng: Box<dyn RngCore + Send>,
+        mut rng: CoreRng,
     ) -> Result<RouterCore, RecordError> {
         let key = identity.public();
         let mut graph = GraphCore::new(identity.clone(), now.wall, edges)?;
@@ -236,9 +237,14 @@ impl RouterCore {
             prefix,
             anonymity: Anonymity::default(),
             home: None,
+            circuits: CircuitCore::new(
+                identity,
+                prefix,
+                CircuitConfig::default(),
+                crypto::fork_rng(&mut *rng),
+            ),
             rng,
             graph,
-            circuits: CircuitCore::new(identity, prefix, CircuitConfig::default()),
             links: HashMap::new(),
             dests: HashMap::new(),
             origin_of: HashMap::new(),

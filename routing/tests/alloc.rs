@@ -13,6 +13,8 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use umbra_routing::Identity;
 use umbra_routing::address::{DEFAULT_PREFIX, address_for_key};
 use umbra_routing::cell::{CELL_LEN, DATA_START_FIELDS_LEN, MAX_DATA_PER_CELL_BYTES};
@@ -90,7 +92,11 @@ impl Chain {
         let keys: Vec<[u8; 32]> = ids.iter().map(|i| i.public()).collect();
         let mut nodes: Vec<CircuitCore> = ids
             .into_iter()
-            .map(|i| CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default()))
+            .zip(0u64..)
+            .map(|(i, seed)| {
+                let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
+                CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
+            })
             .collect();
         let mut links = HashMap::new();
         for i in 0..n - 1 {

@@ -174,7 +174,8 @@ fn build(seed: u64, loss: f64) -> (Sim<CircuitNode>, Setup) {
     let graph = Rc::new(graph);
     let base = Instant::now();
     for (i, id) in identities.into_iter().enumerate() {
-        sim.add_node(CircuitNode::new(i, id, plan.clone(), graph.clone(), base));
+        let node = CircuitNode::new(i, id, plan.clone(), graph.clone(), rng.fork(), base);
+        sim.add_node(node);
     }
     for &(a, b) in &topology {
         let params = LinkParams {

@@ -276,12 +276,14 @@ impl fmt::Debug for CircuitNode {
 
 impl CircuitNode {
     /// Node `index` of `plan`, with `identity`, picking paths in `graph`;
-    /// `base` is the `Instant` of virtual time zero.
+    /// its core draws its keys from `rng`; `base` is the `Instant` of
+    /// virtual time zero.
     pub fn new(
         index: usize,
         identity: Identity,
         plan: Rc<Plan>,
         graph: Rc<Graph>,
+        rng: Rng,
         base: Instant,
     ) -> CircuitNode {
         let key = identity.public();
@@ -309,7 +311,7 @@ impl CircuitNode {
             .map(|f| (f.id, Receiver::default()))
             .collect();
         CircuitNode {
-            core: CircuitCore::new(identity, PREFIX, CircuitConfig::default()),
+            core: CircuitCore::new(identity, PREFIX, CircuitConfig::default(), Box::new(rng)),
             index,
             key,
             base,

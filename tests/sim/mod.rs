@@ -11,7 +11,7 @@
 //!   ([`circuit_node::CircuitNode`]) are another.
 //! - Links have a latency, a bandwidth and a loss rate, can be cut
 //!   (partitions) and healed, and nodes can fail and restart (churn).
-//! - A seeded RNG ([`Rng`]). [`seed`] reads `UMBRA_SIM_SEED` so a failing
+//! - A seeded RNG ([`Rng`], ChaCha8). [`seed`] reads `UMBRA_SIM_SEED` so a failing
 //!   run can be replayed; put [`Sim::context`] in assertion messages so the
 //!   seed is printed.
 //!
@@ -34,6 +34,9 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::time::Duration;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 
 /// Virtual time: how long since the simulation started.
 pub type SimTime = Duration;
@@ -62,26 +65,22 @@ pub fn seed(default: u64) -> u64 {
     seed
 }
 
-/// A small, fast, seeded RNG (SplitMix64). Not for cryptography: node keys
-/// are made from its output only so runs are reproducible.
+/// The simulation's seeded RNG: ChaCha8 (`rand_chacha`) behind a few
+/// helpers. It is a `CryptoRng`, so it can feed the routing cores (which
+/// draw handshake keys from their RNG), but its seed is a known `u64`: its
+/// output is reproducible, never secret.
 #[derive(Clone, Debug)]
-pub struct Rng {
-    state: u64,
-}
+pub struct Rng(ChaCha8Rng);
 
 impl Rng {
     /// An RNG whose whole output is fixed by `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
+        Rng(ChaCha8Rng::seed_from_u64(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (`n > 0`), by widening multiplication.
@@ -111,9 +110,7 @@ impl Rng {
     /// 32 random bytes (a key seed).
     pub fn bytes32(&mut self) -> [u8; 32] {
         let mut out = [0u8; 32];
-        for chunk in out.chunks_exact_mut(8) {
-            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
+        self.0.fill_bytes(&mut out);
         out
     }
 
@@ -133,25 +130,23 @@ impl Rng {
 }
 
 /// The same stream for code that takes a `rand_core` RNG (path selection,
-/// the router), so a seed fixes its choices too.
-impl rand_core::RngCore for Rng {
+/// the routing cores), so a seed fixes their choices and keys too.
+impl RngCore for Rng {
     fn next_u32(&mut self) -> u32 {
-        (Rng::next_u64(self) >> 32) as u32
+        self.0.next_u32()
     }
     fn next_u64(&mut self) -> u64 {
-        Rng::next_u64(self)
+        self.0.next_u64()
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let bytes = Rng::next_u64(self).to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        self.0.fill_bytes(dest);
     }
     fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
+        self.0.try_fill_bytes(dest)
     }
 }
+
+impl rand_core::CryptoRng for Rng {}
 
 /// A sans-IO core with links, as the simulation drives it. Links are named
 /// by the simulation's link index, nodes by their index.

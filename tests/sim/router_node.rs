@@ -4,6 +4,10 @@
 //! hands the router IPv6 packets as the TUN would and reads back what the
 //! router writes to the TUN.
 
+use std::cell::RefCell;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
+use std::rc::Rc;
 use std::time::Instant;
 
 use umbra_routing::address::address_for_key;
@@ -31,6 +35,36 @@ pub enum RouterMsg {
     Graph(Vec<u8>),
 }
 
+/// Every message that routers sharing one log sent, in the order they sent
+/// them: a hash of each link index and its bytes, and counts.
+#[derive(Debug, Default)]
+pub struct WireLog {
+    hasher: DefaultHasher,
+    /// Messages sent.
+    pub messages: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+impl WireLog {
+    /// A log shared by the nodes of one run.
+    pub fn shared() -> Rc<RefCell<WireLog>> {
+        Rc::new(RefCell::new(WireLog::default()))
+    }
+
+    fn record(&mut self, link: usize, bytes: &[u8]) {
+        self.hasher.write_usize(link);
+        self.hasher.write(bytes);
+        self.messages += 1;
+        self.bytes += bytes.len() as u64;
+    }
+
+    /// The hash of everything recorded so far.
+    pub fn digest(&self) -> u64 {
+        self.hasher.finish()
+    }
+}
+
 /// A [`RouterCore`] driven by the simulation, with a TUN log.
 pub struct RouterNode {
     /// The core.
@@ -39,6 +73,8 @@ pub struct RouterNode {
     pub key: [u8; 32],
     /// Packets the router wrote to the TUN, and when.
     pub tun: Vec<(SimTime, Vec<u8>)>,
+    /// If set, every message this node sends is recorded here.
+    pub wire: Option<Rc<RefCell<WireLog>>>,
     base: Instant,
     buf: Vec<u8>,
     spare: Option<Box<[u8; CELL_LEN]>>,
@@ -80,6 +116,7 @@ impl RouterNode {
             core,
             key,
             tun: Vec::new(),
+            wire: None,
             base,
             buf: vec![0u8; MAX_PACKET_LEN],
             spare: None,
@@ -151,11 +188,19 @@ impl SimNode for RouterNode {
             .take()
             .unwrap_or_else(|| Box::new([0u8; CELL_LEN]));
         if let Some(link) = self.core.poll_cell(&mut cell) {
-            return Some((usize::try_from(link).ok()?, RouterMsg::Cell(cell)));
+            let link = usize::try_from(link).ok()?;
+            if let Some(w) = &self.wire {
+                w.borrow_mut().record(link, &cell[..]);
+            }
+            return Some((link, RouterMsg::Cell(cell)));
         }
         self.spare = Some(cell);
         let (link, bytes) = self.core.poll_graph()?;
-        Some((usize::try_from(link).ok()?, RouterMsg::Graph(bytes)))
+        let link = usize::try_from(link).ok()?;
+        if let Some(w) = &self.wire {
+            w.borrow_mut().record(link, &bytes);
+        }
+        Some((link, RouterMsg::Graph(bytes)))
     }
 
     fn poll_timeout(&self) -> Option<SimTime> {

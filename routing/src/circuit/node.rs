@@ -16,8 +16,8 @@ use crate::cell::{
     Reason, RelayMsg, RelayWriter, relay_messages,
 };
 use crate::crypto::{
-    self, CryptoError, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern, HandshakeResponder,
-    Identity, KEY_LEN,
+    self, CoreRng, CryptoError, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern,
+    HandshakeResponder, Identity, KEY_LEN,
 };
 use crate::session::{Progress, QueueError, RxDrop};
 
@@ -43,6 +43,15 @@ fn pattern_of(t: HandshakeType) -> HandshakePattern {
     }
 }
 
+/// The core's RNG (never printed).
+struct Rng(CoreRng);
+
+impl std::fmt::Debug for Rng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rng")
+    }
+}
+
 /// The start of the origin's handshake with one hop.
 struct HopStart {
     handshake_type: HandshakeType,
@@ -63,9 +72,13 @@ impl HopStart {
 /// The data path allocates nothing per cell once warm: cells to send wait in
 /// one ring of inline 1200-byte buffers, packets in per-circuit byte rings,
 /// and all of them keep their capacity.
+///
+/// Its randomness (handshake ephemerals, hop secrets) comes from the RNG its
+/// caller gives [`CircuitCore::new`], so a seeded RNG fixes every cell.
 #[derive(Debug)]
 pub struct CircuitCore {
     identity: Identity,
+    rng: Rng,
     public: [u8; KEY_LEN],
     prefix: u8,
     config: CircuitConfig,
@@ -93,11 +106,18 @@ pub struct CircuitCore {
 
 impl CircuitCore {
     /// A circuit layer for the node `identity`, whose addresses use
-    /// `address_prefix` (DESIGN.md §3).
-    pub fn new(identity: Identity, address_prefix: u8, config: CircuitConfig) -> Self {
+    /// `address_prefix` (docs/protocol.md, "Identity and addresses"). Every
+    /// random byte it needs is drawn from `rng`.
+    pub fn new(
+        identity: Identity,
+        address_prefix: u8,
+        config: CircuitConfig,
+        rng: CoreRng,
+    ) -> Self {
         CircuitCore {
             public: identity.public(),
             identity,
+            rng: Rng(rng),
             prefix: address_prefix,
             config,
             links: HashMap::new(),
@@ -570,7 +590,7 @@ impl CircuitCore {
     /// message 1 (its first `n` bytes). Message 1's payload offers the
     /// versions, and for IK carries the origin's Ed25519 identity (its
     /// X25519 form alone does not give the address).
-    fn start_hop(&self, node: &[u8; KEY_LEN], last: bool) -> Result<HopStart, CryptoError> {
+    fn start_hop(&mut self, node: &[u8; KEY_LEN], last: bool) -> Result<HopStart, CryptoError> {
         let (handshake_type, offer_len) = if last {
             (HandshakeType::Ik, 1 + KEY_LEN)
         } else {
@@ -578,7 +598,12 @@ impl CircuitCore {
         };
         let mut offer = [SUPPORTED_VERSIONS; 1 + KEY_LEN];
         offer[1..].copy_from_slice(&self.public);
-        let mut init = HandshakeInitiator::new(pattern_of(handshake_type), &self.identity, node)?;
+        let mut init = HandshakeInitiator::new(
+            pattern_of(handshake_type),
+            &self.identity,
+            node,
+            &mut *self.rng.0,
+        )?;
         let mut msg1 = [0u8; HANDSHAKE_BUF_LEN];
         let len = init.write_msg1(&offer[..offer_len], &mut msg1)?;
         Ok(HopStart {
@@ -627,9 +652,13 @@ impl CircuitCore {
         }
         let pattern = pattern_of(handshake_type);
         let mut payload = [0u8; HANDSHAKE_BUF_LEN];
-        let Ok((resp, n)) =
-            HandshakeResponder::read_msg1(pattern, &self.identity, msg1, &mut payload)
-        else {
+        let Ok((resp, n)) = HandshakeResponder::read_msg1(
+            pattern,
+            &self.identity,
+            msg1,
+            &mut payload,
+            &mut *self.rng.0,
+        ) else {
             self.metrics.handshake_failures += 1;
             self.send_destroy(leg, Reason::HandshakeFailed);
             return;
@@ -660,7 +689,7 @@ impl CircuitCore {
                 }
             }
         };
-        let secret = crypto::random_hop_secret();
+        let secret = crypto::random_hop_secret(&mut *self.rng.0);
         let mut answer = [0u8; 1 + HOP_SECRET_LEN];
         answer[0] = RELAY_CRYPTO_V1;
         answer[1..].copy_from_slice(&secret);

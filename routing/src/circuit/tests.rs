@@ -6,6 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+
 use super::*;
 use crate::address::{DEFAULT_PREFIX, address_for_key, subnet_for_key};
 use crate::cell::{CELL_LEN, Command, Reason, read_header};
@@ -38,7 +41,11 @@ impl Net {
             keys: ids.iter().map(|i| i.public()).collect(),
             nodes: ids
                 .into_iter()
-                .map(|i| CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default()))
+                .zip(0u64..)
+                .map(|(i, seed)| {
+                    let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
+                    CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
+                })
                 .collect(),
             links: HashMap::new(),
             next_link: 100,

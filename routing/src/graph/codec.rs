@@ -2,6 +2,8 @@
 //! remaining length first and returns `None` rather than indexing past it
 //! (STYLE.md, "Wire formats as types").
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 /// A cursor over bytes that have not been read yet.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],

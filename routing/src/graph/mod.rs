@@ -23,14 +23,15 @@
 mod codec;
 mod flood;
 mod index;
+mod message;
 mod record;
 mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use flood::{
-    GraphCore, GraphCounters, GraphMessage, MAX_MESSAGE_LEN, MessageError, REQUEST_MAX_KEYS,
-    SUMMARY_MAX_ENTRIES, Summary,
+pub use flood::{GraphCore, GraphCounters};
+pub use message::{
+    GraphMessage, MAX_MESSAGE_LEN, MessageError, REQUEST_MAX_KEYS, SUMMARY_MAX_ENTRIES, Summary,
 };
 pub use record::{
     Ed25519Verifier, Edge, MAX_EDGES, MAX_RECORD_LEN, MIN_RECORD_LEN, NodeRecord, RECORD_VERSION,

@@ -20,6 +20,8 @@
 //! will be: the graph is public, and a node's IP is known only to the nodes it
 //! has an agreement with.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::fmt;
 
 use super::codec::Reader;

@@ -1,3 +1,5 @@
+//! Fuzz target: the cell parser on arbitrary bytes.
+
 #![no_main]
 
 // The body is shared with the in-suite twin, routing/tests/fuzz_twins.rs.

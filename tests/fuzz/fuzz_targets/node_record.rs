@@ -1,3 +1,5 @@
+//! Fuzz target: node record decoding and the graph core on arbitrary bytes.
+
 #![no_main]
 
 // The body is shared with the in-suite twin, tests/fuzz/twins.rs.

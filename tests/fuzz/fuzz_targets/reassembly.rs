@@ -1,3 +1,5 @@
+//! Fuzz target: relay message reassembly on arbitrary bytes.
+
 #![no_main]
 
 // The body is shared with the in-suite twin, routing/tests/fuzz_twins.rs.

@@ -1,14 +1,14 @@
-//! Calendar arithmetic for HTTP dates and certificate validity, so no date
-//! crate is needed.
+//! Times as the listener and the cover site write them: Unix seconds, HTTP
+//! dates (the `httpdate` crate), and the calendar date of a certificate's
+//! validity.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SECS_PER_DAY: u64 = 86_400;
 
-const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+/// The last second `httpdate` can write (9999-12-31 23:59:59 UTC); later
+/// times are written as it.
+const LAST_HTTP_DATE: u64 = 253_402_300_799;
 
 /// Seconds since the Unix epoch (0 for a clock before 1970).
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
@@ -40,16 +40,8 @@ pub(crate) fn civil_from_unix(unix: u64) -> (i32, u8, u8) {
 /// An HTTP date (RFC 9110 §5.6.7 IMF-fixdate), as in `Date` and
 /// `Last-Modified`: `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub(crate) fn http_date(unix: u64) -> String {
-    let (y, m, d) = civil_from_unix(unix);
-    let secs = unix % SECS_PER_DAY;
-    let weekday = WEEKDAYS[usize::try_from((unix / SECS_PER_DAY) % 7).unwrap_or(0)];
-    let month = MONTHS[usize::from(m.saturating_sub(1)).min(11)];
-    format!(
-        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    let t = UNIX_EPOCH + Duration::from_secs(unix.min(LAST_HTTP_DATE));
+    httpdate::fmt_http_date(t)
 }
 
 #[cfg(test)]
@@ -63,5 +55,6 @@ mod tests {
         // A leap day.
         assert_eq!(http_date(1_709_164_800), "Thu, 29 Feb 2024 00:00:00 GMT");
         assert_eq!(civil_from_unix(1_709_164_800), (2024, 2, 29));
+        assert_eq!(http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
     }
 }

@@ -2,6 +2,8 @@
 //! `proto` (rustls's `codec` is the model). Every read returns `None` instead
 //! of reading past the end.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 /// Reads fields front to back from a borrowed buffer.
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {

@@ -13,6 +13,8 @@
 //! Cells are opaque here: a frame carries exactly [`CELL_LEN`] bytes from the
 //! routing core and back, uninterpreted.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -206,17 +208,20 @@ impl FrameDecoder {
     /// and unknown frame types are skipped here (and counted).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
-            let Some(len_bytes) = self.buf.get(..FRAME_LEN_FIELD_LEN) else {
+            let Some(&len_bytes) = self.buf.first_chunk::<FRAME_LEN_FIELD_LEN>() else {
                 return Ok(None);
             };
-            let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+            let len = usize::from(u16::from_be_bytes(len_bytes));
             if len == 0 {
                 return Err(FrameError::EmptyFrame);
             }
             if self.buf.len() < FRAME_LEN_FIELD_LEN + len {
                 return Ok(None);
             }
-            let type_byte = self.buf[FRAME_LEN_FIELD_LEN];
+            // Present: the length check above covers the type byte.
+            let Some(&type_byte) = self.buf.get(FRAME_LEN_FIELD_LEN) else {
+                return Ok(None);
+            };
             let payload_len = len - 1;
             let ty = FrameType::from_byte(type_byte);
             if let Some(ty) = ty {
@@ -351,7 +356,7 @@ impl FrameEncoder {
             let take = self.pending.len().min(max_len - FRAME_HEADER_LEN - pad_len);
             let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + pad_len + take);
             let mut pad = [0u8; PADDING_PAYLOAD_MAX_LEN];
-            let pad = &mut pad[..pad_len];
+            let pad = pad.get_mut(..pad_len).unwrap_or_default();
             rng.fill_bytes(pad);
             // Cannot fail: pad_len is far below the maximum payload.
             let _ = put_frame(&mut out, FrameType::Padding.to_byte(), pad);
@@ -374,7 +379,9 @@ impl FrameEncoder {
                 .put_u16(u16::try_from(pad_len + 1).unwrap_or(1));
             self.pending.put_u8(FrameType::Padding.to_byte());
             self.pending.resize(payload_start + pad_len, 0);
-            rng.fill_bytes(&mut self.pending[payload_start..]);
+            if let Some(pad) = self.pending.get_mut(payload_start..) {
+                rng.fill_bytes(pad);
+            }
             take = self.pending.len();
         }
         Some(self.take_pending(take).freeze())
@@ -387,8 +394,12 @@ impl FrameEncoder {
         // whole, so every header we reach lies within `pending`.
         let mut boundary = self.cut_frame_left;
         while boundary < take {
-            let len = match self.pending.get(boundary..boundary + FRAME_LEN_FIELD_LEN) {
-                Some(b) => usize::from(u16::from_be_bytes([b[0], b[1]])),
+            let len = match self
+                .pending
+                .get(boundary..)
+                .and_then(<[u8]>::first_chunk::<FRAME_LEN_FIELD_LEN>)
+            {
+                Some(&b) => usize::from(u16::from_be_bytes(b)),
                 None => break,
             };
             boundary += FRAME_LEN_FIELD_LEN + len;

@@ -17,6 +17,8 @@
 //! ephemeral keys. The I/O side answers every [`HandshakeError`] in the same
 //! way (with the cover site); the variants exist for logs and counters.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeSet, HashMap};
 
 use base64::Engine as _;
@@ -416,10 +418,10 @@ pub fn decode_bearer(header_value: &[u8]) -> Result<Vec<u8>, HandshakeError> {
 /// message (for [`LinkInitiator::finish`]) and how many bytes of `buf` it
 /// used, prefix included: the bytes after that are the first link frames.
 pub fn decode_msg2(buf: &[u8]) -> Result<Option<(&[u8], usize)>, HandshakeError> {
-    let Some(prefix) = buf.get(..MSG2_PREFIX_LEN) else {
+    let Some(&prefix) = buf.first_chunk::<MSG2_PREFIX_LEN>() else {
         return Ok(None);
     };
-    let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+    let len = usize::from(u16::from_be_bytes(prefix));
     if len < MSG2_MIN_LEN {
         return Err(HandshakeError::TooShort);
     }

@@ -15,6 +15,8 @@
 //! not a signature: the secret and the inviter's key, checked in the link
 //! handshake, are what make a token trustworthy.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 

@@ -14,6 +14,8 @@
 //! passes `now`, tells it about cells it wrote ([`PaddingPacer::on_cell`]), sleeps
 //! until [`PaddingPacer::poll_timeout`] and then asks [`PaddingPacer::poll_padding`].
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use crate::proto::frame::{CELL_LEN, FRAME_HEADER_LEN};
