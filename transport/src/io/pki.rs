@@ -14,8 +14,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::time::civil_from_unix;
-
 /// The certificate name used when the config's `server_name` is empty.
 ///
 /// `localhost` is what countless appliances, development servers and
@@ -173,10 +171,9 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path, name: &str) -> Result
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (y, m, d) = civil_from_unix(now);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (y, m, d) = civil_from_unix(now + SELF_SIGNED_VALIDITY_DAYS * SECS_PER_DAY);
-    params.not_after = rcgen::date_time_ymd(y, m, d);
+    // Both ends at midnight UTC of their day.
+    params.not_before = midnight_utc(now);
+    params.not_after = midnight_utc(now + SELF_SIGNED_VALIDITY_DAYS * SECS_PER_DAY);
     let mut serial = [0u8; SERIAL_LEN];
     crate::crypto::random_bytes(&mut serial);
     serial[0] &= 0x7f; // a positive INTEGER
@@ -201,6 +198,17 @@ fn generate_self_signed(cert_path: &Path, key_path: &Path, name: &str) -> Result
 }
 
 /// Writes a secret file readable only by its owner.
+/// The last midnight a certificate time can hold here: 9999-12-31 UTC.
+const LAST_MIDNIGHT: i64 = 253_402_214_400;
+
+/// Midnight UTC of the day `unix` seconds fall in, as rcgen takes a time
+/// (later days are held at [`LAST_MIDNIGHT`]).
+fn midnight_utc(unix: u64) -> time::OffsetDateTime {
+    let day_start = i64::try_from(unix - unix % SECS_PER_DAY).unwrap_or(LAST_MIDNIGHT);
+    time::OffsetDateTime::from_unix_timestamp(day_start.min(LAST_MIDNIGHT))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
 fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     let err = |source| TlsError::File {
         path: path.to_path_buf(),
@@ -247,4 +255,18 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
         path: path.to_path_buf(),
         what: format!("holds no PEM private key ({e})"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_times_are_midnight_utc_of_their_day() {
+        // 2024-02-29 01:00:00 UTC, a leap day.
+        let t = midnight_utc(1_709_168_400);
+        assert_eq!(t.unix_timestamp(), 1_709_164_800);
+        assert_eq!((t.year(), u8::from(t.month()), t.day()), (2024, 2, 29));
+        assert_eq!(midnight_utc(u64::MAX).unix_timestamp(), LAST_MIDNIGHT);
+    }
 }
