@@ -245,6 +245,32 @@ pub fn spawn_test_helper(
         .expect("spawn test helper")
 }
 
+/// A child process the test started, killed (and reaped) when dropped,
+/// also when the test fails.
+#[derive(Debug)]
+pub struct Background(pub Child);
+
+impl Background {
+    /// Whether it exited successfully within `limit`.
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The helper role this process was started in by [`spawn_test_helper`],
 /// if any.
 pub fn test_role() -> Option<String> {
