@@ -22,7 +22,7 @@ pub fn require_root() {
     assert!(
         umbra_netlab::is_root(),
         "this test runs real daemons in network namespaces and needs root (CI runs it as root); \
-         run `sudo -E cargo nextest run` or skip it with `-E 'not binary(/netns/)'`"
+         run `sudo -E cargo nextest run` or skip it with `-E 'not binary_id(/netns/)'`"
     );
     assert!(
         umbra_netlab::has_tun(),
