@@ -1,4 +1,4 @@
-//! ACME certificates (issue 3, DESIGN.md §5): a node with `acme = true`
+//! ACME certificates (docs/config.md, "[listen]"): a node with `acme = true`
 //! gets its certificate from a real ACME server, Debian's `pebble`, by the
 //! TLS-ALPN-01 challenge on its own port 443; a web client that trusts
 //! pebble's root then sees the cover site; the certificate is kept in the

@@ -1,6 +1,6 @@
-//! What a packet capture of the link port shows (issue 3, DESIGN.md §5
-//! "Framing"): only well-formed TLS records, and no cell-sized record
-//! length repeating.
+//! What a packet capture of the link port shows (docs/threat-model.md,
+//! "What a prober sees"; docs/protocol.md, "Link framing"): only
+//! well-formed TLS records, and no cell-sized record length repeating.
 //!
 //! - Two real daemons link by config while `tcpdump` records the veth
 //!   between them; keepalives (and cells, when the overlay carries pings)

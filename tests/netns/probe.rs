@@ -1,5 +1,5 @@
-//! The probe test of issue 3 (DESIGN.md §5 "The listener is a web server
-//! first"): a prober namespace sends the same probes, with real CLI tools,
+//! The probe test (docs/threat-model.md, "What a prober sees": the
+//! listener is a web server first): a prober namespace sends the same probes, with real CLI tools,
 //! to a node whose cover is an upstream nginx and to that nginx serving
 //! the same files over TLS itself. Everything it sees must be the same,
 //! `Date` aside: status, header names and order, bodies, TLS handshake
