@@ -1,5 +1,4 @@
-//! Shared support for umbra's end-to-end tests: the deterministic simulation
-//! harness (`sim`) and helpers for network-namespace tests (`netns`).
+#![doc = include_str!("README.md")]
 
 pub mod netns;
 pub mod sim;

@@ -1,8 +1,9 @@
-//! The cell path (DESIGN.md §2, §7): one hop's seal and open, relay
-//! switching, cutting a 64 KiB packet into cells and joining it again, and a
-//! steady 3-relay circuit. Divan's allocation profiler is the global
-//! allocator, so every line also shows allocations per iteration (the data
-//! path should make none: DESIGN.md §2).
+//! The cell path (docs/protocol.md, "Cells", and docs/protocol.md, "Relay
+//! crypto"): one hop's seal and open, relay switching, cutting a 64 KiB
+//! packet into cells and joining it again, and a steady 3-relay circuit.
+//! Divan's allocation profiler is the global allocator, so every line also
+//! shows allocations per iteration (the data path should make none:
+//! docs/architecture.md, "Testing").
 //!
 //! `cargo bench -p umbra-bench --bench cell`
 

@@ -1,5 +1,6 @@
-//! The graph at 10,000 nodes (DESIGN.md §6, §9): taking in every record,
-//! one record's update, and shortest paths.
+//! The graph at 10,000 nodes (docs/protocol.md, "Node records", and
+//! docs/architecture.md, "Path selection"): taking in every record, one
+//! record's update, and shortest paths.
 //!
 //! `cargo bench -p umbra-bench --bench graph`
 //!

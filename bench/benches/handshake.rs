@@ -1,6 +1,6 @@
-//! Handshakes per second: the link's Noise IK (DESIGN.md §5) and a
-//! circuit's per-hop handshakes (Noise NK to relays, IK to the destination,
-//! DESIGN.md §7).
+//! Handshakes per second: the link's Noise IK (docs/protocol.md, "Link
+//! setup") and a circuit's per-hop handshakes (Noise NK to relays, IK to the
+//! destination, docs/protocol.md, "Circuits").
 //!
 //! `cargo bench -p umbra-bench --bench handshake`
 //!

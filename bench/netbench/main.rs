@@ -1,5 +1,5 @@
 //! `netbench`: the side-by-side network benchmark of umbra and Yggdrasil
-//! 0.4.7 (DESIGN.md §13, issue 6). See bench/README.md.
+//! 0.4.7 (docs/architecture.md, "Performance"). See bench/README.md.
 //!
 //! It needs root (network namespaces), iperf3, ping, ss and Debian's
 //! `yggdrasil`. It prints one table to stdout, and writes JSON and an SVG

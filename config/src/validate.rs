@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Reporter, Scope, quote};
 use crate::{Config, ConfigError, MAX_MTU, MAX_PADDING_RATE, MAX_TUN_NAME_LEN, MIN_MTU};
@@ -135,7 +135,7 @@ impl Config {
         }
 
         for (name, path) in [("cert", &listen.cert), ("key", &listen.key)] {
-            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            if set_but_empty(path) {
                 return Err(r.invalid(
                     &scope.key(name),
                     format!("[listen] {name} is empty; name a PEM file, or remove the key"),
@@ -193,7 +193,7 @@ impl Config {
             ));
         }
         if let Some(email) = &listen.acme_email {
-            let bad = email.chars().any(|c| c.is_whitespace() || c.is_control())
+            let bad = has_space_or_control(email)
                 || email
                     .split_once('@')
                     .is_none_or(|(a, b)| a.is_empty() || b.is_empty());
@@ -208,11 +208,7 @@ impl Config {
                 ));
             }
         }
-        if listen
-            .acme_ca
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
+        if set_but_empty(&listen.acme_ca) {
             return Err(r.invalid(
                 &scope.key("acme_ca"),
                 "[listen] acme_ca is empty; name a PEM file of CA certificates, or remove the key"
@@ -220,11 +216,7 @@ impl Config {
             ));
         }
 
-        if listen
-            .server_name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if has_space_or_control(&listen.server_name) {
             return Err(r.invalid(
                 &scope.key("server_name"),
                 format!(
@@ -247,11 +239,7 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if cover
-            .root
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
+        if set_but_empty(&cover.root) {
             return Err(r.invalid(
                 &scope.key("root"),
                 "[cover] root is empty; name a directory, or remove the key".to_owned(),
@@ -259,7 +247,7 @@ impl Config {
         }
         if let Some(upstream) = &cover.upstream {
             let host = upstream.strip_prefix("http://").unwrap_or_default();
-            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if host.is_empty() || has_space_or_control(host) {
                 return Err(r.invalid(
                     &scope.key("upstream"),
                     format!(
@@ -327,6 +315,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether an optional path is set to the empty string (`key = ""`).
+fn set_but_empty(path: &Option<PathBuf>) -> bool {
+    path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
+}
+
+/// Whether `s` contains whitespace or a control character.
+fn has_space_or_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Why `endpoint` is not `host:port`, or `None` if it is.

@@ -5,7 +5,8 @@
 //! [`Links`]) on 198.18.0.0/15 ("internet" hosts; hosts behind a NAT
 //! [`Router`] use 100.64.0.0/10), writes daemon configs ([`UmbraConfig`],
 //! [`Peer`]), runs `umbra run` in them ([`Daemon`]) and measures with
-//! [`ping`] and [`iperf3`]. Everything it makes is recorded first and
+//! [`ping`] and [`iperf3`], and writes a reference nginx's config
+//! ([`NginxConfig`]). Everything it makes is recorded first and
 //! removed on drop, by [`Lab::cleanup`], and on a signal or a panic
 //! ([`cleanup_on_signals`], [`cleanup_on_panic`]). It needs root.
 
@@ -17,6 +18,7 @@ mod iperf;
 mod lab;
 mod links;
 mod netns;
+mod nginx;
 mod ping;
 mod process;
 mod registry;
@@ -32,6 +34,7 @@ pub use iperf::{IPERF_PORT, IperfOptions, IperfResult, IperfServer, iperf3};
 pub use lab::Lab;
 pub use links::{Links, named_after_peer, numbered};
 pub use netns::Netns;
+pub use nginx::NginxConfig;
 pub use ping::{PingOptions, PingReply, PingStats, ping};
 pub use process::Proc;
 pub use registry::{Cleanup, cleanup_on_panic, cleanup_on_signals};

@@ -1,7 +1,7 @@
 //! The fuzz targets of `tests/fuzz` whose bodies live there (not in a
 //! crate's own tests) run here as property tests over arbitrary bytes, so
 //! the normal suite builds them and checks their invariants without
-//! cargo-fuzz (DESIGN.md §12). The other targets' twins are
+//! cargo-fuzz (docs/architecture.md, "Testing"). The other targets' twins are
 //! `routing/tests/fuzz_twins.rs` and `transport/tests/proto_fuzz_targets.rs`.
 
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! ACME certificates (issue 3, DESIGN.md §5): a node with `acme = true`
+//! ACME certificates (docs/config.md, "[listen]"): a node with `acme = true`
 //! gets its certificate from a real ACME server, Debian's `pebble`, by the
 //! TLS-ALPN-01 challenge on its own port 443; a web client that trusts
 //! pebble's root then sees the cover site; the certificate is kept in the
@@ -10,10 +10,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use umbra_tests::netns::{Netns, netns, prepare, require_root, temp_dir, veth, wait_for};
+use umbra_tests::netns::{
+    Background, Netns, netns, prepare, require_root, temp_dir, veth, wait_for,
+};
 
 /// The domain the node gets a certificate for (`.test` is reserved, RFC 2606).
 const DOMAIN: &str = "node.umbra.test";
@@ -21,16 +23,6 @@ const DOMAIN: &str = "node.umbra.test";
 /// How long issuance may take: pebble validates at once (PEBBLE_VA_NOSLEEP),
 /// and rustls-acme polls after 1, 2, 4… seconds.
 const ISSUE_WAIT: Duration = Duration::from_secs(60);
-
-/// A background process, killed when dropped (also when the test fails).
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `openssl` in `dir` with space-separated `args`; panics if it fails.
 fn openssl(dir: &Path, args: &str) {

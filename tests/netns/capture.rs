@@ -1,6 +1,6 @@
-//! What a packet capture of the link port shows (issue 3, DESIGN.md §5
-//! "Framing"): only well-formed TLS records, and no cell-sized record
-//! length repeating.
+//! What a packet capture of the link port shows (docs/threat-model.md,
+//! "What a prober sees"; docs/protocol.md, "Link framing"): only
+//! well-formed TLS records, and no cell-sized record length repeating.
 //!
 //! - Two real daemons link by config while `tcpdump` records the veth
 //!   between them; keepalives (and cells, when the overlay carries pings)
@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use umbra_tests::netns::{
-    Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, temp_dir, test_role,
-    veth, wait_for,
+    Background, Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, temp_dir,
+    test_role, veth, wait_for,
 };
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
@@ -385,8 +385,8 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
     );
     let test = "lone_cells_over_a_link_show_no_repeating_record_length";
     let (log_l, log_d) = (dir.path().join("listen.log"), dir.path().join("dial.log"));
-    let mut listen = Child(spawn_test_helper(&nl, test, "listen", &env, &log_l));
-    let mut dial = Child(spawn_test_helper(&nd, test, "dial", &env, &log_d));
+    let mut listen = Background(spawn_test_helper(&nl, test, "listen", &env, &log_l));
+    let mut dial = Background(spawn_test_helper(&nd, test, "dial", &env, &log_d));
     let logs = || {
         format!(
             "listener:\n{}\ndialer:\n{}",
@@ -406,30 +406,6 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
         "expected at least {} application data records, saw {app_records}:\n{summary}",
         2 * CELLS
     );
-}
-
-/// A helper process, killed if the test gives up on it.
-struct Child(std::process::Child);
-
-impl Child {
-    /// Whether it exited successfully within `limit`.
-    fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The two ends of the transport link, each run in its own namespace by

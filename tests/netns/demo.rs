@@ -1,4 +1,4 @@
-//! `umbra demo` (issue 5): it builds its overlay, carries traffic over a
+//! `umbra demo` (docs/cli.md, "umbra demo"): it builds its overlay, carries traffic over a
 //! balanced circuit, shows each relay's view, and leaves nothing behind.
 
 use std::process::Command;

@@ -1,4 +1,5 @@
-//! Links (issue 3): two nodes link by invite, three by config; a used or
+//! Links (docs/protocol.md, "Invites", and docs/protocol.md, "Agreements"):
+//! two nodes link by invite, three by config; a used or
 //! expired token is refused; links come back after a restart and the
 //! agreement survives it.
 

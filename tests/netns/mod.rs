@@ -22,7 +22,7 @@ pub fn require_root() {
     assert!(
         umbra_netlab::is_root(),
         "this test runs real daemons in network namespaces and needs root (CI runs it as root); \
-         run `sudo -E cargo nextest run` or skip it with `-E 'not binary(/netns/)'`"
+         run `sudo -E cargo nextest run` or skip it with `-E 'not binary_id(/netns/)'`"
     );
     assert!(
         umbra_netlab::has_tun(),
@@ -243,6 +243,32 @@ pub fn spawn_test_helper(
         .stderr(err)
         .spawn()
         .expect("spawn test helper")
+}
+
+/// A child process the test started, killed (and reaped) when dropped,
+/// also when the test fails.
+#[derive(Debug)]
+pub struct Background(pub Child);
+
+impl Background {
+    /// Whether it exited successfully within `limit`.
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The helper role this process was started in by [`spawn_test_helper`],

@@ -1,4 +1,4 @@
-//! A node that runs (issue 2): `umbra run` in its own network namespace
+//! A node that runs (docs/architecture.md, "The service"): `umbra run` in its own network namespace
 //! brings up `umbra0` with its address, route and MTU, answers on its
 //! control socket, survives malformed requests, refuses a second daemon on
 //! the same state, reloads on SIGHUP and removes everything on SIGTERM.

@@ -1,5 +1,6 @@
-//! Link padding with `anonymity = "strong"` (DESIGN.md §9, §10; issue
-//! "strong: more relays, plus link padding at a configured rate").
+//! Link padding with `anonymity = "strong"` (docs/protocol.md, "Link
+//! control", and docs/protocol.md, "Link framing"): more relays, plus link
+//! padding at a configured rate.
 //!
 //! Three pairs of real daemons, each linked by `[[peer]]` entries on both
 //! sides and left idle (no TUN, so no traffic but the link's own), measured

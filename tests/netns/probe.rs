@@ -1,5 +1,5 @@
-//! The probe test of issue 3 (DESIGN.md §5 "The listener is a web server
-//! first"): a prober namespace sends the same probes, with real CLI tools,
+//! The probe test (docs/threat-model.md, "What a prober sees": the
+//! listener is a web server first): a prober namespace sends the same probes, with real CLI tools,
 //! to a node whose cover is an upstream nginx and to that nginx serving
 //! the same files over TLS itself. Everything it sees must be the same,
 //! `Date` aside: status, header names and order, bodies, TLS handshake
@@ -14,8 +14,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
+use umbra_netlab::NginxConfig;
 use umbra_tests::netns::{
-    Daemon, Netns, netns, prepare, require_root, spawn_test_helper, temp_dir, test_role, veth,
+    Background, Daemon, Netns, netns, prepare, require_root, spawn_test_helper, temp_dir,
+    test_role, veth,
 };
 
 const NODE_IP: &str = "198.18.60.1";
@@ -67,29 +69,15 @@ fn write_site(dir: &Path) {
 /// nginx, one process (`master_process off`), with two sites on the same
 /// files: plain HTTP on 127.0.0.1:8080 (the node's upstream) and TLS 1.3
 /// on the reference address with the node's certificate.
-fn start_nginx(ns: &Netns, dir: &Path, www: &Path, cert: &Path, key: &Path) -> Child {
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ include /etc/nginx/mime.types; default_type application/octet-stream;\n\
-             access_log off; server_tokens off; client_body_temp_path {d}/cbt;\n\
-             proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
-             server {{ listen 127.0.0.1:8080; root {www}; }}\n\
-             server {{ listen {REFERENCE_IP}:443 ssl http2; ssl_protocols TLSv1.3;\n\
-             ssl_certificate {cert}; ssl_certificate_key {key}; root {www}; }} }}\n",
-            www = www.display(),
-            cert = cert.display(),
-            key = key.display(),
-        ),
-    )
-    .expect("nginx.conf");
-    let child = Child(
+fn start_nginx(ns: &Netns, dir: &Path, www: &Path, cert: &Path, key: &Path) -> Background {
+    let args = NginxConfig::new(dir)
+        .http("127.0.0.1:8080", www)
+        .https(&format!("{REFERENCE_IP}:443"), cert, key, www)
+        .write()
+        .expect("nginx.conf");
+    let child = Background(
         ns.command(Path::new("nginx"))
-            .args(["-p", &d.to_string(), "-c", &conf.display().to_string()])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -317,7 +305,7 @@ fn random_bytes(first: u8, seed: u64) -> Vec<u8> {
 struct Setup {
     // Drop order: the daemon and nginx before their namespaces.
     node: Daemon,
-    _nginx: Child,
+    _nginx: Background,
     prober: Netns,
     _node_ns: Netns,
     dir: tempfile::TempDir,
@@ -447,7 +435,7 @@ fn a_prober_sees_the_same_as_from_nginx_in_upstream_mode() {
     // crate in a helper process in the prober's namespace.
     let log = s.dir.path().join("replay.log");
     let key = s.node.key().expect("the node key");
-    let mut helper = Child(spawn_test_helper(
+    let mut helper = Background(spawn_test_helper(
         &s.prober,
         "a_prober_sees_the_same_as_from_nginx_in_upstream_mode",
         "replay",
@@ -498,30 +486,6 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// A child process, killed if still running when dropped.
-struct Child(std::process::Child);
-
-impl Child {
-    /// Whether it exited successfully within `limit`.
-    fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The replayed link request, run in the prober's namespace: a message 1

@@ -1,4 +1,5 @@
-//! Traffic over circuits between real daemons (issue 4): ping and iperf3
+//! Traffic over circuits between real daemons (docs/architecture.md,
+//! "Tasks and data flow"): ping and iperf3
 //! across a 5-node chain, failover in a diamond when a middle node dies, and
 //! a forged source address that never reaches the destination's TUN.
 

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use io_support::*;
+use umbra_netlab::NginxConfig;
 use umbra_transport::io::{LINK_CONTENT_TYPE, LINK_PATH, LinkSettings};
 
 /// The nginx process. It runs with `master_process off`, as one process,
@@ -137,25 +138,18 @@ async fn built_in_cover_matches_nginx_serving_the_same_files() {
     }
 
     let port = free_port().await;
-    let conf = root.path().join("nginx.conf");
     let d = root.path().display();
-    std::fs::write(
-        &conf,
-        format!(
-            "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ include /etc/nginx/mime.types; default_type application/octet-stream;\n\
-             access_log off; server_tokens off; client_body_temp_path {d}/cbt;\n\
-             proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft; uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
-             server {{ listen 127.0.0.1:{port} ssl http2; ssl_protocols TLSv1.3;\n\
-             ssl_certificate {cert}; ssl_certificate_key {key}; root {d}; }} }}\n",
-            cert = l._dir.path().join("tls-cert.pem").display(),
-            key = l._dir.path().join("tls-key.pem").display(),
-        ),
-    )
-    .unwrap();
+    let args = NginxConfig::new(root.path())
+        .https(
+            &format!("127.0.0.1:{port}"),
+            &l._dir.path().join("tls-cert.pem"),
+            &l._dir.path().join("tls-key.pem"),
+            root.path(),
+        )
+        .write()
+        .unwrap();
     let child = Command::new(nginx)
-        .args(["-p", &d.to_string(), "-c", &conf.display().to_string()])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -69,36 +69,13 @@ fn preflight() -> Result<()> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use rand_core::RngCore;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
     use umbra_routing::Identity;
     use umbra_routing::graph::{Graph, Time};
     use umbra_routing::path::{Anonymity, MIN_RELAYS_BALANCED, PathRequest, choose};
 
     use super::overlay::{DESTINATION, EDGES, HOME, NODES, ORIGIN};
-
-    /// A small deterministic generator for the random walk.
-    struct Lcg(u64);
-    impl RngCore for Lcg {
-        fn next_u32(&mut self) -> u32 {
-            self.next_u64() as u32
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            self.0
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for b in dest {
-                *b = self.next_u64() as u8;
-            }
-        }
-        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-            self.fill_bytes(dest);
-            Ok(())
-        }
-    }
 
     /// The demo's overlay always offers a balanced path from the origin to
     /// the destination: home first, at least 3 relays, agreement edges only,
@@ -122,7 +99,8 @@ mod tests {
         };
         let mut seen = BTreeSet::new();
         for seed in 0..2000 {
-            let p = choose(&g, &req, &mut Lcg(seed)).expect("a balanced path");
+            let p =
+                choose(&g, &req, &mut ChaCha8Rng::seed_from_u64(seed)).expect("a balanced path");
             assert_eq!(p[0], keys[HOME], "home first");
             assert_eq!(p.last(), Some(&keys[DESTINATION]));
             assert!(p.len() > MIN_RELAYS_BALANCED, "{} relays", p.len() - 1);
