@@ -13,6 +13,8 @@
 //! signatures cover [`statement`], so each side keeps the other's signature
 //! of the same terms.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use umbra_routing::crypto::SIGNATURE_LEN;
 
 use super::codec::Reader;

@@ -12,6 +12,8 @@
 //! by anything but exactly four bytes is malformed, and so is any other
 //! payload; a receiver ignores both (it may count them).
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use bytes::Bytes;
 
 use super::frame::Frame;
