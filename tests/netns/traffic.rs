@@ -368,8 +368,8 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
     let (hops, path) = o.path(0, 8);
     eprintln!("path 0 → 8: {hops:?}");
     assert_eq!(hops[0], 1, "the first hop is the home node: {path}");
-    assert_eq!(*hops.last().unwrap(), 8);
-    assert!(hops.len() - 1 >= 3, "at least 3 relays: {hops:?}");
+    assert_eq!(hops.last(), Some(&8));
+    assert!(hops.len() > 3, "at least 3 relays: {hops:?}");
     let mut all = vec![0];
     all.extend(&hops);
     for w in all.windows(2) {

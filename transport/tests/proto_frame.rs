@@ -82,11 +82,11 @@ proptest! {
         // Interleave queueing and flushing, as a busy link does.
         for f in &frames {
             enc.queue(f.frame_type(), f.payload()).expect("valid frame");
-            if let Some(&max) = sizes.next() {
-                if let Some(buf) = enc.flush(max, &mut rng) {
-                    prop_assert!(buf.len() <= max);
-                    stream.extend_from_slice(&buf);
-                }
+            if let Some(&max) = sizes.next()
+                && let Some(buf) = enc.flush(max, &mut rng)
+            {
+                prop_assert!(buf.len() <= max);
+                stream.extend_from_slice(&buf);
             }
         }
         while let Some(buf) = enc.flush(*sizes.next().unwrap_or(&1000), &mut rng) {
