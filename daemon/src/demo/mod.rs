@@ -19,10 +19,12 @@ mod overlay;
 mod report;
 mod steps;
 
-use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use umbra_netlab::Lab;
+
+use overlay::NODES;
 
 /// Runs `umbra demo`.
 pub(crate) fn run() -> Result<()> {
@@ -32,14 +34,29 @@ pub(crate) fn run() -> Result<()> {
         eprintln!("\ninterrupted: cleaned up: {done}");
     };
     umbra_netlab::cleanup_on_signals(&[umbra_netlab::SIGINT, umbra_netlab::SIGTERM], report)?;
-    let result = steps::run(&mut lab);
+    let result = run_steps(&mut lab);
     eprintln!("cleaned up: {}", lab.cleanup());
     result
 }
 
-/// The demo's work directory: configs, state, sockets and logs.
-fn work_dir(pid: u32) -> PathBuf {
-    std::env::temp_dir().join(format!("umbrademo-{pid}"))
+/// Runs every step and prints the report.
+fn run_steps(lab: &mut Lab) -> Result<()> {
+    let started = Instant::now();
+    println!(
+        "umbra demo: {} real umbra daemons in network namespaces on this machine",
+        NODES.len()
+    );
+    steps::remove_stale(lab);
+    lab.make_dir(overlay::work_dir(std::process::id()))?;
+    let mut o = steps::namespaces(lab)?;
+    steps::daemons(lab, &mut o)?;
+    steps::links(&mut o)?;
+    steps::graph(&mut o)?;
+    let circuit = steps::circuit(&mut o)?;
+    let (ping, iperf) = steps::traffic(lab, &o)?;
+    report::print(&o, &circuit, &ping, &iperf)?;
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Root, `/dev/net/tun` and the tools, before anything is made.

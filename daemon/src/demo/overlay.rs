@@ -1,6 +1,7 @@
 //! The demo's overlay: its topology, and its nodes (a namespace and a
 //! daemon each) in the lab.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -8,6 +9,11 @@ use serde_json::Value;
 use umbra_netlab::{Daemon, Lab, Links, Netns, UmbraConfig};
 
 use crate::control::{self, Request};
+
+/// The demo's work directory: configs, state, sockets and logs.
+pub(super) fn work_dir(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("umbrademo-{pid}"))
+}
 
 /// The nodes, by name; the origin is the first, the destination the last.
 pub(super) const NODES: [&str; 7] = ["a", "b", "c", "d", "e", "f", "g"];

@@ -6,8 +6,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 use umbra_netlab::{IperfOptions, IperfResult, IperfServer, Lab, PingOptions, PingStats};
 
-use super::overlay::{DESTINATION, EDGES, NODES, ORIGIN, Overlay};
-use super::report;
+use super::overlay::{DESTINATION, EDGES, NODES, ORIGIN, Overlay, work_dir};
 use crate::control::Request;
 
 /// How long the daemons may take to answer on their control sockets.
@@ -37,29 +36,9 @@ pub(super) struct Circuit {
     pub(super) route: Vec<usize>,
 }
 
-/// Runs every step and prints the report.
-pub(super) fn run(lab: &mut Lab) -> Result<()> {
-    let started = Instant::now();
-    println!(
-        "umbra demo: {} real umbra daemons in network namespaces on this machine",
-        NODES.len()
-    );
-    remove_stale(lab);
-    lab.make_dir(super::work_dir(std::process::id()))?;
-    let mut o = namespaces(lab)?;
-    daemons(lab, &mut o)?;
-    links(&mut o)?;
-    graph(&mut o)?;
-    let circuit = circuit(&mut o)?;
-    let (ping, iperf) = traffic(lab, &o)?;
-    report::print(&o, &circuit, &ping, &iperf)?;
-    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
 /// Namespaces an earlier demo left when it was killed with SIGKILL.
-fn remove_stale(lab: &Lab) {
-    let removed = lab.sweep_stale(|pid| Some(super::work_dir(pid)));
+pub(super) fn remove_stale(lab: &Lab) {
+    let removed = lab.sweep_stale(|pid| Some(work_dir(pid)));
     if !removed.is_empty() {
         eprintln!(
             "removed {} namespaces left by an earlier demo that was killed: {}",
@@ -70,7 +49,7 @@ fn remove_stale(lab: &Lab) {
 }
 
 /// 1. Namespaces and veth pairs.
-fn namespaces(lab: &Lab) -> Result<Overlay> {
+pub(super) fn namespaces(lab: &Lab) -> Result<Overlay> {
     let o = Overlay::wire(lab)?;
     step(
         1,
@@ -85,7 +64,7 @@ fn namespaces(lab: &Lab) -> Result<Overlay> {
 }
 
 /// 2. Identities, configs, daemons.
-fn daemons(lab: &Lab, o: &mut Overlay) -> Result<()> {
+pub(super) fn daemons(lab: &Lab, o: &mut Overlay) -> Result<()> {
     o.start_daemons(lab)?;
     o.wait_for(
         DAEMON_START_TIMEOUT,
@@ -111,7 +90,7 @@ fn daemons(lab: &Lab, o: &mut Overlay) -> Result<()> {
 }
 
 /// 3. Links, with progress as they come up.
-fn links(o: &mut Overlay) -> Result<()> {
+pub(super) fn links(o: &mut Overlay) -> Result<()> {
     let mut shown = 0;
     o.wait_for(CONVERGE_TIMEOUT, "every link to come up", |nodes, last| {
         let up = EDGES
@@ -128,7 +107,7 @@ fn links(o: &mut Overlay) -> Result<()> {
 }
 
 /// 4. Every node holds the whole graph.
-fn graph(o: &mut Overlay) -> Result<()> {
+pub(super) fn graph(o: &mut Overlay) -> Result<()> {
     o.wait_for(CONVERGE_TIMEOUT, "the graph to converge", |nodes, last| {
         let views: Vec<(u64, u64)> = nodes
             .iter()
@@ -163,7 +142,7 @@ fn graph(o: &mut Overlay) -> Result<()> {
 }
 
 /// 5. The origin's circuit to the destination.
-fn circuit(o: &mut Overlay) -> Result<Circuit> {
+pub(super) fn circuit(o: &mut Overlay) -> Result<Circuit> {
     let build_started = Instant::now();
     let (origin, dest) = (NODES[ORIGIN], NODES[DESTINATION]);
     let address = o.nodes[DESTINATION].address;
@@ -207,7 +186,7 @@ fn circuit(o: &mut Overlay) -> Result<Circuit> {
 }
 
 /// 6. Pings and a TCP transfer from the origin to the destination.
-fn traffic(lab: &Lab, o: &Overlay) -> Result<(PingStats, IperfResult)> {
+pub(super) fn traffic(lab: &Lab, o: &Overlay) -> Result<(PingStats, IperfResult)> {
     let (origin, dest) = (NODES[ORIGIN], NODES[DESTINATION]);
     step(
         6,

@@ -97,6 +97,21 @@ struct EmbeddedFile {
     content_type: &'static str,
 }
 
+/// A file the site found for a request, for the nginx-like responder to
+/// serve.
+struct FoundFile {
+    content_type: &'static str,
+    len: u64,
+    modified_unix: u64,
+    source: FileSource,
+}
+
+/// Where a found file's bytes are.
+enum FileSource {
+    Memory(Bytes),
+    Disk(PathBuf),
+}
+
 #[derive(Debug)]
 enum Kind {
     BuiltIn {

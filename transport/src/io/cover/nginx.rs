@@ -14,8 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::OnceCell;
 
-use super::SERVER_HEADER;
-use super::site::{FileSource, FoundFile};
+use super::{FileSource, FoundFile, SERVER_HEADER};
 use crate::io::body::{FileBody, ServerBody};
 use crate::io::time::{http_date, unix_secs};
 

@@ -10,7 +10,7 @@ use hyper::header;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::nginx::{StaticResponder, html_escape};
-use super::{CoverError, CoverSite, EmbeddedFile, Kind, RequestCtx};
+use super::{CoverError, CoverSite, EmbeddedFile, FileSource, FoundFile, Kind, RequestCtx};
 use crate::io::body::ServerBody;
 use crate::io::time::unix_secs;
 
@@ -175,19 +175,6 @@ enum Found {
     /// A directory asked for without its trailing slash.
     AddSlash,
     File(FoundFile),
-}
-
-/// A file to serve.
-pub(super) struct FoundFile {
-    pub(super) content_type: &'static str,
-    pub(super) len: u64,
-    pub(super) modified_unix: u64,
-    pub(super) source: FileSource,
-}
-
-pub(super) enum FileSource {
-    Memory(Bytes),
-    Disk(PathBuf),
 }
 
 fn lookup_built_in(
