@@ -202,30 +202,39 @@ fn pooled_path(
     )
 }
 
+/// One circuit per (origin, destination) pair, its path from `path_of`.
 fn circuits(
-    net: &Net,
     pairs: &[(usize, usize)],
-    homes: &[usize],
-    anonymity: Anonymity,
-    rng: &mut Rng,
-    seed: u64,
+    mut path_of: impl FnMut(usize, usize) -> Vec<usize>,
 ) -> Vec<Circuit> {
     pairs
         .iter()
         .map(|&(origin, destination)| Circuit {
             origin,
             destination,
-            path: path(
-                net,
-                origin,
-                destination,
-                homes[origin],
-                anonymity,
-                rng,
-                seed,
-            ),
+            path: path_of(origin, destination),
         })
         .collect()
+}
+
+/// One circuit per pair with balanced paths, then one with fast paths (in
+/// that order, from `rng`), each set checked.
+fn balanced_and_fast(
+    net: &Net,
+    pairs: &[(usize, usize)],
+    homes: &[usize],
+    rng: &mut Rng,
+    seed: u64,
+) -> (Vec<Circuit>, Vec<Circuit>) {
+    let mut checked = |anonymity| {
+        let set = circuits(pairs, |o, d| {
+            path(net, o, d, homes[o], anonymity, rng, seed)
+        });
+        check(net, &set, homes, anonymity, seed);
+        set
+    };
+    let balanced = checked(Anonymity::Balanced);
+    (balanced, checked(Anonymity::Fast))
 }
 
 /// Checks what every circuit must satisfy: balanced paths start at the home
@@ -577,17 +586,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         .collect();
 
     let mut path_rng = rng.fork();
-    let balanced = circuits(
-        &net,
-        &pairs,
-        &homes,
-        Anonymity::Balanced,
-        &mut path_rng,
-        seed,
-    );
-    check(&net, &balanced, &homes, Anonymity::Balanced, seed);
-    let fast = circuits(&net, &pairs, &homes, Anonymity::Fast, &mut path_rng, seed);
-    check(&net, &fast, &homes, Anonymity::Fast, seed);
+    let (balanced, fast) = balanced_and_fast(&net, &pairs, &homes, &mut path_rng, seed);
     let balanced_shape = shape(&balanced);
     let fast_shape = shape(&fast);
     let fast_home_first = fast.iter().filter(|c| c.path[0] == homes[c.origin]).count();
@@ -629,17 +628,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         topology.extend_from_slice(&sybil_inner);
         topology.extend_from_slice(&attack[..edges]);
         let net = Net::new(&identities, &topology);
-        let b = circuits(
-            &net,
-            &pairs,
-            &homes,
-            Anonymity::Balanced,
-            &mut path_rng,
-            seed,
-        );
-        check(&net, &b, &homes, Anonymity::Balanced, seed);
-        let f = circuits(&net, &pairs, &homes, Anonymity::Fast, &mut path_rng, seed);
-        check(&net, &f, &homes, Anonymity::Fast, seed);
+        let (b, f) = balanced_and_fast(&net, &pairs, &homes, &mut path_rng, seed);
         sybil_balanced.push(sybil_row(&net, &b, Anonymity::Balanced, edges));
         sybil_fast.push(sybil_row(&net, &f, Anonymity::Fast, edges));
     }
@@ -647,21 +636,9 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
     // Balanced circuits as the router builds them from its pool. Their own
     // RNGs, so the figures above stay what they were.
     let mut pool_rng = Rng::new(seed ^ 0x9001);
-    let pooled: Vec<Circuit> = pairs
-        .iter()
-        .map(|&(origin, destination)| Circuit {
-            origin,
-            destination,
-            path: pooled_path(
-                &net,
-                origin,
-                destination,
-                homes[origin],
-                &mut pool_rng,
-                seed,
-            ),
-        })
-        .collect();
+    let pooled = circuits(&pairs, |o, d| {
+        pooled_path(&net, o, d, homes[o], &mut pool_rng, seed)
+    });
     check(&net, &pooled, &homes, Anonymity::Balanced, seed);
     let pooled_shape = shape(&pooled);
     let pooled_attackers = attacker_table(
