@@ -276,14 +276,16 @@ impl Invite {
         if !r.is_empty() {
             return Err(InviteError::Malformed("bytes after the secret"));
         }
-        Ok(Invite {
+        // The count and every endpoint are checked above already, so `new`'s
+        // checks pass.
+        Invite::new(
             inviter,
             endpoints,
             bytes_per_period,
             period_secs,
             expiry_unix,
             secret,
-        })
+        )
     }
 }
 
