@@ -1,4 +1,5 @@
-//! Sessions: the end-to-end layer between two node addresses (DESIGN.md §8).
+//! Sessions: the end-to-end layer between two node addresses
+//! (`docs/protocol.md, "Sessions"`).
 //!
 //! A session is the `Noise_IK` handshake of a circuit's last hop, which is
 //! always the destination node: the destination learns and authenticates the

@@ -1,4 +1,5 @@
-//! The data path allocates nothing per cell (DESIGN.md §2): a built 3-hop
+//! The data path allocates nothing per cell (`docs/architecture.md, "Crates"`
+//! and "Testing"): a built 3-hop
 //! circuit moves 10,000 cells while a counting global allocator watches.
 //!
 //! Only allocations through Rust's global allocator are seen; aws-lc's C code

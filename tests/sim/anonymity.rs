@@ -1,4 +1,5 @@
-//! What path selection hides (DESIGN.md §9; issue 5's proof): 10,000
+//! What path selection hides (`docs/threat-model.md, "Path selection,
+//! measured"`): 10,000
 //! balanced circuits on a 200-node random agreement graph of mean degree 8,
 //! built with `umbra_routing::path::choose` on signed records (only edges
 //! that both ends list count). No daemons and no network: path selection
@@ -70,7 +71,8 @@ const ATTACK_EDGES: [usize; 3] = [1, 3, 10];
 const ENTROPY_PAIRS: usize = 100;
 /// Paths drawn per pair.
 const ENTROPY_DRAWS: usize = 2_000;
-/// Relays a balanced circuit has at least (DESIGN.md §9).
+/// Relays a balanced circuit has at least (`docs/architecture.md, "Path
+/// selection"`).
 const MIN_RELAYS: usize = 3;
 
 type Key = [u8; 32];

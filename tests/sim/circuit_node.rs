@@ -1,5 +1,5 @@
-//! Circuit cores ([`CircuitCore`]) as simulation nodes (DESIGN.md §7, §8,
-//! §12), each with a small app on top that plays the TUN and a TCP-like
+//! Circuit cores ([`CircuitCore`]) as simulation nodes (`docs/protocol.md,
+//! "Circuits"` and `docs/architecture.md, "Testing"`), each with a small app on top that plays the TUN and a TCP-like
 //! transport: it sends numbered IPv6 packets to another node over a circuit,
 //! acknowledges what it receives, and when a circuit fails builds another
 //! and sends again what was not acknowledged.
@@ -37,7 +37,8 @@ use umbra_routing::{Identity, address};
 use super::graph_node::to_time;
 use super::{Rng, SimNode, SimTime};
 
-/// The address prefix of every simulated node (DESIGN.md §3's default).
+/// The address prefix of every simulated node (the default of
+/// `docs/protocol.md, "Identity and addresses"`).
 pub const PREFIX: u8 = address::DEFAULT_PREFIX;
 /// IPv6 next-header value of the app's packets (253: for experiments,
 /// RFC 3692).

@@ -1,4 +1,5 @@
-//! The graph in the simulation (DESIGN.md §6, §12): thousands of graph
+//! The graph in the simulation (`docs/protocol.md, "Flooding"` and
+//! `docs/architecture.md, "Testing"`): thousands of graph
 //! cores with real Ed25519 identities flood their records over links of
 //! varying latency and loss, and every node must end with the same graph.
 //!

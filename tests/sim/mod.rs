@@ -1,5 +1,5 @@
 //! A deterministic simulation of many sans-IO routing cores on one thread
-//! (DESIGN.md §12).
+//! (`docs/architecture.md, "Testing"`).
 //!
 //! - A discrete-event loop: a `BinaryHeap` of (virtual time, sequence
 //!   number, event). Events at the same time run in the order they were
@@ -16,7 +16,7 @@
 //!   seed is printed.
 //!
 //! **Loss is modelled as TCP shows it.** umbra's links are TLS over TCP
-//! (DESIGN.md §5), so a lost segment is retransmitted by the kernel: the
+//! (`docs/protocol.md, "Link setup"`), so a lost segment is retransmitted by the kernel: the
 //! application sees delay, never a missing or reordered message. A lost
 //! transmission here is delivered after one more retransmission timeout
 //! (doubling per repeated loss), and everything sent after it on the same

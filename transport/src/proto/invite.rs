@@ -1,4 +1,4 @@
-//! Invite tokens (DESIGN.md §4 item 1; INTERFACE.md `umbra invite`).
+//! Invite tokens (`docs/protocol.md, "Invites"`; `docs/cli.md, "umbra invite"`).
 //!
 //! A token is one line: `umbra1` followed by base64url without padding
 //! (only `A-Za-z0-9_-`) of
