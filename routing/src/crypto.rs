@@ -1,5 +1,6 @@
 //! The only module of `routing` that touches crypto crates (one crypto
-//! module per crate: `docs/architecture.md, "Crates"`). Everything else uses the types defined here.
+//! module per crate: `docs/architecture.md, "Crates"`). Everything else uses
+//! the types defined here.
 
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use rand_chacha::ChaCha20Rng;

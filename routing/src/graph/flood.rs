@@ -43,8 +43,8 @@ use super::{
 use crate::crypto::{Identity, KEY_LEN};
 
 /// What a [`GraphCore`] has counted, for metrics (`drops by reason`; the
-/// `metrics` of `status`, `docs/protocol.md, "Control protocol"`). Every message and record that is not taken is counted
-/// under exactly one reason.
+/// `metrics` of `status`, `docs/protocol.md, "Control protocol"`). Every
+/// message and record that is not taken is counted under exactly one reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GraphCounters {
     /// Messages handed to the core.
