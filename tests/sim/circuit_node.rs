@@ -1,8 +1,9 @@
 //! Circuit cores ([`CircuitCore`]) as simulation nodes (`docs/protocol.md,
 //! "Circuits"` and `docs/architecture.md, "Testing"`), each with a small app
 //! on top that plays the TUN and a TCP-like transport: it sends numbered
-//! IPv6 packets to another node over a circuit, acknowledges what it receives, and when a circuit fails builds another
-//! and sends again what was not acknowledged.
+//! IPv6 packets to another node over a circuit, acknowledges what it
+//! receives, and when a circuit fails builds another and sends again what
+//! was not acknowledged.
 //!
 //! - Every node holds the same [`Graph`] of signed records (what the graph
 //!   simulation shows every node converges to) and picks paths with
