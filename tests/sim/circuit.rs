@@ -9,8 +9,9 @@
 //! (`docs/protocol.md, "Link setup"`), and the circuit layer relies on that,
 //! as Tor does: a cell is never lost or reordered *inside* a link. So the
 //! loss is the TCP segment's, as the harness models it
-//! ([`umbra_tests::sim`]): 1% of transmissions on every link are lost and resent after a retransmission timeout (200 ms,
-//! doubling), and every cell behind a lost one waits for it. The cores see
+//! ([`umbra_tests::sim`]): 1% of transmissions on every link are lost and
+//! resent after a retransmission timeout (200 ms, doubling), and every cell
+//! behind a lost one waits for it. The cores see
 //! an ordered, lossless, but delayed and jittery stream of cells. Dropping
 //! cells inside a link would only test that a core notices a broken TCP,
 //! which cannot happen.
