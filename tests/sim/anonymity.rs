@@ -107,6 +107,25 @@ impl Net {
     fn is_sybil(&self, i: usize) -> bool {
         i >= HONEST
     }
+
+    /// What the router asks for a path from `origin` to `destination` with
+    /// `home` as the home node: every link is live, no edge is avoided.
+    fn request(
+        &self,
+        origin: usize,
+        destination: usize,
+        home: usize,
+        anonymity: Anonymity,
+    ) -> PathRequest<'static> {
+        PathRequest {
+            origin: self.keys[origin],
+            destination: self.keys[destination],
+            anonymity,
+            home: Some(self.keys[home]),
+            live: &|_| true,
+            avoid: &|_, _| false,
+        }
+    }
 }
 
 /// One circuit: its ends, and the hops after the origin (destination last),
@@ -143,14 +162,7 @@ fn path(
     rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
-    let req = PathRequest {
-        origin: net.keys[origin],
-        destination: net.keys[destination],
-        anonymity,
-        home: Some(net.keys[home]),
-        live: &|_| true,
-        avoid: &|_, _| false,
-    };
+    let req = net.request(origin, destination, home, anonymity);
     let keys = choose(&net.graph, &req, rng).unwrap_or_else(|e| {
         panic!(
             "no {anonymity:?} path from node {origin} (home {home}) to node {destination}: {e} \
@@ -171,24 +183,10 @@ fn pooled_path(
     rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
-    let req = PathRequest {
-        origin: net.keys[origin],
-        destination: net.keys[destination],
-        anonymity: Anonymity::Balanced,
-        home: Some(net.keys[home]),
-        live: &|_| true,
-        avoid: &|_, _| false,
-    };
+    let req = net.request(origin, destination, home, Anonymity::Balanced);
     for _ in 0..POOL_SIZE {
-        let prefix = choose_prefix(
-            &net.graph,
-            req.origin,
-            req.home,
-            &|_| true,
-            &|_, _| false,
-            rng,
-        )
-        .unwrap_or_else(|e| panic!("no prefix from node {origin}: {e} (seed {seed:#x})"));
+        let prefix = choose_prefix(&net.graph, req.origin, req.home, req.live, req.avoid, rng)
+            .unwrap_or_else(|e| panic!("no prefix from node {origin}: {e} (seed {seed:#x})"));
         if let Some(rest) = complete(&net.graph, &req, &prefix, rng) {
             return prefix.iter().chain(&rest).map(|k| net.index[k]).collect();
         }
