@@ -1,5 +1,6 @@
 //! Addresses derived from identity keys, exactly as Yggdrasil derives them
-//! (DESIGN.md §3); only the prefix byte differs.
+//! (`docs/protocol.md, "Identity and addresses"`); only the prefix byte
+//! differs.
 //!
 //! ```text
 //! inv  = bitwise NOT of the 32-byte public key
@@ -161,7 +162,8 @@ mod tests {
         v.try_into().expect("32 bytes")
     }
 
-    /// Yggdrasil 0.4.7's own results (shared/research/yggdrasil.md §1).
+    /// Yggdrasil 0.4.7's own results (the vectors of `docs/protocol.md,
+    /// "Identity and addresses"`).
     const VECTORS: [(&str, &str, &str); 5] = [
         (
             "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29",

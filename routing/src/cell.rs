@@ -1,4 +1,4 @@
-//! Cells: the fixed-size unit that circuits carry (DESIGN.md §7).
+//! Cells: the fixed-size unit that circuits carry (`docs/protocol.md, "Cells"`).
 //!
 //! Every cell is exactly [`CELL_LEN`] bytes on a link, header included:
 //!

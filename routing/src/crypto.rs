@@ -1,5 +1,6 @@
-//! The only module of `routing` that touches crypto crates (STYLE.md: one
-//! crypto module per crate). Everything else uses the types defined here.
+//! The only module of `routing` that touches crypto crates (one crypto
+//! module per crate: `docs/architecture.md, "Crates"`). Everything else uses
+//! the types defined here.
 
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use rand_chacha::ChaCha20Rng;
@@ -28,8 +29,8 @@ pub const KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// A node's identity: an Ed25519 key pair (DESIGN.md §3). Its X25519 form is
-/// the static key for Noise.
+/// A node's identity: an Ed25519 key pair (`docs/protocol.md, "Identity and
+/// addresses"`). Its X25519 form is the static key for Noise.
 #[derive(Clone)]
 pub struct Identity {
     signing: SigningKey,
@@ -120,8 +121,8 @@ pub fn verify(key: &[u8; KEY_LEN], msg: &[u8], sig: &[u8; SIGNATURE_LEN]) -> boo
 }
 
 // ---------------------------------------------------------------------------
-// Circuit handshakes (DESIGN.md §7, §8): Noise NK to relay hops, Noise IK to
-// the destination, both through snow. Only this module names snow.
+// Circuit handshakes (`docs/protocol.md, "Circuits"` and "Sessions"): Noise
+// NK to relay hops, Noise IK to the destination, both through snow. Only this module names snow.
 // ---------------------------------------------------------------------------
 
 /// A failure in the circuit crypto: a handshake that does not verify, a tag
@@ -154,7 +155,7 @@ pub(crate) enum HandshakePattern {
     /// `Noise_NK`: the hop is authenticated, the origin stays anonymous. For relays.
     Nk,
     /// `Noise_IK`: both sides are authenticated. For the destination, which
-    /// learns the origin's identity (the session, DESIGN.md §8).
+    /// learns the origin's identity (the session, `docs/protocol.md, "Sessions"`).
     Ik,
 }
 
@@ -162,7 +163,7 @@ const NOISE_NK: &str = "Noise_NK_25519_ChaChaPoly_BLAKE2s";
 const NOISE_IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// Binds every circuit handshake to this protocol, so a transcript cannot be
 /// replayed into another Noise protocol that uses the same keys (links use IK
-/// with a TLS-exporter prologue; DESIGN.md §5).
+/// with a TLS-exporter prologue; `docs/protocol.md, "Link setup"`).
 const CIRCUIT_PROLOGUE: &[u8] = b"umbra circuit handshake 1";
 /// Length of a Noise handshake hash with BLAKE2s.
 const HANDSHAKE_HASH_LEN: usize = 32;
@@ -355,7 +356,7 @@ pub(crate) fn random_hop_secret(rng: &mut dyn CryptoRngCore) -> [u8; HOP_SECRET_
 }
 
 // ---------------------------------------------------------------------------
-// Relay crypto, version 1 (DESIGN.md §7).
+// Relay crypto, version 1 (`docs/protocol.md, "Relay crypto"`).
 // ---------------------------------------------------------------------------
 
 /// Length of a relay cell's end-to-end tag (Poly1305).

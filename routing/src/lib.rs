@@ -2,6 +2,8 @@
 
 pub mod address;
 pub mod cell;
+#[doc(hidden)]
+pub mod chain;
 pub mod circuit;
 pub mod crypto;
 pub mod graph;

@@ -1,4 +1,4 @@
-//! Path selection (DESIGN.md §9): which relays a circuit crosses.
+//! Path selection (`docs/architecture.md, "Path selection"`): which relays a circuit crosses.
 //!
 //! Every choice here is made on the node's own copy of the graph, so
 //! choosing a path sends nothing a relay could observe, and only edges that

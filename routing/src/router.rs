@@ -264,8 +264,8 @@ impl RouterCore {
         })
     }
 
-    /// The anonymity setting and the home node (DESIGN.md §9). Circuits
-    /// built before keep their paths.
+    /// The anonymity setting and the home node (`docs/architecture.md, "Path
+    /// selection"`). Circuits built before keep their paths.
     pub fn set_policy(&mut self, anonymity: Anonymity, home: Option<[u8; KEY_LEN]>) {
         self.anonymity = anonymity;
         self.home = home;
@@ -840,7 +840,7 @@ impl RouterCore {
         Ok((dest, info))
     }
 
-    /// The address prefix (DESIGN.md §3).
+    /// The address prefix (`docs/protocol.md, "Identity and addresses"`).
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

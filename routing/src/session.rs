@@ -1,4 +1,5 @@
-//! Sessions: the end-to-end layer between two node addresses (DESIGN.md §8).
+//! Sessions: the end-to-end layer between two node addresses
+//! (`docs/protocol.md, "Sessions"`).
 //!
 //! A session is the `Noise_IK` handshake of a circuit's last hop, which is
 //! always the destination node: the destination learns and authenticates the
@@ -577,6 +578,33 @@ mod tests {
     use crate::cell::{RELAY_PAYLOAD_LEN, RelayMsg, relay_messages};
     use proptest::prelude::*;
 
+    /// Writes one relay payload of data from `tx` and feeds it to `rx`,
+    /// passing each packet that completes to `done`.
+    fn one_cell(
+        tx: &mut SessionTx,
+        rx: &mut Reassembler,
+        buf: &mut [u8],
+        mut done: impl FnMut(&[u8]),
+    ) {
+        let mut payload = [0u8; RELAY_PAYLOAD_LEN];
+        let mut w = RelayWriter::new(&mut payload);
+        assert!(tx.write_data(&mut w));
+        w.finish();
+        for m in relay_messages(&payload) {
+            let p = match m.expect("parse") {
+                RelayMsg::DataStart {
+                    total_len, data, ..
+                } => rx.push_start(total_len, data),
+                RelayMsg::DataCont { data } => rx.push_cont(data),
+                other => panic!("unexpected {other:?}"),
+            };
+            if p.expect("fragment") == Progress::Complete {
+                let n = rx.pop(buf).expect("ready").expect("fits");
+                done(&buf[..n]);
+            }
+        }
+    }
+
     /// Cuts `packets` through a `SessionTx` into payloads and feeds them to a
     /// reassembler; returns what comes out.
     fn through(packets: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
@@ -589,24 +617,8 @@ mod tests {
         let mut cells = 0;
         let mut buf = vec![0u8; MAX_PACKET_LEN];
         while !tx.is_empty() {
-            let mut payload = [0u8; RELAY_PAYLOAD_LEN];
-            let mut w = RelayWriter::new(&mut payload);
-            assert!(tx.write_data(&mut w));
-            w.finish();
+            one_cell(&mut tx, &mut rx, &mut buf, |p| out.push(p.to_vec()));
             cells += 1;
-            for m in relay_messages(&payload) {
-                let p = match m.expect("parse") {
-                    RelayMsg::DataStart {
-                        total_len, data, ..
-                    } => rx.push_start(total_len, data),
-                    RelayMsg::DataCont { data } => rx.push_cont(data),
-                    other => panic!("unexpected {other:?}"),
-                };
-                if p.expect("fragment") == Progress::Complete {
-                    let n = rx.pop(&mut buf).expect("ready").expect("fits");
-                    out.push(buf[..n].to_vec());
-                }
-            }
         }
         assert_eq!(rx.buffered_bytes(), 0);
         assert_eq!(rx.received_bytes(), rx.released_bytes());
@@ -648,24 +660,10 @@ mod tests {
                 tx.push(packet(next_in)).expect("push");
                 next_in += 1;
             }
-            let mut payload = [0u8; RELAY_PAYLOAD_LEN];
-            let mut w = RelayWriter::new(&mut payload);
-            assert!(tx.write_data(&mut w));
-            w.finish();
-            for m in relay_messages(&payload) {
-                let p = match m.expect("parse") {
-                    RelayMsg::DataStart {
-                        total_len, data, ..
-                    } => rx.push_start(total_len, data),
-                    RelayMsg::DataCont { data } => rx.push_cont(data),
-                    other => panic!("unexpected {other:?}"),
-                };
-                if p.expect("fragment") == Progress::Complete {
-                    let n = rx.pop(&mut buf).expect("ready").expect("fits");
-                    assert!(buf[..n] == *packet(next_out), "packet of size {next_out}");
-                    next_out += 1;
-                }
-            }
+            one_cell(&mut tx, &mut rx, &mut buf, |p| {
+                assert!(p == packet(next_out), "packet of size {next_out}");
+                next_out += 1;
+            });
         }
         assert!(tx.is_empty());
         assert_eq!(rx.received_bytes(), rx.released_bytes());

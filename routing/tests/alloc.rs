@@ -1,4 +1,5 @@
-//! The data path allocates nothing per cell (DESIGN.md §2): a built 3-hop
+//! The data path allocates nothing per cell (`docs/architecture.md, "Crates"`
+//! and "Testing"): a built 3-hop
 //! circuit moves 10,000 cells while a counting global allocator watches.
 //!
 //! Only allocations through Rust's global allocator are seen; aws-lc's C code
@@ -10,16 +11,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::SeedableRng;
-use umbra_routing::Identity;
-use umbra_routing::address::{DEFAULT_PREFIX, address_for_key};
-use umbra_routing::cell::{CELL_LEN, DATA_START_FIELDS_LEN, MAX_DATA_PER_CELL_BYTES};
-use umbra_routing::circuit::{CircuitConfig, CircuitCore, CircuitEvent, CircuitId, LinkId};
-use umbra_routing::session::MAX_PACKET_LEN;
+use umbra_routing::chain::{Chain, ONE_CELL_PACKET_LEN};
+use umbra_routing::circuit::{CircuitEvent, CircuitId};
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
@@ -72,90 +67,6 @@ fn allocations_in<R>(f: impl FnOnce() -> R) -> (u64, R) {
     (ALLOCATIONS.with(|n| n.get()), r)
 }
 
-/// A chain of cores wired by link ids, with preallocated queues.
-struct Chain {
-    now: Instant,
-    nodes: Vec<CircuitCore>,
-    keys: Vec<[u8; 32]>,
-    /// link → (node a, node b)
-    links: HashMap<LinkId, (usize, usize)>,
-    queue: VecDeque<(usize, LinkId, [u8; CELL_LEN])>,
-    packet: Vec<u8>,
-}
-
-impl Chain {
-    fn new(n: usize) -> Chain {
-        let now = Instant::now();
-        let ids: Vec<Identity> = (0..n)
-            .map(|i| Identity::from_seed(&[i as u8 + 7; 32]))
-            .collect();
-        let keys: Vec<[u8; 32]> = ids.iter().map(|i| i.public()).collect();
-        let mut nodes: Vec<CircuitCore> = ids
-            .into_iter()
-            .zip(0u64..)
-            .map(|(i, seed)| {
-                let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
-                CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
-            })
-            .collect();
-        let mut links = HashMap::new();
-        for i in 0..n - 1 {
-            let l = i as LinkId + 1;
-            links.insert(l, (i, i + 1));
-            nodes[i].link_up(now, l, keys[i + 1]);
-            nodes[i + 1].link_up(now, l, keys[i]);
-        }
-        Chain {
-            now,
-            nodes,
-            keys,
-            links,
-            queue: VecDeque::with_capacity(1 << 14),
-            packet: vec![0u8; MAX_PACKET_LEN],
-        }
-    }
-
-    /// Moves cells until quiet; returns how many crossed a link.
-    fn pump(&mut self) -> u64 {
-        let mut moved = 0;
-        let mut cell = [0u8; CELL_LEN];
-        loop {
-            for i in 0..self.nodes.len() {
-                while let Some(l) = self.nodes[i].poll_transmit(&mut cell) {
-                    let (a, b) = self.links[&l];
-                    self.queue.push_back((if a == i { b } else { a }, l, cell));
-                }
-            }
-            if self.queue.is_empty() {
-                return moved;
-            }
-            while let Some((to, l, c)) = self.queue.pop_front() {
-                self.nodes[to].handle_cell(self.now, l, &c);
-                moved += 1;
-            }
-        }
-    }
-
-    /// Takes every packet waiting at node `i`; returns how many.
-    fn drain(&mut self, i: usize) -> usize {
-        let mut n = 0;
-        while self.nodes[i].poll_packet(&mut self.packet).is_some() {
-            n += 1;
-        }
-        n
-    }
-}
-
-fn ipv6(src: [u8; 16], dst: [u8; 16], len: usize) -> Vec<u8> {
-    let mut p = vec![0x5au8; len];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
-    p[6] = 59;
-    p[8..24].copy_from_slice(&src);
-    p[24..40].copy_from_slice(&dst);
-    p
-}
-
 struct Setup {
     chain: Chain,
     forward: CircuitId,
@@ -182,11 +93,9 @@ fn setup() -> Setup {
     else {
         panic!("no incoming circuit");
     };
-    let a0 = address_for_key(&chain.keys[0], DEFAULT_PREFIX).octets();
-    let a3 = address_for_key(&chain.keys[3], DEFAULT_PREFIX).octets();
     // A packet that fills exactly one cell, and a small reply.
-    let big = ipv6(a0, a3, MAX_DATA_PER_CELL_BYTES - DATA_START_FIELDS_LEN);
-    let small = ipv6(a3, a0, 80);
+    let big = chain.packet(0, 3, ONE_CELL_PACKET_LEN);
+    let small = chain.packet(3, 0, 80);
     Setup {
         chain,
         forward,

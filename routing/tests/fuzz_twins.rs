@@ -1,5 +1,5 @@
 //! The routing fuzz targets' bodies as property tests, so they build and
-//! pass in the normal suite without cargo-fuzz (DESIGN.md §12).
+//! pass in the normal suite without cargo-fuzz (`docs/architecture.md, "Testing"`).
 
 mod fuzz_bodies;
 

@@ -1,4 +1,5 @@
-//! What path selection hides (DESIGN.md §9; issue 5's proof): 10,000
+//! What path selection hides (`docs/threat-model.md, "Path selection,
+//! measured"`): 10,000
 //! balanced circuits on a 200-node random agreement graph of mean degree 8,
 //! built with `umbra_routing::path::choose` on signed records (only edges
 //! that both ends list count). No daemons and no network: path selection
@@ -70,7 +71,8 @@ const ATTACK_EDGES: [usize; 3] = [1, 3, 10];
 const ENTROPY_PAIRS: usize = 100;
 /// Paths drawn per pair.
 const ENTROPY_DRAWS: usize = 2_000;
-/// Relays a balanced circuit has at least (DESIGN.md §9).
+/// Relays a balanced circuit has at least (`docs/architecture.md, "Path
+/// selection"`).
 const MIN_RELAYS: usize = 3;
 
 type Key = [u8; 32];
@@ -104,6 +106,25 @@ impl Net {
 
     fn is_sybil(&self, i: usize) -> bool {
         i >= HONEST
+    }
+
+    /// What the router asks for a path from `origin` to `destination` with
+    /// `home` as the home node: every link is live, no edge is avoided.
+    fn request(
+        &self,
+        origin: usize,
+        destination: usize,
+        home: usize,
+        anonymity: Anonymity,
+    ) -> PathRequest<'static> {
+        PathRequest {
+            origin: self.keys[origin],
+            destination: self.keys[destination],
+            anonymity,
+            home: Some(self.keys[home]),
+            live: &|_| true,
+            avoid: &|_, _| false,
+        }
     }
 }
 
@@ -141,14 +162,7 @@ fn path(
     rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
-    let req = PathRequest {
-        origin: net.keys[origin],
-        destination: net.keys[destination],
-        anonymity,
-        home: Some(net.keys[home]),
-        live: &|_| true,
-        avoid: &|_, _| false,
-    };
+    let req = net.request(origin, destination, home, anonymity);
     let keys = choose(&net.graph, &req, rng).unwrap_or_else(|e| {
         panic!(
             "no {anonymity:?} path from node {origin} (home {home}) to node {destination}: {e} \
@@ -169,24 +183,10 @@ fn pooled_path(
     rng: &mut Rng,
     seed: u64,
 ) -> Vec<usize> {
-    let req = PathRequest {
-        origin: net.keys[origin],
-        destination: net.keys[destination],
-        anonymity: Anonymity::Balanced,
-        home: Some(net.keys[home]),
-        live: &|_| true,
-        avoid: &|_, _| false,
-    };
+    let req = net.request(origin, destination, home, Anonymity::Balanced);
     for _ in 0..POOL_SIZE {
-        let prefix = choose_prefix(
-            &net.graph,
-            req.origin,
-            req.home,
-            &|_| true,
-            &|_, _| false,
-            rng,
-        )
-        .unwrap_or_else(|e| panic!("no prefix from node {origin}: {e} (seed {seed:#x})"));
+        let prefix = choose_prefix(&net.graph, req.origin, req.home, req.live, req.avoid, rng)
+            .unwrap_or_else(|e| panic!("no prefix from node {origin}: {e} (seed {seed:#x})"));
         if let Some(rest) = complete(&net.graph, &req, &prefix, rng) {
             return prefix.iter().chain(&rest).map(|k| net.index[k]).collect();
         }
@@ -202,30 +202,39 @@ fn pooled_path(
     )
 }
 
+/// One circuit per (origin, destination) pair, its path from `path_of`.
 fn circuits(
-    net: &Net,
     pairs: &[(usize, usize)],
-    homes: &[usize],
-    anonymity: Anonymity,
-    rng: &mut Rng,
-    seed: u64,
+    mut path_of: impl FnMut(usize, usize) -> Vec<usize>,
 ) -> Vec<Circuit> {
     pairs
         .iter()
         .map(|&(origin, destination)| Circuit {
             origin,
             destination,
-            path: path(
-                net,
-                origin,
-                destination,
-                homes[origin],
-                anonymity,
-                rng,
-                seed,
-            ),
+            path: path_of(origin, destination),
         })
         .collect()
+}
+
+/// One circuit per pair with balanced paths, then one with fast paths (in
+/// that order, from `rng`), each set checked.
+fn balanced_and_fast(
+    net: &Net,
+    pairs: &[(usize, usize)],
+    homes: &[usize],
+    rng: &mut Rng,
+    seed: u64,
+) -> (Vec<Circuit>, Vec<Circuit>) {
+    let mut checked = |anonymity| {
+        let set = circuits(pairs, |o, d| {
+            path(net, o, d, homes[o], anonymity, rng, seed)
+        });
+        check(net, &set, homes, anonymity, seed);
+        set
+    };
+    let balanced = checked(Anonymity::Balanced);
+    (balanced, checked(Anonymity::Fast))
 }
 
 /// Checks what every circuit must satisfy: balanced paths start at the home
@@ -577,17 +586,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         .collect();
 
     let mut path_rng = rng.fork();
-    let balanced = circuits(
-        &net,
-        &pairs,
-        &homes,
-        Anonymity::Balanced,
-        &mut path_rng,
-        seed,
-    );
-    check(&net, &balanced, &homes, Anonymity::Balanced, seed);
-    let fast = circuits(&net, &pairs, &homes, Anonymity::Fast, &mut path_rng, seed);
-    check(&net, &fast, &homes, Anonymity::Fast, seed);
+    let (balanced, fast) = balanced_and_fast(&net, &pairs, &homes, &mut path_rng, seed);
     let balanced_shape = shape(&balanced);
     let fast_shape = shape(&fast);
     let fast_home_first = fast.iter().filter(|c| c.path[0] == homes[c.origin]).count();
@@ -629,17 +628,7 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
         topology.extend_from_slice(&sybil_inner);
         topology.extend_from_slice(&attack[..edges]);
         let net = Net::new(&identities, &topology);
-        let b = circuits(
-            &net,
-            &pairs,
-            &homes,
-            Anonymity::Balanced,
-            &mut path_rng,
-            seed,
-        );
-        check(&net, &b, &homes, Anonymity::Balanced, seed);
-        let f = circuits(&net, &pairs, &homes, Anonymity::Fast, &mut path_rng, seed);
-        check(&net, &f, &homes, Anonymity::Fast, seed);
+        let (b, f) = balanced_and_fast(&net, &pairs, &homes, &mut path_rng, seed);
         sybil_balanced.push(sybil_row(&net, &b, Anonymity::Balanced, edges));
         sybil_fast.push(sybil_row(&net, &f, Anonymity::Fast, edges));
     }
@@ -647,21 +636,9 @@ fn balanced_paths_hide_the_origin_and_never_show_both_ends() {
     // Balanced circuits as the router builds them from its pool. Their own
     // RNGs, so the figures above stay what they were.
     let mut pool_rng = Rng::new(seed ^ 0x9001);
-    let pooled: Vec<Circuit> = pairs
-        .iter()
-        .map(|&(origin, destination)| Circuit {
-            origin,
-            destination,
-            path: pooled_path(
-                &net,
-                origin,
-                destination,
-                homes[origin],
-                &mut pool_rng,
-                seed,
-            ),
-        })
-        .collect();
+    let pooled = circuits(&pairs, |o, d| {
+        pooled_path(&net, o, d, homes[o], &mut pool_rng, seed)
+    });
     check(&net, &pooled, &homes, Anonymity::Balanced, seed);
     let pooled_shape = shape(&pooled);
     let pooled_attackers = attacker_table(

@@ -1,15 +1,17 @@
-//! Circuits in the simulation (DESIGN.md §7, §8, §12; issue 4's proof):
+//! Circuits in the simulation (`docs/protocol.md, "Circuits"` and
+//! "Sessions", `docs/architecture.md, "Testing"`):
 //! 40 circuit cores with real crypto (Noise NK/IK handshakes, ChaCha20
 //! layers, Poly1305 tags) on a random agreement graph of mean degree 4, 100
 //! flows of numbered IPv6 packets over circuits along shortest paths, 1%
 //! link loss, and a relay that fails in the middle of the run.
 //!
-//! **What "1% link loss" means here.** A link is TLS over TCP (DESIGN.md
-//! §5), and the circuit layer relies on that, as Tor does: a cell is never
-//! lost or reordered *inside* a link. So the loss is the TCP segment's, as
-//! the harness models it ([`umbra_tests::sim`]): 1% of transmissions on
-//! every link are lost and resent after a retransmission timeout (200 ms,
-//! doubling), and every cell behind a lost one waits for it. The cores see
+//! **What "1% link loss" means here.** A link is TLS over TCP
+//! (`docs/protocol.md, "Link setup"`), and the circuit layer relies on that,
+//! as Tor does: a cell is never lost or reordered *inside* a link. So the
+//! loss is the TCP segment's, as the harness models it
+//! ([`umbra_tests::sim`]): 1% of transmissions on every link are lost and
+//! resent after a retransmission timeout (200 ms, doubling), and every cell
+//! behind a lost one waits for it. The cores see
 //! an ordered, lossless, but delayed and jittery stream of cells. Dropping
 //! cells inside a link would only test that a core notices a broken TCP,
 //! which cannot happen.
@@ -558,7 +560,7 @@ fn fingerprint(sim: &Sim<CircuitNode>) -> u64 {
     h.finish()
 }
 
-/// Issue 4's proof: 100 circuits deliver everything in order under 1% link
+/// The proof that 100 circuits deliver everything in order under 1% link
 /// loss and a relay failing mid-run.
 #[test]
 fn hundred_circuits_deliver_in_order_under_loss_and_a_relay_failure() {
@@ -586,7 +588,7 @@ fn hundred_circuits_without_loss() {
     );
 }
 
-/// A seed replays its run exactly (DESIGN.md §12): the cores and the
+/// A seed replays its run exactly (`docs/architecture.md, "Testing"`): the cores and the
 /// simulation depend on nothing but the seed. (Noise's ephemeral keys come
 /// from the OS, but they change only the bytes of cells, never what the
 /// cores do.)

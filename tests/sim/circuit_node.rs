@@ -1,8 +1,9 @@
-//! Circuit cores ([`CircuitCore`]) as simulation nodes (DESIGN.md §7, §8,
-//! §12), each with a small app on top that plays the TUN and a TCP-like
-//! transport: it sends numbered IPv6 packets to another node over a circuit,
-//! acknowledges what it receives, and when a circuit fails builds another
-//! and sends again what was not acknowledged.
+//! Circuit cores ([`CircuitCore`]) as simulation nodes (`docs/protocol.md,
+//! "Circuits"` and `docs/architecture.md, "Testing"`), each with a small app
+//! on top that plays the TUN and a TCP-like transport: it sends numbered
+//! IPv6 packets to another node over a circuit, acknowledges what it
+//! receives, and when a circuit fails builds another and sends again what
+//! was not acknowledged.
 //!
 //! - Every node holds the same [`Graph`] of signed records (what the graph
 //!   simulation shows every node converges to) and picks paths with
@@ -37,7 +38,8 @@ use umbra_routing::{Identity, address};
 use super::graph_node::to_time;
 use super::{Rng, SimNode, SimTime};
 
-/// The address prefix of every simulated node (DESIGN.md §3's default).
+/// The address prefix of every simulated node (the default of
+/// `docs/protocol.md, "Identity and addresses"`).
 pub const PREFIX: u8 = address::DEFAULT_PREFIX;
 /// IPv6 next-header value of the app's packets (253: for experiments,
 /// RFC 3692).

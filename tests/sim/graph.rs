@@ -1,4 +1,5 @@
-//! The graph in the simulation (DESIGN.md §6, §12): thousands of graph
+//! The graph in the simulation (`docs/protocol.md, "Flooding"` and
+//! `docs/architecture.md, "Testing"`): thousands of graph
 //! cores with real Ed25519 identities flood their records over links of
 //! varying latency and loss, and every node must end with the same graph.
 //!
@@ -11,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use umbra_routing::graph::{Graph, RECORD_LIFETIME};
-use umbra_tests::sim::graph_node::{GraphNet, GraphNetConfig, to_time};
+use umbra_tests::sim::graph_node::{Figures, GraphNet, GraphNetConfig, to_time};
 use umbra_tests::sim::{self, Rng};
 
 const MB: f64 = 1e6;
@@ -42,6 +43,27 @@ fn rss() -> String {
         ),
         None => "process RSS unknown".into(),
     }
+}
+
+/// The figures of a converged run, whose counted edges must be the topology's.
+fn figures(net: &GraphNet) -> Figures {
+    let figs = net.figures();
+    assert_eq!(
+        figs.counted_edges,
+        net.topology.len(),
+        "{}",
+        net.sim.context()
+    );
+    figs
+}
+
+/// Times shortest paths between 1000 random node pairs, and prints it.
+fn print_path_times(net: &GraphNet, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let (build, per_path, hops) = time_paths(net, &mut rng, 1000);
+    eprintln!(
+        "adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean"
+    );
 }
 
 /// Times breadth-first shortest paths between random node pairs.
@@ -87,20 +109,10 @@ fn converges_1000_nodes() {
     converge(&mut net, Duration::from_secs(120));
     let run = wall.elapsed() - built;
     assert_converged(&net, 1000);
-    let figs = net.figures();
-    assert_eq!(
-        figs.counted_edges,
-        net.topology.len(),
-        "{}",
-        net.sim.context()
-    );
+    let figs = figures(&net);
     eprintln!("== 1,000 nodes, cold start (wire bytes) ==\n{figs}");
     eprintln!("wall: build {built:.2?}, run {run:.2?}; {}", rss());
-    let mut rng = Rng::new(seed);
-    let (build, per_path, hops) = time_paths(&net, &mut rng, 1000);
-    eprintln!(
-        "adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean"
-    );
+    print_path_times(&net, seed);
     assert!(figs.memory.total() < 50_000_000);
     assert!(
         figs.convergence < Duration::from_secs(30),
@@ -184,24 +196,14 @@ fn converges_10000_nodes() {
     let t = Instant::now();
     assert_converged(&net, 50);
     let checked = t.elapsed();
-    let figs = net.figures();
-    assert_eq!(
-        figs.counted_edges,
-        net.topology.len(),
-        "{}",
-        net.sim.context()
-    );
+    let figs = figures(&net);
     eprintln!("== {nodes} nodes, cold start (shared records) ==\n{figs}");
     eprintln!(
         "wall: build {built:.2?}, run {run:.2?}, check {checked:.2?}; {}; peak events queued {}",
         rss(),
         net.sim.stats().peak_queue
     );
-    let mut rng = Rng::new(seed);
-    let (build, per_path, hops) = time_paths(&net, &mut rng, 1000);
-    eprintln!(
-        "adjacency build {build:.2?}, shortest path {per_path:.2?} each, {hops:.2} hops mean"
-    );
+    print_path_times(&net, seed);
     assert!(figs.memory.total() < 50_000_000, "{}", net.sim.context());
     assert!(
         figs.convergence < Duration::from_secs(60),

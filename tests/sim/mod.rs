@@ -1,5 +1,5 @@
 //! A deterministic simulation of many sans-IO routing cores on one thread
-//! (DESIGN.md §12).
+//! (`docs/architecture.md, "Testing"`).
 //!
 //! - A discrete-event loop: a `BinaryHeap` of (virtual time, sequence
 //!   number, event). Events at the same time run in the order they were
@@ -16,7 +16,7 @@
 //!   seed is printed.
 //!
 //! **Loss is modelled as TCP shows it.** umbra's links are TLS over TCP
-//! (DESIGN.md §5), so a lost segment is retransmitted by the kernel: the
+//! (`docs/protocol.md, "Link setup"`), so a lost segment is retransmitted by the kernel: the
 //! application sees delay, never a missing or reordered message. A lost
 //! transmission here is delivered after one more retransmission timeout
 //! (doubling per repeated loss), and everything sent after it on the same
@@ -253,17 +253,19 @@ struct Slot<N> {
 /// Something for the event loop to do at some time.
 type Action<N> = Box<dyn FnOnce(&mut Sim<N>)>;
 
+/// A message on its way to node `to` over `link`, sent while the link was
+/// in `generation`.
+struct Delivery<M> {
+    link: usize,
+    to: usize,
+    generation: u64,
+    len: usize,
+    msg: M,
+}
+
 enum Event<N: SimNode> {
-    Deliver {
-        link: usize,
-        to: usize,
-        generation: u64,
-        len: usize,
-        msg: N::Message,
-    },
-    Timer {
-        node: usize,
-    },
+    Deliver(Delivery<N::Message>),
+    Timer { node: usize },
     Action(Action<N>),
 }
 
@@ -667,16 +669,14 @@ impl<N: SimNode + 'static> Sim<N> {
             s.stats.sent_msgs += 1;
             s.stats.sent_bytes += len as u64;
         }
-        self.push(
-            arrival,
-            Event::Deliver {
-                link,
-                to,
-                generation,
-                len,
-                msg,
-            },
-        );
+        let delivery = Delivery {
+            link,
+            to,
+            generation,
+            len,
+            msg,
+        };
+        self.push(arrival, Event::Deliver(delivery));
     }
 
     /// Processes the next event, if there is one at or before `limit`.
@@ -696,32 +696,7 @@ impl<N: SimNode + 'static> Sim<N> {
         self.stats.events += 1;
         let now = self.now;
         match event {
-            Event::Deliver {
-                link,
-                to,
-                generation,
-                len,
-                msg,
-            } => {
-                let live = self
-                    .links
-                    .get(link)
-                    .is_some_and(|l| l.up && l.generation == generation);
-                let Some(slot) = self.slots.get_mut(to).filter(|_| live) else {
-                    self.stats.lost_on_down_link += 1;
-                    return true;
-                };
-                let Some(node) = slot.node.as_mut() else {
-                    self.stats.lost_on_down_link += 1;
-                    return true;
-                };
-                slot.stats.recv_msgs += 1;
-                slot.stats.recv_bytes += len as u64;
-                self.stats.delivered += 1;
-                self.stats.last_delivery = now;
-                node.handle_message(now, link, msg);
-                self.pump(to);
-            }
+            Event::Deliver(delivery) => self.deliver(now, delivery),
             Event::Timer { node: i } => {
                 let Some(slot) = self.slots.get_mut(i) else {
                     return true;
@@ -747,6 +722,29 @@ impl<N: SimNode + 'static> Sim<N> {
             Event::Action(action) => action(self),
         }
         true
+    }
+
+    /// Hands a message to its node, unless its link went down (or came back
+    /// as a new generation) or the node is gone since it was sent.
+    fn deliver(&mut self, now: SimTime, d: Delivery<N::Message>) {
+        let live = self
+            .links
+            .get(d.link)
+            .is_some_and(|l| l.up && l.generation == d.generation);
+        let Some(slot) = self.slots.get_mut(d.to).filter(|_| live) else {
+            self.stats.lost_on_down_link += 1;
+            return;
+        };
+        let Some(node) = slot.node.as_mut() else {
+            self.stats.lost_on_down_link += 1;
+            return;
+        };
+        slot.stats.recv_msgs += 1;
+        slot.stats.recv_bytes += d.len as u64;
+        self.stats.delivered += 1;
+        self.stats.last_delivery = now;
+        node.handle_message(now, d.link, d.msg);
+        self.pump(d.to);
     }
 
     /// Runs every event up to and including `until`, then sets the clock to

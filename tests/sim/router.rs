@@ -1,4 +1,5 @@
-//! Whole routing layers in the simulation (issue 5): the circuit pool,
+//! Whole routing layers in the simulation (`docs/architecture.md, "Path
+//! selection"`): the circuit pool,
 //! rotation, and the ICMPv6 rate limit, on 40 [`RouterCore`]s that flood
 //! their graph over simulated links (20 ms each way) and build balanced
 //! circuits (home node, random walk, at least 3 relays) with real crypto.

@@ -7,7 +7,8 @@ use super::Rng;
 /// A connected random graph on `n` nodes: a ring (so it is connected) plus
 /// `chords_per_node` random chords from each node, without repeats or
 /// self-loops. The mean degree is about `2 + 2 × chords_per_node`; 3 chords
-/// give degree 8, the scale target's (DESIGN.md §6). Edges are `(a, b)` with
+/// give degree 8, the scale target's (the graph figures of
+/// `docs/architecture.md, "Testing"`). Edges are `(a, b)` with
 /// `a < b`, sorted.
 pub fn ring_with_chords(n: usize, chords_per_node: usize, rng: &mut Rng) -> Vec<(usize, usize)> {
     let mut edges = BTreeSet::new();

@@ -1,5 +1,5 @@
 //! Circuits: telescoping onion paths from an origin to a destination
-//! (DESIGN.md §7), as a sans-IO state machine.
+//! (`docs/protocol.md, "Circuits"`), as a sans-IO state machine.
 //!
 //! [`CircuitCore`] is one node's whole circuit layer: it originates circuits,
 //! relays cells for others, and terminates circuits as a destination. It does
@@ -15,7 +15,7 @@
 //! form of its identity), and `Noise_IK` with the last hop, which is always the
 //! destination node, so that the destination learns and authenticates the
 //! origin and one AEAD is both the circuit's end-to-end tag and the session
-//! (DESIGN.md §8). Message 1 goes in CREATE to the first hop and in an EXTEND
+//! (`docs/protocol.md, "Sessions"`). Message 1 goes in CREATE to the first hop and in an EXTEND
 //! message to the current last hop, which sends CREATE over its live link to
 //! the named node and answers EXTENDED. Message 1's payload offers
 //! relay-crypto versions (a bitmask; only version 1 exists); message 2's

@@ -154,6 +154,15 @@ impl Net {
         (id, circuit)
     }
 
+    /// The event that circuit `circuit` to or from node `peer` closed.
+    fn closed(&self, circuit: CircuitId, peer: usize, reason: Reason) -> CircuitEvent {
+        CircuitEvent::Closed {
+            circuit,
+            peer: self.keys[peer],
+            reason,
+        }
+    }
+
     fn address(&self, i: usize) -> Ipv6Addr {
         address_for_key(&self.keys[i], DEFAULT_PREFIX)
     }
@@ -189,6 +198,14 @@ impl Net {
             got.extend(more.into_iter().map(|(_, p)| p));
         }
         got
+    }
+
+    /// Sends the one packet `p` from node `from` on `circuit` and asserts
+    /// that node `to` gets exactly it.
+    #[track_caller]
+    fn assert_carries(&mut self, from: usize, circuit: CircuitId, to: usize, p: Vec<u8>) {
+        let got = self.transfer(from, circuit, to, std::slice::from_ref(&p));
+        assert_eq!(got, vec![p]);
     }
 }
 
@@ -330,10 +347,8 @@ fn direct_circuit_to_a_neighbour() {
     let mut net = Net::chain(2);
     let (id, back) = net.build(0, &[1]);
     let (a0, a1) = (net.address(0), net.address(1));
-    let p = ipv6(a0, a1, 3000, 1);
-    assert_eq!(net.transfer(0, id, 1, std::slice::from_ref(&p)), vec![p]);
-    let q = ipv6(a1, a0, 100, 2);
-    assert_eq!(net.transfer(1, back, 0, std::slice::from_ref(&q)), vec![q]);
+    net.assert_carries(0, id, 1, ipv6(a0, a1, 3000, 1));
+    net.assert_carries(1, back, 0, ipv6(a1, a0, 100, 2));
 }
 
 #[test]
@@ -344,14 +359,10 @@ fn both_ends_of_a_link_create_circuits_without_colliding() {
     let (c, _) = net.build(1, &[0]);
     let (d, _) = net.build(1, &[2]);
     let (a0, a1, a2) = (net.address(0), net.address(1), net.address(2));
-    let p = ipv6(a0, a2, 500, 0);
-    assert_eq!(net.transfer(0, a, 2, std::slice::from_ref(&p)), vec![p]);
-    let p = ipv6(a2, a0, 500, 1);
-    assert_eq!(net.transfer(2, b, 0, std::slice::from_ref(&p)), vec![p]);
-    let p = ipv6(a1, a0, 500, 2);
-    assert_eq!(net.transfer(1, c, 0, std::slice::from_ref(&p)), vec![p]);
-    let p = ipv6(a1, a2, 500, 3);
-    assert_eq!(net.transfer(1, d, 2, std::slice::from_ref(&p)), vec![p]);
+    net.assert_carries(0, a, 2, ipv6(a0, a2, 500, 0));
+    net.assert_carries(2, b, 0, ipv6(a2, a0, 500, 1));
+    net.assert_carries(1, c, 0, ipv6(a1, a0, 500, 2));
+    net.assert_carries(1, d, 2, ipv6(a1, a2, 500, 3));
 }
 
 #[test]
@@ -384,14 +395,7 @@ fn tampered_cell_at_a_middle_hop_destroys_the_circuit() {
         )),
         "{ev:?}"
     );
-    assert_eq!(
-        net.events(0),
-        vec![CircuitEvent::Closed {
-            circuit: id,
-            peer: net.keys[4],
-            reason: Reason::TagMismatch
-        }]
-    );
+    assert_eq!(net.events(0), vec![net.closed(id, 4, Reason::TagMismatch)]);
     for n in 0..5 {
         assert_eq!(
             net.nodes[n].circuits().count(),
@@ -424,11 +428,7 @@ fn tampered_backward_cell_is_caught_at_the_origin() {
                 circuit: id,
                 role: CircuitRole::Origin
             },
-            CircuitEvent::Closed {
-                circuit: id,
-                peer: net.keys[3],
-                reason: Reason::TagMismatch
-            }
+            net.closed(id, 3, Reason::TagMismatch)
         ]
     );
     assert!(matches!(
@@ -461,8 +461,7 @@ fn forged_source_is_dropped_at_the_destination() {
     assert!(net.packets(3).is_empty());
     assert_eq!(net.nodes[3].metrics().drops.not_ipv6, 1);
     // The circuit still works.
-    let p = ipv6(net.address(0), a3, 99, 9);
-    assert_eq!(net.transfer(0, id, 3, std::slice::from_ref(&p)), vec![p]);
+    net.assert_carries(0, id, 3, ipv6(net.address(0), a3, 99, 9));
 }
 
 #[test]
@@ -470,11 +469,7 @@ fn replayed_session_messages_are_dropped() {
     let mut net = Net::chain(3);
     let (id, _) = net.build(0, &[1, 2]);
     let (a0, a2) = (net.address(0), net.address(2));
-    let first = ipv6(a0, a2, 100, 1);
-    assert_eq!(
-        net.transfer(0, id, 2, std::slice::from_ref(&first)),
-        vec![first]
-    );
+    net.assert_carries(0, id, 2, ipv6(a0, a2, 100, 1));
     // Cells cannot be replayed past the relay crypto (the counter moves on),
     // so replay at the session layer: the origin reuses sequence number 0.
     net.nodes[0].set_next_seq(id, 0);
@@ -482,11 +477,7 @@ fn replayed_session_messages_are_dropped() {
     assert!(net.transfer(0, id, 2, &[again]).is_empty());
     assert_eq!(net.nodes[2].metrics().drops.replayed, 1);
     net.nodes[0].set_next_seq(id, 1);
-    let fresh = ipv6(a0, a2, 100, 3);
-    assert_eq!(
-        net.transfer(0, id, 2, std::slice::from_ref(&fresh)),
-        vec![fresh]
-    );
+    net.assert_carries(0, id, 2, ipv6(a0, a2, 100, 3));
 }
 
 #[test]
@@ -496,21 +487,10 @@ fn link_down_mid_circuit_destroys_both_ways() {
     let l = net.link_between(2, 3);
     net.unlink(l);
     net.pump();
-    assert_eq!(
-        net.events(0),
-        vec![CircuitEvent::Closed {
-            circuit: id,
-            peer: net.keys[4],
-            reason: Reason::LinkDown
-        }]
-    );
+    assert_eq!(net.events(0), vec![net.closed(id, 4, Reason::LinkDown)]);
     assert_eq!(
         net.events(4),
-        vec![CircuitEvent::Closed {
-            circuit: at_dest,
-            peer: net.keys[0],
-            reason: Reason::LinkDown
-        }]
+        vec![net.closed(at_dest, 0, Reason::LinkDown)]
     );
     for n in 0..5 {
         let m = net.nodes[n].metrics();
@@ -667,11 +647,7 @@ fn closing_delivers_what_already_arrived() {
     net.pump();
     assert_eq!(
         net.events(2),
-        vec![CircuitEvent::Closed {
-            circuit: at_dest,
-            peer: net.keys[0],
-            reason: Reason::Requested
-        }]
+        vec![net.closed(at_dest, 0, Reason::Requested)]
     );
     let got = net.packets(2);
     assert_eq!(got.len(), 1);
@@ -696,8 +672,7 @@ fn garbage_cells_are_counted_not_fatal() {
     assert_eq!(m.unknown_circuit_cells, 1);
     assert_eq!(m.unknown_link_cells, 1);
     let (a0, a2) = (net.address(0), net.address(2));
-    let p = ipv6(a0, a2, 77, 0);
-    assert_eq!(net.transfer(0, id, 2, std::slice::from_ref(&p)), vec![p]);
+    net.assert_carries(0, id, 2, ipv6(a0, a2, 77, 0));
 }
 
 #[test]

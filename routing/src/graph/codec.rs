@@ -1,6 +1,6 @@
 //! A small total reader for the graph's wire formats: every read checks the
 //! remaining length first and returns `None` rather than indexing past it
-//! (STYLE.md, "Wire formats as types").
+//! (`docs/protocol.md, "Conventions"`).
 
 #![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
 

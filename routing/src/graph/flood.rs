@@ -1,4 +1,4 @@
-//! Flooding node records over links, OSPF-LSA style (DESIGN.md §6), as a
+//! Flooding node records over links, OSPF-LSA style (`docs/protocol.md, "Flooding"`), as a
 //! sans-IO state machine: [`GraphCore`].
 //!
 //! - A record that is news (a node not known, or a higher sequence number),
@@ -42,9 +42,9 @@ use super::{
 };
 use crate::crypto::{Identity, KEY_LEN};
 
-/// What a [`GraphCore`] has counted, for metrics (`drops by reason`,
-/// DESIGN.md §11). Every message and record that is not taken is counted
-/// under exactly one reason.
+/// What a [`GraphCore`] has counted, for metrics (`drops by reason`; the
+/// `metrics` of `status`, `docs/protocol.md, "Control protocol"`). Every
+/// message and record that is not taken is counted under exactly one reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GraphCounters {
     /// Messages handed to the core.

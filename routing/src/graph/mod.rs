@@ -1,4 +1,4 @@
-//! The graph (DESIGN.md §6): every node's view of all nodes and agreement
+//! The graph (`docs/protocol.md, "Node records"`): every node's view of all nodes and agreement
 //! edges, without IP addresses.
 //!
 //! - [`NodeRecord`] is what a node signs about itself: its key, a sequence
@@ -40,7 +40,7 @@ pub use record::{
 pub use store::{DropReason, Graph, GraphMemory, ImportError, Inserted};
 
 /// How often a node re-signs its own record even when nothing changed
-/// (DESIGN.md §6: every 30 minutes).
+/// (every 30 minutes: `docs/protocol.md, "Node records"`).
 pub const RECORD_REFRESH: Duration = Duration::from_secs(30 * 60);
 
 /// How long a record stays valid after it is signed. A node that stops
@@ -64,8 +64,8 @@ pub const FLOOD_BATCH_DELAY: Duration = Duration::from_millis(50);
 /// before the request is given up (and the key may be requested again).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Most nodes a graph holds. Past 100,000 nodes the graph must be split into
-/// regions (DESIGN.md §6); until then this bounds the memory that a flood of
+/// Most nodes a graph holds. Past 100,000 nodes the graph would have to be
+/// split into regions (not designed here yet); until then this bounds the memory that a flood of
 /// records from fresh keys can take. Records of new nodes beyond it are
 /// dropped and counted.
 pub const MAX_GRAPH_NODES: usize = 100_000;

@@ -1,4 +1,4 @@
-//! Node records: what a node signs about itself (DESIGN.md §6).
+//! Node records: what a node signs about itself (`docs/protocol.md, "Node records"`).
 //!
 //! Encoding, version 1 (all integers big-endian):
 //!

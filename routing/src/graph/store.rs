@@ -137,7 +137,7 @@ impl GraphMemory {
     }
 }
 
-/// Every node's view of all node records (DESIGN.md §6).
+/// Every node's view of all node records (`docs/protocol.md, "Node records"`).
 ///
 /// Nodes live in slots numbered by `u32`, so the adjacency and breadth-first
 /// search run over small integers. A slot number stays the node's until its

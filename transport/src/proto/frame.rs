@@ -1,4 +1,4 @@
-//! Link framing (DESIGN.md §5 "Framing"): `len u16 | type u8 | payload`,
+//! Link framing (`docs/protocol.md, "Link framing"`): `len u16 | type u8 | payload`,
 //! where `len` counts the type byte and the payload.
 //!
 //! - [`FrameDecoder`] takes received bytes in any split and yields whole
@@ -8,7 +8,7 @@
 //!   and every later buffer under [`PADDED_FLUSH_BELOW_LEN`] that empties
 //!   the queue ends with one, so no TLS record size repeats with the cell
 //!   size: a lone cell is a 1206–1461-byte write, never a constant 1203
-//!   (research/camouflage-nat.md §3.4).
+//!   (the sender rules of `docs/protocol.md, "Link framing"`).
 //!
 //! Cells are opaque here: a frame carries exactly [`CELL_LEN`] bytes from the
 //! routing core and back, uninterpreted.
@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use rand_core::RngCore;
 
-/// The size of every cell on a link, header included (DESIGN.md §7).
+/// The size of every cell on a link, header included (`docs/protocol.md, "Cells"`).
 pub const CELL_LEN: usize = 1200;
 
 /// Bytes before a frame's payload: `len u16 | type u8`.
@@ -65,7 +65,7 @@ pub const PADDED_FLUSH_BELOW_LEN: usize = 16 * 1024;
 pub const LINK_KEEPALIVE_MIN: Duration = Duration::from_secs(15);
 
 /// The longest interval between keepalive frames. Below typical NAT
-/// timeouts (research/camouflage-nat.md §3.7).
+/// timeouts (`docs/protocol.md, "Link framing"`).
 pub const LINK_KEEPALIVE_MAX: Duration = Duration::from_secs(25);
 
 /// The kinds of frame this version knows. Any other type byte is skipped by

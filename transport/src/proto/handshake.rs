@@ -1,4 +1,4 @@
-//! Link authentication (DESIGN.md §5): `Noise_IK_25519_ChaChaPoly_BLAKE2s`
+//! Link authentication (`docs/protocol.md, "Link setup"`): `Noise_IK_25519_ChaChaPoly_BLAKE2s`
 //! between the two nodes' identities, bound to the TLS connection.
 //!
 //! - The Noise static keys are the X25519 forms of the Ed25519 identities.
@@ -349,7 +349,7 @@ impl IncomingLink {
 }
 
 /// A finished handshake. Link frames now travel inside the TLS connection
-/// the prologue named, with no second AEAD (DESIGN.md §5).
+/// the prologue named, with no second AEAD (`docs/protocol.md, "Link setup"`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct LinkEstablished {
     /// The other node's Ed25519 identity.

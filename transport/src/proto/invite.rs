@@ -1,4 +1,4 @@
-//! Invite tokens (DESIGN.md §4 item 1; INTERFACE.md `umbra invite`).
+//! Invite tokens (`docs/protocol.md, "Invites"`; `docs/cli.md, "umbra invite"`).
 //!
 //! A token is one line: `umbra1` followed by base64url without padding
 //! (only `A-Za-z0-9_-`) of
@@ -276,14 +276,16 @@ impl Invite {
         if !r.is_empty() {
             return Err(InviteError::Malformed("bytes after the secret"));
         }
-        Ok(Invite {
+        // The count and every endpoint are checked above already, so `new`'s
+        // checks pass.
+        Invite::new(
             inviter,
             endpoints,
             bytes_per_period,
             period_secs,
             expiry_unix,
             secret,
-        })
+        )
     }
 }
 

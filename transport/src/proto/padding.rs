@@ -1,4 +1,5 @@
-//! Link padding at a constant rate (DESIGN.md §9 `"strong"`, §10 "Padding").
+//! Link padding at a constant rate, for `anonymity = "strong"`
+//! (`docs/protocol.md, "Link framing"` and "Link control").
 //!
 //! [`PaddingPacer`] decides when a link sends a padding frame. It is a top-up: time is
 //! cut into slots of [`PaddingPacer::interval`], one cell frame's worth of the target

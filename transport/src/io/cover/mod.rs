@@ -1,4 +1,5 @@
-//! The cover site (DESIGN.md §5): what anyone without a node's key sees.
+//! The cover site (`docs/threat-model.md, "What a prober sees"`): what anyone
+//! without a node's key sees.
 //!
 //! Three kinds:
 //! - **built-in**: the small static site in `transport/cover/`, embedded in
