@@ -82,9 +82,13 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
                 Some(d) if d.send(Input::Path(address, tx)).await.is_ok() => match rx.await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
-                    Err(_) => Err(anyhow::anyhow!("the router is stopping")),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "the daemon is stopping: its datapath has ended"
+                    )),
                 },
-                _ => Err(anyhow::anyhow!("the router is not running")),
+                _ => Err(anyhow::anyhow!(
+                    "the daemon is starting or stopping: its datapath is not running"
+                )),
             }
         }
         Request::Agreements => links.agreements_json(),
