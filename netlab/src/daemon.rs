@@ -4,12 +4,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::registry::{self, STOP_GRACE};
-use crate::{Error, Netns, Proc, Result, UmbraConfig, cmd};
+use crate::{Error, Netns, Proc, Result, UmbraConfig, cmd, poll};
 
 /// How long `umbra run` may take to answer on its control socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -104,21 +104,19 @@ impl Daemon {
     /// Waits up to `limit` until the control socket answers; an error if
     /// the daemon exits first.
     pub fn wait_ready(&mut self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
+        let what = format!("umbra run to answer on {}", self.socket.display());
+        poll(limit, Duration::from_millis(50), &what, |_| {
             self.check_running()?;
-            if self.answers() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Timeout {
-                    what: format!("umbra run to answer on {}", self.socket.display()),
-                    limit,
-                    detail: format!("; log:\n{}", self.log_text()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(self.answers().then_some(()))
+        })
+        .map_err(|e| match e {
+            Error::Timeout { what, limit, .. } => Error::Timeout {
+                what,
+                limit,
+                detail: format!("; log:\n{}", self.log_text()),
+            },
+            e => e,
+        })
     }
 
     /// An error with its log if the daemon was started and has exited.

@@ -13,9 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use umbra_tests::netns::{
-    Background, Netns, netns, prepare, require_root, temp_dir, veth, wait_for,
-};
+use umbra_tests::netns::{Netns, Proc, netns, prepare, require_root, temp_dir, veth, wait_for};
 
 /// The domain the node gets a certificate for (`.test` is reserved, RFC 2606).
 const DOMAIN: &str = "node.umbra.test";
@@ -70,9 +68,10 @@ fn make_wfe_cert(dir: &Path, ip: &str) -> String {
 }
 
 /// Starts pebble and its mock DNS in `ns`; validation connects to port 443.
-fn start_pebble(ns: &Netns, dir: &Path, ca_ip: &str, node_ip: &str) -> (Background, Background) {
+fn start_pebble(ns: &Netns, dir: &Path, ca_ip: &str, node_ip: &str) -> (Proc, Proc) {
     let dns = format!("{ca_ip}:8053");
-    let challtestsrv = Command::new("ip")
+    let mut challtestsrv = Command::new("ip");
+    challtestsrv
         .args(["netns", "exec", ns.name(), "pebble-challtestsrv"])
         .args(["-defaultIPv4", node_ip, "-defaultIPv6", ""])
         .args([
@@ -85,13 +84,9 @@ fn start_pebble(ns: &Netns, dir: &Path, ca_ip: &str, node_ip: &str) -> (Backgrou
             "-tlsalpn01",
             "",
         ])
-        .args(["-management", &format!("{ca_ip}:8055")])
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("challtestsrv.log")).expect("log"))
-        .stderr(Stdio::null())
-        .spawn()
+        .args(["-management", &format!("{ca_ip}:8055")]);
+    let challtestsrv = Proc::spawn(challtestsrv, &dir.join("challtestsrv.log"))
         .expect("spawn pebble-challtestsrv");
-    let challtestsrv = Background(challtestsrv);
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("{ca_ip}:14000"),
         "managementListenAddress": format!("{ca_ip}:15000"),
@@ -103,19 +98,16 @@ fn start_pebble(ns: &Netns, dir: &Path, ca_ip: &str, node_ip: &str) -> (Backgrou
         "externalAccountBindingRequired": false,
     }});
     fs::write(dir.join("pebble.json"), config.to_string()).expect("write pebble config");
-    let pebble = Command::new("ip")
+    let mut pebble = Command::new("ip");
+    pebble
         .args(["netns", "exec", ns.name(), "pebble", "-config"])
         .arg(dir.join("pebble.json"))
         .args(["-dnsserver", &dns])
         // Validate at once, and never reject a good nonce: fast and the same every run.
         .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("pebble.log")).expect("log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pebble");
-    (Background(pebble), challtestsrv)
+        .env("PEBBLE_WFE_NONCEREJECT", "0");
+    let pebble = Proc::spawn(pebble, &dir.join("pebble.log")).expect("spawn pebble");
+    (pebble, challtestsrv)
 }
 
 /// The leaf certificate the node serves for [`DOMAIN`], verified by

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use umbra_tests::netns::{
-    Background, Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, temp_dir,
-    test_role, veth, wait_for,
+    Tcpdump, init_keys, netns, peer, require_root, spawn_test_helper, start, succeeds_within,
+    temp_dir, test_role, veth, wait_for,
 };
 
 const LINK_WAIT: Duration = Duration::from_secs(30);
@@ -385,8 +385,8 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
     );
     let test = "lone_cells_over_a_link_show_no_repeating_record_length";
     let (log_l, log_d) = (dir.path().join("listen.log"), dir.path().join("dial.log"));
-    let mut listen = Background(spawn_test_helper(&nl, test, "listen", &env, &log_l));
-    let mut dial = Background(spawn_test_helper(&nd, test, "dial", &env, &log_d));
+    let mut listen = spawn_test_helper(&nl, test, "listen", &env, &log_l);
+    let mut dial = spawn_test_helper(&nd, test, "dial", &env, &log_d);
     let logs = || {
         format!(
             "listener:\n{}\ndialer:\n{}",
@@ -394,8 +394,8 @@ fn lone_cells_over_a_link_show_no_repeating_record_length() {
             std::fs::read_to_string(&log_d).unwrap_or_default()
         )
     };
-    let ok_d = dial.wait(Duration::from_secs(60));
-    let ok_l = listen.wait(Duration::from_secs(10));
+    let ok_d = succeeds_within(&mut dial, Duration::from_secs(60));
+    let ok_l = succeeds_within(&mut listen, Duration::from_secs(10));
     assert!(ok_d && ok_l, "a helper failed:\n{}", logs());
     let pcap = capture.stop();
     eprintln!("tcpdump: {}", capture.said());

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use umbra_netlab::Lab;
-pub use umbra_netlab::{Daemon, Netns, UmbraConfig, Veth};
+pub use umbra_netlab::{Daemon, Netns, Proc, UmbraConfig, Veth};
 
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {
@@ -223,52 +223,26 @@ impl Drop for Tcpdump {
 
 /// Runs the current test binary again inside `ns`, as a helper process
 /// for the test `test_name` (which sees `role` in `UMBRA_TEST_ROLE` and
-/// `env`), and returns it running. Its stdout and stderr go to `log`.
+/// `env`), and returns it running. Its stdout and stderr go to `log`; it is
+/// killed when the returned [`Proc`] drops, also when the test fails.
 pub fn spawn_test_helper(
     ns: &Netns,
     test_name: &str,
     role: &str,
     env: &[(&str, &str)],
     log: &Path,
-) -> Child {
+) -> Proc {
     let exe = std::env::current_exe().expect("current_exe");
-    let out = fs::File::create(log).expect("helper log");
-    let err = out.try_clone().expect("helper log");
-    ns.command(&exe)
-        .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
+    let mut cmd = ns.command(&exe);
+    cmd.args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
         .env("UMBRA_TEST_ROLE", role)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn test helper")
+        .envs(env.iter().copied());
+    Proc::spawn(cmd, log).expect("spawn test helper")
 }
 
-/// A child process the test started, killed (and reaped) when dropped,
-/// also when the test fails.
-#[derive(Debug)]
-pub struct Background(pub Child);
-
-impl Background {
-    /// Whether it exited successfully within `limit`.
-    pub fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Whether `p` exited successfully within `limit`.
+pub fn succeeds_within(p: &mut Proc, limit: Duration) -> bool {
+    p.wait(limit).is_some_and(|s| s.success())
 }
 
 /// The helper role this process was started in by [`spawn_test_helper`],

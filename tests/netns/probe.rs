@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use umbra_netlab::NginxConfig;
 use umbra_tests::netns::{
-    Background, Daemon, Netns, netns, prepare, require_root, spawn_test_helper, temp_dir,
-    test_role, veth,
+    Daemon, Netns, Proc, netns, prepare, require_root, spawn_test_helper, succeeds_within,
+    temp_dir, test_role, veth,
 };
 
 const NODE_IP: &str = "198.18.60.1";
@@ -69,21 +69,16 @@ fn write_site(dir: &Path) {
 /// nginx, one process (`master_process off`), with two sites on the same
 /// files: plain HTTP on 127.0.0.1:8080 (the node's upstream) and TLS 1.3
 /// on the reference address with the node's certificate.
-fn start_nginx(ns: &Netns, dir: &Path, www: &Path, cert: &Path, key: &Path) -> Background {
+fn start_nginx(ns: &Netns, dir: &Path, www: &Path, cert: &Path, key: &Path) -> Proc {
     let args = NginxConfig::new(dir)
         .http("127.0.0.1:8080", www)
         .https(&format!("{REFERENCE_IP}:443"), cert, key, www)
         .write()
         .expect("nginx.conf");
-    let child = Background(
-        ns.command(Path::new("nginx"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx (apt-get install nginx-light)"),
-    );
+    let mut cmd = ns.command(Path::new("nginx"));
+    cmd.args(&args);
+    let child = Proc::spawn(cmd, &dir.join("nginx.out"))
+        .expect("spawn nginx (apt-get install nginx-light)");
     // Up when both ports answer.
     for _ in 0..100 {
         let up = ["127.0.0.1:8080", &format!("{REFERENCE_IP}:443")]
@@ -305,7 +300,7 @@ fn random_bytes(first: u8, seed: u64) -> Vec<u8> {
 struct Setup {
     // Drop order: the daemon and nginx before their namespaces.
     node: Daemon,
-    _nginx: Background,
+    _nginx: Proc,
     prober: Netns,
     _node_ns: Netns,
     dir: tempfile::TempDir,
@@ -435,14 +430,14 @@ fn a_prober_sees_the_same_as_from_nginx_in_upstream_mode() {
     // crate in a helper process in the prober's namespace.
     let log = s.dir.path().join("replay.log");
     let key = s.node.key().expect("the node key");
-    let mut helper = Background(spawn_test_helper(
+    let mut helper = spawn_test_helper(
         &s.prober,
         "a_prober_sees_the_same_as_from_nginx_in_upstream_mode",
         "replay",
         &[("UMBRA_PROBE_NODE_KEY", key.as_str())],
         &log,
-    ));
-    let replay_ok = helper.wait(Duration::from_secs(60));
+    );
+    let replay_ok = succeeds_within(&mut helper, Duration::from_secs(60));
     let replay_log = std::fs::read_to_string(&log).unwrap_or_default();
     seen.push_str(&format!("== replay helper\n{replay_log}\n"));
     if !replay_ok {
