@@ -201,28 +201,22 @@ impl GraphMessage {
     /// Total: never panics. The flood path does not use this; it reads
     /// records lazily so that duplicates cost no decoding.
     pub fn decode(bytes: &[u8]) -> Result<GraphMessage, MessageError> {
-        let (kind, mut r) = envelope(bytes)?;
-        let msg = match kind {
-            KIND_RECORDS => {
-                let count = usize::from(r.u16().ok_or(MessageError::Truncated)?);
-                let mut recs = Vec::with_capacity(count.min(MAX_MESSAGE_LEN / 64));
-                for index in 0..count {
-                    let len = r.u16().ok_or(MessageError::Truncated)?;
-                    let body = r.take(usize::from(len)).ok_or(MessageError::Truncated)?;
-                    let rec = NodeRecord::decode(body)
+        Ok(match Lazy::decode(bytes)? {
+            Lazy::Records(mut bodies) => {
+                let mut recs =
+                    Vec::with_capacity(usize::from(bodies.left).min(MAX_MESSAGE_LEN / 64));
+                while let Some(body) = bodies.next_body() {
+                    let index = recs.len();
+                    let rec = NodeRecord::decode(body?)
                         .map_err(|error| MessageError::Record { index, error })?;
                     recs.push(Arc::new(rec));
                 }
+                bodies.finish()?;
                 GraphMessage::Records(recs)
             }
-            KIND_SUMMARY => GraphMessage::Summary(Summary::decode_body(&mut r)?),
-            KIND_REQUEST => GraphMessage::Request(decode_request_body(&mut r)?),
-            other => return Err(MessageError::UnknownKind(other)),
-        };
-        if r.remaining() != 0 {
-            return Err(MessageError::TrailingBytes(r.remaining()));
-        }
-        Ok(msg)
+            Lazy::Summary(summary) => GraphMessage::Summary(summary),
+            Lazy::Request(keys) => GraphMessage::Request(keys),
+        })
     }
 }
 
