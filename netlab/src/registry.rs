@@ -3,7 +3,6 @@
 //! record's lock; once a cleanup has begun, nothing more is made.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -88,11 +87,7 @@ pub(crate) fn delete_namespace(name: &str) -> bool {
             let _ = cmd::run(&["kill", "-KILL", pid]);
         }
     }
-    let deleted = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let deleted = cmd::run(&["ip", "netns", "del", name]).is_ok_and(|o| o.status.success());
     deleted || !std::path::Path::new("/run/netns").join(name).exists()
 }
 
