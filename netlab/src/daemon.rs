@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -275,9 +275,17 @@ impl Daemon {
         for d in &running {
             let _ = d.signal("TERM");
         }
+        let deadline = Instant::now() + STOP_GRACE;
         let n = running.len();
         for d in running {
-            d.stop();
+            if d.wait(deadline.saturating_duration_since(Instant::now()))
+                .is_none()
+            {
+                if let Some(p) = d.proc.as_mut() {
+                    p.kill();
+                }
+                d.forget();
+            }
         }
         n
     }
