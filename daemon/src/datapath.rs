@@ -20,14 +20,14 @@ use tokio::sync::mpsc;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::circuit::{CircuitEvent, CircuitRole};
 use umbra_routing::graph::Time;
-use umbra_routing::router::{Now, RouterCore};
+use umbra_routing::router::{Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
 
 use crate::events::{Input, LinkId};
-use crate::links::{Links, short_key};
+use crate::links::{Links, Policy, short_key};
 
 /// How often the graph is saved to the state database.
 const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -35,6 +35,11 @@ const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
 const TUN_BATCH: usize = 32;
 /// Inputs handled before the datapath writes what they produced.
 const INPUT_BATCH: usize = 256;
+/// `umbra status` warns when circuits reach fewer nodes than this (and not
+/// every node known).
+const FEW_REACHABLE: usize = 5;
+/// Nodes `umbra status` looks for a path to, at most.
+const REACHABILITY_CHECKS: usize = 64;
 
 fn now() -> Now {
     Now {
@@ -61,11 +66,11 @@ pub(crate) async fn run(
             return;
         }
     };
-    let (anonymity, home) = links.policy();
-    core.set_policy(anonymity, home);
+    let policy = apply_policy(&mut core, &links);
     tracing::info!(
-        ?anonymity,
-        home = ?home.map(|h| short_key(&h)),
+        anonymity = ?policy.anonymity,
+        routes = policy.routes.len(),
+        home = ?policy.home.map(|h| short_key(&h)),
         nodes = core.graph().graph().node_count(),
         edges = edges.len(),
         "routing core up"
@@ -130,6 +135,10 @@ pub(crate) async fn run(
         }
         while let Some(ev) = core.poll_event() {
             log_event(&ev);
+        }
+        while let Some((dest, error)) = core.poll_failure() {
+            let anonymity = core.anonymity_for(&dest);
+            tracing::warn!(to = %short_key(&dest), ?anonymity, "no circuit: {}", advice(&dest, &error));
         }
     }
     links.save_graph(&core.export_graph());
@@ -212,8 +221,7 @@ fn handle(
             if let Err(e) = core.set_edges(now, &links.edges()) {
                 tracing::warn!("re-signing the node record: {e}");
             }
-            let (anonymity, home) = links.policy();
-            core.set_policy(anonymity, home);
+            apply_policy(core, links);
             core.link_up(now, link, peer);
         }
         Input::LinkDown { link } => {
@@ -224,8 +232,7 @@ fn handle(
             if let Err(e) = core.set_edges(now, &edges) {
                 tracing::warn!("re-signing the node record: {e}");
             }
-            let (anonymity, home) = links.policy();
-            core.set_policy(anonymity, home);
+            apply_policy(core, links);
         }
         Input::Path(addr, reply) => {
             let _ = reply.send(path_json(core, now, &addr));
@@ -237,6 +244,30 @@ fn handle(
             links.save_graph(&core.export_graph());
             let _ = reply.send(());
         }
+    }
+}
+
+/// The routing core takes the links' path policy: the setting, the home
+/// node and the per-destination routes.
+fn apply_policy(core: &mut RouterCore, links: &Links) -> Policy {
+    let policy = links.policy();
+    core.set_policy(policy.anonymity, policy.home);
+    core.set_routes(policy.routes.clone());
+    policy
+}
+
+/// Why there is no circuit to `dest`, and, when the graph is only too small
+/// for the setting, what the operator can do about it.
+fn advice(dest: &[u8; 32], error: &RouteError) -> String {
+    match error {
+        RouteError::Path(e) if e.too_few_relays() => format!(
+            "{error}. To reach it, make agreements with more operators (each one adds relays \
+             to the graph), or give this destination its own setting in the config: \
+             [[route]] to = \"{}\" anonymity = \"fast\" (docs/config.md, \"[[route]]\", \
+             says what that gives away)",
+            hex::encode(dest)
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -274,7 +305,13 @@ fn log_event(ev: &CircuitEvent) {
 /// `umbra path ADDRESS --json`: the circuit new flows to ADDRESS take, and
 /// what each hop on it can see (docs/cli.md).
 fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Result<Value, String> {
-    let (dest, info) = core.path_to(now, addr)?;
+    let (dest, info) = core.path_to(now, addr).map_err(|e| match &e {
+        RouteError::Path(_) => match core.node_for_address(addr) {
+            Some(dest) => advice(&dest, &e),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    })?;
     let prefix = core.prefix();
     let me = core.graph().key().to_owned();
     let node = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, prefix).to_string()});
@@ -306,8 +343,46 @@ fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Resu
     }))
 }
 
+/// What `umbra status` warns about: too few nodes reachable with the
+/// current settings (docs/cli.md, "umbra status").
+fn warnings(core: &mut RouterCore) -> (Value, Vec<String>) {
+    let r = core.reachability(REACHABILITY_CHECKS);
+    let setting = format!("{:?}", core.anonymity()).to_lowercase();
+    let mut warnings = Vec::new();
+    if r.known == 0 {
+        warnings.push(
+            "no other node is known yet: make an agreement (umbra invite on one node, umbra \
+             accept on the other) or add a [[peer]]"
+                .to_string(),
+        );
+    } else if r.reachable < FEW_REACHABLE && r.reachable < r.checked {
+        let mut w = format!(
+            "circuits reach only {} of the {} other nodes known with anonymity = \"{setting}\"",
+            r.reachable, r.known
+        );
+        if r.too_few_relays > 0 {
+            w.push_str(&format!(
+                "; {} need more relays than the graph has: make agreements with more operators, \
+                 or give a destination its own setting with [[route]] to = \"<key>\" \
+                 anonymity = \"fast\" (umbra path <address> says what each one lacks)",
+                r.too_few_relays
+            ));
+        }
+        warnings.push(w);
+    }
+    let json = json!({
+        "anonymity": setting,
+        "known": r.known,
+        "checked": r.checked,
+        "reachable": r.reachable,
+        "too_few_relays": r.too_few_relays,
+    });
+    (json, warnings)
+}
+
 /// The datapath's part of `umbra status --json`.
-fn status(core: &RouterCore) -> Value {
+fn status(core: &mut RouterCore) -> Value {
+    let (reachability, warnings) = warnings(core);
     let prefix_of = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, core.prefix()).to_string()});
     let circuits: Vec<Value> = core
         .circuits()
@@ -337,6 +412,8 @@ fn status(core: &RouterCore) -> Value {
     let g = core.graph_counters();
     json!({
         "circuits": circuits,
+        "reachability": reachability,
+        "warnings": warnings,
         "graph": {
             "nodes": core.graph().graph().node_count(),
             "edges": core.graph().graph().edge_count(),

@@ -68,6 +68,8 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
                         status["circuit_list"] = r["circuits"].clone();
                         status["graph"] = r["graph"].clone();
                         status["metrics"] = r["metrics"].clone();
+                        status["reachability"] = r["reachability"].clone();
+                        status["warnings"] = r["warnings"].clone();
                     }
                     Ok(status)
                 }

@@ -16,6 +16,8 @@ mod listen;
 mod padding;
 mod peers;
 
+pub(crate) use edges::Policy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -88,12 +90,18 @@ impl Links {
             .clone()
     }
 
-    /// New config on SIGHUP: new `[[peer]]` entries get dialers, and live
-    /// links follow a changed `anonymity` or `[padding] rate`.
+    /// New config on SIGHUP: new `[[peer]]` entries get dialers, live
+    /// links follow a changed `anonymity` or `[padding] rate`, and the
+    /// datapath takes the new edges and path policy (`anonymity`, `[home]`,
+    /// `[[route]]`) for circuits built from now on.
     pub(crate) fn set_config(self: &Arc<Self>, config: Config) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         self.spawn_dialers();
         self.refresh_padding();
+        let (datapath, edges) = (self.datapath.clone(), self.edges());
+        tokio::spawn(async move {
+            let _ = datapath.send(crate::events::Input::Edges(edges)).await;
+        });
     }
 
     /// `(up, total)` for `umbra status`.
