@@ -45,6 +45,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         opaque().prop_map(Frame::GraphRecord),
         opaque().prop_map(Frame::Ledger),
         Just(Frame::Keepalive),
+        any::<[u8; 8]>().prop_map(Frame::Ping),
+        any::<[u8; 8]>().prop_map(Frame::Pong),
     ]
 }
 
