@@ -104,7 +104,7 @@ proptest! {
     #[test]
     fn unknown_frame_types_are_skipped_and_counted(
         unknown in proptest::collection::vec(
-            (0x06u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
+            (0x08u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
         pieces in proptest::collection::vec(1usize..700, 1..6),
     ) {
         let mut stream = Vec::new();
