@@ -297,6 +297,9 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
             if new.tun != old.tun {
                 needs_restart.push("[tun]");
             }
+            if new.metrics != old.metrics {
+                needs_restart.push("[metrics]");
+            }
             if needs_restart.is_empty() {
                 tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");
             } else {
