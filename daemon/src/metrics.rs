@@ -140,7 +140,11 @@ impl Metrics {
             listener: OnceLock::new(),
         };
         let r = &mut m.registry;
-        r.register("links", "Links to peers, by state and kind", m.links.clone());
+        r.register(
+            "links",
+            "Links to peers, by state and kind",
+            m.links.clone(),
+        );
         r.register(
             "circuits",
             "Open circuits this node takes part in, by its role",
@@ -214,9 +218,7 @@ impl Metrics {
     /// `n` cell frames were queued to links.
     pub(crate) fn cells_out(&self, n: u64) {
         if n > 0 {
-            self.cells
-                .get_or_create(&[("direction", "out")])
-                .inc_by(n);
+            self.cells.get_or_create(&[("direction", "out")]).inc_by(n);
         }
     }
 
@@ -283,16 +285,38 @@ impl Metrics {
             }
         }
         let t = self.link_totals();
-        set(&self.link_bytes.get_or_create(&[("direction", "in")]), t.bytes_in);
-        set(&self.link_bytes.get_or_create(&[("direction", "out")]), t.bytes_out);
+        set(
+            &self.link_bytes.get_or_create(&[("direction", "in")]),
+            t.bytes_in,
+        );
+        set(
+            &self.link_bytes.get_or_create(&[("direction", "out")]),
+            t.bytes_out,
+        );
         let cover_len = CELL_FRAME_WIRE_LEN as u64;
         for (dir, frames, bytes, cover) in [
-            ("in", t.padding_frames_in, t.padding_bytes_in, t.cover_frames_in),
-            ("out", t.padding_frames_out, t.padding_bytes_out, t.cover_frames_out),
+            (
+                "in",
+                t.padding_frames_in,
+                t.padding_bytes_in,
+                t.cover_frames_in,
+            ),
+            (
+                "out",
+                t.padding_frames_out,
+                t.padding_bytes_out,
+                t.cover_frames_out,
+            ),
         ] {
             let cover_bytes = cover * cover_len;
-            let f = |kind| self.padding_frames.get_or_create(&[("direction", dir), ("kind", kind)]);
-            let b = |kind| self.padding_bytes.get_or_create(&[("direction", dir), ("kind", kind)]);
+            let f = |kind| {
+                self.padding_frames
+                    .get_or_create(&[("direction", dir), ("kind", kind)])
+            };
+            let b = |kind| {
+                self.padding_bytes
+                    .get_or_create(&[("direction", dir), ("kind", kind)])
+            };
             set(&f("cover"), cover);
             set(&f("write"), frames.saturating_sub(cover));
             set(&b("cover"), cover_bytes);
@@ -408,11 +432,16 @@ async fn answer<B>(sources: &Sources, req: &Request<B>) -> Response<Full<Bytes>>
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let core = if sources.datapath.send(Input::Metrics(tx)).await.is_ok() {
-        tokio::time::timeout(DATAPATH_WAIT, rx).await.ok().and_then(Result::ok)
+        tokio::time::timeout(DATAPATH_WAIT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
     } else {
         None
     };
-    let text = sources.metrics.render(core.as_ref(), &(sources.link_states)());
+    let text = sources
+        .metrics
+        .render(core.as_ref(), &(sources.link_states)());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     if let Ok(v) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

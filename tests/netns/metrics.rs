@@ -154,12 +154,18 @@ impl Scrape {
                 let (k, v) = pair
                     .split_once('=')
                     .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
-                assert!(k.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{line:?}");
+                assert!(
+                    k.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{line:?}"
+                );
                 let v = v
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or_else(|| panic!("unquoted label value in {line:?}"));
-                assert!(!looks_like_address_or_key(v), "label value {v:?} in {line:?}");
+                assert!(
+                    !looks_like_address_or_key(v),
+                    "label value {v:?} in {line:?}"
+                );
             }
             samples.insert(series.to_string(), v);
         }
@@ -186,10 +192,23 @@ fn looks_like_address_or_key(v: &str) -> bool {
 
 #[test]
 fn label_check_sees_addresses_and_keys() {
-    for v in ["198.18.0.1", "198.18.0.1:443", "602:959::1", "[602::1]:443", &"ab".repeat(32)] {
+    for v in [
+        "198.18.0.1",
+        "198.18.0.1:443",
+        "602:959::1",
+        "[602::1]:443",
+        &"ab".repeat(32),
+    ] {
         assert!(looks_like_address_or_key(v), "{v}");
     }
-    for v in ["in", "out", "up", "direct", "forged_source", "refused_bad_token"] {
+    for v in [
+        "in",
+        "out",
+        "up",
+        "direct",
+        "forged_source",
+        "refused_bad_token",
+    ] {
         assert!(!looks_like_address_or_key(v), "{v}");
     }
 }
@@ -205,7 +224,11 @@ fn metrics_and_peer_figures_follow_a_known_transfer() {
     let warm = c.ns[0]
         .run(&["ping", "-6", "-n", "-c", "3", "-W", "5", &c.addrs[2]])
         .expect("ping");
-    assert!(warm.status.success(), "warm-up ping failed; logs:\n{}", c.logs());
+    assert!(
+        warm.status.success(),
+        "warm-up ping failed; logs:\n{}",
+        c.logs()
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     let before: Vec<Scrape> = (0..3).map(|i| c.scrape(i)).collect();
@@ -215,7 +238,20 @@ fn metrics_and_peer_figures_follow_a_known_transfer() {
     let size = PING_SIZE.to_string();
     let count = PINGS.to_string();
     let ping = c.ns[0]
-        .run(&["ping", "-6", "-n", "-c", &count, "-i", "0.05", "-s", &size, "-W", "5", &c.addrs[2]])
+        .run(&[
+            "ping",
+            "-6",
+            "-n",
+            "-c",
+            &count,
+            "-i",
+            "0.05",
+            "-s",
+            &size,
+            "-W",
+            "5",
+            &c.addrs[2],
+        ])
         .expect("ping");
     let said = String::from_utf8_lossy(&ping.stdout);
     assert!(ping.status.success(), "{said}\nlogs:\n{}", c.logs());
@@ -236,15 +272,30 @@ fn metrics_and_peer_figures_follow_a_known_transfer() {
         "{PINGS} pings of {PING_SIZE} bytes: node 0 sent {cells_out_0} cells, {bytes_out_0} link \
          bytes; node 1 got {relayed_in_1} cells; node 2 got {cells_in_2} cells, {bytes_in_2} bytes"
     );
-    for (what, v) in [("cells out of 0", cells_out_0), ("cells into 2", cells_in_2)] {
+    for (what, v) in [
+        ("cells out of 0", cells_out_0),
+        ("cells into 2", cells_in_2),
+    ] {
         assert!(v >= pings, "{what}: {v} < {pings}");
         // A SENDME per 100 cells and the odd graph message, not more.
-        assert!(v <= 2.0 * pings + 20.0, "{what}: {v} is far more than {pings}");
+        assert!(
+            v <= 2.0 * pings + 20.0,
+            "{what}: {v} is far more than {pings}"
+        );
     }
     // Node 1 gets the requests from 0 and the replies from 2.
-    assert!(relayed_in_1 >= 2.0 * pings, "node 1 got {relayed_in_1} cells");
-    for (what, v) in [("bytes out of 0", bytes_out_0), ("bytes into 2", bytes_in_2)] {
-        assert!(v >= pings * packet && v >= pings * CELL_FRAME as f64, "{what}: {v}");
+    assert!(
+        relayed_in_1 >= 2.0 * pings,
+        "node 1 got {relayed_in_1} cells"
+    );
+    for (what, v) in [
+        ("bytes out of 0", bytes_out_0),
+        ("bytes into 2", bytes_in_2),
+    ] {
+        assert!(
+            v >= pings * packet && v >= pings * CELL_FRAME as f64,
+            "{what}: {v}"
+        );
         assert!(
             v <= cells_out_0 * CELL_FRAME as f64 * 1.5 + 64.0 * 1024.0,
             "{what}: {v} is far more than {cells_out_0} cells"
@@ -253,14 +304,26 @@ fn metrics_and_peer_figures_follow_a_known_transfer() {
     let circuits = after[0].get("umbra_circuits{role=\"origin\"}");
     assert!(circuits >= 1.0, "no origin circuit at node 0");
     assert!(after[1].get("umbra_circuits{role=\"relay\"}") >= 1.0);
-    assert_eq!(after[0].get("umbra_links{state=\"up\",kind=\"direct\"}"), 1.0);
-    assert_eq!(after[1].get("umbra_links{state=\"up\",kind=\"direct\"}"), 2.0);
+    assert_eq!(
+        after[0].get("umbra_links{state=\"up\",kind=\"direct\"}"),
+        1.0
+    );
+    assert_eq!(
+        after[1].get("umbra_links{state=\"up\",kind=\"direct\"}"),
+        2.0
+    );
     assert!(after[0].get("umbra_circuit_build_seconds_count{kind=\"full\"}") >= 1.0);
-    let handshakes = after[0].get("umbra_link_handshakes_total{direction=\"outbound\",result=\"ok\"}")
+    let handshakes = after[0]
+        .get("umbra_link_handshakes_total{direction=\"outbound\",result=\"ok\"}")
         + after[0].get("umbra_link_handshakes_total{direction=\"inbound\",result=\"ok\"}");
     assert!(handshakes >= 1.0, "node 0 counted no link handshake");
-    assert!(after[0].get("umbra_link_padding_frames_total{direction=\"out\",kind=\"write\"}") > 0.0);
-    assert_eq!(after[2].get("umbra_dropped_total{reason=\"forged_source\"}"), 0.0);
+    assert!(
+        after[0].get("umbra_link_padding_frames_total{direction=\"out\",kind=\"write\"}") > 0.0
+    );
+    assert_eq!(
+        after[2].get("umbra_dropped_total{reason=\"forged_source\"}"),
+        0.0
+    );
 
     // `umbra peers`: node 0's bytes out to node 1 grew by the transfer, and
     // node 1's bytes in from node 0 match them once the link is idle.
@@ -268,11 +331,16 @@ fn metrics_and_peer_figures_follow_a_known_transfer() {
     assert!(grew as f64 >= pings * packet, "bytes_out grew by {grew}");
     let got = c.peer(1, 0)["bytes_in"].as_u64().expect("bytes_in") - in_before;
     assert!(got as f64 >= pings * packet, "bytes_in grew by {got}");
-    let (sent, received) = wait_for(Duration::from_secs(5), "the link's two ends to agree", &[], || {
-        let sent = c.peer(0, 1)["bytes_out"].as_u64()?;
-        let received = c.peer(1, 0)["bytes_in"].as_u64()?;
-        (sent.abs_diff(received) * 100 <= sent * 2).then_some((sent, received))
-    });
+    let (sent, received) = wait_for(
+        Duration::from_secs(5),
+        "the link's two ends to agree",
+        &[],
+        || {
+            let sent = c.peer(0, 1)["bytes_out"].as_u64()?;
+            let received = c.peer(1, 0)["bytes_in"].as_u64()?;
+            (sent.abs_diff(received) * 100 <= sent * 2).then_some((sent, received))
+        },
+    );
     eprintln!("link 0 → 1: {sent} bytes sent, {received} received");
 
     // Round trips from the link pings (the first goes out within a second
@@ -308,7 +376,9 @@ fn a_metrics_address_in_use_stops_the_daemon_at_start() {
     assert!(!status.success());
     let log = second.log_text();
     assert!(
-        log.contains(&format!("[metrics] listen = \"127.0.0.1:{port}\": cannot listen")),
+        log.contains(&format!(
+            "[metrics] listen = \"127.0.0.1:{port}\": cannot listen"
+        )),
         "{log}"
     );
     first.check_running().expect("the first daemon still runs");

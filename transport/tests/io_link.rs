@@ -659,7 +659,7 @@ async fn pings_measure_the_round_trip_and_both_ends_count_the_same_bytes() {
     };
     let mut l = start_listener(built_in_cover(), accept_all(b""), fast.clone()).await;
     let dialer = Dialer::new(Identity::generate(), fast.clone()).unwrap();
-    let mut out = dialer.dial(&target(&l), b"").await.unwrap();
+    let out = dialer.dial(&target(&l), b"").await.unwrap();
     let mut inb = next_link(&mut l).await;
     for i in 0..50 {
         out.sender.send(cell(i)).await.unwrap();
@@ -672,7 +672,10 @@ async fn pings_measure_the_round_trip_and_both_ends_count_the_same_bytes() {
     let (a, b) = (out.sender.stats(), inb.sender.stats());
     for s in [&a, &b] {
         let rtt = s.rtt.expect("a ping was answered");
-        assert!(rtt > Duration::ZERO && rtt < Duration::from_secs(1), "{s:?}");
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "{s:?}"
+        );
         assert!(s.srtt.is_some() && s.pings_answered >= 1, "{s:?}");
     }
     let cells = 50 * (CELL_LEN as u64 + 3);
@@ -688,11 +691,19 @@ async fn pings_measure_the_round_trip_and_both_ends_count_the_same_bytes() {
         if agree(&a, &b) {
             assert_eq!(a.padding_bytes_out, b.padding_bytes_in, "{a:?} {b:?}");
             assert_eq!(a.padding_frames_out, b.padding_frames_in, "{a:?} {b:?}");
-            assert!(a.padding_frames_out > 0, "the first writes are padded: {a:?}");
+            assert!(
+                a.padding_frames_out > 0,
+                "the first writes are padded: {a:?}"
+            );
             agreed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(7)).await;
     }
-    assert!(agreed, "the ends never agreed: {:?} {:?}", out.sender.stats(), inb.sender.stats());
+    assert!(
+        agreed,
+        "the ends never agreed: {:?} {:?}",
+        out.sender.stats(),
+        inb.sender.stats()
+    );
 }

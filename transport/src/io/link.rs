@@ -525,7 +525,12 @@ struct Inputs {
 /// [`LinkSender::set_padding`] set. Ends (closing this direction cleanly)
 /// when every [`LinkSender`] is gone, when the reader says the link is
 /// over, or when HTTP/2 drops the stream.
-async fn writer(mut inputs: Inputs, out: mpsc::Sender<Bytes>, settings: LinkSettings, shared: Arc<Shared>) {
+async fn writer(
+    mut inputs: Inputs,
+    out: mpsc::Sender<Bytes>,
+    settings: LinkSettings,
+    shared: Arc<Shared>,
+) {
     let mut rng = OsRng;
     let mut enc = FrameEncoder::new(&mut rng);
     let mut next_keepalive = Instant::now() + settings.first_ping();

@@ -556,7 +556,10 @@ mod tests {
             enc.queue(f.frame_type(), f.payload()).expect("queue");
         }
         let buf = enc.flush(usize::MAX, &mut rng).expect("flush");
-        assert_eq!(buf.len(), 2 * (FRAME_HEADER_LEN + PING_TOKEN_LEN) + FRAME_HEADER_LEN);
+        assert_eq!(
+            buf.len(),
+            2 * (FRAME_HEADER_LEN + PING_TOKEN_LEN) + FRAME_HEADER_LEN
+        );
         assert_eq!(buf.get(..3), Some(&[0, 9, 0x06][..]));
         let mut dec = FrameDecoder::new();
         dec.push(&buf).expect("push");
@@ -592,7 +595,8 @@ mod tests {
         let mut total = 0usize;
         for _ in 0..20 {
             enc.queue(FrameType::Cell, &[3; CELL_LEN]).expect("queue");
-            enc.queue(FrameType::Padding, &[0; CELL_LEN]).expect("queue");
+            enc.queue(FrameType::Padding, &[0; CELL_LEN])
+                .expect("queue");
             while let Some(buf) = enc.flush(4000, &mut rng) {
                 total += buf.len();
                 dec.push(&buf).expect("push");
