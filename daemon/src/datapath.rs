@@ -10,7 +10,7 @@
 //! can hold is bounded by the end-to-end windows of the circuits over the
 //! link (1,000 cells each), not by this code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use umbra_routing::cell::CELL_LEN;
-use umbra_routing::circuit::{CircuitEvent, CircuitRole};
+use umbra_routing::circuit::{CircuitEvent, CircuitId, CircuitRole};
 use umbra_routing::graph::Time;
 use umbra_routing::router::{Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
@@ -28,6 +28,7 @@ use umbra_tun::Tun;
 
 use crate::events::{Input, LinkId};
 use crate::links::{Links, Policy, short_key};
+use crate::metrics::{CoreFigures, Metrics};
 
 /// How often the graph is saved to the state database.
 const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -85,6 +86,10 @@ pub(crate) async fn run(
     // frames, so a batch of cells costs one allocation, not one each.
     let mut cells = BytesMut::new();
     let mut next_save = Instant::now() + GRAPH_SAVE_EVERY;
+    let metrics = Arc::clone(links.metrics());
+    // Pooled prefixes built: their extension to a destination is not
+    // timed as a build of its own (docs/architecture.md, "Metrics").
+    let mut prefixes: HashSet<CircuitId> = HashSet::new();
     loop {
         let wake = next_wake(&core, next_save);
         tokio::select! {
@@ -127,13 +132,18 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
+        let mut cells_out = 0;
         while let Some(link) = poll_cell(&mut core, &mut cells) {
-            send(&outs, link, Frame::Cell(cells.split().freeze()));
+            if send(&outs, link, Frame::Cell(cells.split().freeze())) {
+                cells_out += 1;
+            }
         }
+        metrics.cells_out(cells_out);
         while let Some((link, msg)) = core.poll_graph() {
             send(&outs, link, Frame::GraphRecord(msg.into()));
         }
         while let Some(ev) = core.poll_event() {
+            time_build(&core, &metrics, &mut prefixes, &ev);
             log_event(&ev);
         }
         while let Some((dest, error)) = core.poll_failure() {
@@ -186,11 +196,41 @@ fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
         .unwrap_or(next_save)
 }
 
-fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) {
+/// Queues `frame` to `link`; whether it was queued.
+fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) -> bool {
     // A link that just went down has no queue; the core learns of it from
     // its reader's LinkDown and tears its circuits down.
-    if let Some(q) = outs.get(&link) {
-        let _ = q.send(frame);
+    outs.get(&link).is_some_and(|q| q.send(frame).is_ok())
+}
+
+/// Observes a circuit's build time when `ev` says it is built: from when
+/// the core created it to now. A pooled prefix counts as a build of kind
+/// "prefix"; extending it to a destination later is not timed again.
+fn time_build(
+    core: &RouterCore,
+    metrics: &Metrics,
+    prefixes: &mut HashSet<CircuitId>,
+    ev: &CircuitEvent,
+) {
+    let (id, kind) = match ev {
+        CircuitEvent::Built { circuit, .. } => {
+            if prefixes.remove(circuit) {
+                return;
+            }
+            (*circuit, "full")
+        }
+        CircuitEvent::PrefixBuilt { circuit } => {
+            prefixes.insert(*circuit);
+            (*circuit, "prefix")
+        }
+        CircuitEvent::Closed { circuit, .. } | CircuitEvent::Unreachable { circuit, .. } => {
+            prefixes.remove(circuit);
+            return;
+        }
+        _ => return,
+    };
+    if let Some(c) = core.circuits().find(|c| c.id == id) {
+        metrics.circuit_built(kind, c.created.elapsed());
     }
 }
 
@@ -243,6 +283,9 @@ fn handle(
         Input::Flush(reply) => {
             links.save_graph(&core.export_graph());
             let _ = reply.send(());
+        }
+        Input::Metrics(reply) => {
+            let _ = reply.send(CoreFigures::of(core));
         }
     }
 }

@@ -8,6 +8,7 @@ mod db;
 mod demo;
 mod events;
 mod links;
+mod metrics;
 mod output;
 mod run;
 mod state_dir;

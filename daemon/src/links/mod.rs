@@ -32,6 +32,7 @@ use umbra_transport::io::{Dialer, LinkSettings};
 
 use crate::db::Store;
 use crate::events::DatapathTx;
+use crate::metrics::{LinkStates, Metrics};
 use peers::PeerEntry;
 
 /// Everything about links that the daemon's tasks share.
@@ -48,6 +49,7 @@ pub(crate) struct Links {
     /// The last link id given out; each adopted link takes the next.
     last_link_id: AtomicU64,
     datapath: DatapathTx,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Links {
@@ -62,6 +64,7 @@ impl Links {
         config: Config,
         store: Store,
         datapath: DatapathTx,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Links>> {
         let dialer =
             Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
@@ -76,6 +79,7 @@ impl Links {
             listeners: Mutex::new(Vec::new()),
             last_link_id: AtomicU64::new(0),
             datapath,
+            metrics,
         }))
     }
 
@@ -112,6 +116,26 @@ impl Links {
             .filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed()))
             .count();
         (up, peers.len())
+    }
+
+    /// The metrics the links count into.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Peers by link state, for `umbra_links`: up, connecting (a dialer is
+    /// trying) and down.
+    pub(crate) fn link_states(&self) -> LinkStates {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut up, mut connecting, mut down) = (0, 0, 0);
+        for e in peers.values() {
+            match e.state() {
+                "up" => up += 1,
+                "connecting" => connecting += 1,
+                _ => down += 1,
+            }
+        }
+        [("up", up), ("connecting", connecting), ("down", down)]
     }
 
     pub(crate) fn listeners(&self) -> Vec<String> {
