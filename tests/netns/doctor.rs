@@ -223,7 +223,7 @@ fn hold_port(role: &str) {
     assert_eq!(role, "hold", "unknown helper role");
     let addr = std::env::var("UMBRA_TEST_HOLD").expect("UMBRA_TEST_HOLD");
     let _listener = std::net::TcpListener::bind(&addr).expect("bind the held address");
-    println!("holding {addr}");
+    eprintln!("holding {addr}");
     std::thread::sleep(Duration::from_secs(120));
 }
 

@@ -67,10 +67,15 @@ pub(super) fn state_dir(ctx: &Context) -> Vec<Check> {
     };
     let dir = &config.state_dir;
     let dir_check = owned_with_mode(ctx, "state directory", dir, STATE_DIR_MODE, true);
-    let id_check = if dir_check.status == super::Status::Fail && !dir.is_dir() {
+    let unreadable =
+        fs::metadata(config.identity_path()).is_err_and(|e| e.kind() != ErrorKind::NotFound);
+    let id_check = if dir_check.status == super::Status::Fail && (!dir.is_dir() || unreadable) {
         Check::skip(
             "identity",
-            format!("{} is not a usable directory", dir.display()),
+            format!(
+                "cannot look into {} until the state directory is fixed",
+                dir.display()
+            ),
         )
     } else {
         identity(ctx, config)
