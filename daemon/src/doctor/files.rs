@@ -122,12 +122,12 @@ fn owned_with_mode(ctx: &Context, name: &str, path: &Path, mode: u32, dir: bool)
     let actual = meta.permissions().mode() & 0o7777;
     let mut wrong = Vec::new();
     let mut fixes = Vec::new();
-    if let Some(uid) = ctx.uid
-        && meta.uid() != uid
+    if let Some((uid, source)) = &ctx.owner
+        && meta.uid() != *uid
     {
         let user = ctx.user_name();
         wrong.push(format!(
-            "is owned by uid {} but umbra runs as {user} (uid {uid})",
+            "is owned by uid {} but umbra runs as {user} (uid {uid}, {source})",
             meta.uid()
         ));
         let recursive = if dir { "-R " } else { "" };
@@ -289,6 +289,7 @@ mod tests {
             socket: "/nonexistent/control.sock".into(),
             running: None,
             uid,
+            owner: uid.map(|u| (u, "the test".to_string())),
         }
     }
 

@@ -118,18 +118,32 @@ pub(crate) struct Context {
     pub(crate) socket: PathBuf,
     /// The daemon on that socket, if one answers.
     pub(crate) running: Option<Running>,
-    /// The user this runs as (effective uid), who should own the state.
+    /// The user this runs as (effective uid).
     pub(crate) uid: Option<u32>,
+    /// Who should own the state: the unit's `User=` if it sets one, else
+    /// the user this runs as; and where that comes from, for the detail.
+    pub(crate) owner: Option<(u32, String)>,
 }
 
 impl Context {
-    /// The user's name for a `chown` fix (the uid if it has none).
+    /// The owner's name for a `chown` fix (the uid if it has none).
     pub(crate) fn user_name(&self) -> String {
-        match self.uid {
-            Some(uid) => system::user_name(uid).unwrap_or_else(|| uid.to_string()),
+        match &self.owner {
+            Some((uid, _)) => system::user_name(*uid).unwrap_or_else(|| uid.to_string()),
             None => "the user that runs umbra".into(),
         }
     }
+}
+
+/// Who should own the state directory: the unit's `User=`, else the user
+/// doctor runs as.
+fn state_owner(uid: Option<u32>) -> Option<(u32, String)> {
+    if let Some((user, unit)) = system::unit_user()
+        && let Some(owner) = system::uid_of(&user)
+    {
+        return Some((owner, format!("the User= of {unit}")));
+    }
+    uid.map(|u| (u, "the user doctor runs as".to_string()))
 }
 
 /// Runs every check and prints the report: a table for people, or with
@@ -143,11 +157,13 @@ pub(crate) fn run(config_path: &Path, control_flag: Option<PathBuf>, json: bool)
             .map(|c| c.control_socket.clone())
             .unwrap_or_else(|| PathBuf::from(umbra_config::DEFAULT_CONTROL_SOCKET))
     });
+    let uid = system::effective_uid();
     let ctx = Context {
         config,
         running: ask_daemon(&socket),
         socket,
-        uid: system::effective_uid(),
+        uid,
+        owner: state_owner(uid),
     };
     let mut checks = vec![config_check];
     checks.push(system::tun(&ctx));

@@ -155,17 +155,24 @@ pub(super) fn partners(ctx: &Context) -> Vec<Check> {
         match Store::open_read_only(&db).and_then(|s| s.agreements()) {
             Ok(agreements) => {
                 for a in agreements {
-                    if a.state != AgreementState::Active
-                        || a.endpoints.is_empty()
-                        || list.iter().any(|p| p.key == a.peer_key)
-                    {
+                    if a.state != AgreementState::Active || a.endpoints.is_empty() {
                         continue;
                     }
-                    list.push(Partner {
-                        key: a.peer_key,
-                        endpoints: a.endpoints,
-                        source: format!("agreement {}", a.id),
-                    });
+                    let source = format!("agreement {}", a.id);
+                    match list.iter_mut().find(|p| p.key == a.peer_key) {
+                        // The daemon dials a [[peer]] without endpoints at
+                        // its agreement's (`links/dial.rs`).
+                        Some(p) if p.endpoints.is_empty() => {
+                            p.endpoints = a.endpoints;
+                            p.source = source;
+                        }
+                        Some(_) => {}
+                        None => list.push(Partner {
+                            key: a.peer_key,
+                            endpoints: a.endpoints,
+                            source,
+                        }),
+                    }
                 }
             }
             Err(e) => checks.push(Check::warn(

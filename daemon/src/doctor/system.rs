@@ -158,16 +158,51 @@ pub(super) fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// The last value of `key=` in a unit's text (systemd keeps the last
+/// one of a single-valued setting), trimmed; `None` if unset or empty.
+pub(super) fn unit_setting(unit: &str, key: &str) -> Option<String> {
+    unit_values(unit, key)
+        .last()
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
+/// Every value of `key=` in a unit's text, in order, trimmed (systemd
+/// allows spaces around the `=`).
+fn unit_values<'a>(unit: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> {
+    unit.lines().filter_map(move |l| {
+        let rest = l.trim().strip_prefix(key)?.trim_start();
+        Some(rest.strip_prefix('=')?.trim())
+    })
+}
+
+/// The `User=` of the first `umbra.service` found, and the unit's path.
+pub(super) fn unit_user() -> Option<(String, &'static str)> {
+    UNIT_PATHS.iter().find_map(|path| {
+        let text = fs::read_to_string(path).ok()?;
+        Some((unit_setting(&text, "User")?, *path))
+    })
+}
+
+/// The uid of a user name in `/etc/passwd`, or of a number.
+pub(super) fn uid_of(user: &str) -> Option<u32> {
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == user).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
 /// The capability names an `AmbientCapabilities=` setting of a unit
 /// grants, upper case (`CAP_NET_ADMIN`); a line with `~` takes away
 /// instead and an empty one resets, as systemd reads them.
 pub(super) fn unit_ambient_caps(unit: &str) -> Vec<String> {
     let mut caps: Vec<String> = Vec::new();
-    for line in unit.lines() {
-        let Some(value) = line.trim().strip_prefix("AmbientCapabilities=") else {
-            continue;
-        };
-        let value = value.trim();
+    for value in unit_values(unit, "AmbientCapabilities") {
         if value.is_empty() {
             caps.clear();
         } else if let Some(removed) = value.strip_prefix('~') {
@@ -494,6 +529,24 @@ mod tests {
         let caps = unit_ambient_caps(shipped);
         assert!(caps.iter().any(|c| c == "CAP_NET_ADMIN"), "{caps:?}");
         assert!(caps.iter().any(|c| c == "CAP_NET_BIND_SERVICE"), "{caps:?}");
+    }
+
+    #[test]
+    fn unit_user_setting() {
+        let unit = "[Service]\nUser=nobody\nUserX=no\n User = umbra\n";
+        assert_eq!(unit_setting(unit, "User").as_deref(), Some("umbra"));
+        assert_eq!(
+            unit_setting("User=a\nUserX=b\n", "User").as_deref(),
+            Some("a")
+        );
+        assert_eq!(unit_setting("[Service]\nUser=\n", "User"), None);
+        // The shipped unit runs as root: no User=.
+        assert_eq!(
+            unit_setting(include_str!("../../contrib/umbra.service"), "User"),
+            None
+        );
+        assert_eq!(uid_of("0"), Some(0));
+        assert_eq!(uid_of("root"), Some(0));
     }
 
     #[test]
