@@ -267,6 +267,29 @@ fn doctor_trusts_a_running_daemon_with_a_live_link() {
     assert_eq!(check(&checks, "tun device")["status"], "ok");
     assert_eq!(code, 0, "{checks:#?}");
 
+    // A listen address added to the config after the start: free, but the
+    // daemon does not listen there until it restarts (a warning).
+    let text = fs::read_to_string(&a.config).expect("config");
+    let one = format!("https = [\"{ip_a}:443\"]");
+    assert!(text.contains(&one), "{text}");
+    let added = dir.path().join("added.toml");
+    let two = format!("https = [\"{ip_a}:443\", \"{ip_a}:8443\"]");
+    fs::write(&added, text.replace(&one, &two)).expect("write");
+    let (code, checks) = doctor(&na, &added);
+    let new_one = check(&checks, &format!("listen {ip_a}:8443"));
+    assert_eq!(new_one["status"], "warn", "{checks:#?}");
+    assert!(
+        new_one["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("restart")),
+        "{new_one}"
+    );
+    assert_eq!(
+        check(&checks, &format!("listen {ip_a}:443"))["status"],
+        "ok"
+    );
+    assert_eq!(code, 0, "a warning keeps exit code 0: {checks:#?}");
+
     // With a stopped, the port is free, and b's listener answers TLS as
     // an umbra listener does.
     a.stop();

@@ -36,15 +36,35 @@ pub(super) fn listen(ctx: &Context) -> Vec<Check> {
         .iter()
         .filter_map(|v| v.as_str()?.parse().ok())
         .collect();
+    let daemon = if ctx.running.is_some() {
+        Daemon::Answers
+    } else if std::os::unix::net::UnixStream::connect(&ctx.socket)
+        .is_err_and(|e| e.kind() == ErrorKind::PermissionDenied)
+    {
+        Daemon::Denied
+    } else {
+        Daemon::None
+    };
     config
         .listen
         .https
         .iter()
-        .map(|addr| listen_one(*addr, &held, ctx.running.is_some()))
+        .map(|addr| listen_one(*addr, &held, daemon))
         .collect()
 }
 
-fn listen_one(addr: SocketAddr, held: &[SocketAddr], running: bool) -> Check {
+/// What doctor knows of a daemon on the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Daemon {
+    /// None answers.
+    None,
+    /// One answers (its listeners are known).
+    Answers,
+    /// The socket is there but this user may not use it.
+    Denied,
+}
+
+fn listen_one(addr: SocketAddr, held: &[SocketAddr], daemon: Daemon) -> Check {
     let name = format!("listen {addr}");
     if held.contains(&addr) {
         return Check::ok(name, format!("{addr} is held by the running umbra"));
@@ -52,12 +72,29 @@ fn listen_one(addr: SocketAddr, held: &[SocketAddr], running: bool) -> Check {
     let port = addr.port();
     let find = format!("find it with `ss -ltnp 'sport = :{port}'` and stop it");
     match TcpListener::bind(addr) {
+        Ok(_) if daemon == Daemon::Answers && port != 0 => Check::warn(
+            name,
+            format!(
+                "{addr} is free, but the running umbra does not listen on it (it listens on {})",
+                if held.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    held.iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            "restart the daemon (`systemctl restart umbra`): [listen] changes take effect only at start",
+        ),
         Ok(_) => Check::ok(name, format!("{addr} is free")),
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
-            let also = if running {
-                " (the running umbra does not list it among its listeners)"
-            } else {
-                ""
+            let also = match daemon {
+                Daemon::Answers => " (the running umbra does not list it among its listeners)",
+                Daemon::Denied => {
+                    " (perhaps by the running umbra, whose control socket this user may not use: run doctor as its user or root to tell)"
+                }
+                Daemon::None => "",
             };
             Check::fail(
                 name,
@@ -294,8 +331,13 @@ fn partner_fix(e: Option<&DialError>, p: &Partner) -> String {
                 "nothing listens there: check that the partner's node is running (`umbra status` on it) and listens on that port, or correct {where_set}"
             )
         }
-        Some(DialError::Timeout { .. }) => format!(
+        Some(DialError::Timeout {
+            stage: "connect", ..
+        }) => format!(
             "no answer: check the firewalls on the way let TCP to that port through and that the host is up, or correct {where_set}"
+        ),
+        Some(DialError::Timeout { .. }) => format!(
+            "it takes TCP but does not finish a TLS handshake: something that is not an umbra listener holds that port, or the partner's host is overloaded; check {where_set}"
         ),
         Some(DialError::Tls { .. } | DialError::NotHttp2 { .. }) => {
             format!("something that is not an umbra listener answers there: check {where_set}")
@@ -328,7 +370,7 @@ mod tests {
     fn a_free_port_and_a_taken_one() {
         let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = taken.local_addr().expect("addr");
-        let c = listen_one(addr, &[], false);
+        let c = listen_one(addr, &[], Daemon::None);
         assert_eq!(c.status, super::super::Status::Fail, "{c:?}");
         assert!(
             c.fix
@@ -336,13 +378,19 @@ mod tests {
                 .is_some_and(|f| f.contains(&format!("sport = :{}", addr.port())))
         );
         assert_eq!(
-            listen_one(addr, &[addr], true).status,
+            listen_one(addr, &[addr], Daemon::Answers).status,
             super::super::Status::Ok
         );
         drop(taken);
         assert_eq!(
-            listen_one(addr, &[], false).status,
+            listen_one(addr, &[], Daemon::None).status,
             super::super::Status::Ok
         );
+        // Free, but a running daemon does not listen there: restart it.
+        let other: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let c = listen_one(addr, &[other], Daemon::Answers);
+        assert_eq!(c.status, super::super::Status::Warn, "{c:?}");
+        assert!(c.detail.contains("127.0.0.1:1"), "{c:?}");
+        assert!(c.fix.is_some_and(|f| f.contains("restart")));
     }
 }
