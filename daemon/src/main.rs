@@ -6,6 +6,7 @@ mod control;
 mod datapath;
 mod db;
 mod demo;
+mod doctor;
 mod events;
 mod links;
 mod metrics;

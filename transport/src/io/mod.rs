@@ -27,7 +27,9 @@ pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, LETS_ENCRYPT_DIRECTORY};
 pub use cover::{
     CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
 };
-pub use dialer::{DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer};
+pub use dialer::{
+    DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer, probe,
+};
 pub use link::{
     Direction, FIRST_PING_MAX, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES,
     LINK_RECEIVE_QUEUE_FRAMES, LINK_SEND_QUEUE_FRAMES, Link, LinkEnded, LinkReceiver,
