@@ -56,6 +56,7 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         text(&s["links_total"])
     );
     let uptime = format_duration(s["uptime_secs"].as_u64().unwrap_or(0));
+    let nat = nat_line(&s["nat"]);
     kv(&[
         ("address", &text(&s["address"])),
         ("subnet", &text(&s["subnet"])),
@@ -65,11 +66,32 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         ("links", &links),
         ("circuits", &text(&s["circuits"])),
         ("tun", &tun),
+        ("nat", &nat),
     ])?;
     for w in s["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", text(w));
     }
     Ok(())
+}
+
+/// `status`'s `nat` in one line: the mapping, then the external endpoints
+/// peers saw.
+fn nat_line(nat: &Value) -> String {
+    let mapping = match &nat["mapping"] {
+        Value::Null => "unknown".to_string(),
+        m => text(m),
+    };
+    let external: Vec<String> = nat["external"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if external.is_empty() {
+        mapping
+    } else {
+        format!("{mapping} (seen as {})", external.join(", "))
+    }
 }
 
 /// Prints rows as an aligned table with a header.

@@ -49,9 +49,22 @@ impl NodeView {
             "links_total": links_total,
             "circuits": 0,
             "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
+            "nat": nat_status(&self.links),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
+}
+
+/// `status`'s `nat`: the mapping the live outbound links show, the
+/// external endpoints peers saw, and the port mapping (none yet)
+/// (docs/architecture.md, "NAT").
+fn nat_status(links: &Links) -> Value {
+    let class = links.nat_class();
+    json!({
+        "mapping": class.mapping.as_str(),
+        "external": class.external.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "port_mapping": Value::Null,
+    })
 }
 
 /// Answers one control request.

@@ -172,7 +172,7 @@ pub(crate) fn run(config_path: &Path, control_flag: Option<PathBuf>, json: bool)
     checks.extend(files::state_dir(&ctx));
     checks.push(files::control_socket(&ctx));
     checks.extend(network::listen(&ctx));
-    checks.push(network::nat());
+    checks.push(network::nat(&ctx));
     checks.extend(network::partners(&ctx));
 
     if json {

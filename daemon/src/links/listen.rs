@@ -1,6 +1,8 @@
 //! Listening: binds every `[listen] https` address with its certificate
 //! and cover site, and serves it; authenticated link requests go to
-//! [`Links::authorize`], accepted links to the daemon's links channel.
+//! [`Links::authorize`], accepted links to the daemon's links channel. The
+//! first listener's port is the link port outgoing links bind too
+//! (docs/architecture.md, "NAT").
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -75,11 +77,15 @@ impl Links {
         }));
         self.metrics.set_listener(Arc::clone(&listener));
         for addr in &config.listen.https {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
+            // SO_REUSEPORT, so outgoing links can bind its port
+            // (docs/architecture.md, "NAT").
+            let tcp = tio::bind_listener(*addr).with_context(|| format!("listening on {addr}"))?;
             let local = tcp.local_addr()?;
             tracing::info!(%local, "link listener up");
+            if self.dialer.link_port().is_none() {
+                // The first listener's port is the link port.
+                self.dialer.set_link_port(Some(local.port()));
+            }
             self.listeners
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
