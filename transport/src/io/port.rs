@@ -131,6 +131,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ipv6_peer_is_dialed_from_the_link_port_of_an_ipv4_listener() {
+        let Ok(v6) = bind_listener("[::1]:0".parse().expect("addr")) else {
+            return; // no IPv6 loopback on this host
+        };
+        let l = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (s, shared) = connect_from(v6.local_addr().expect("addr"), Some(port))
+            .await
+            .expect("connect");
+        assert!(shared);
+        let local = s.local_addr().expect("local");
+        assert!(local.is_ipv6() && local.port() == port, "{local}");
+    }
+
+    #[tokio::test]
     async fn no_link_port_dials_from_an_ephemeral_port() {
         let l = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let (s, shared) = connect_from(l.local_addr().expect("addr"), None)
