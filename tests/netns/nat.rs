@@ -258,3 +258,31 @@ fn each_nat_kind_is_classified_from_the_links() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn a_dial_that_would_repeat_a_live_tuple_takes_an_ephemeral_port() {
+    require_root();
+    let (nx, ny) = (netns("tx"), netns("ty"));
+    let v = Veth::internet(&nx, &ny, 30).expect("veth");
+    let dir = temp_dir("nat-tuple");
+    let x = node(&nx, &dir.path().join("x"), v.a.ip);
+    let y = node(&ny, &dir.path().join("y"), v.b.ip);
+    let kx = x.key().expect("key");
+    // y dials x: y:443 -> x:443, which x sees from the link port.
+    accept_invite(&y, &x);
+    let peers = x.cli_json(&["peers", "--json"]).expect("umbra peers");
+    assert_eq!(
+        peers[0]["endpoint"],
+        format!("{}:{PORT}", v.b.ip).as_str(),
+        "{peers}"
+    );
+    // x dials y: x:443 -> y:443 is the same connection seen from x's side,
+    // so this dial must fall back to an ephemeral port, not fail.
+    accept_invite(&x, &y);
+    wait_for(LINK_WAIT, "x to log the fallback", &[&x], || {
+        x.log_text()
+            .contains("dialing from an ephemeral port")
+            .then_some(())
+    });
+    assert!(y.link_up_to(&kx), "{}", y.log_tail(20));
+}
