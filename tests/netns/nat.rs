@@ -4,7 +4,9 @@
 //! endpoint-dependent, carrier-grade: two endpoint-independent NATs in a
 //! row) plus one with no NAT. Each accepts an invite from P and from Q, so
 //! it dials both from its link port; its `umbra status --json` `nat` and
-//! its `umbra doctor` NAT check must say what the router does.
+//! its `umbra doctor` NAT check must say what the router does. And a dial
+//! that would repeat a live 4-tuple takes an ephemeral port instead of
+//! failing.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
