@@ -216,6 +216,16 @@ fn each_nat_kind_is_classified_from_the_links() {
             site.name,
             seen["endpoint"]
         );
+        // The node dialed both from its link port.
+        let mine = n.cli_json(&["peers", "--json"]).expect("umbra peers");
+        for row in mine.as_array().expect("a list") {
+            assert_eq!(
+                row["local"],
+                format!("{}:{PORT}", site.ip).as_str(),
+                "{}: {row}",
+                site.name
+            );
+        }
         // The text status has its nat line.
         let text = n.cli(&["status"]).expect("umbra status");
         let text = String::from_utf8_lossy(&text.stdout);

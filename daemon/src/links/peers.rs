@@ -259,6 +259,9 @@ impl Links {
                     "kind": "direct",
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
                     "endpoint": e.remote.map(|a| a.to_string()),
+                    // This node's end: on outbound links the link port,
+                    // unless the dial fell back to an ephemeral one.
+                    "local": e.local.map(|a| a.to_string()),
                     "observed": e.observed.map(|a| a.to_string()),
                     // From the link's pings: the latest round trip and the
                     // smoothed one, in ms to 0.1 ms; null until one is
