@@ -33,13 +33,31 @@ The control socket the other commands talk to (mode 0660, group umbra).
 
 /// Writes the completion script for `shell` on stdout.
 pub(crate) fn completions(shell: Shell) -> Result<()> {
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
+    let script = completion_script(shell);
     std::io::stdout()
         .lock()
         .write_all(&script)
         .context("writing the completion script")?;
     Ok(())
+}
+
+/// The completion script for `shell`.
+fn completion_script(shell: Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut visible_command(), BIN, &mut script);
+    script
+}
+
+/// The command line without its hidden commands, which clap_complete would
+/// otherwise offer: the same global flags and visible subcommands.
+fn visible_command() -> clap::Command {
+    let cli = Cli::command();
+    let mut cmd = clap::Command::new(BIN).version(env!("CARGO_PKG_VERSION"));
+    if let Some(about) = cli.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    cmd.args(cli.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// Writes `umbra.1` and one page per visible subcommand (`umbra-init.1`,
@@ -113,9 +131,7 @@ mod tests {
     #[test]
     fn completions_name_every_visible_command() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
-            let script = String::from_utf8(script).expect("utf-8");
+            let script = String::from_utf8(completion_script(shell)).expect("utf-8");
             for cmd in ["init", "run", "invite", "agreements", "completions"] {
                 assert!(script.contains(cmd), "{shell}: no {cmd}");
             }
