@@ -71,7 +71,13 @@ fn package_installs_runs_and_purges() {
         skip("this test installs a package and runs a daemon: it needs root and /dev/net/tun");
         return;
     }
-    if !have(&["dpkg", "systemd-analyze", "setpriv", "cargo-deb"]) {
+    if !have(&[
+        "dpkg",
+        "dpkg-parsechangelog",
+        "systemd-analyze",
+        "setpriv",
+        "cargo-deb",
+    ]) {
         return;
     }
     refuse_if_installed();
@@ -103,6 +109,22 @@ fn package_installs_runs_and_purges() {
         .arg(&deb)
         .arg("Depends")));
     assert!(depends.contains("systemd"), "Depends: {depends}");
+    // The changelog's top entry is this version (bump both together).
+    let version = stdout(&run(Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Version")));
+    let logged = stdout(&run(Command::new("dpkg-parsechangelog").args([
+        "-l",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../daemon/debian/changelog"),
+        "-S",
+        "Version",
+    ])));
+    assert_eq!(
+        logged.trim(),
+        version.trim(),
+        "daemon/debian/changelog's version"
+    );
 
     let _purge = PurgeOnDrop;
     let started = Instant::now();
