@@ -135,7 +135,10 @@ fn package_installs_runs_and_purges() {
         stdout(&install),
         String::from_utf8_lossy(&install.stderr)
     );
-    assert!(said.contains("not enabled"), "postinst said:\n{said}");
+    assert!(
+        said.contains("not enabled") && said.contains("  address:"),
+        "postinst said:\n{said}"
+    );
 
     // The user, the files, their owners and modes.
     let (uid, gid, home, shell) = user("umbra").expect("the umbra user exists");
