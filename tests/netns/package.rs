@@ -4,12 +4,13 @@
 //! installs with dpkg, makes the umbra user, the config and the identity
 //! with the right owners and modes, keeps them on reinstall and remove,
 //! and deletes them on purge; and the installed daemon runs as umbra with
-//! only the unit's two capabilities in a fresh namespace.
+//! only the unit's two capabilities in a fresh namespace, and answers
+//! members of group umbra only.
 //!
-//! The install test needs root, `/dev/net/tun`, dpkg, systemd-analyze,
-//! setpriv and cargo-deb (`scripts/package --tool`). Without them it says
-//! what is missing and returns, except under CI (`CI` set), where it fails. It refuses to run
-//! when an umbra package, a config or a state directory is already on the
+//! The install test needs root, `/dev/net/tun`, dpkg, dpkg-parsechangelog,
+//! systemd-analyze, setpriv and cargo-deb (`scripts/package --tool`).
+//! Without them it says what is missing and returns, except under CI (`CI`
+//! set), where it fails. It refuses to run when an umbra package, a config or a state directory is already on the
 //! machine, so a real installation is never touched; it purges the package
 //! at the end, also when it fails.
 
