@@ -10,9 +10,9 @@
 //! The install test needs root, `/dev/net/tun`, dpkg, dpkg-parsechangelog,
 //! systemd-analyze, setpriv and cargo-deb (`scripts/package --tool`).
 //! Without them it says what is missing and returns, except under CI (`CI`
-//! set), where it fails. It refuses to run when an umbra package, a config or a state directory is already on the
-//! machine, so a real installation is never touched; it purges the package
-//! at the end, also when it fails.
+//! set), where it fails. It refuses to run when an umbra package, a config
+//! or a state directory is already on the machine, so a real installation
+//! is never touched; it purges the package at the end, also when it fails.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
