@@ -1,5 +1,5 @@
 //! The Debian package and its unit (docs/architecture.md, "The package"
-//! and "The service"): the unit's sandbox rates 2.0 or better; the package,
+//! and "The service"): the unit's sandbox rates 1.6 or better; the package,
 //! built by `scripts/package` from the debug binary the suite already has,
 //! installs with dpkg, makes the umbra user, the config and the identity
 //! with the right owners and modes, keeps them on reinstall and remove,
@@ -29,8 +29,9 @@ const UNIT_SRC: &str = concat!(
 );
 /// Where the package puts it.
 const UNIT: &str = "/usr/lib/systemd/system/umbra.service";
-/// "OK" in `systemd-analyze security`'s words; the README states this figure.
-const MAX_EXPOSURE: f64 = 2.0;
+/// The unit's rating as measured (systemd 252; "OK" is up to 2.0), so a
+/// loosened sandbox fails; the README and docs/architecture.md state it.
+const MAX_EXPOSURE: f64 = 1.6;
 const CONFIG: &str = "/etc/umbra/umbra.toml";
 const STATE: &str = "/var/lib/umbra";
 const IDENTITY: &str = "/var/lib/umbra/identity.key";
@@ -58,6 +59,8 @@ fn unit_sandbox_rates_ok() {
         "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
         "DeviceAllow=/dev/net/tun rw",
+        "BindPaths=/dev/net/tun",
+        "ReadWritePaths=/proc/sys/net/ipv6/conf",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "StateDirectory=umbra",
         "RuntimeDirectory=umbra",
@@ -146,7 +149,7 @@ fn package_installs_runs_and_purges() {
     assert!(uid < 1000, "umbra is not a system user: uid {uid}");
     assert_eq!(home, STATE);
     assert!(shell.ends_with("nologin"), "umbra's shell is {shell}");
-    assert_owner_mode("/etc/umbra", 0, gid, 0o750);
+    assert_owner_mode("/etc/umbra", 0, 0, 0o755);
     assert_owner_mode(CONFIG, 0, gid, 0o640);
     assert_owner_mode(STATE, uid, gid, 0o700);
     assert_owner_mode(IDENTITY, uid, gid, 0o600);
