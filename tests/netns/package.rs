@@ -18,7 +18,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use umbra_tests::netns::{Daemon, UmbraConfig, netns, temp_dir, umbra_bin};
 
@@ -86,28 +86,8 @@ fn package_installs_runs_and_purges() {
     }
     refuse_if_installed();
 
-    // Build the .deb from the debug binary (no release build on CI).
-    let bin = umbra_bin();
-    let profile_dir = bin.parent().expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(p) => p,
-    };
-    let started = Instant::now();
-    let out = run(
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/package"))
-            .args(["--no-build", "--fast", "--profile", profile])
-            .env("CARGO_TARGET_DIR", target_dir),
-    );
-    let deb = PathBuf::from(stdout(&out).lines().last().unwrap_or_default());
-    let deb_size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "scripts/package: {} ({:.1} MB) in {:.1} s",
-        deb.display(),
-        deb_size as f64 / 1e6,
-        started.elapsed().as_secs_f64()
-    );
+    let debs = temp_dir("package-deb");
+    let deb = build_deb(debs.path());
     let depends = stdout(&run(Command::new("dpkg-deb")
         .arg("-f")
         .arg(&deb)
@@ -243,6 +223,34 @@ fn package_installs_runs_and_purges() {
     assert!(user("umbra").is_some(), "purge removed the user");
 }
 
+/// Builds the .deb into `out` with `scripts/package` from the debug binary
+/// the suite already has (no release build on CI), and returns its path.
+fn build_deb(out: &Path) -> PathBuf {
+    let bin = umbra_bin();
+    let profile_dir = bin.parent().expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(p) => p,
+    };
+    let started = Instant::now();
+    let done = run(
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/package"))
+            .args(["--no-build", "--fast", "--profile", profile, "--out"])
+            .arg(out)
+            .env("CARGO_TARGET_DIR", target_dir),
+    );
+    let deb = PathBuf::from(stdout(&done).lines().last().unwrap_or_default());
+    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "scripts/package: {} ({:.1} MB) in {:.1} s",
+        deb.display(),
+        size as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    deb
+}
+
 /// Starts `/usr/bin/umbra --config /etc/umbra/umbra.toml run` as the unit
 /// would (user umbra, ambient and bounding set CAP_NET_ADMIN and
 /// CAP_NET_BIND_SERVICE, no new privileges) in a new namespace, checks it
@@ -337,6 +345,196 @@ fn run_as_the_unit(uid: u32, gid: u32) {
         ns.exec(&["ip", "link", "show", "umbra0"]).is_err(),
         "the TUN is still there after SIGTERM"
     );
+}
+
+/// The package under a real systemd 252: a Debian 12 minimal tree (made
+/// once with debootstrap, kept in the target dir) booted with
+/// `systemd-nspawn` on a throwaway overlay, with its own network namespace.
+/// In it the package installs, `systemctl enable --now umbra` starts the
+/// sandboxed unit (TUN, port 443, control socket, READY=1) as umbra with
+/// exactly the two capabilities and a seccomp filter, `systemctl reload`
+/// reloads, a reinstall restarts it, stop removes the TUN, purge removes
+/// config and state.
+#[test]
+fn unit_runs_under_systemd() {
+    if !umbra_netlab::is_root() || !umbra_netlab::has_tun() {
+        skip("this test boots a container: it needs root and /dev/net/tun");
+        return;
+    }
+    if !have(&["systemd-nspawn", "debootstrap", "nsenter", "cargo-deb"]) {
+        return;
+    }
+    let debs = temp_dir("package-systemd");
+    let deb = build_deb(debs.path());
+    let root = bookworm_root();
+    let name = format!("umbra-test-{}", std::process::id());
+    let mut nspawn = Command::new("systemd-nspawn");
+    nspawn
+        .arg("--directory")
+        .arg(&root)
+        .args([
+            "--volatile=overlay",
+            "--register=no",
+            "--keep-unit",
+            "--boot",
+        ])
+        .args([
+            "--private-network",
+            "--bind=/dev/net/tun",
+            "--console=passive",
+        ])
+        .arg(format!("--bind-ro={}:/deb", debs.path().display()))
+        .args(["--machine", &name, "--", "systemd.firstboot=off"]);
+    let mut container = Container {
+        nspawn: umbra_netlab::Proc::spawn(nspawn, &debs.path().join("nspawn.log"))
+            .expect("systemd-nspawn"),
+        init: None,
+    };
+    let nspawn_pid = container.nspawn.pid();
+    let init: u32 = umbra_netlab::poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        "the container's systemd",
+        |_| {
+            let children =
+                fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                    .unwrap_or_default();
+            Ok(children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; nspawn said:\n{}", container.nspawn.log_text()));
+    container.init = Some(init);
+    let init = init.to_string();
+    let inside = |script: &str| -> Output {
+        Command::new("nsenter")
+            .args(["--target", &init, "--all", "--", "sh", "-c", script])
+            .output()
+            .expect("nsenter")
+    };
+    let ok = |script: &str| -> String {
+        let out = inside(script);
+        assert!(
+            out.status.success(),
+            "in the container: {script}\n{}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    umbra_netlab::poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "boot",
+        |_| {
+            let state = stdout(&inside("systemctl is-system-running"));
+            Ok(["running", "degraded"]
+                .contains(&state.trim())
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; nspawn said:\n{}", container.nspawn.log_text()));
+
+    // Debian's udev makes /dev/net/tun 0666; a host that has it 0600 gets
+    // a 0666 node in the container's own /dev (see run_as_the_unit).
+    ok("[ \"$(stat -c %a /dev/net/tun)\" = 666 ] || \
+        { umount /dev/net/tun; rm -f /dev/net/tun; mknod -m 0666 /dev/net/tun c 10 200; }");
+    let file = deb.file_name().and_then(|f| f.to_str()).expect("deb name");
+    ok(&format!("dpkg -i /deb/{file}"));
+    ok("systemctl enable --now umbra");
+    let main_pid = || {
+        ok("systemctl show --property=MainPID --value umbra")
+            .trim()
+            .to_string()
+    };
+    let pid = main_pid();
+    let status = ok(&format!("cat /proc/{pid}/status"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    for set in ["CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(set), UNIT_CAPS, "{set} in\n{status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "no seccomp filter:\n{status}");
+    let uid = ok("id -u umbra");
+    assert!(field("Uid:").starts_with(uid.trim()), "{status}");
+    let s = ok("umbra status --json");
+    assert!(s.contains("\"umbra0\""), "umbra status: {s}");
+    ok("ip -6 addr show dev umbra0 | grep -q /128");
+    ok("[ \"$(cat /proc/sys/net/ipv6/conf/umbra0/accept_ra)\" = 0 ]");
+
+    ok("systemctl reload umbra");
+    ok("journalctl -u umbra | grep -q 'SIGHUP: config reloaded'");
+    ok(&format!("dpkg -i /deb/{file}"));
+    let after = main_pid();
+    assert_ne!(after, pid, "the reinstall did not restart the daemon");
+    assert_eq!(ok("systemctl is-active umbra").trim(), "active");
+    ok("systemctl stop umbra");
+    assert!(
+        !inside("ip link show umbra0").status.success(),
+        "TUN left after stop"
+    );
+    ok("dpkg --purge umbra");
+    ok("[ ! -e /etc/umbra ] && [ ! -e /var/lib/umbra ]");
+}
+
+/// The booted container. On drop, also when the test fails, nspawn gets
+/// SIGTERM and halts it; if something is left, the container's init is
+/// killed, which ends every process in it (a SIGKILL to nspawn alone
+/// leaves them running).
+struct Container {
+    nspawn: umbra_netlab::Proc,
+    init: Option<u32>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.nspawn.stop(Duration::from_secs(15));
+        // Still ours only if it still runs with our boot argument.
+        let ours = |pid: u32| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("systemd.firstboot=off"))
+        };
+        if let Some(init) = self.init
+            && !umbra_netlab::exited(init)
+            && ours(init)
+        {
+            let _ = umbra_netlab::signal(init, "KILL");
+        }
+    }
+}
+
+/// A Debian 12 minimal tree with systemd, made once by debootstrap (about
+/// a minute and 250 MB) in the target dir and reused; the test boots it on
+/// an overlay, so it stays as made.
+fn bookworm_root() -> PathBuf {
+    let bin = umbra_bin();
+    let target = bin.parent().and_then(Path::parent).expect("target dir");
+    let root = target.join("nspawn-bookworm");
+    let done = root.join(".umbra-complete");
+    if done.exists() {
+        return root;
+    }
+    let _ = fs::remove_dir_all(&root);
+    let started = Instant::now();
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,iproute2",
+        ])
+        .args(["bookworm"])
+        .arg(&root)
+        .arg("http://deb.debian.org/debian"));
+    fs::write(&done, "").expect("mark the tree complete");
+    eprintln!("debootstrap: {:.0} s", started.elapsed().as_secs_f64());
+    root
 }
 
 /// Runs `systemd-analyze security --offline=true` on `unit`: the overall
