@@ -5,7 +5,8 @@
 //! with the right owners and modes, keeps them on reinstall and remove,
 //! and deletes them on purge; and the installed daemon runs as umbra with
 //! only the unit's two capabilities in a fresh namespace, and answers
-//! members of group umbra only.
+//! members of group umbra only; and the packaged unit runs under a real
+//! systemd in a `systemd-nspawn` container (`unit_runs_under_systemd`).
 //!
 //! The install test needs root, `/dev/net/tun`, dpkg, dpkg-parsechangelog,
 //! systemd-analyze, setpriv and cargo-deb (`scripts/package --tool`).
@@ -13,6 +14,9 @@
 //! set), where it fails. It refuses to run when an umbra package, a config
 //! or a state directory is already on the machine, so a real installation
 //! is never touched; it purges the package at the end, also when it fails.
+//! The systemd test needs root, systemd-nspawn, debootstrap (and the
+//! network to Debian's archive once, for the tree) and cargo-deb, likewise;
+//! it installs nothing on the host.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
