@@ -37,10 +37,30 @@ need_tun() {
     fi
 }
 
-# need_cargo: a clear error when there is no Rust toolchain.
+# The oldest Rust the workspace builds with (Cargo.toml, rust-version).
+RUST_MIN=1.89
+
+# need_cargo: a Rust toolchain of at least $RUST_MIN on PATH. Without one,
+# installs the C toolchain (apt) and stable Rust with rustup into ~/.cargo
+# (the user's own, no root), as https://rustup.rs describes; Debian 12's own
+# rustc (1.63) is too old. A toolchain that is too old is an error that
+# says how to update it.
 need_cargo() {
-    command -v cargo >/dev/null || {
-        echo "$0: cargo is not on PATH: install Rust (https://rustup.rs), then run this again" >&2
+    apt_install build-essential curl ca-certificates
+    if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null; then
+        echo "$0: no Rust toolchain: installing stable Rust with rustup into $HOME/.cargo" >&2
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y -q --profile minimal --default-toolchain stable --no-modify-path
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    local have
+    have=$(rustc --version | awk '{print $2}')
+    if [ "$(printf '%s\n%s\n' "$RUST_MIN" "$have" | sort -V | head -n1)" != "$RUST_MIN" ]; then
+        echo "$0: rustc $have is older than $RUST_MIN: run \`rustup update stable\`" \
+            "(or install Rust from https://rustup.rs), then run this again" >&2
         exit 1
-    }
+    fi
 }

@@ -723,6 +723,84 @@ fn peer_written_as_single_table_gets_a_hint() {
     );
 }
 
+// ---- [[route]] ----
+
+#[test]
+fn routes_take_a_key_or_an_overlay_address() {
+    let text = format!(
+        "[[route]]\nto = \"{}\"\nanonymity = \"fast\"\n\
+         [[route]]\nto = \"600:1234::1\"\nanonymity = \"strong\"\n",
+        hex_key(7)
+    );
+    let config = parse_ok(&text);
+    assert_eq!(
+        config.routes,
+        [
+            crate::RouteConfig {
+                to: crate::RouteTarget::Key(PublicKey([7; 32])),
+                anonymity: Anonymity::Fast,
+            },
+            crate::RouteConfig {
+                to: crate::RouteTarget::Address("600:1234::1".parse().expect("addr")),
+                anonymity: Anonymity::Strong,
+            },
+        ]
+    );
+    // The subnet half of the overlay counts too.
+    parse_ok("[[route]]\nto = \"700:1::1\"\nanonymity = \"fast\"\n");
+}
+
+#[test]
+fn bad_routes_name_the_entry_and_the_fix() {
+    invalid(
+        "[[route]]\nanonymity = \"fast\"\n",
+        "route[1].to",
+        &["[[route]] #1 has no destination", "public key"],
+    );
+    invalid(
+        "[[route]]\nto = \"myserver\"\nanonymity = \"fast\"\n",
+        "route[1].to",
+        &[
+            "[[route]] #1 to = \"myserver\" is neither a public key",
+            "nor an IPv6 address",
+        ],
+    );
+    invalid(
+        "[[route]]\nto = \"2001:db8::1\"\nanonymity = \"fast\"\n",
+        "route[1].to",
+        &["is not an overlay address", "600::", "700::"],
+    );
+    let key = hex_key(3);
+    invalid(
+        &format!("[[route]]\nto = \"{key}\"\n"),
+        "route[1].anonymity",
+        &["[[route]] #1 has no anonymity", "anonymity = \"fast\""],
+    );
+    invalid(
+        &format!("[[route]]\nto = \"{key}\"\nanonymity = \"quick\"\n"),
+        "route[1].anonymity",
+        &["[[route]] #1 anonymity = \"quick\" is not one of \"fast\""],
+    );
+    invalid(
+        &format!(
+            "[[route]]\nto = \"{key}\"\nanonymity = \"fast\"\n\
+             [[route]]\nto = \"{key}\"\nanonymity = \"strong\"\n"
+        ),
+        "route[2].to",
+        &["repeats the destination of [[route]] #1"],
+    );
+    let err = parse(&format!(
+        "[[route]]\nto = \"{key}\"\nanonymity = \"fast\"\nvia = 1\n"
+    ))
+    .expect_err("unknown key");
+    assert!(err.to_string().contains("[[route]] #1"), "{err}");
+    invalid(
+        "[route]\nto = \"x\"\n",
+        "route",
+        &["[route] must be written [[route]]"],
+    );
+}
+
 // ---- [metrics] ----
 
 #[test]

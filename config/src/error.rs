@@ -166,11 +166,12 @@ impl Scope {
         }
     }
 
-    /// The `number`th `[[peer]]`, counted from 1 as people count.
-    pub(crate) fn peer(number: usize) -> Scope {
+    /// The `number`th entry of an array of tables such as `[[peer]]`, counted
+    /// from 1 as people count.
+    pub(crate) fn entry(name: &str, number: usize) -> Scope {
         Scope {
-            shown: format!("[[peer]] #{number}"),
-            dotted: format!("peer[{number}]"),
+            shown: format!("[[{name}]] #{number}"),
+            dotted: format!("{name}[{number}]"),
         }
     }
 

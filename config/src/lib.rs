@@ -88,6 +88,8 @@ pub struct Config {
     /// Half-agreements from the config, the `[[peer]]` tables (`docs/protocol.md,
     /// "Agreements"`).
     pub peers: Vec<PeerConfig>,
+    /// Destinations with their own anonymity setting, the `[[route]]` tables.
+    pub routes: Vec<RouteConfig>,
     /// Prometheus metrics, `[metrics]`.
     pub metrics: MetricsConfig,
     /// Link padding with `anonymity = "strong"`, `[padding]`.
@@ -157,6 +159,36 @@ pub struct PeerConfig {
     pub terms: Terms,
 }
 
+/// One `[[route]]` table: a destination with its own anonymity setting, such as
+/// `anonymity = "fast"` to an operator's own second server while everything else stays
+/// balanced (`docs/config.md, "[[route]]"`, and what that gives away in
+/// `docs/threat-model.md, "Per-destination settings"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The destination.
+    pub to: RouteTarget,
+    /// The setting for circuits to it.
+    pub anonymity: Anonymity,
+}
+
+/// A `[[route]] to`: a node's public key, or an overlay address of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// The node with this public key.
+    Key(PublicKey),
+    /// The node this address belongs to: its /128, or an address in its /64 subnet.
+    Address(Ipv6Addr),
+}
+
+impl std::fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Key(k) => write!(f, "{k}"),
+            RouteTarget::Address(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 /// The `[metrics]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MetricsConfig {
@@ -198,6 +230,7 @@ impl Default for Config {
             cover: CoverConfig::default(),
             home: HomeConfig::default(),
             peers: Vec::new(),
+            routes: Vec::new(),
             metrics: MetricsConfig::default(),
             padding: PaddingConfig::default(),
         }

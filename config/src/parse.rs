@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::error::{Key, QUOTE_MAX_CHARS, Reporter, Scope, escape_controls, one_line, quote};
-use crate::{Config, ConfigError, PeerConfig, PublicKey, Terms};
+use crate::{Config, ConfigError, PeerConfig, PublicKey, RouteConfig, RouteTarget, Terms};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +28,7 @@ struct RawTop {
     cover: Option<Value>,
     home: Option<Value>,
     peer: Option<Value>,
+    route: Option<Value>,
     metrics: Option<Value>,
     padding: Option<Value>,
 }
@@ -76,6 +77,13 @@ struct RawPeer {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRoute {
+    to: Option<Value>,
+    anonymity: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<Value>,
 }
@@ -88,6 +96,19 @@ struct RawPadding {
 
 /// Reads TOML values for [`Reporter`], each error naming its key.
 impl Reporter<'_> {
+    fn anonymity(&self, key: &Key, v: Value) -> Result<crate::Anonymity, ConfigError> {
+        let allowed = r#"one of "fast", "balanced", "strong""#;
+        let Value::String(text) = v else {
+            return Err(self.wrong_type(key, allowed, &v));
+        };
+        text.parse().map_err(|_| {
+            self.invalid(
+                key,
+                format!("{} = {} is not {allowed}", key.shown, quote(&text)),
+            )
+        })
+    }
+
     fn wrong_type(&self, key: &Key, expected: &str, found: &Value) -> ConfigError {
         self.invalid(
             key,
@@ -268,17 +289,7 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         })?;
     }
     if let Some(v) = raw.anonymity {
-        let key = top.key("anonymity");
-        let allowed = r#"one of "fast", "balanced", "strong""#;
-        let Value::String(text) = v else {
-            return Err(r.wrong_type(&key, allowed, &v));
-        };
-        config.anonymity = text.parse().map_err(|_| {
-            r.invalid(
-                &key,
-                format!("anonymity = {} is not {allowed}", quote(&text)),
-            )
-        })?;
+        config.anonymity = r.anonymity(&top.key("anonymity"), v)?;
     }
 
     if let Some(tun) = r.sub_table::<RawTun>("tun", raw.tun)? {
@@ -356,6 +367,10 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         config.peers = peers(&r, v)?;
     }
 
+    if let Some(v) = raw.route {
+        config.routes = routes(&r, v)?;
+    }
+
     if let Some(metrics) = r.sub_table::<RawMetrics>("metrics", raw.metrics)?
         && let Some(v) = metrics.listen
     {
@@ -380,27 +395,92 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
     Ok(config)
 }
 
-fn peers(r: &Reporter<'_>, value: Value) -> Result<Vec<PeerConfig>, ConfigError> {
-    let key = Scope::top().key("peer");
+/// The tables of an array of tables such as `[[peer]]`, each with its scope.
+fn array_of_tables(
+    r: &Reporter<'_>,
+    name: &str,
+    value: Value,
+) -> Result<Vec<(Scope, Table)>, ConfigError> {
+    let key = Scope::top().key(name);
     let items = match value {
         Value::Array(items) => items,
         Value::Table(_) => {
             return Err(r.invalid(
                 &key,
-                "[peer] must be written [[peer]], with two brackets: each peer is one entry of a list".to_owned(),
+                format!(
+                    "[{name}] must be written [[{name}]], with two brackets: each {name} is one \
+                     entry of a list"
+                ),
             ));
         }
-        other => return Err(r.wrong_type(&key, "a list of tables ([[peer]])", &other)),
+        other => return Err(r.wrong_type(&key, &format!("a list of tables ([[{name}]])"), &other)),
     };
-    let mut peers = Vec::with_capacity(items.len());
+    let mut tables = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let scope = Scope::peer(i + 1);
+        let scope = Scope::entry(name, i + 1);
         let Value::Table(table) = item else {
             return Err(r.invalid(
                 &key,
                 format!("{} must be a table, found {}", scope.shown, describe(&item)),
             ));
         };
+        tables.push((scope, table));
+    }
+    Ok(tables)
+}
+
+fn routes(r: &Reporter<'_>, value: Value) -> Result<Vec<RouteConfig>, ConfigError> {
+    let mut routes = Vec::new();
+    for (scope, table) in array_of_tables(r, "route", value)? {
+        let raw: RawRoute = r.table(&scope, table)?;
+        let to_key = scope.key("to");
+        let Some(to) = raw.to else {
+            return Err(r.invalid(
+                &to_key,
+                format!(
+                    "{} has no destination; write to = \"<64 hex characters: the node's public \
+                     key>\" or its overlay address",
+                    scope.shown
+                ),
+            ));
+        };
+        let text = r.string(&to_key, to)?;
+        let to = match (
+            text.parse::<PublicKey>(),
+            text.parse::<std::net::Ipv6Addr>(),
+        ) {
+            (Ok(k), _) => RouteTarget::Key(k),
+            (_, Ok(a)) => RouteTarget::Address(a),
+            (Err(e), Err(_)) => {
+                return Err(r.invalid(
+                    &to_key,
+                    format!(
+                        "{} = {} is neither a public key ({e}) nor an IPv6 address",
+                        to_key.shown,
+                        quote(&text)
+                    ),
+                ));
+            }
+        };
+        let anonymity_key = scope.key("anonymity");
+        let Some(anonymity) = raw.anonymity else {
+            return Err(r.invalid(
+                &anonymity_key,
+                format!(
+                    "{} has no anonymity; a route exists to set one, such as anonymity = \"fast\"",
+                    scope.shown
+                ),
+            ));
+        };
+        let anonymity = r.anonymity(&anonymity_key, anonymity)?;
+        routes.push(RouteConfig { to, anonymity });
+    }
+    Ok(routes)
+}
+
+fn peers(r: &Reporter<'_>, value: Value) -> Result<Vec<PeerConfig>, ConfigError> {
+    let mut peers = Vec::new();
+    for (scope, table) in array_of_tables(r, "peer", value)? {
         let raw: RawPeer = r.table(&scope, table)?;
         let key_key = scope.key("key");
         let Some(key_value) = raw.key else {

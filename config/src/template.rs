@@ -73,6 +73,14 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # endpoints = ["198.18.0.1:443"]
 # terms = "50GiB/30d"
 
+# Each [[route]] gives one destination its own anonymity setting, such as "fast" to
+# your own second server while everything else stays balanced. "fast" takes the
+# shortest path over any partner: its relays may see both ends. `to` is the node's
+# public key or its overlay address.
+# [[route]]
+# to = "<64 hex characters: the destination's public key>"
+# anonymity = "fast"
+
 [metrics]
 # Prometheus text on a loopback address; unset means no metrics.
 # listen = "127.0.0.1:9477"

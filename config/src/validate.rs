@@ -62,6 +62,7 @@ impl Config {
         self.validate_listen(&r)?;
         self.validate_cover(&r)?;
         self.validate_peers(&r)?;
+        self.validate_routes(&r)?;
 
         if self.padding.rate > MAX_PADDING_RATE {
             return Err(r.invalid(
@@ -261,10 +262,47 @@ impl Config {
         Ok(())
     }
 
+    /// `[[route]]`: each destination once, and addresses inside this node's
+    /// overlay (`address_prefix`: its addresses and their subnets).
+    fn validate_routes(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        for (i, route) in self.routes.iter().enumerate() {
+            let scope = Scope::entry("route", i + 1);
+            let key = scope.key("to");
+            if let Some(first) = self.routes[..i].iter().position(|o| o.to == route.to) {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = \"{}\" repeats the destination of [[route]] #{}; list each \
+                         destination once",
+                        key.shown,
+                        route.to,
+                        first + 1
+                    ),
+                ));
+            }
+            if let crate::RouteTarget::Address(a) = route.to
+                && a.octets()[0] & 0xfe != self.address_prefix & 0xfe
+            {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = \"{a}\" is not an overlay address: with address_prefix = {:#04x} \
+                         they start with {:x}:: or {:x}::",
+                        key.shown,
+                        self.address_prefix,
+                        u16::from(self.address_prefix & 0xfe) << 8,
+                        u16::from(self.address_prefix | 1) << 8,
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_peers(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
         let mut first_with_key = HashMap::with_capacity(self.peers.len());
         for (i, peer) in self.peers.iter().enumerate() {
-            let scope = Scope::peer(i + 1);
+            let scope = Scope::entry("peer", i + 1);
 
             if let Some(first) = first_with_key.insert(peer.key, i + 1) {
                 let key = scope.key("key");

@@ -103,6 +103,12 @@ enum Command {
     },
     /// Build a small overlay of real daemons in network namespaces (root), send traffic across a circuit, show what each relay saw, and clean up.
     Demo,
+    /// Check the setup (TUN, capabilities, ports, clock, config, files, partners) and say how to fix each problem.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a new identity.
     Keygen {
         /// Require at least N leading zero bits in the public key (a harder-to-imitate address).
@@ -172,6 +178,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Keygen { strength, json } => keygen(strength, json),
         Command::Demo => crate::demo::run(),
+        Command::Doctor { json } => crate::doctor::run(&cli.config, cli.control, json),
         Command::Completions { shell } => crate::assets::completions(shell),
         Command::Manpage { dir } => crate::assets::manpages(&dir),
         Command::Peers { json } => {

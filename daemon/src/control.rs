@@ -212,6 +212,11 @@ use tokio::io::AsyncReadExt as _;
 /// Sends one request to the daemon and returns its result, or its error as
 /// an `Err`.
 pub(crate) fn call(socket: &Path, request: &Request) -> Result<Value> {
+    call_within(socket, request, CLIENT_TIMEOUT)
+}
+
+/// [`call`], waiting at most `limit` for the answer.
+pub(crate) fn call_within(socket: &Path, request: &Request, limit: Duration) -> Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -242,9 +247,9 @@ pub(crate) fn call(socket: &Path, request: &Request) -> Result<Value> {
                 bail!("{}", resp.error.unwrap_or_else(|| "the daemon refused".into()))
             }
         };
-        tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        tokio::time::timeout(limit, exchange)
             .await
-            .map_err(|_| anyhow::anyhow!("the daemon did not answer within {CLIENT_TIMEOUT:?}"))?
+            .map_err(|_| anyhow::anyhow!("the daemon did not answer within {limit:?}"))?
     })
 }
 

@@ -10,7 +10,7 @@
 //! can hold is bounded by the end-to-end windows of the circuits over the
 //! link (1,000 cells each), not by this code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,16 +18,17 @@ use bytes::BytesMut;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use umbra_routing::cell::CELL_LEN;
-use umbra_routing::circuit::{CircuitEvent, CircuitRole};
+use umbra_routing::circuit::{CircuitEvent, CircuitId, CircuitRole};
 use umbra_routing::graph::Time;
-use umbra_routing::router::{Now, RouterCore};
+use umbra_routing::router::{Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
 
 use crate::events::{Input, LinkId};
-use crate::links::{Links, short_key};
+use crate::links::{Links, Policy, short_key};
+use crate::metrics::{CoreFigures, Metrics};
 
 /// How often the graph is saved to the state database.
 const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -35,6 +36,11 @@ const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
 const TUN_BATCH: usize = 32;
 /// Inputs handled before the datapath writes what they produced.
 const INPUT_BATCH: usize = 256;
+/// `umbra status` warns when circuits reach fewer nodes than this (and not
+/// every node known).
+const FEW_REACHABLE: usize = 5;
+/// Nodes `umbra status` looks for a path to, at most.
+const REACHABILITY_CHECKS: usize = 64;
 
 fn now() -> Now {
     Now {
@@ -61,11 +67,11 @@ pub(crate) async fn run(
             return;
         }
     };
-    let (anonymity, home) = links.policy();
-    core.set_policy(anonymity, home);
+    let policy = apply_policy(&mut core, &links);
     tracing::info!(
-        ?anonymity,
-        home = ?home.map(|h| short_key(&h)),
+        anonymity = ?policy.anonymity,
+        routes = policy.routes.len(),
+        home = ?policy.home.map(|h| short_key(&h)),
         nodes = core.graph().graph().node_count(),
         edges = edges.len(),
         "routing core up"
@@ -80,6 +86,10 @@ pub(crate) async fn run(
     // frames, so a batch of cells costs one allocation, not one each.
     let mut cells = BytesMut::new();
     let mut next_save = Instant::now() + GRAPH_SAVE_EVERY;
+    let metrics = Arc::clone(links.metrics());
+    // Pooled prefixes built: their extension to a destination is not
+    // timed as a build of its own (docs/architecture.md, "Metrics").
+    let mut prefixes: HashSet<CircuitId> = HashSet::new();
     loop {
         let wake = next_wake(&core, next_save);
         tokio::select! {
@@ -122,14 +132,23 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
+        let mut cells_out = 0;
         while let Some(link) = poll_cell(&mut core, &mut cells) {
-            send(&outs, link, Frame::Cell(cells.split().freeze()));
+            if send(&outs, link, Frame::Cell(cells.split().freeze())) {
+                cells_out += 1;
+            }
         }
+        metrics.cells_out(cells_out);
         while let Some((link, msg)) = core.poll_graph() {
             send(&outs, link, Frame::GraphRecord(msg.into()));
         }
         while let Some(ev) = core.poll_event() {
+            time_build(&core, &metrics, &mut prefixes, &ev);
             log_event(&ev);
+        }
+        while let Some((dest, error)) = core.poll_failure() {
+            let anonymity = core.anonymity_for(&dest);
+            tracing::warn!(to = %short_key(&dest), ?anonymity, "no circuit: {}", advice(&dest, &error));
         }
     }
     links.save_graph(&core.export_graph());
@@ -177,11 +196,41 @@ fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
         .unwrap_or(next_save)
 }
 
-fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) {
+/// Queues `frame` to `link`; whether it was queued.
+fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) -> bool {
     // A link that just went down has no queue; the core learns of it from
     // its reader's LinkDown and tears its circuits down.
-    if let Some(q) = outs.get(&link) {
-        let _ = q.send(frame);
+    outs.get(&link).is_some_and(|q| q.send(frame).is_ok())
+}
+
+/// Observes a circuit's build time when `ev` says it is built: from when
+/// the core created it to now. A pooled prefix counts as a build of kind
+/// "prefix"; extending it to a destination later is not timed again.
+fn time_build(
+    core: &RouterCore,
+    metrics: &Metrics,
+    prefixes: &mut HashSet<CircuitId>,
+    ev: &CircuitEvent,
+) {
+    let (id, kind) = match ev {
+        CircuitEvent::Built { circuit, .. } => {
+            if prefixes.remove(circuit) {
+                return;
+            }
+            (*circuit, "full")
+        }
+        CircuitEvent::PrefixBuilt { circuit } => {
+            prefixes.insert(*circuit);
+            (*circuit, "prefix")
+        }
+        CircuitEvent::Closed { circuit, .. } | CircuitEvent::Unreachable { circuit, .. } => {
+            prefixes.remove(circuit);
+            return;
+        }
+        _ => return,
+    };
+    if let Some(c) = core.circuits().find(|c| c.id == id) {
+        metrics.circuit_built(kind, c.created.elapsed());
     }
 }
 
@@ -212,8 +261,7 @@ fn handle(
             if let Err(e) = core.set_edges(now, &links.edges()) {
                 tracing::warn!("re-signing the node record: {e}");
             }
-            let (anonymity, home) = links.policy();
-            core.set_policy(anonymity, home);
+            apply_policy(core, links);
             core.link_up(now, link, peer);
         }
         Input::LinkDown { link } => {
@@ -224,8 +272,7 @@ fn handle(
             if let Err(e) = core.set_edges(now, &edges) {
                 tracing::warn!("re-signing the node record: {e}");
             }
-            let (anonymity, home) = links.policy();
-            core.set_policy(anonymity, home);
+            apply_policy(core, links);
         }
         Input::Path(addr, reply) => {
             let _ = reply.send(path_json(core, now, &addr));
@@ -237,6 +284,33 @@ fn handle(
             links.save_graph(&core.export_graph());
             let _ = reply.send(());
         }
+        Input::Metrics(reply) => {
+            let _ = reply.send(CoreFigures::of(core));
+        }
+    }
+}
+
+/// The routing core takes the links' path policy: the setting, the home
+/// node and the per-destination routes.
+fn apply_policy(core: &mut RouterCore, links: &Links) -> Policy {
+    let policy = links.policy();
+    core.set_policy(policy.anonymity, policy.home);
+    core.set_routes(policy.routes.clone());
+    policy
+}
+
+/// Why there is no circuit to `dest`, and, when the graph is only too small
+/// for the setting, what the operator can do about it.
+fn advice(dest: &[u8; 32], error: &RouteError) -> String {
+    match error {
+        RouteError::Path(e) if e.too_few_relays() => format!(
+            "{error}. To reach it, make agreements with more operators (each one adds relays \
+             to the graph), or give this destination its own setting in the config: \
+             [[route]] to = \"{}\" anonymity = \"fast\" (docs/config.md, \"[[route]]\", \
+             says what that gives away)",
+            hex::encode(dest)
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -274,7 +348,13 @@ fn log_event(ev: &CircuitEvent) {
 /// `umbra path ADDRESS --json`: the circuit new flows to ADDRESS take, and
 /// what each hop on it can see (docs/cli.md).
 fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Result<Value, String> {
-    let (dest, info) = core.path_to(now, addr)?;
+    let (dest, info) = core.path_to(now, addr).map_err(|e| match &e {
+        RouteError::Path(_) => match core.node_for_address(addr) {
+            Some(dest) => advice(&dest, &e),
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    })?;
     let prefix = core.prefix();
     let me = core.graph().key().to_owned();
     let node = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, prefix).to_string()});
@@ -306,8 +386,46 @@ fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Resu
     }))
 }
 
+/// What `umbra status` warns about: too few nodes reachable with the
+/// current settings (docs/cli.md, "umbra status").
+fn warnings(core: &mut RouterCore) -> (Value, Vec<String>) {
+    let r = core.reachability(REACHABILITY_CHECKS);
+    let setting = format!("{:?}", core.anonymity()).to_lowercase();
+    let mut warnings = Vec::new();
+    if r.known == 0 {
+        warnings.push(
+            "no other node is known yet: make an agreement (umbra invite on one node, umbra \
+             accept on the other) or add a [[peer]]"
+                .to_string(),
+        );
+    } else if r.reachable < FEW_REACHABLE && r.reachable < r.checked {
+        let mut w = format!(
+            "circuits reach only {} of the {} other nodes known with anonymity = \"{setting}\"",
+            r.reachable, r.known
+        );
+        if r.too_few_relays > 0 {
+            w.push_str(&format!(
+                "; {} need more relays than the graph has: make agreements with more operators, \
+                 or give a destination its own setting with [[route]] to = \"<key>\" \
+                 anonymity = \"fast\" (umbra path <address> says what each one lacks)",
+                r.too_few_relays
+            ));
+        }
+        warnings.push(w);
+    }
+    let json = json!({
+        "anonymity": setting,
+        "known": r.known,
+        "checked": r.checked,
+        "reachable": r.reachable,
+        "too_few_relays": r.too_few_relays,
+    });
+    (json, warnings)
+}
+
 /// The datapath's part of `umbra status --json`.
-fn status(core: &RouterCore) -> Value {
+fn status(core: &mut RouterCore) -> Value {
+    let (reachability, warnings) = warnings(core);
     let prefix_of = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, core.prefix()).to_string()});
     let circuits: Vec<Value> = core
         .circuits()
@@ -337,6 +455,8 @@ fn status(core: &RouterCore) -> Value {
     let g = core.graph_counters();
     json!({
         "circuits": circuits,
+        "reachability": reachability,
+        "warnings": warnings,
         "graph": {
             "nodes": core.graph().graph().node_count(),
             "edges": core.graph().graph().edge_count(),

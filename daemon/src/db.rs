@@ -120,6 +120,27 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing database read-only, without migrating it: for
+    /// `umbra doctor`, which must not change the state it checks. A
+    /// database of another schema version is refused.
+    pub(crate) fn open_read_only(path: &Path) -> Result<Store> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening state database {} read-only", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            bail!(
+                "the database {} has schema version {version}, this umbra reads {SCHEMA_VERSION}",
+                path.display()
+            );
+        }
+        Ok(Store { conn })
+    }
+
     fn migrate(&self) -> Result<()> {
         let version: i64 = self
             .conn

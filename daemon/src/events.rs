@@ -35,6 +35,8 @@ pub(crate) enum Input {
     Path(std::net::Ipv6Addr, oneshot::Sender<Result<Value, String>>),
     /// Save the graph now and answer (shutdown).
     Flush(oneshot::Sender<()>),
+    /// A metrics scrape: the routing core's circuits and drops.
+    Metrics(oneshot::Sender<crate::metrics::CoreFigures>),
 }
 
 /// The handle the rest of the daemon sends to the datapath with.

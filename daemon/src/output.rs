@@ -65,7 +65,11 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         ("links", &links),
         ("circuits", &text(&s["circuits"])),
         ("tun", &tun),
-    ])
+    ])?;
+    for w in s["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", text(w));
+    }
+    Ok(())
 }
 
 /// Prints rows as an aligned table with a header.

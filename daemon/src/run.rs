@@ -17,6 +17,7 @@ use crate::datapath;
 use crate::db::Store;
 use crate::events::{self, DatapathTx, Input};
 use crate::links::Links;
+use crate::metrics::{self, Metrics};
 use crate::state_dir::{self, StateLock};
 
 /// How long an invite works unless `--ttl` says otherwise.
@@ -68,6 +69,8 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
                         status["circuit_list"] = r["circuits"].clone();
                         status["graph"] = r["graph"].clone();
                         status["metrics"] = r["metrics"].clone();
+                        status["reachability"] = r["reachability"].clone();
+                        status["warnings"] = r["warnings"].clone();
                     }
                     Ok(status)
                 }
@@ -155,7 +158,14 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
 
     let store = Store::open(&config.database_path())?;
     let (datapath_tx, datapath_rx) = events::channel();
-    let links = Links::new(identity.clone(), config.clone(), store, datapath_tx.clone())?;
+    let metrics = Metrics::new();
+    let links = Links::new(
+        identity.clone(),
+        config.clone(),
+        store,
+        datapath_tx.clone(),
+        Arc::clone(&metrics),
+    )?;
     let tun = tun.map(Arc::new);
     let datapath_task = tokio::spawn(datapath::run(
         identity.clone(),
@@ -175,6 +185,22 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         });
     }
     links.spawn_dialers();
+    let metrics_task = match config.metrics.listen {
+        Some(addr) => {
+            let tcp = metrics::bind(addr).await?;
+            tracing::info!(addr = %addr, path = metrics::METRICS_PATH, "metrics ready");
+            let states = Arc::clone(&links);
+            Some(tokio::spawn(metrics::serve(
+                tcp,
+                metrics::Sources {
+                    metrics,
+                    datapath: datapath_tx.clone(),
+                    link_states: Arc::new(move || states.link_states()),
+                },
+            )))
+        }
+        None => None,
+    };
 
     let socket_path = control.unwrap_or_else(|| config.control_socket.clone());
     let listener = control::bind(&socket_path).await?;
@@ -201,6 +227,9 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     if datapath_tx.send(Input::Flush(done_tx)).await.is_ok() {
         let _ = done_rx.await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     datapath_task.abort();
     let _ = datapath_task.await;
@@ -269,6 +298,9 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
             }
             if new.tun != old.tun {
                 needs_restart.push("[tun]");
+            }
+            if new.metrics != old.metrics {
+                needs_restart.push("[metrics]");
             }
             if needs_restart.is_empty() {
                 tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");

@@ -182,3 +182,53 @@ fn status_without_daemon_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn doctor_prints_its_checks_and_exits_1_on_a_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_in(dir.path(), "[tun]\nenabled = false\n[listen]\nhttps = []\n");
+    assert!(umbra(&cfg, &["init"]).status.success());
+    let out = umbra(&cfg, &["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let status = |name: &str| {
+        checks
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["check"] == name))
+            .map(|c| c["status"].clone())
+            .unwrap_or_else(|| panic!("no {name} in {checks}"))
+    };
+    for name in [
+        "config",
+        "capabilities",
+        "state directory",
+        "identity",
+        "control socket",
+    ] {
+        assert_eq!(status(name), "ok", "{name}: {checks:#}");
+    }
+    assert_eq!(status("tun device"), "skip");
+    assert_eq!(status("listen"), "skip");
+    assert_eq!(status("NAT type"), "skip");
+    let failed = checks
+        .as_array()
+        .is_some_and(|a| a.iter().any(|c| c["status"] == "fail"));
+    assert_eq!(
+        out.status.code(),
+        Some(if failed { 1 } else { 0 }),
+        "{checks:#}"
+    );
+
+    // A bad config is a failed check (exit 1), not a usage error (exit 2).
+    fs::write(&cfg, "[tun]\nmtu = 70000\n").expect("write");
+    let out = umbra(&cfg, &["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(checks[0]["check"], "config");
+    assert_eq!(checks[0]["status"], "fail");
+    assert!(stderr(&out).contains("checks failed"), "{}", stderr(&out));
+    // For people: one row per check, the fix under a failure.
+    let out = umbra(&cfg, &["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("FAIL  config"), "{text}");
+    assert!(text.contains("fix: "), "{text}");
+}

@@ -77,7 +77,10 @@ pub enum PathError {
     HomeDown(Key),
     /// The destination is the home node, and the setting needs relays.
     #[error(
-        "the destination is this node's home node; a {0:?} path needs {1} relays between the ends"
+        "the destination is this node's home node, the first hop of every circuit, so no {} \
+         path, which needs {need} relays between the ends, can reach it",
+        format!("{:?}", .0).to_lowercase(),
+        need = .1
     )]
     DestinationIsHome(Anonymity, usize),
     /// The graph has no room for a whole random walk from the home node
@@ -85,8 +88,38 @@ pub enum PathError {
     #[error("the graph has no walk of {WALK_STEPS} steps from the home node")]
     NoWalk,
     /// The graph offers no path with enough relays.
-    #[error("the graph offers no {0:?} path to the destination with at least {1} relays")]
-    NoPath(Anonymity, usize),
+    #[error("{}", no_path_message(*.anonymity, *.need, *.best))]
+    NoPath {
+        /// The setting.
+        anonymity: Anonymity,
+        /// Relays the setting needs between the ends.
+        need: usize,
+        /// Relays on the longest path to the destination found through the
+        /// home node ([`longest_relays`]); `None` when there is none at all.
+        best: Option<usize>,
+    },
+}
+
+impl PathError {
+    /// Whether more agreements, or a weaker setting for this destination,
+    /// would give a path: the graph is too small, not broken.
+    pub fn too_few_relays(&self) -> bool {
+        matches!(
+            self,
+            PathError::NoPath { .. } | PathError::DestinationIsHome(..)
+        )
+    }
+}
+
+fn no_path_message(anonymity: Anonymity, need: usize, best: Option<usize>) -> String {
+    let setting = format!("{anonymity:?}").to_lowercase();
+    match best {
+        None => format!("the graph has no path to the destination (anonymity = \"{setting}\")"),
+        Some(best) => format!(
+            "the graph has no {setting} path to the destination: anonymity = \"{setting}\" needs \
+             {need} relays between the ends, and the longest path through the home node has {best}"
+        ),
+    }
 }
 
 /// What a path is chosen with.
@@ -122,7 +155,11 @@ pub fn choose(
                 !(req.avoid)(a, b) && (*a != me || (req.live)(b))
             })
             .filter(|p| p.len() >= 2)
-            .ok_or(PathError::NoPath(Anonymity::Fast, 0))?;
+            .ok_or(PathError::NoPath {
+                anonymity: Anonymity::Fast,
+                need: 0,
+                best: None,
+            })?;
         return Ok(path[1..].to_vec());
     }
     let home = req.home.ok_or(PathError::NoHome)?;
@@ -147,7 +184,58 @@ pub fn choose(
             }
         }
     }
-    Err(PathError::NoPath(req.anonymity, need))
+    Err(PathError::NoPath {
+        anonymity: req.anonymity,
+        need,
+        best: longest_relays(graph, req, need),
+    })
+}
+
+/// Nodes a search for the longest path visits at most, so that a failed
+/// choice stays cheap in a big graph (the figure is then a lower bound).
+const LONGEST_SEARCH_STEPS: usize = 10_000;
+
+/// Relays on the longest simple path from the origin through its home node
+/// to the destination (the home counts; the ends do not), stopping early
+/// at `enough`: what an operator is told when a setting needs more. `None`
+/// when no such path exists. Depth-first, bounded by
+/// [`LONGEST_SEARCH_STEPS`]: exact in the small graphs where paths fail.
+pub fn longest_relays(graph: &Graph, req: &PathRequest<'_>, enough: usize) -> Option<usize> {
+    let home = req.home?;
+    if home == req.destination || home == req.origin {
+        return None;
+    }
+    let mut best = None;
+    let mut steps = 0;
+    let mut path = vec![req.origin, home];
+    // Each frame: the node and the neighbours still to try from it.
+    let mut stack = vec![graph.neighbours(&home)];
+    while let Some(next) = stack.last_mut() {
+        let Some(n) = next.pop() else {
+            stack.pop();
+            path.pop();
+            continue;
+        };
+        let at = path[path.len() - 1];
+        if path.contains(&n) || (req.avoid)(&at, &n) {
+            continue;
+        }
+        steps += 1;
+        if n == req.destination {
+            let relays = path.len() - 1;
+            best = best.max(Some(relays));
+            if relays >= enough {
+                break;
+            }
+            continue;
+        }
+        if steps >= LONGEST_SEARCH_STEPS {
+            break;
+        }
+        path.push(n);
+        stack.push(graph.neighbours(&n));
+    }
+    best
 }
 
 /// Chooses a prefix for the circuit pool: the home node and [`WALK_STEPS`]
@@ -426,8 +514,20 @@ mod tests {
             &mut rng,
         )
         .expect_err("no path");
-        assert_eq!(err, PathError::NoPath(Anonymity::Balanced, 3));
-        assert!(err.to_string().contains("at least 3 relays"));
+        assert_eq!(
+            err,
+            PathError::NoPath {
+                anonymity: Anonymity::Balanced,
+                need: 3,
+                best: Some(2)
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the graph has no balanced path to the destination: anonymity = \"balanced\" needs 3 \
+             relays between the ends, and the longest path through the home node has 2"
+        );
+        assert!(err.too_few_relays());
         let fast =
             choose(&g, &req(&keys, 0, 3, 1, Anonymity::Fast, &live), &mut rng).expect("fast");
         assert_eq!(fast, [keys[1], keys[2], keys[3]]);
@@ -449,5 +549,35 @@ mod tests {
         // Fast goes around it.
         let p = choose(&g, &req(&keys, 0, 15, 1, Anonymity::Fast, &live), &mut rng).expect("fast");
         assert_eq!(p[0], keys[4]);
+    }
+
+    #[test]
+    fn the_longest_path_is_reported_not_the_shortest() {
+        // 0-1 (home), then 1-2-3-5 and 1-4-5: the shortest way to 5 has 2
+        // relays (1, 4), the longest 3 (1, 2, 3), which is what strong is
+        // told it lacks.
+        let (g, keys) = graph(6, &[(0, 1), (1, 2), (2, 3), (3, 5), (1, 4), (4, 5)]);
+        let live = |_: &Key| true;
+        let r = req(&keys, 0, 5, 1, Anonymity::Strong, &live);
+        assert_eq!(longest_relays(&g, &r, usize::MAX), Some(3));
+        assert!(longest_relays(&g, &r, 2) >= Some(2), "stops at enough");
+        let err = choose(&g, &r, &mut rng(4)).expect_err("strong needs 5");
+        assert_eq!(
+            err,
+            PathError::NoPath {
+                anonymity: Anonymity::Strong,
+                need: 5,
+                best: Some(3)
+            }
+        );
+        // Cut off from the home node, there is no path at all.
+        let (g, keys) = graph(4, &[(0, 1), (2, 3)]);
+        let r = req(&keys, 0, 3, 1, Anonymity::Balanced, &live);
+        assert_eq!(longest_relays(&g, &r, 3), None);
+        let err = choose(&g, &r, &mut rng(5)).expect_err("none");
+        assert!(
+            err.to_string().contains("no path to the destination"),
+            "{err}"
+        );
     }
 }

@@ -53,7 +53,7 @@ use crate::circuit::{
 use crate::crypto::{self, CoreRng, Identity, KEY_LEN};
 use crate::graph::{Edge, GraphCore, GraphCounters, LinkId, RecordError, Time};
 use crate::icmp;
-use crate::path::{self, Anonymity, PathRequest};
+use crate::path::{self, Anonymity, PathError, PathRequest};
 
 /// How long a node that a circuit could not pass is avoided in new paths.
 pub const AVOID_FOR: Duration = Duration::from_secs(60);
@@ -78,6 +78,53 @@ pub const PREFIX_MAX_AGE: Duration = ROTATE_AFTER.0;
 /// How long before its current circuit rotates a busy destination gets its
 /// successor built.
 pub const ROTATE_LEAD: Duration = Duration::from_secs(30);
+
+/// A destination with its own anonymity setting (config `[[route]]`,
+/// `docs/config.md`): a node's key, or its address (the node whose /128 it
+/// is, or whose /64 holds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTo {
+    /// The node with this key.
+    Key([u8; KEY_LEN]),
+    /// The node this address belongs to.
+    Address(Ipv6Addr),
+}
+
+/// Why no circuit carries packets to a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No node in the graph has the address.
+    #[error("no node in the graph has the address {0}")]
+    NoNode(Ipv6Addr),
+    /// The address is this node's.
+    #[error("{0} is this node")]
+    IsSelf(Ipv6Addr),
+    /// No path for the destination's setting ([`PathError::too_few_relays`]
+    /// says whether the graph is only too small).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A path was chosen but its circuit could not be started or built.
+    #[error("{0}")]
+    Build(String),
+    /// The circuit closed while it was looked at.
+    #[error("the circuit closed; try again")]
+    Closed,
+}
+
+/// How many nodes circuits can reach with the current settings
+/// ([`RouterCore::reachability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reachability {
+    /// Other nodes in the graph.
+    pub known: usize,
+    /// Nodes a path was looked for (all of them, up to the limit asked).
+    pub checked: usize,
+    /// Of those, nodes a path was found to.
+    pub reachable: usize,
+    /// Of the rest, nodes that need more relays than the graph offers (more
+    /// agreements would reach them).
+    pub too_few_relays: usize,
+}
 
 /// The two clocks the router needs: monotonic for circuits, wall-clock for
 /// graph records (see [`crate::graph`]).
@@ -131,7 +178,7 @@ struct Dest {
     /// Until when packets to it get ICMPv6 unreachable without a new try.
     failed_until: Option<Instant>,
     /// Why the last path could not be chosen or built.
-    error: Option<String>,
+    error: Option<RouteError>,
     /// The last packet to it.
     last_used: Option<Instant>,
 }
@@ -171,6 +218,8 @@ pub struct RouterCore {
     prefix: u8,
     anonymity: Anonymity,
     home: Option<[u8; KEY_LEN]>,
+    /// Destinations with their own setting.
+    routes: Vec<(RouteTo, Anonymity)>,
     rng: CoreRng,
     graph: GraphCore,
     circuits: CircuitCore,
@@ -197,6 +246,8 @@ pub struct RouterCore {
     next_sweep: Instant,
     icmp_out: VecDeque<Vec<u8>>,
     events: VecDeque<CircuitEvent>,
+    /// Destinations whose reason for having no circuit changed, to log.
+    failures: VecDeque<([u8; KEY_LEN], RouteError)>,
     icmp_budget: (Instant, u32),
     counters: RouterCounters,
 }
@@ -237,6 +288,7 @@ impl RouterCore {
             prefix,
             anonymity: Anonymity::default(),
             home: None,
+            routes: Vec::new(),
             circuits: CircuitCore::new(
                 identity,
                 prefix,
@@ -259,6 +311,7 @@ impl RouterCore {
             indexed_nodes: usize::MAX,
             icmp_out: VecDeque::new(),
             events: VecDeque::new(),
+            failures: VecDeque::new(),
             icmp_budget: (now.mono, 0),
             counters: RouterCounters::default(),
         })
@@ -269,6 +322,29 @@ impl RouterCore {
     pub fn set_policy(&mut self, anonymity: Anonymity, home: Option<[u8; KEY_LEN]>) {
         self.anonymity = anonymity;
         self.home = home;
+    }
+
+    /// Destinations with a setting of their own (config `[[route]]`); the
+    /// first that matches a destination wins. Circuits built before keep
+    /// their paths.
+    pub fn set_routes(&mut self, routes: Vec<(RouteTo, Anonymity)>) {
+        self.routes = routes;
+    }
+
+    /// The node's setting, for destinations without a route of their own.
+    pub fn anonymity(&self) -> Anonymity {
+        self.anonymity
+    }
+
+    /// The setting for circuits to `dest`: its route's, else the node's.
+    pub fn anonymity_for(&self, dest: &[u8; KEY_LEN]) -> Anonymity {
+        self.routes
+            .iter()
+            .find(|(to, _)| match to {
+                RouteTo::Key(k) => k == dest,
+                RouteTo::Address(a) => address::address_belongs_to(a, dest, self.prefix),
+            })
+            .map_or(self.anonymity, |(_, a)| *a)
     }
 
     /// How many built prefixes the pool keeps (default [`POOL_SIZE`]; 0
@@ -375,7 +451,7 @@ impl RouterCore {
 
     /// The circuit new flows to `dest` take: the current one, unless it is
     /// due to rotate; else the one `dest` built to us; else a new one.
-    fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
+    fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, RouteError> {
         if let Some(d) = self.dests.get_mut(dest) {
             d.rotate(&self.circuits, now.mono);
             if let Some((c, rotate_at)) = d.current
@@ -395,7 +471,7 @@ impl RouterCore {
     }
 
     /// Builds a new current circuit to `dest`.
-    fn build(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, String> {
+    fn build(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, RouteError> {
         let (id, rotate_at) = self.new_circuit(now, dest)?;
         self.dests.entry(*dest).or_default().current = Some((id, rotate_at));
         Ok(id)
@@ -407,16 +483,17 @@ impl RouterCore {
         &mut self,
         now: Now,
         dest: &[u8; KEY_LEN],
-    ) -> Result<(CircuitId, Instant), String> {
+    ) -> Result<(CircuitId, Instant), RouteError> {
         if let Some(d) = self.dests.get(dest)
             && d.failed_until.is_some_and(|t| t > now.mono)
+            && let Some(e) = &d.error
         {
-            return Err(d.error.clone().unwrap_or_default());
+            return Err(e.clone());
         }
         let started = match self.start_from_pool(now, dest) {
             Some(started) => Ok(started),
             None => {
-                if self.pool_size > 0 && self.anonymity != Anonymity::Fast {
+                if self.pool_size > 0 && self.anonymity_for(dest) != Anonymity::Fast {
                     self.counters.pool_misses += 1;
                 }
                 self.start_from_scratch(now, dest)
@@ -434,10 +511,19 @@ impl RouterCore {
             }
             Err(e) => e,
         };
-        let d = self.dests.entry(*dest).or_default();
-        d.failed_until = Some(now.mono + RETRY_AFTER);
-        d.error = Some(result.clone());
+        self.set_error(now, *dest, result.clone());
         Err(result)
+    }
+
+    /// Remembers why `dest` has no circuit for [`RETRY_AFTER`], and queues
+    /// the reason for [`Self::poll_failure`] when it is new.
+    fn set_error(&mut self, now: Now, dest: [u8; KEY_LEN], error: RouteError) {
+        let d = self.dests.entry(dest).or_default();
+        d.failed_until = Some(now.mono + RETRY_AFTER);
+        if d.error.as_ref() != Some(&error) {
+            d.error = Some(error.clone());
+            self.failures.push_back((dest, error));
+        }
     }
 
     /// Extends the oldest built prefix that can reach `dest` with enough
@@ -447,7 +533,8 @@ impl RouterCore {
         now: Now,
         dest: &[u8; KEY_LEN],
     ) -> Option<(CircuitId, Vec<[u8; KEY_LEN]>)> {
-        if self.anonymity == Anonymity::Fast {
+        let anonymity = self.anonymity_for(dest);
+        if anonymity == Anonymity::Fast {
             return None;
         }
         let (i, rest) = {
@@ -455,7 +542,7 @@ impl RouterCore {
             let req = PathRequest {
                 origin: self.key,
                 destination: *dest,
-                anonymity: self.anonymity,
+                anonymity,
                 home: self.home,
                 live: &|_| true,
                 avoid: &avoid,
@@ -489,23 +576,23 @@ impl RouterCore {
         &mut self,
         now: Now,
         dest: &[u8; KEY_LEN],
-    ) -> Result<(CircuitId, Vec<[u8; KEY_LEN]>), String> {
+    ) -> Result<(CircuitId, Vec<[u8; KEY_LEN]>), RouteError> {
+        let anonymity = self.anonymity_for(dest);
         let links = &self.links;
         let req = PathRequest {
             origin: self.key,
             destination: *dest,
-            anonymity: self.anonymity,
+            anonymity,
             home: self.home,
             live: &|k| links.values().any(|p| p == k),
             avoid: &avoider(&self.avoid_nodes, &self.avoid_edges, now.mono),
         };
-        let path =
-            path::choose(self.graph.graph(), &req, &mut *self.rng).map_err(|e| e.to_string())?;
+        let path = path::choose(self.graph.graph(), &req, &mut *self.rng)?;
         match self.circuits.build_circuit(now.mono, &path) {
             Ok(id) => Ok((id, path)),
             Err(e) => {
                 self.counters.build_errors += 1;
-                Err(e.to_string())
+                Err(RouteError::Build(e.to_string()))
             }
         }
     }
@@ -696,18 +783,25 @@ impl RouterCore {
                         self.events.push_back(ev);
                         continue;
                     }
-                    let d = self.dests.entry(*destination).or_default();
-                    d.error = Some(match failed_hop {
+                    let error = RouteError::Build(match failed_hop {
                         Some(hop) => {
                             format!("hop {hop} of the path could not be reached ({reason:?})")
                         }
                         None => format!("the path broke while the circuit was built ({reason:?})"),
                     });
+                    let d = self.dests.entry(*destination).or_default();
+                    d.error = Some(error);
                     self.rebuild_if_used(now, *destination);
                 }
             }
             self.events.push_back(ev);
         }
+    }
+
+    /// The node that `addr` (a /128 or an address in a /64) belongs to, if
+    /// the graph has it.
+    pub fn node_for_address(&mut self, addr: &Ipv6Addr) -> Option<[u8; KEY_LEN]> {
+        self.lookup(addr)
     }
 
     /// The node that `addr` (a /128 or an address in a /64) belongs to, if
@@ -786,6 +880,51 @@ impl RouterCore {
         self.events.pop_front()
     }
 
+    /// The next destination whose reason for having no circuit is new
+    /// (first failure, or a different one), worth one log line; repeats of
+    /// the same reason are not queued again.
+    pub fn poll_failure(&mut self) -> Option<([u8; KEY_LEN], RouteError)> {
+        self.failures.pop_front()
+    }
+
+    /// Looks for a path, with each destination's setting, to up to `limit`
+    /// other nodes of the graph (in key order), without building anything:
+    /// `umbra status` warns when few nodes are reachable. Each path costs
+    /// a few graph searches, so `limit` keeps a big graph cheap.
+    pub fn reachability(&mut self, limit: usize) -> Reachability {
+        let graph = self.graph.graph();
+        let mut keys: Vec<[u8; KEY_LEN]> = graph
+            .records()
+            .map(|r| *r.key())
+            .filter(|k| *k != self.key)
+            .collect();
+        keys.sort_unstable();
+        let mut r = Reachability {
+            known: keys.len(),
+            checked: 0,
+            reachable: 0,
+            too_few_relays: 0,
+        };
+        let links = &self.links;
+        for dest in keys.into_iter().take(limit) {
+            let req = PathRequest {
+                origin: self.key,
+                destination: dest,
+                anonymity: self.anonymity_for(&dest),
+                home: self.home,
+                live: &|k| links.values().any(|p| p == k),
+                avoid: &|_, _| false,
+            };
+            r.checked += 1;
+            match path::choose(graph, &req, &mut *self.rng) {
+                Ok(_) => r.reachable += 1,
+                Err(e) if e.too_few_relays() => r.too_few_relays += 1,
+                Err(_) => {}
+            }
+        }
+        r
+    }
+
     /// When [`Self::handle_timeout`] should next run, in each clock.
     pub fn poll_timeout(&self) -> (Option<Instant>, Option<Time>) {
         let mono = match self.circuits.poll_timeout() {
@@ -812,12 +951,10 @@ impl RouterCore {
         &mut self,
         now: Now,
         addr: &Ipv6Addr,
-    ) -> Result<([u8; KEY_LEN], CircuitInfo), String> {
-        let dest = self
-            .lookup(addr)
-            .ok_or_else(|| format!("no node in the graph has the address {addr}"))?;
+    ) -> Result<([u8; KEY_LEN], CircuitInfo), RouteError> {
+        let dest = self.lookup(addr).ok_or(RouteError::NoNode(*addr))?;
         if dest == self.key {
-            return Err(format!("{addr} is this node"));
+            return Err(RouteError::IsSelf(*addr));
         }
         let current = self
             .dests
@@ -833,10 +970,7 @@ impl RouterCore {
                 self.build(now, &dest)?
             }
         };
-        let info = self
-            .circuits
-            .circuit(id)
-            .ok_or_else(|| "the circuit closed; try again".to_string())?;
+        let info = self.circuits.circuit(id).ok_or(RouteError::Closed)?;
         Ok((dest, info))
     }
 

@@ -16,6 +16,7 @@ const CONVERGE: Duration = Duration::from_secs(30);
 struct Overlay {
     // Daemons first: they stop before their namespaces go.
     daemons: Vec<Daemon>,
+    configs: Vec<UmbraConfig>,
     keys: Vec<String>,
     addrs: Vec<String>,
     ns: Vec<Netns>,
@@ -41,6 +42,7 @@ impl Overlay {
             .collect();
         let keys: Vec<String> = ids.iter().map(|id| id.key.clone()).collect();
         let addrs: Vec<String> = ids.iter().map(|id| id.address.clone()).collect();
+        let mut configs = Vec::new();
         for (i, d) in daemons.iter_mut().enumerate() {
             let mut config = UmbraConfig::new(&node_dir(i));
             config.top = format!("{}\n", extra(i, &keys));
@@ -48,9 +50,11 @@ impl Overlay {
             config.peers = links.umbra_peers(i, &keys, 443, Some("1TB/30d"));
             d.rewrite(&config).expect("write the config");
             d.start(&ns[i]).expect("umbra run starts");
+            configs.push(config);
         }
         let o = Overlay {
             daemons,
+            configs,
             keys,
             addrs,
             ns,
@@ -448,4 +452,89 @@ fn grid_paths_start_at_home_and_relays_see_only_neighbours() {
     eprintln!("after stopping {middle}: {new_hops:?}");
     assert_eq!(new_hops[0], 1);
     assert!(!new_hops.contains(&middle), "{new_hops:?}");
+}
+
+/// A network too small for the default setting says so, in `umbra path`,
+/// `umbra status` and the log, and names the fix; a `[[route]]` with
+/// `anonymity = "fast"`, loaded by SIGHUP, then carries traffic to that one
+/// destination while the rest stays balanced.
+#[test]
+fn a_small_network_explains_itself_and_a_fast_route_reaches_a_partner() {
+    require_root();
+    let mut o = Overlay::build("sm", 3, &[(0, 1), (1, 2)], |_, _| String::new());
+    let status = o.status(0);
+    let r = &status["reachability"];
+    assert_eq!(
+        (
+            &r["anonymity"],
+            &r["known"],
+            &r["reachable"],
+            &r["too_few_relays"]
+        ),
+        (&json("balanced"), &json(2), &json(0), &json(2)),
+        "{status}"
+    );
+    let warning = status["warnings"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        warning.contains("reach only 0 of the 2 other nodes"),
+        "{warning}"
+    );
+    let text = o.daemons[0].cli(&["status"]).expect("umbra status");
+    assert!(
+        String::from_utf8_lossy(&text.stderr).contains("warning: circuits reach only 0"),
+        "{text:?}"
+    );
+
+    // `umbra path` to the far end: how many relays, how many needed, what to do.
+    let path = o.daemons[0]
+        .cli(&["path", &o.addrs[2]])
+        .expect("umbra path");
+    let said = String::from_utf8_lossy(&path.stderr).to_string();
+    assert!(!path.status.success());
+    for part in [
+        "needs 3 relays between the ends",
+        "the longest path through the home node has 1",
+        "make agreements with more operators",
+        &format!("[[route]] to = \"{}\" anonymity = \"fast\"", o.keys[2]),
+    ] {
+        assert!(said.contains(part), "{said:?} lacks {part:?}");
+    }
+    assert!(
+        !o.ping(0, 2, 2),
+        "balanced must not carry traffic over 1 relay"
+    );
+    let log = o.daemons[0].log_text();
+    assert!(
+        log.contains("no circuit:") && log.contains("needs 3 relays"),
+        "the log says nothing: {}",
+        o.daemons[0].log_tail(30)
+    );
+
+    // A fast route to node 2 only, by SIGHUP.
+    o.configs[0].extra.push_str(&format!(
+        "[[route]]\nto = \"{}\"\nanonymity = \"fast\"\n",
+        o.keys[2]
+    ));
+    o.daemons[0]
+        .rewrite(&o.configs[0])
+        .expect("rewrite the config");
+    o.daemons[0].signal("HUP").expect("SIGHUP");
+    let reached = (0..20).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        o.ping(0, 2, 1)
+    });
+    assert!(reached, "the fast route carries no traffic\n{}", o.logs());
+    let (hops, _) = o.path(0, 2);
+    assert_eq!(hops, [1, 2]);
+    // The home node itself stays balanced, so still unreachable.
+    assert!(!o.ping(0, 1, 1));
+    let status = o.status(0);
+    assert_eq!(status["reachability"]["reachable"], 1, "{status}");
+}
+
+fn json(v: impl Into<serde_json::Value>) -> serde_json::Value {
+    v.into()
 }

@@ -16,9 +16,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use umbra_routing::Identity;
+use umbra_routing::address::address_for_key;
 use umbra_routing::circuit::CircuitRole;
-use umbra_routing::path::{Anonymity, MIN_RELAYS_BALANCED};
-use umbra_routing::router::{FLOW_IDLE, ICMP_PER_SECOND, POOL_SIZE, ROTATE_AFTER};
+use umbra_routing::path::{Anonymity, MIN_RELAYS_BALANCED, PathError};
+use umbra_routing::router::{
+    FLOW_IDLE, ICMP_PER_SECOND, POOL_SIZE, RETRY_AFTER, ROTATE_AFTER, Reachability, RouteError,
+    RouteTo,
+};
 use umbra_tests::sim::router_node::{RouterNode, WireLog, tag_of, udp_packet};
 use umbra_tests::sim::topology::{is_connected, neighbours, ring_with_chords};
 use umbra_tests::sim::{LinkParams, Rng, Sim, SimTime, seed};
@@ -251,6 +255,116 @@ fn icmp_errors_are_rate_limited() {
     for (_, p) in &sim.node(0).expect("node 0").tun {
         assert_eq!((p[6], p[40], p[41]), (58, 1, 0));
     }
+}
+
+/// Three routers in a line, 0 - 1 - 2, each the other's home: too small
+/// for a balanced path anywhere.
+fn line_of_three(seed: u64) -> (Sim<RouterNode>, Vec<[u8; 32]>) {
+    let mut sim = Sim::new(seed);
+    let mut rng = Rng::new(seed);
+    let ids: Vec<Identity> = (0..3)
+        .map(|_| Identity::from_seed(&rng.bytes32()))
+        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
+    let base = Instant::now();
+    for (i, id) in ids.into_iter().enumerate() {
+        let peers: Vec<[u8; 32]> = match i {
+            1 => vec![keys[0], keys[2]],
+            _ => vec![keys[1]],
+        };
+        let home = Some(peers[0]);
+        sim.add_node(RouterNode::new(
+            id,
+            &peers,
+            Anonymity::Balanced,
+            home,
+            rng.fork(),
+            base,
+        ));
+    }
+    for (a, b) in [(0, 1), (1, 2)] {
+        let l = sim.add_link(a, b, LinkParams::default());
+        sim.set_link_up(l);
+    }
+    assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
+    (sim, keys)
+}
+
+#[test]
+fn a_small_network_says_what_it_lacks_and_a_route_can_go_fast() {
+    let (mut sim, keys) = line_of_three(seed(0x9005));
+    let send = |sim: &mut Sim<RouterNode>, to: usize, tag: u64| {
+        let p = udp_packet(&keys[0], &keys[to], (9, 9), tag);
+        sim.with_node(0, |node, t| node.send(t, &p));
+        sim.run_for(Duration::from_secs(1));
+    };
+    // Balanced to node 2: ICMPv6 address unreachable (code 3), and one
+    // failure report that says how far short the graph falls.
+    send(&mut sim, 2, 1);
+    send(&mut sim, 2, 2);
+    sim.run_for(RETRY_AFTER);
+    send(&mut sim, 2, 3);
+    let node = sim.node(0).expect("node 0");
+    assert!(node.tun.iter().all(|(_, p)| (p[40], p[41]) == (1, 3)));
+    assert!(!node.tun.is_empty());
+    let want = RouteError::Path(PathError::NoPath {
+        anonymity: Anonymity::Balanced,
+        need: MIN_RELAYS_BALANCED,
+        best: Some(1),
+    });
+    assert_eq!(
+        node.failures,
+        [(keys[2], want.clone())],
+        "reported once, not per try"
+    );
+    assert!(want.to_string().contains("needs 3 relays"), "{want}");
+    assert!(want.to_string().contains("has 1"), "{want}");
+    let r = sim
+        .with_node(0, |n, _| n.core.reachability(100))
+        .expect("node 0");
+    assert_eq!(
+        r,
+        Reachability {
+            known: 2,
+            checked: 2,
+            reachable: 0,
+            too_few_relays: 2
+        }
+    );
+    assert!(arrival(&sim, 2, 3).is_none());
+
+    // A fast route to node 2, by key: the packet gets through, over 1 relay.
+    sim.with_node(0, |n, _| {
+        n.core
+            .set_routes(vec![(RouteTo::Key(keys[2]), Anonymity::Fast)])
+    });
+    sim.run_for(RETRY_AFTER);
+    send(&mut sim, 2, 4);
+    assert!(arrival(&sim, 2, 4).is_some(), "{}", sim.context());
+    let r = sim
+        .with_node(0, |n, _| n.core.reachability(100))
+        .expect("node 0");
+    assert_eq!((r.reachable, r.too_few_relays), (1, 1));
+    // Node 1 (the home) stays balanced: still unreachable.
+    send(&mut sim, 1, 5);
+    assert!(arrival(&sim, 1, 5).is_none());
+    // By address: any address of the node's /128 or /64 names it.
+    let addr = address_for_key(&keys[1], umbra_tests::sim::router_node::PREFIX);
+    sim.with_node(0, |n, _| {
+        n.core
+            .set_routes(vec![(RouteTo::Address(addr), Anonymity::Fast)])
+    });
+    assert_eq!(
+        sim.node(0).expect("node 0").core.anonymity_for(&keys[1]),
+        Anonymity::Fast
+    );
+    assert_eq!(
+        sim.node(0).expect("node 0").core.anonymity_for(&keys[2]),
+        Anonymity::Balanced
+    );
+    sim.run_for(RETRY_AFTER);
+    send(&mut sim, 1, 6);
+    assert!(arrival(&sim, 1, 6).is_some(), "{}", sim.context());
 }
 
 /// One run for [`a_seed_fixes_every_byte_sent`]: the 40 routers converge,

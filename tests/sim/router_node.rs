@@ -14,7 +14,7 @@ use umbra_routing::address::address_for_key;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::graph::Edge;
 use umbra_routing::path::Anonymity;
-use umbra_routing::router::{Now, RouterCore};
+use umbra_routing::router::{Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
 
@@ -75,6 +75,8 @@ pub struct RouterNode {
     pub tun: Vec<(SimTime, Vec<u8>)>,
     /// If set, every message this node sends is recorded here.
     pub wire: Option<Rc<RefCell<WireLog>>>,
+    /// What [`RouterCore::poll_failure`] reported, in order.
+    pub failures: Vec<([u8; 32], RouteError)>,
     base: Instant,
     buf: Vec<u8>,
     spare: Option<Box<[u8; CELL_LEN]>>,
@@ -117,6 +119,7 @@ impl RouterNode {
             key,
             tun: Vec::new(),
             wire: None,
+            failures: Vec::new(),
             base,
             buf: vec![0u8; MAX_PACKET_LEN],
             spare: None,
@@ -147,6 +150,9 @@ impl RouterNode {
             self.tun.push((t, self.buf[..n].to_vec()));
         }
         while self.core.poll_event().is_some() {}
+        while let Some(f) = self.core.poll_failure() {
+            self.failures.push(f);
+        }
     }
 }
 

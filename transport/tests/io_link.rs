@@ -649,3 +649,61 @@ async fn tls_record_sizes_do_not_show_the_cell_size() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_measure_the_round_trip_and_both_ends_count_the_same_bytes() {
+    let fast = LinkSettings {
+        keepalive_min: Duration::from_millis(100),
+        keepalive_max: Duration::from_millis(200),
+        ..LinkSettings::default()
+    };
+    let mut l = start_listener(built_in_cover(), accept_all(b""), fast.clone()).await;
+    let dialer = Dialer::new(Identity::generate(), fast.clone()).unwrap();
+    let out = dialer.dial(&target(&l), b"").await.unwrap();
+    let mut inb = next_link(&mut l).await;
+    for i in 0..50 {
+        out.sender.send(cell(i)).await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(cell_seq(&inb.receiver.recv().await.unwrap()), i);
+    }
+    // A few keepalive intervals: both ends have pinged and been answered.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (a, b) = (out.sender.stats(), inb.sender.stats());
+    for s in [&a, &b] {
+        let rtt = s.rtt.expect("a ping was answered");
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "{s:?}"
+        );
+        assert!(s.srtt.is_some() && s.pings_answered >= 1, "{s:?}");
+    }
+    let cells = 50 * (CELL_LEN as u64 + 3);
+    assert!(a.bytes_out >= cells, "{a:?}");
+    // Quiet for a moment (a keepalive may be in flight): the two ends agree
+    // byte for byte on what crossed, padding and pings included.
+    let agree = |x: &umbra_transport::io::LinkStats, y: &umbra_transport::io::LinkStats| {
+        x.bytes_out == y.bytes_in && y.bytes_out == x.bytes_in
+    };
+    let mut agreed = false;
+    for _ in 0..50 {
+        let (a, b) = (out.sender.stats(), inb.sender.stats());
+        if agree(&a, &b) {
+            assert_eq!(a.padding_bytes_out, b.padding_bytes_in, "{a:?} {b:?}");
+            assert_eq!(a.padding_frames_out, b.padding_frames_in, "{a:?} {b:?}");
+            assert!(
+                a.padding_frames_out > 0,
+                "the first writes are padded: {a:?}"
+            );
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    assert!(
+        agreed,
+        "the ends never agreed: {:?} {:?}",
+        out.sender.stats(),
+        inb.sender.stats()
+    );
+}

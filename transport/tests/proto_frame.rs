@@ -45,6 +45,8 @@ fn frame() -> impl Strategy<Value = Frame> {
         opaque().prop_map(Frame::GraphRecord),
         opaque().prop_map(Frame::Ledger),
         Just(Frame::Keepalive),
+        any::<[u8; 8]>().prop_map(Frame::Ping),
+        any::<[u8; 8]>().prop_map(Frame::Pong),
     ]
 }
 
@@ -102,7 +104,7 @@ proptest! {
     #[test]
     fn unknown_frame_types_are_skipped_and_counted(
         unknown in proptest::collection::vec(
-            (0x06u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
+            (0x08u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
         pieces in proptest::collection::vec(1usize..700, 1..6),
     ) {
         let mut stream = Vec::new();

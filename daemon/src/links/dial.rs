@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use rand_core::OsRng;
 use umbra_config::Terms;
-use umbra_transport::io::DialTarget;
+use umbra_transport::io::{DialError, DialTarget};
 use umbra_transport::proto::agreement::Ask;
 use umbra_transport::proto::frame::jittered;
 
@@ -135,8 +135,10 @@ impl Links {
             match self.dialer.dial(&target, &payload).await {
                 Ok(link) => {
                     if !agreement::verify(peer, &self.identity.public(), terms, &link.app_payload) {
+                        self.metrics.outbound_handshake("failed");
                         bail!("{endpoint}: the peer's agreement signature does not verify");
                     }
+                    self.metrics.outbound_handshake("ok");
                     let stored_origin = match self.store().agreement_with(peer) {
                         Ok(Some(a)) => a.origin,
                         _ => origin,
@@ -152,7 +154,17 @@ impl Links {
                     self.adopt(link);
                     return Ok(());
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    let result = match &e {
+                        DialError::Connect { .. }
+                        | DialError::Timeout {
+                            stage: "connect", ..
+                        } => "connect_failed",
+                        _ => "failed",
+                    };
+                    self.metrics.outbound_handshake(result);
+                    last = Some(e);
+                }
             }
         }
         match last {

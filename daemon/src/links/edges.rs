@@ -2,9 +2,11 @@
 //! its node record, the path policy (anonymity and home node), and the
 //! graph cache in the state database.
 
+use umbra_config::RouteTarget;
 use umbra_config::Terms;
 use umbra_routing::graph::{Edge, MAX_EDGES};
 use umbra_routing::path::Anonymity;
+use umbra_routing::router::RouteTo;
 
 use super::{Links, now_unix};
 use crate::db::AgreementState;
@@ -34,15 +36,23 @@ impl Links {
         edges
     }
 
-    /// The anonymity setting and the home node: `[home] key`, or else the
-    /// first agreement made (docs/architecture.md, "Path selection").
-    pub(crate) fn policy(&self) -> (Anonymity, Option<[u8; 32]>) {
+    /// The path policy (docs/architecture.md, "Path selection"): the
+    /// anonymity setting, the home node (`[home] key`, or else the first
+    /// agreement made), and the destinations with their own setting
+    /// (`[[route]]`).
+    pub(crate) fn policy(&self) -> Policy {
         let config = self.config();
-        let anonymity = match config.anonymity {
-            umbra_config::Anonymity::Fast => Anonymity::Fast,
-            umbra_config::Anonymity::Balanced => Anonymity::Balanced,
-            umbra_config::Anonymity::Strong => Anonymity::Strong,
-        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let to = match r.to {
+                    RouteTarget::Key(k) => RouteTo::Key(k.0),
+                    RouteTarget::Address(a) => RouteTo::Address(a),
+                };
+                (to, anonymity(r.anonymity))
+            })
+            .collect();
         let home = config.home.key.map(|k| k.0).or_else(|| {
             let list = self.store().agreements().ok()?;
             list.iter()
@@ -50,7 +60,11 @@ impl Links {
                 .min_by_key(|a| (a.created_unix, a.id))
                 .map(|a| a.peer_key)
         });
-        (anonymity, home)
+        Policy {
+            anonymity: anonymity(config.anonymity),
+            home,
+            routes,
+        }
     }
 
     /// The saved graph, if any.
@@ -66,6 +80,23 @@ impl Links {
         if let Err(e) = self.store().save_graph(records, now_unix()) {
             tracing::warn!("saving the graph cache: {e:#}");
         }
+    }
+}
+
+/// What [`Links::policy`] returns, for the routing core's `set_policy` and
+/// `set_routes`.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) anonymity: Anonymity,
+    pub(crate) home: Option<[u8; 32]>,
+    pub(crate) routes: Vec<(RouteTo, Anonymity)>,
+}
+
+fn anonymity(a: umbra_config::Anonymity) -> Anonymity {
+    match a {
+        umbra_config::Anonymity::Fast => Anonymity::Fast,
+        umbra_config::Anonymity::Balanced => Anonymity::Balanced,
+        umbra_config::Anonymity::Strong => Anonymity::Strong,
     }
 }
 

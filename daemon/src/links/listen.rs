@@ -73,6 +73,7 @@ impl Links {
             authorizer: Arc::new(move |info: &IncomingLinkInfo<'_>| me.authorize(info)),
             link: LinkSettings::default(),
         }));
+        self.metrics.set_listener(Arc::clone(&listener));
         for addr in &config.listen.https {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await

@@ -16,6 +16,8 @@ mod listen;
 mod padding;
 mod peers;
 
+pub(crate) use edges::Policy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -30,6 +32,7 @@ use umbra_transport::io::{Dialer, LinkSettings};
 
 use crate::db::Store;
 use crate::events::DatapathTx;
+use crate::metrics::{LinkStates, Metrics};
 use peers::PeerEntry;
 
 /// Everything about links that the daemon's tasks share.
@@ -46,6 +49,7 @@ pub(crate) struct Links {
     /// The last link id given out; each adopted link takes the next.
     last_link_id: AtomicU64,
     datapath: DatapathTx,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Links {
@@ -60,6 +64,7 @@ impl Links {
         config: Config,
         store: Store,
         datapath: DatapathTx,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Links>> {
         let dialer =
             Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
@@ -74,6 +79,7 @@ impl Links {
             listeners: Mutex::new(Vec::new()),
             last_link_id: AtomicU64::new(0),
             datapath,
+            metrics,
         }))
     }
 
@@ -88,12 +94,18 @@ impl Links {
             .clone()
     }
 
-    /// New config on SIGHUP: new `[[peer]]` entries get dialers, and live
-    /// links follow a changed `anonymity` or `[padding] rate`.
+    /// New config on SIGHUP: new `[[peer]]` entries get dialers, live
+    /// links follow a changed `anonymity` or `[padding] rate`, and the
+    /// datapath takes the new edges and path policy (`anonymity`, `[home]`,
+    /// `[[route]]`) for circuits built from now on.
     pub(crate) fn set_config(self: &Arc<Self>, config: Config) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
         self.spawn_dialers();
         self.refresh_padding();
+        let (datapath, edges) = (self.datapath.clone(), self.edges());
+        tokio::spawn(async move {
+            let _ = datapath.send(crate::events::Input::Edges(edges)).await;
+        });
     }
 
     /// `(up, total)` for `umbra status`.
@@ -104,6 +116,26 @@ impl Links {
             .filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed()))
             .count();
         (up, peers.len())
+    }
+
+    /// The metrics the links count into.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Peers by link state, for `umbra_links`: up, connecting (a dialer is
+    /// trying) and down.
+    pub(crate) fn link_states(&self) -> LinkStates {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut up, mut connecting, mut down) = (0, 0, 0);
+        for e in peers.values() {
+            match e.state() {
+                "up" => up += 1,
+                "connecting" => connecting += 1,
+                _ => down += 1,
+            }
+        }
+        [("up", up), ("connecting", connecting), ("down", down)]
     }
 
     pub(crate) fn listeners(&self) -> Vec<String> {

@@ -4,14 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 use umbra_routing::address;
 use umbra_transport::io::{self as tio, Direction, Link};
 use umbra_transport::proto::control::{LinkControl, LinkControlError};
-use umbra_transport::proto::frame::{FRAME_HEADER_LEN, Frame};
+use umbra_transport::proto::frame::Frame;
 
 use super::{Links, short_key};
 use crate::events::{Input, LinkId};
@@ -28,10 +28,9 @@ pub(super) struct PeerEntry {
     pub(super) remote: Option<SocketAddr>,
     pub(super) observed: Option<SocketAddr>,
     pub(super) up_since: Option<Instant>,
-    /// Frame bytes received from this peer, counted by its link readers
-    /// without taking the table's lock.
-    pub(super) bytes_in: Arc<AtomicU64>,
-    pub(super) bytes_out: u64,
+    /// The byte counts and round-trip time of the current link, or of the
+    /// last one once it is down (docs/cli.md, "umbra peers").
+    pub(super) stats: Option<tio::LinkStatsHandle>,
     pub(super) dialing: bool,
     /// The padding rate the peer asked for on the current link, bytes/s.
     pub(super) padding_asked: u32,
@@ -50,12 +49,27 @@ impl PeerEntry {
             remote: None,
             observed: None,
             up_since: None,
-            bytes_in: Arc::default(),
-            bytes_out: 0,
+            stats: None,
             dialing: false,
             padding_asked: 0,
             padding_requested: 0,
             padding_malformed: 0,
+        }
+    }
+
+    /// Whether the link is up (and not closed under us).
+    pub(super) fn is_up(&self) -> bool {
+        self.sender.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// "up", "connecting" (a dialer is trying) or "down".
+    pub(super) fn state(&self) -> &'static str {
+        if self.is_up() {
+            "up"
+        } else if self.dialing {
+            "connecting"
+        } else {
+            "down"
         }
     }
 }
@@ -70,7 +84,7 @@ impl Links {
         // dialing each other at once end with the same single link.
         let dialer_of = |d: Direction| if d == Direction::Outbound { me } else { peer };
         let link_id = self.last_link_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes_in = {
+        {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let entry = peers.entry(peer).or_insert_with(PeerEntry::new);
             if let (Some(old), Some(d)) = (&entry.sender, entry.direction)
@@ -88,8 +102,9 @@ impl Links {
             entry.up_since = Some(Instant::now());
             entry.padding_asked = 0;
             entry.padding_requested = 0;
-            entry.bytes_in.clone()
-        };
+            entry.stats = Some(link.sender.stats_handle());
+        }
+        self.metrics.link_up(link_id, link.sender.stats_handle());
         tracing::info!(
             peer = %short_key(&peer),
             remote = %link.remote,
@@ -106,26 +121,28 @@ impl Links {
                 sender: link.sender.clone(),
             };
             if me.datapath.send(up).await.is_ok() {
-                Arc::clone(&me).read_link(link, link_id, bytes_in).await;
+                Arc::clone(&me).read_link(link, link_id).await;
                 let _ = me.datapath.send(Input::LinkDown { link: link_id }).await;
             }
+            me.metrics.link_down(link_id);
         });
     }
 
     /// Reads `link` until it ends: cells and graph messages go to the
     /// datapath, link control messages are handled here.
-    async fn read_link(self: Arc<Self>, mut link: Link, link_id: LinkId, bytes_in: Arc<AtomicU64>) {
+    async fn read_link(self: Arc<Self>, mut link: Link, link_id: LinkId) {
         let peer = link.peer;
         let reason = loop {
             match link.receiver.recv().await {
                 Ok(frame) => {
-                    let wire_len = frame.payload().len() + FRAME_HEADER_LEN;
-                    bytes_in.fetch_add(wire_len as u64, Ordering::Relaxed);
                     let input = match frame {
-                        Frame::Cell(cell) => Input::Cell {
-                            link: link_id,
-                            cell,
-                        },
+                        Frame::Cell(cell) => {
+                            self.metrics.cell_in();
+                            Input::Cell {
+                                link: link_id,
+                                cell,
+                            }
+                        }
                         Frame::GraphRecord(bytes) => Input::Graph {
                             link: link_id,
                             bytes,
@@ -184,10 +201,7 @@ impl Links {
     /// Whether `peer` has a live link.
     pub(super) fn is_up(&self, peer: &[u8; 32]) -> bool {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers
-            .get(peer)
-            .and_then(|e| e.sender.as_ref())
-            .is_some_and(|s| !s.is_closed())
+        peers.get(peer).is_some_and(PeerEntry::is_up)
     }
 
     /// `umbra peers`: one row per peer we link or try to link with.
@@ -196,9 +210,11 @@ impl Links {
         let mut rows: Vec<Value> = peers
             .iter()
             .map(|(key, e)| {
-                let up = e.sender.as_ref().is_some_and(|s| !s.is_closed());
-                let state = if up { "up" } else if e.dialing { "connecting" } else { "down" };
+                let up = e.is_up();
+                let state = e.state();
                 let padding = e.sender.as_ref().filter(|_| up).map(|s| s.padding());
+                let stats = e.stats.as_ref().map(tio::LinkStatsHandle::get);
+                let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
                 json!({
                     "key": hex::encode(key),
                     "address": address::address_for_key(key, self.prefix).to_string(),
@@ -207,9 +223,15 @@ impl Links {
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
                     "endpoint": e.remote.map(|a| a.to_string()),
                     "observed": e.observed.map(|a| a.to_string()),
-                    "rtt_ms": Value::Null,
-                    "bytes_in": e.bytes_in.load(Ordering::Relaxed),
-                    "bytes_out": e.bytes_out,
+                    // From the link's pings: the latest round trip and the
+                    // smoothed one, in ms to 0.1 ms; null until one is
+                    // answered (and on links to peers that do not answer).
+                    "rtt_ms": stats.and_then(|s| s.rtt).map(ms),
+                    "srtt_ms": stats.and_then(|s| s.srtt).map(ms),
+                    // Bytes of the link's frame stream, every frame with its
+                    // header, padding and keepalives included.
+                    "bytes_in": stats.map_or(0, |s| s.bytes_in),
+                    "bytes_out": stats.map_or(0, |s| s.bytes_out),
                     "up_secs": e.up_since.map(|t| t.elapsed().as_secs()),
                     // Link padding (anonymity = "strong"): the rate this side
                     // pads at and the rate the peer asked for, in bytes/s, and

@@ -125,6 +125,71 @@ pub enum DialError {
     },
 }
 
+/// Checks that `endpoint` answers as a listener does, without asking for
+/// a link: TCP connect, a TLS 1.3 handshake that picks HTTP/2, then close.
+/// To the listener it is a visitor that left after the handshake. Returns
+/// the address that answered. `umbra doctor` uses it for each partner.
+pub async fn probe(
+    endpoint: &str,
+    server_name: Option<&str>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<SocketAddr, DialError> {
+    let owned = || endpoint.to_string();
+    let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            return Err(DialError::Connect {
+                endpoint: owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(DialError::Timeout {
+                endpoint: owned(),
+                stage: "connect",
+            });
+        }
+    };
+    let remote = stream.peer_addr().map_err(|source| DialError::Connect {
+        endpoint: owned(),
+        source,
+    })?;
+    let sni = match server_name {
+        Some(name) => ServerName::try_from(name.to_string())
+            .map_err(|_| DialError::BadServerName(name.to_string()))?,
+        None => ServerName::IpAddress(remote.ip().into()),
+    };
+    let config = client_tls_config().map_err(|e| DialError::Tls {
+        endpoint: owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let tls = match tokio::time::timeout(
+        handshake_timeout,
+        TlsConnector::from(config).connect(sni, stream),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(source)) => {
+            return Err(DialError::Tls {
+                endpoint: owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(DialError::Timeout {
+                endpoint: owned(),
+                stage: "handshake",
+            });
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+        return Err(DialError::NotHttp2 { endpoint: owned() });
+    }
+    Ok(remote)
+}
+
 /// Dials links for one identity.
 pub struct Dialer {
     identity: Identity,

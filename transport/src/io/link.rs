@@ -6,14 +6,22 @@
 //!   wakeup into [`FrameEncoder`] flushes of a random size (so TLS record
 //!   sizes do not cluster on the cell size; the encoder pads its first
 //!   flushes and every short one, so a lone cell or keepalive never makes
-//!   a constant record size either), adds a keepalive at jittered
-//!   intervals, and, when the daemon sets a rate with
+//!   a constant record size either), sends a ping as the keepalive at
+//!   jittered intervals (the first within [`FIRST_PING_MAX`]) and answers
+//!   the peer's pings with pongs, and, when the daemon sets a rate with
 //!   [`LinkSender::set_padding`], tops cell frames up to that rate with
 //!   cell-sized padding frames ([`PaddingPacer`]);
 //! - the **reader** decodes the peer's frames, drops keepalives and
-//!   padding (counting the peer's cell-sized padding), and ends the link
-//!   when the stream ends, breaks, or goes silent for
+//!   padding (counting the peer's cell-sized padding), hands the peer's
+//!   pings to the writer and times its pongs ([`RttEstimator`]), and ends
+//!   the link when the stream ends, breaks, or goes silent for
 //!   [`LinkSettings::dead_after`].
+//!
+//! Both count the bytes of the frame stream they write and read, every
+//! frame with its header: cells, control, padding, keepalives, pings and
+//! pongs, but not the HTTP/2 and TLS framing around them
+//! ([`LinkSender::stats`]). The two ends of a link agree on these counts
+//! byte for byte once nothing is in flight.
 //!
 //! Closing: a side whose senders are all dropped ends its stream (HTTP/2
 //! `END_STREAM`); the peer's reader then reports [`LinkEnded::Closed`],
@@ -22,6 +30,7 @@
 //! the link: incoming frames are then discarded.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,9 +45,19 @@ use tokio::time::Instant;
 
 use crate::proto::frame::{
     CELL_LEN, FRAME_PAYLOAD_MAX_LEN, FRAME_WIRE_MAX_LEN, Frame, FrameDecoder, FrameEncoder,
-    FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN,
+    FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN, PingToken,
 };
 use crate::proto::padding::PaddingPacer;
+use crate::proto::rtt::RttEstimator;
+
+/// The latest the first ping goes out after a link starts, so the link has a
+/// round-trip time soon (later pings follow the keepalive interval). The
+/// time is drawn uniformly up to this.
+pub const FIRST_PING_MAX: Duration = Duration::from_secs(1);
+
+/// Pongs the reader hands the writer before it drops the peer's further
+/// pings unanswered (a peer pings once per keepalive interval).
+const PONG_QUEUE: usize = 4;
 
 /// Length of an encoded observed address: a 16-byte IPv6 address
 /// (IPv4-mapped for IPv4) and a big-endian `u16` port.
@@ -120,6 +139,13 @@ impl LinkSettings {
     fn keepalive_interval(&self) -> Duration {
         crate::proto::frame::jittered(self.keepalive_min, self.keepalive_max, &mut OsRng)
     }
+
+    /// When the first ping goes out: uniform up to [`FIRST_PING_MAX`], and
+    /// never later than a keepalive would.
+    fn first_ping(&self) -> Duration {
+        let max = FIRST_PING_MAX.min(self.keepalive_interval());
+        crate::proto::frame::jittered(Duration::ZERO, max, &mut OsRng)
+    }
 }
 
 /// A live, authenticated link to a peer.
@@ -184,14 +210,89 @@ pub struct LinkSender {
     tx: mpsc::Sender<Frame>,
     /// The padding rate the writer follows, in bytes per second; 0 is off.
     padding_rate: Arc<watch::Sender<u32>>,
-    padding: Arc<PaddingCounters>,
+    shared: Arc<Shared>,
 }
 
-/// Padding frames of one link, counted by its writer and reader.
+/// What the writer and reader of one link count and share.
 #[derive(Debug, Default)]
-struct PaddingCounters {
-    sent: AtomicU64,
-    received: AtomicU64,
+struct Shared {
+    /// Cell-sized padding frames sent and received.
+    cover_sent: AtomicU64,
+    cover_received: AtomicU64,
+    /// All padding frames and their bytes, headers included.
+    padding_frames_sent: AtomicU64,
+    padding_bytes_sent: AtomicU64,
+    padding_frames_received: AtomicU64,
+    padding_bytes_received: AtomicU64,
+    /// Frame-stream bytes written to and read from HTTP/2.
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    /// The outstanding ping and the round-trip times.
+    rtt: Mutex<RttEstimator>,
+}
+
+impl Shared {
+    fn rtt(&self) -> std::sync::MutexGuard<'_, RttEstimator> {
+        self.rtt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A link's byte counts, padding and round-trip time, as
+/// [`LinkSender::stats`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    /// Bytes of frames written to the link: every frame with its 3-byte
+    /// header (cells, control, graph, padding, keepalives, pings, pongs), not
+    /// the HTTP/2 and TLS framing around them.
+    pub bytes_out: u64,
+    /// Bytes of frames read from the link, counted the same way.
+    pub bytes_in: u64,
+    /// Padding frames sent (the encoder's write padding and cell-sized link
+    /// padding alike), and their bytes, headers included.
+    pub padding_frames_out: u64,
+    /// Bytes of [`LinkStats::padding_frames_out`].
+    pub padding_bytes_out: u64,
+    /// Padding frames received and discarded.
+    pub padding_frames_in: u64,
+    /// Bytes of [`LinkStats::padding_frames_in`].
+    pub padding_bytes_in: u64,
+    /// Of the padding frames sent, the cell-sized ones (link padding).
+    pub cover_frames_out: u64,
+    /// Of the padding frames received, the cell-sized ones.
+    pub cover_frames_in: u64,
+    /// The latest round-trip time of a ping, if one was answered.
+    pub rtt: Option<Duration>,
+    /// The smoothed round-trip time (RFC 6298's SRTT).
+    pub srtt: Option<Duration>,
+    /// Pings answered.
+    pub pings_answered: u64,
+}
+
+/// Reads a link's [`LinkStats`] without holding the link open (unlike a
+/// [`LinkSender`] clone). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkStatsHandle(Arc<Shared>);
+
+impl LinkStatsHandle {
+    /// The counts so far.
+    pub fn get(&self) -> LinkStats {
+        let s = &self.0;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rtt = s.rtt();
+        LinkStats {
+            bytes_out: get(&s.bytes_out),
+            bytes_in: get(&s.bytes_in),
+            padding_frames_out: get(&s.padding_frames_sent),
+            padding_bytes_out: get(&s.padding_bytes_sent),
+            padding_frames_in: get(&s.padding_frames_received),
+            padding_bytes_in: get(&s.padding_bytes_received),
+            cover_frames_out: get(&s.cover_sent),
+            cover_frames_in: get(&s.cover_received),
+            rtt: rtt.latest(),
+            srtt: rtt.smoothed(),
+            pings_answered: rtt.samples(),
+        }
+    }
 }
 
 /// Link padding on one link, as [`LinkSender::padding`] reports it.
@@ -249,9 +350,20 @@ impl LinkSender {
     pub fn padding(&self) -> PaddingStats {
         PaddingStats {
             rate_out: *self.padding_rate.borrow(),
-            frames_out: self.padding.sent.load(Ordering::Relaxed),
-            frames_in: self.padding.received.load(Ordering::Relaxed),
+            frames_out: self.shared.cover_sent.load(Ordering::Relaxed),
+            frames_in: self.shared.cover_received.load(Ordering::Relaxed),
         }
+    }
+
+    /// The link's byte counts, padding and round-trip time so far.
+    pub fn stats(&self) -> LinkStats {
+        self.stats_handle().get()
+    }
+
+    /// A handle that reads [`LinkSender::stats`] and does not keep the link
+    /// open.
+    pub fn stats_handle(&self) -> LinkStatsHandle {
+        LinkStatsHandle(Arc::clone(&self.shared))
     }
 }
 
@@ -352,23 +464,30 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     let (recv_tx, recv_rx) = mpsc::channel(settings.receive_queue_frames.max(1));
     let stop_writer = Arc::new(Notify::new());
     let (rate_tx, rate_rx) = watch::channel(0);
-    let padding = Arc::new(PaddingCounters::default());
+    let (pong_tx, pong_rx) = mpsc::channel(PONG_QUEUE);
+    let shared = Arc::new(Shared::default());
     tokio::spawn(writer(
-        frame_rx,
+        Inputs {
+            frames: frame_rx,
+            pongs: pong_rx,
+            stop: stop_writer.clone(),
+            padding_rate: rate_rx,
+        },
         start.outgoing,
         settings.clone(),
-        stop_writer.clone(),
-        rate_rx,
-        padding.clone(),
+        shared.clone(),
     ));
     tokio::spawn(reader(
         start.incoming,
         start.already_read,
-        recv_tx,
+        Feed {
+            out: recv_tx,
+            pongs: pong_tx,
+            shared: shared.clone(),
+        },
         settings.dead_after(),
         stop_writer,
         start.close_connection,
-        padding.clone(),
     ));
     Link {
         peer: start.peer,
@@ -380,7 +499,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
         sender: LinkSender {
             tx: frame_tx,
             padding_rate: Arc::new(rate_tx),
-            padding,
+            shared,
         },
         receiver: LinkReceiver {
             rx: recv_rx,
@@ -389,23 +508,35 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     }
 }
 
-/// Coalesces queued frames into writes, adds jittered keepalives, and pads
-/// at the rate [`LinkSender::set_padding`] set. Ends (closing this direction
-/// cleanly) when every [`LinkSender`] is gone, when the reader says the link
-/// is over, or when HTTP/2 drops the stream.
+/// What the writer waits on besides the clock.
+struct Inputs {
+    /// Frames from the [`LinkSender`]s.
+    frames: mpsc::Receiver<Frame>,
+    /// Tokens of the peer's pings, to answer.
+    pongs: mpsc::Receiver<PingToken>,
+    /// The reader says the link is over.
+    stop: Arc<Notify>,
+    /// The padding rate [`LinkSender::set_padding`] sets.
+    padding_rate: watch::Receiver<u32>,
+}
+
+/// Coalesces queued frames into writes, sends a ping as the keepalive at
+/// jittered intervals, answers the peer's pings, and pads at the rate
+/// [`LinkSender::set_padding`] set. Ends (closing this direction cleanly)
+/// when every [`LinkSender`] is gone, when the reader says the link is
+/// over, or when HTTP/2 drops the stream.
 async fn writer(
-    mut frames: mpsc::Receiver<Frame>,
+    mut inputs: Inputs,
     out: mpsc::Sender<Bytes>,
     settings: LinkSettings,
-    stop: Arc<Notify>,
-    mut padding_rate: watch::Receiver<u32>,
-    counters: Arc<PaddingCounters>,
+    shared: Arc<Shared>,
 ) {
     let mut rng = OsRng;
     let mut enc = FrameEncoder::new(&mut rng);
-    let mut next_keepalive = Instant::now() + settings.keepalive_interval();
+    let mut next_keepalive = Instant::now() + settings.first_ping();
     let mut pacer: Option<PaddingPacer> = None;
     let mut rate_open = true;
+    let mut pongs_open = true;
     let mut pad = [0u8; CELL_LEN];
     loop {
         let pad_at = pacer
@@ -414,20 +545,24 @@ async fn writer(
         tokio::select! {
             biased;
             () = out.closed() => return,
-            () = stop.notified() => return,
-            frame = frames.recv() => {
+            () = inputs.stop.notified() => return,
+            token = inputs.pongs.recv(), if pongs_open => match token {
+                Some(token) => queue(&mut enc, &Frame::Pong(token), None),
+                None => pongs_open = false,
+            },
+            frame = inputs.frames.recv() => {
                 let Some(frame) = frame else { return };
                 queue(&mut enc, &frame, pacer.as_mut());
                 while enc.pending_len() < COALESCE_MAX_LEN {
-                    match frames.try_recv() {
+                    match inputs.frames.try_recv() {
                         Ok(frame) => queue(&mut enc, &frame, pacer.as_mut()),
                         Err(_) => break,
                     }
                 }
             }
-            changed = padding_rate.changed(), if rate_open => {
+            changed = inputs.padding_rate.changed(), if rate_open => {
                 if changed.is_ok() {
-                    let rate = *padding_rate.borrow_and_update();
+                    let rate = *inputs.padding_rate.borrow_and_update();
                     pacer = PaddingPacer::new(rate, Instant::now().into_std());
                 } else {
                     rate_open = false;
@@ -442,12 +577,16 @@ async fn writer(
                     // hides it anyway.
                     rng.fill_bytes(&mut pad);
                     if enc.queue(FrameType::Padding, &pad).is_ok() {
-                        counters.sent.fetch_add(1, Ordering::Relaxed);
+                        shared.cover_sent.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             () = tokio::time::sleep_until(next_keepalive) => {
-                queue(&mut enc, &Frame::Keepalive, None);
+                // The keepalive asks for an echo: a peer that does not know
+                // pings skips it, and its bytes keep the link alive all the
+                // same (docs/protocol.md, "Link framing").
+                let token = shared.rtt().ping(Instant::now().into_std(), &mut rng);
+                queue(&mut enc, &Frame::Ping(token), None);
                 next_keepalive = Instant::now() + settings.keepalive_interval();
             }
         }
@@ -457,10 +596,18 @@ async fn writer(
             let Some(buf) = enc.flush(max_len, &mut rng) else {
                 break;
             };
+            let len = buf.len() as u64;
             if out.send(buf).await.is_err() {
                 return;
             }
+            shared.bytes_out.fetch_add(len, Ordering::Relaxed);
         }
+        shared
+            .padding_frames_sent
+            .store(enc.padding_frames(), Ordering::Relaxed);
+        shared
+            .padding_bytes_sent
+            .store(enc.padding_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -476,21 +623,29 @@ fn queue(enc: &mut FrameEncoder, frame: &Frame, pacer: Option<&mut PaddingPacer>
     }
 }
 
-/// Decodes the peer's stream into `out` until it ends, then stops the
+/// Where the reader's decoded frames go.
+struct Feed {
+    /// Frames for the daemon.
+    out: mpsc::Sender<Result<Frame, LinkEnded>>,
+    /// Tokens of the peer's pings, for the writer to echo.
+    pongs: mpsc::Sender<PingToken>,
+    shared: Arc<Shared>,
+}
+
+/// Decodes the peer's stream into `feed` until it ends, then stops the
 /// writer and closes the connection. If the daemon drops its
 /// [`LinkReceiver`], frames are read and discarded until the peer ends.
 async fn reader(
     mut incoming: Incoming,
     already_read: Bytes,
-    out: mpsc::Sender<Result<Frame, LinkEnded>>,
+    feed: Feed,
     dead_after: Duration,
     stop_writer: Arc<Notify>,
     close_connection: CloseConnection,
-    padding: Arc<PaddingCounters>,
 ) {
     let mut dec = FrameDecoder::new();
     let end: Result<std::convert::Infallible, LinkEnded> = async {
-        feed(&mut dec, &already_read, &out, &padding).await?;
+        feed.push(&mut dec, &already_read).await?;
         let mut deadline = Instant::now() + dead_after;
         loop {
             let frame = tokio::select! {
@@ -504,7 +659,7 @@ async fn reader(
                 Some(Err(e)) => return Err(LinkEnded::Transport(e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        feed(&mut dec, &data, &out, &padding).await?;
+                        feed.push(&mut dec, &data).await?;
                         deadline = Instant::now() + dead_after;
                     }
                 }
@@ -514,36 +669,55 @@ async fn reader(
     .await;
     let Err(reason) = end;
     tracing::debug!(%reason, "link ended");
-    let _ = out.send(Err(reason)).await;
+    let _ = feed.out.send(Err(reason)).await;
     stop_writer.notify_one();
     close_connection();
 }
 
-/// Pushes received bytes through the decoder and hands whole frames on
-/// (dropping them if nobody receives any more). Padding never reaches the
-/// daemon: the decoder skips it, and the peer's cell-sized padding is
-/// counted. `Ok(())` means "keep reading"; an `Err` ends the link.
-async fn feed(
-    dec: &mut FrameDecoder,
-    data: &[u8],
-    out: &mpsc::Sender<Result<Frame, LinkEnded>>,
-    padding: &PaddingCounters,
-) -> Result<(), LinkEnded> {
-    // Chunks this size always fit the decoder once it is drained.
-    for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
-        dec.push(chunk).map_err(LinkEnded::Protocol)?;
-        while let Some(frame) = dec.next_frame().map_err(LinkEnded::Protocol)? {
-            if frame.frame_type() == FrameType::Keepalive {
-                continue;
+impl Feed {
+    /// Pushes received bytes through the decoder and hands whole frames on
+    /// (dropping them if nobody receives any more). Padding never reaches
+    /// the daemon: the decoder skips it, and counts it. Keepalives, pings
+    /// and pongs stay here. `Ok(())` means "keep reading"; an `Err` ends the
+    /// link.
+    async fn push(&self, dec: &mut FrameDecoder, data: &[u8]) -> Result<(), LinkEnded> {
+        let shared = &self.shared;
+        shared
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // Chunks this size always fit the decoder once it is drained.
+        for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
+            dec.push(chunk).map_err(LinkEnded::Protocol)?;
+            while let Some(frame) = dec.next_frame().map_err(LinkEnded::Protocol)? {
+                match frame {
+                    Frame::Keepalive => {}
+                    // A peer that pings faster than the writer answers
+                    // gets no answer to some: it only loses samples.
+                    Frame::Ping(token) => {
+                        let _ = self.pongs.try_send(token);
+                    }
+                    Frame::Pong(token) => {
+                        shared.rtt().on_pong(&token, Instant::now().into_std());
+                    }
+                    // A dropped receiver discards; the link lives on for
+                    // sending.
+                    frame => {
+                        let _ = self.out.send(Ok(frame)).await;
+                    }
+                }
             }
-            // A dropped receiver discards; the link lives on for sending.
-            let _ = out.send(Ok(frame)).await;
         }
+        shared
+            .cover_received
+            .store(dec.cover_frames(), Ordering::Relaxed);
+        shared
+            .padding_frames_received
+            .store(dec.padding_frames(), Ordering::Relaxed);
+        shared
+            .padding_bytes_received
+            .store(dec.padding_bytes(), Ordering::Relaxed);
+        Ok(())
     }
-    padding
-        .received
-        .store(dec.cover_frames(), Ordering::Relaxed);
-    Ok(())
 }
 
 #[cfg(test)]

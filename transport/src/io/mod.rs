@@ -27,11 +27,14 @@ pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, LETS_ENCRYPT_DIRECTORY};
 pub use cover::{
     CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
 };
-pub use dialer::{DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer};
+pub use dialer::{
+    DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer, probe,
+};
 pub use link::{
-    Direction, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES, LINK_RECEIVE_QUEUE_FRAMES,
-    LINK_SEND_QUEUE_FRAMES, Link, LinkEnded, LinkReceiver, LinkSendError, LinkSender, LinkSettings,
-    OBSERVED_ADDR_LEN, PaddingStats, decode_observed_addr, encode_observed_addr,
+    Direction, FIRST_PING_MAX, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES,
+    LINK_RECEIVE_QUEUE_FRAMES, LINK_SEND_QUEUE_FRAMES, Link, LinkEnded, LinkReceiver,
+    LinkSendError, LinkSender, LinkSettings, LinkStats, LinkStatsHandle, OBSERVED_ADDR_LEN,
+    PaddingStats, decode_observed_addr, encode_observed_addr,
 };
 pub use listener::{
     ACCEPT_ERROR_PAUSE, AUTHORIZER_REPLY_MAX_LEN, Authorizer, HTTP1_HEADER_TIMEOUT,

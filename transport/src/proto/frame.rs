@@ -68,6 +68,13 @@ pub const LINK_KEEPALIVE_MIN: Duration = Duration::from_secs(15);
 /// timeouts (`docs/protocol.md, "Link framing"`).
 pub const LINK_KEEPALIVE_MAX: Duration = Duration::from_secs(25);
 
+/// Length of the token a [`FrameType::Ping`] carries and its
+/// [`FrameType::Pong`] echoes, in bytes.
+pub const PING_TOKEN_LEN: usize = 8;
+
+/// The token of a ping and of the pong that answers it.
+pub type PingToken = [u8; PING_TOKEN_LEN];
+
 /// The kinds of frame this version knows. Any other type byte is skipped by
 /// the receiver and counted, so later versions can add kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +92,13 @@ pub enum FrameType {
     Ledger = 0x04,
     /// An empty frame that keeps the link and NAT mappings alive.
     Keepalive = 0x05,
+    /// A keepalive that asks for an echo: a [`PING_TOKEN_LEN`]-byte token
+    /// that the receiver sends back in a [`FrameType::Pong`], so the sender
+    /// measures the link's round-trip time. A peer that does not know the
+    /// type skips it as unknown; its bytes still keep the link alive.
+    Ping = 0x06,
+    /// The answer to a [`FrameType::Ping`]: the same token.
+    Pong = 0x07,
 }
 
 impl FrameType {
@@ -98,6 +112,8 @@ impl FrameType {
             0x03 => FrameType::GraphRecord,
             0x04 => FrameType::Ledger,
             0x05 => FrameType::Keepalive,
+            0x06 => FrameType::Ping,
+            0x07 => FrameType::Pong,
             _ => return None,
         })
     }
@@ -121,6 +137,10 @@ pub enum Frame {
     Ledger(Bytes),
     /// A keepalive.
     Keepalive,
+    /// A keepalive that asks for a [`Frame::Pong`] with the same token.
+    Ping(PingToken),
+    /// The echo of a [`Frame::Ping`]'s token.
+    Pong(PingToken),
 }
 
 impl Frame {
@@ -132,15 +152,25 @@ impl Frame {
             Frame::GraphRecord(_) => FrameType::GraphRecord,
             Frame::Ledger(_) => FrameType::Ledger,
             Frame::Keepalive => FrameType::Keepalive,
+            Frame::Ping(_) => FrameType::Ping,
+            Frame::Pong(_) => FrameType::Pong,
         }
     }
 
-    /// This frame's payload (empty for a keepalive).
+    /// This frame's payload (empty for a keepalive, the token for a ping or
+    /// pong).
     pub fn payload(&self) -> &[u8] {
         match self {
             Frame::Cell(b) | Frame::LinkControl(b) | Frame::GraphRecord(b) | Frame::Ledger(b) => b,
             Frame::Keepalive => &[],
+            Frame::Ping(t) | Frame::Pong(t) => t,
         }
+    }
+
+    /// Bytes this frame takes on the link: its payload and the
+    /// [`FRAME_HEADER_LEN`]-byte header.
+    pub fn wire_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.payload().len()
     }
 }
 
@@ -157,6 +187,9 @@ pub enum FrameError {
     /// A keepalive frame had a payload.
     #[error("keepalive frame has a {0}-byte payload")]
     KeepaliveNotEmpty(usize),
+    /// A ping or pong frame's payload was not [`PING_TOKEN_LEN`] bytes.
+    #[error("ping or pong frame has {0} bytes, not {PING_TOKEN_LEN}")]
+    BadPingLength(usize),
     /// The decoder would buffer more than [`DECODER_BUFFER_MAX_LEN`] bytes.
     #[error("link frame decoder buffer is full; pop frames before pushing more")]
     BufferFull,
@@ -170,9 +203,19 @@ fn check_payload(ty: FrameType, len: usize) -> Result<(), FrameError> {
     match ty {
         FrameType::Cell if len != CELL_LEN => Err(FrameError::BadCellLength(len)),
         FrameType::Keepalive if len != 0 => Err(FrameError::KeepaliveNotEmpty(len)),
+        FrameType::Ping | FrameType::Pong if len != PING_TOKEN_LEN => {
+            Err(FrameError::BadPingLength(len))
+        }
         _ if len > FRAME_PAYLOAD_MAX_LEN => Err(FrameError::PayloadTooLong(len)),
         _ => Ok(()),
     }
+}
+
+/// The token of a ping or pong payload that [`check_payload`] passed.
+fn token(payload: &[u8]) -> Result<PingToken, FrameError> {
+    payload
+        .try_into()
+        .map_err(|_| FrameError::BadPingLength(payload.len()))
 }
 
 /// Turns received bytes into frames.
@@ -185,6 +228,7 @@ pub struct FrameDecoder {
     buf: BytesMut,
     unknown_frames: u64,
     padding_frames: u64,
+    padding_bytes: u64,
     cover_frames: u64,
 }
 
@@ -235,8 +279,11 @@ impl FrameDecoder {
                 Some(FrameType::GraphRecord) => Frame::GraphRecord(payload),
                 Some(FrameType::Ledger) => Frame::Ledger(payload),
                 Some(FrameType::Keepalive) => Frame::Keepalive,
+                Some(FrameType::Ping) => Frame::Ping(token(&payload)?),
+                Some(FrameType::Pong) => Frame::Pong(token(&payload)?),
                 Some(FrameType::Padding) => {
                     self.padding_frames += 1;
+                    self.padding_bytes += (FRAME_HEADER_LEN + payload_len) as u64;
                     if payload_len == CELL_LEN {
                         self.cover_frames += 1;
                     }
@@ -263,6 +310,11 @@ impl FrameDecoder {
     /// Padding frames skipped so far.
     pub fn padding_frames(&self) -> u64 {
         self.padding_frames
+    }
+
+    /// Bytes of the padding frames skipped so far, headers included.
+    pub fn padding_bytes(&self) -> u64 {
+        self.padding_bytes
     }
 
     /// Of [`FrameDecoder::padding_frames`], those the size of a cell frame: the link
@@ -298,6 +350,9 @@ pub struct FrameEncoder {
     padded_flushes_left: u32,
     /// Whether short flushes that empty the queue end with padding.
     pad_short_flushes: bool,
+    /// Padding frames queued or added so far, and their bytes.
+    padding_frames: u64,
+    padding_bytes: u64,
 }
 
 impl FrameEncoder {
@@ -320,14 +375,36 @@ impl FrameEncoder {
             cut_frame_left: 0,
             padded_flushes_left: padded_flushes,
             pad_short_flushes: false,
+            padding_frames: 0,
+            padding_bytes: 0,
         }
     }
 
-    /// Queues one frame. A cell must be exactly [`CELL_LEN`] bytes and a
-    /// keepalive empty.
+    /// Queues one frame. A cell must be exactly [`CELL_LEN`] bytes, a
+    /// keepalive empty, and a ping or pong [`PING_TOKEN_LEN`] bytes.
     pub fn queue(&mut self, frame_type: FrameType, payload: &[u8]) -> Result<(), FrameError> {
         check_payload(frame_type, payload.len())?;
-        put_frame(&mut self.pending, frame_type.to_byte(), payload)
+        put_frame(&mut self.pending, frame_type.to_byte(), payload)?;
+        if frame_type == FrameType::Padding {
+            self.count_padding(payload.len());
+        }
+        Ok(())
+    }
+
+    fn count_padding(&mut self, payload_len: usize) {
+        self.padding_frames += 1;
+        self.padding_bytes += (FRAME_HEADER_LEN + payload_len) as u64;
+    }
+
+    /// Padding frames sent so far: those queued with
+    /// [`FrameType::Padding`] and those the encoder added to flushes.
+    pub fn padding_frames(&self) -> u64 {
+        self.padding_frames
+    }
+
+    /// Bytes of [`FrameEncoder::padding_frames`], headers included.
+    pub fn padding_bytes(&self) -> u64 {
+        self.padding_bytes
     }
 
     /// Queued bytes not yet handed out by [`FrameEncoder::flush`].
@@ -360,6 +437,7 @@ impl FrameEncoder {
             rng.fill_bytes(pad);
             // Cannot fail: pad_len is far below the maximum payload.
             let _ = put_frame(&mut out, FrameType::Padding.to_byte(), pad);
+            self.count_padding(pad_len);
             out.extend_from_slice(&self.take_pending(take));
             return Some(out.freeze());
         }
@@ -382,6 +460,7 @@ impl FrameEncoder {
             if let Some(pad) = self.pending.get_mut(payload_start..) {
                 rng.fill_bytes(pad);
             }
+            self.count_padding(pad_len);
             take = self.pending.len();
         }
         Some(self.take_pending(take).freeze())
@@ -463,9 +542,72 @@ mod tests {
         for b in 0..=u8::MAX {
             match FrameType::from_byte(b) {
                 Some(t) => assert_eq!(t.to_byte(), b),
-                None => assert!(b > 0x05),
+                None => assert!(b > 0x07),
             }
         }
+    }
+
+    #[test]
+    fn pings_and_pongs_round_trip_and_keep_their_token() {
+        let mut rng = rand_core::OsRng;
+        let mut enc = FrameEncoder::with_padded_flushes(0);
+        let token = [1, 2, 3, 4, 5, 6, 7, 8];
+        for f in [Frame::Ping(token), Frame::Pong(token), Frame::Keepalive] {
+            enc.queue(f.frame_type(), f.payload()).expect("queue");
+        }
+        let buf = enc.flush(usize::MAX, &mut rng).expect("flush");
+        assert_eq!(
+            buf.len(),
+            2 * (FRAME_HEADER_LEN + PING_TOKEN_LEN) + FRAME_HEADER_LEN
+        );
+        assert_eq!(buf.get(..3), Some(&[0, 9, 0x06][..]));
+        let mut dec = FrameDecoder::new();
+        dec.push(&buf).expect("push");
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::Ping(token))));
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::Pong(token))));
+        // An empty keepalive, as older peers send, still decodes.
+        assert_eq!(dec.next_frame(), Ok(Some(Frame::Keepalive)));
+        assert_eq!(dec.next_frame(), Ok(None));
+        assert_eq!(Frame::Ping(token).wire_len(), 11);
+    }
+
+    #[test]
+    fn a_ping_or_pong_of_another_length_is_refused() {
+        for (ty, len) in [(0x06u8, 7usize), (0x07, 9), (0x06, 0)] {
+            let mut dec = FrameDecoder::new();
+            let mut wire = vec![0, u8::try_from(len + 1).expect("small"), ty];
+            wire.resize(3 + len, 0xaa);
+            dec.push(&wire).expect("push");
+            assert_eq!(dec.next_frame(), Err(FrameError::BadPingLength(len)));
+        }
+        let mut enc = FrameEncoder::with_padded_flushes(0);
+        assert_eq!(
+            enc.queue(FrameType::Pong, &[0; 3]),
+            Err(FrameError::BadPingLength(3))
+        );
+    }
+
+    #[test]
+    fn padding_is_counted_on_both_sides() {
+        let mut rng = rand_core::OsRng;
+        let mut enc = FrameEncoder::new(&mut rng);
+        let mut dec = FrameDecoder::new();
+        let mut total = 0usize;
+        for _ in 0..20 {
+            enc.queue(FrameType::Cell, &[3; CELL_LEN]).expect("queue");
+            enc.queue(FrameType::Padding, &[0; CELL_LEN])
+                .expect("queue");
+            while let Some(buf) = enc.flush(4000, &mut rng) {
+                total += buf.len();
+                dec.push(&buf).expect("push");
+                while dec.next_frame().expect("valid").is_some() {}
+            }
+        }
+        assert_eq!(enc.padding_frames(), dec.padding_frames());
+        assert_eq!(enc.padding_bytes(), dec.padding_bytes());
+        assert_eq!(dec.cover_frames(), 20);
+        let cells = 20 * (FRAME_HEADER_LEN + CELL_LEN);
+        assert_eq!(total as u64, cells as u64 + enc.padding_bytes());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Sans-IO protocol parts of links: handshake, framing, padding, invite tokens,
-//! link control messages and the agreement asked for in the handshake.
+//! Sans-IO protocol parts of links: handshake, framing, padding, round-trip
+//! times, invite tokens, link control messages and the agreement asked for
+//! in the handshake.
 //!
 //! Nothing here does I/O, reads the clock or spawns tasks: callers pass bytes,
 //! `now_unix` and random sources in, and get bytes and typed results out
@@ -15,3 +16,4 @@ pub mod frame;
 pub mod handshake;
 pub mod invite;
 pub mod padding;
+pub mod rtt;
