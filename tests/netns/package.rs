@@ -356,7 +356,8 @@ fn run_as_the_unit(uid: u32, gid: u32) {
 /// `systemd-nspawn` on a throwaway overlay, with its own network namespace.
 /// In it the package installs, `systemctl enable --now umbra` starts the
 /// sandboxed unit (TUN, port 443, control socket, READY=1) as umbra with
-/// exactly the two capabilities and a seccomp filter, `systemctl reload`
+/// exactly the two capabilities and a seccomp filter, `umbra doctor`
+/// passes, `systemctl reload`
 /// reloads, a reinstall restarts it, stop removes the TUN, purge removes
 /// config and state.
 #[test]
@@ -473,6 +474,14 @@ fn unit_runs_under_systemd() {
     assert!(s.contains("\"umbra0\""), "umbra status: {s}");
     ok("ip -6 addr show dev umbra0 | grep -q /128");
     ok("[ \"$(cat /proc/sys/net/ipv6/conf/umbra0/accept_ra)\" = 0 ]");
+    // What the package set up is what `umbra doctor` checks for.
+    let doctor = inside("umbra doctor");
+    assert!(
+        doctor.status.success(),
+        "umbra doctor on the packaged node:\n{}{}",
+        stdout(&doctor),
+        String::from_utf8_lossy(&doctor.stderr)
+    );
 
     ok("systemctl reload umbra");
     ok("journalctl -u umbra | grep -q 'SIGHUP: config reloaded'");
