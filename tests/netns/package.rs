@@ -357,9 +357,8 @@ fn run_as_the_unit(uid: u32, gid: u32) {
 /// In it the package installs, `systemctl enable --now umbra` starts the
 /// sandboxed unit (TUN, port 443, control socket, READY=1) as umbra with
 /// exactly the two capabilities and a seccomp filter, `umbra doctor`
-/// passes, `systemctl reload`
-/// reloads, a reinstall restarts it, stop removes the TUN, purge removes
-/// config and state.
+/// passes, `systemctl reload` reloads, a reinstall restarts it, stop
+/// removes the TUN, purge removes config and state.
 #[test]
 fn unit_runs_under_systemd() {
     if !umbra_netlab::is_root() || !umbra_netlab::has_tun() {
