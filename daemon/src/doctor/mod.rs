@@ -42,7 +42,7 @@ pub(crate) enum Status {
     Warn,
     /// It is wrong; the exit code is 1.
     Fail,
-    /// Not checked (not needed with this config, or not implemented yet).
+    /// Not checked (not needed with this config, or it cannot be told now).
     Skip,
 }
 

@@ -1,7 +1,7 @@
 //! Listening: binds every `[listen] https` address with its certificate
 //! and cover site, and serves it; authenticated link requests go to
-//! [`Links::authorize`], accepted links to the daemon's links channel. The
-//! first listener's port is the link port outgoing links bind too
+//! [`Links::authorize`], accepted links to the daemon's links channel.
+//! Their ports are the link ports outgoing links bind too
 //! (docs/architecture.md, "NAT").
 
 use std::sync::Arc;
@@ -82,16 +82,19 @@ impl Links {
             let tcp = tio::bind_listener(*addr).with_context(|| format!("listening on {addr}"))?;
             let local = tcp.local_addr()?;
             tracing::info!(%local, "link listener up");
-            if self.dialer.link_port().is_none() {
-                // The first listener's port is the link port.
-                self.dialer.set_link_port(Some(local.port()));
-            }
             self.listeners
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(local);
             tokio::spawn(tio::serve(tcp, Arc::clone(&listener), links_tx.clone()));
         }
+        // Their ports are the link ports outgoing links bind.
+        let bound = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.dialer.set_listeners(&bound);
         Ok(())
     }
 }

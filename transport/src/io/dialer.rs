@@ -11,7 +11,7 @@
 //! any client connecting to a bare IP address sends.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ use super::link::{
 };
 use super::listener::{LINK_CONTENT_TYPE, LINK_PATH};
 use super::pki::TlsError;
-use super::port::connect_from;
+use super::port::{connect_from, link_port_for};
 use super::time::unix_secs;
 use super::tls::{ALPN_H2, client_tls_config, link_exporter};
 use crate::proto::handshake::{
@@ -199,9 +199,9 @@ pub struct Dialer {
     settings: LinkSettings,
     connect_timeout: Duration,
     handshake_timeout: Duration,
-    /// The local port outgoing links bind (`docs/architecture.md, "NAT"`);
-    /// 0: an ephemeral port.
-    link_port: AtomicU16,
+    /// The node's bound listeners, whose ports outgoing links bind
+    /// (`docs/architecture.md, "NAT"`); none: ephemeral ports.
+    listeners: Mutex<Vec<SocketAddr>>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -209,7 +209,7 @@ impl std::fmt::Debug for Dialer {
         f.debug_struct("Dialer")
             .field("identity", &self.identity)
             .field("settings", &self.settings)
-            .field("link_port", &self.link_port)
+            .field("listeners", &self.listeners)
             .finish_non_exhaustive()
     }
 }
@@ -223,22 +223,26 @@ impl Dialer {
             settings,
             connect_timeout: DIAL_CONNECT_TIMEOUT,
             handshake_timeout: DIAL_HANDSHAKE_TIMEOUT,
-            link_port: AtomicU16::new(0),
+            listeners: Mutex::new(Vec::new()),
         })
     }
 
-    /// Makes outgoing links bind local port `port` (the node's listen
-    /// port, whose listener [`super::bind_listener`] bound), or an
-    /// ephemeral port for `None`. A dial whose 4-tuple that port cannot
-    /// make falls back to an ephemeral port (`docs/architecture.md,
-    /// "NAT"`).
-    pub fn set_link_port(&self, port: Option<u16>) {
-        self.link_port.store(port.unwrap_or(0), Ordering::Relaxed);
+    /// Makes outgoing links bind the link port: the port of the first of
+    /// `listeners` (the node's bound listeners, which
+    /// [`super::bind_listener`] bound) of the peer's address family, else
+    /// of the first; an ephemeral port when `listeners` is empty. A dial
+    /// whose 4-tuple that port cannot make falls back to an ephemeral port
+    /// (`docs/architecture.md, "NAT"`).
+    pub fn set_listeners(&self, listeners: &[SocketAddr]) {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = listeners.to_vec();
     }
 
-    /// The local port outgoing links bind, if any.
-    pub fn link_port(&self) -> Option<u16> {
-        Some(self.link_port.load(Ordering::Relaxed)).filter(|p| *p != 0)
+    /// The local port a link to `remote` binds, if any.
+    pub fn link_port(&self, remote: &SocketAddr) -> Option<u16> {
+        link_port_for(
+            &self.listeners.lock().unwrap_or_else(|p| p.into_inner()),
+            remote,
+        )
     }
 
     /// Changes the connect and handshake timeouts.
@@ -291,7 +295,7 @@ impl Dialer {
     async fn connect(&self, endpoint: &str) -> std::io::Result<TcpStream> {
         let mut last = None;
         for addr in tokio::net::lookup_host(endpoint).await? {
-            match connect_from(addr, self.link_port()).await {
+            match connect_from(addr, self.link_port(&addr)).await {
                 Ok((stream, _)) => return Ok(stream),
                 Err(e) => last = Some(e),
             }

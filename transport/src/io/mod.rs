@@ -9,7 +9,7 @@
 //!   [`server_tls_config`], a [`CoverSite`], an [`Authorizer`]) and run
 //!   [`serve`] on a bound `TcpListener`; accepted links arrive on a channel;
 //! - bind listeners with [`bind_listener`] and give the [`Dialer`] their
-//!   port ([`Dialer::set_link_port`]), so links in both directions share it;
+//!   ports ([`Dialer::set_listeners`]), so links in both directions share it;
 //! - dial with a [`Dialer`];
 //! - either way it gets a [`Link`]: the peer's key, addresses, the
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].

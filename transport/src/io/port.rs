@@ -47,6 +47,20 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The link port for a connection to `remote`: the port of the first of
+/// `listeners` of `remote`'s address family (a listener on `[::]` takes
+/// IPv4 connections too), else of the first listener; `None` without one.
+pub(crate) fn link_port_for(listeners: &[SocketAddr], remote: &SocketAddr) -> Option<u16> {
+    let serves = |l: &&SocketAddr| {
+        l.is_ipv4() == remote.is_ipv4() || (remote.is_ipv4() && l.ip().is_unspecified())
+    };
+    listeners
+        .iter()
+        .find(serves)
+        .or(listeners.first())
+        .map(SocketAddr::port)
+}
+
 /// Connects to `remote` from local port `link_port` (on the unspecified
 /// address of `remote`'s family), or from an ephemeral port when
 /// `link_port` is `None` or that 4-tuple is taken. Returns the stream and
@@ -121,6 +135,23 @@ mod tests {
             .await
             .expect("the listener on the shared port still accepts");
         l1.accept().await.expect("accept");
+    }
+
+    #[test]
+    fn the_link_port_follows_the_peer_s_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let v4 = a("198.18.1.2:443");
+        let v6 = a("[2001:db8::1]:443");
+        assert_eq!(link_port_for(&[], &v4), None);
+        let both = [a("198.18.1.1:8443"), a("[2001:db8::2]:9443")];
+        assert_eq!(link_port_for(&both, &v4), Some(8443));
+        assert_eq!(link_port_for(&both, &v6), Some(9443));
+        // Only one family: its port for both.
+        assert_eq!(link_port_for(&both[..1], &v6), Some(8443));
+        // `[::]` takes IPv4 too, so it serves a v4 peer before a later v4
+        // listener.
+        let dual = [a("[::]:443"), a("198.18.1.1:8443")];
+        assert_eq!(link_port_for(&dual, &v4), Some(443));
     }
 
     #[tokio::test]
