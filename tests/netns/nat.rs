@@ -4,7 +4,8 @@
 //! endpoint-dependent, carrier-grade: two endpoint-independent NATs in a
 //! row) plus one with no NAT. Each accepts an invite from P and from Q, so
 //! it dials both from its link port; its `umbra status --json` `nat` and
-//! its `umbra doctor` NAT check must say what the router does. And a dial
+//! its `umbra doctor` NAT check must say what the router does, and the
+//! routers must filter unsolicited connections as their kind says. And a dial
 //! that would repeat a live 4-tuple takes an ephemeral port instead of
 //! failing.
 
@@ -61,6 +62,27 @@ fn doctor_nat(ns: &Netns, node: &Daemon) -> Value {
         .as_array()
         .and_then(|a| a.iter().find(|c| c["check"] == "NAT type").cloned())
         .unwrap_or_else(|| panic!("no NAT type check in {checks}"))
+}
+
+/// What became of a TCP connection from `from` to `ip:port` (curl, 1 s):
+/// `refused`, `timed out`, or curl's exit status.
+fn unsolicited(from: &Netns, ip: Ipv4Addr, port: u16) -> String {
+    let out = from
+        .run(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--connect-timeout",
+            "1",
+            &format!("http://{ip}:{port}/"),
+        ])
+        .expect("run curl");
+    match out.status.code() {
+        Some(7) => "refused".into(),
+        Some(28) => "timed out".into(),
+        other => format!("curl exited with {other:?}"),
+    }
 }
 
 /// One node under test: where it sits, and what it must report.
@@ -264,6 +286,27 @@ fn each_nat_kind_is_classified_from_the_links() {
             );
         }
     }
+    // The routers filter as their kind says: an unsolicited connection from
+    // P to a port nothing mapped times out through a dropping router and
+    // is refused at once through a resetting one; the node with no NAT
+    // refuses it itself.
+    std::thread::scope(|scope| {
+        let probes: Vec<_> = sites
+            .iter()
+            .map(|site| {
+                let np = &np;
+                scope.spawn(move || (site, unsolicited(np, site.outside_ip, 40099)))
+            })
+            .collect();
+        for probe in probes {
+            let (site, got) = probe.join().expect("probe thread");
+            let want = match site.nat.as_ref().map(|s| s.kind) {
+                Some(NatKind::EimReset) | None => "refused",
+                Some(_) => "timed out",
+            };
+            assert_eq!(got, want, "{}: an unsolicited SYN from P", site.name);
+        }
+    });
     eprintln!(
         "NAT classes of {} sites in {:.1} s",
         sites.len(),
