@@ -63,8 +63,10 @@ pub(crate) fn link_port_for(listeners: &[SocketAddr], remote: &SocketAddr) -> Op
 
 /// Connects to `remote` from local port `link_port` (on the unspecified
 /// address of `remote`'s family), or from an ephemeral port when
-/// `link_port` is `None` or that 4-tuple is taken. Returns the stream and
-/// whether it uses the link port.
+/// `link_port` is `None`, cannot be bound (in use by a socket without
+/// `SO_REUSEPORT`, or a privileged port this process may no longer bind),
+/// or its 4-tuple is taken. Returns the stream and whether it uses the link
+/// port.
 pub(crate) async fn connect_from(
     remote: SocketAddr,
     link_port: Option<u16>,
@@ -76,28 +78,28 @@ pub(crate) async fn connect_from(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };
         let local = SocketAddr::new(unspecified, port);
-        let attempt = async {
-            let s = socket_for(&remote)?;
-            s.bind(local)?;
-            s.connect(remote).await
-        };
-        match attempt.await {
-            Ok(stream) => return Ok((stream, true)),
-            Err(e) if is_collision(&e) => {
-                tracing::debug!(
+        let socket = socket_for(&remote)?;
+        match socket.bind(local) {
+            Ok(()) => match socket.connect(remote).await {
+                Ok(stream) => return Ok((stream, true)),
+                Err(e) if is_collision(&e) => tracing::debug!(
                     %remote, port, error = %e,
                     "the link port cannot reach this peer (4-tuple in use); dialing from an ephemeral port"
-                );
-            }
-            Err(e) => return Err(e),
+                ),
+                Err(e) => return Err(e),
+            },
+            Err(e) => tracing::debug!(
+                %remote, port, error = %e,
+                "cannot bind the link port; dialing from an ephemeral port"
+            ),
         }
     }
     let s = socket_for(&remote)?;
     Ok((s.connect(remote).await?, false))
 }
 
-/// Whether a bind or connect failed because the local address (or the
-/// whole 4-tuple) is taken: the cases an ephemeral port fixes.
+/// Whether a connect failed because the 4-tuple (or the local address) is
+/// taken: the cases an ephemeral port fixes.
 fn is_collision(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::AddrInUse | ErrorKind::AddrNotAvailable)
 }
@@ -174,6 +176,19 @@ mod tests {
         assert!(shared);
         let local = s.local_addr().expect("local");
         assert!(local.is_ipv6() && local.port() == port, "{local}");
+    }
+
+    #[tokio::test]
+    async fn a_link_port_held_without_reuseport_falls_back() {
+        // A plain listener (no SO_REUSEPORT) holds the port.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = plain.local_addr().expect("addr").port();
+        let l = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let (s, shared) = connect_from(l.local_addr().expect("addr"), Some(port))
+            .await
+            .expect("connect");
+        assert!(!shared);
+        assert_ne!(s.local_addr().expect("local").port(), port);
     }
 
     #[tokio::test]
