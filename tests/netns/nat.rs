@@ -3,11 +3,10 @@
 //! lab builds (endpoint-independent with drop and with reset filtering,
 //! endpoint-dependent, carrier-grade: two endpoint-independent NATs in a
 //! row) plus one with no NAT. Each accepts an invite from P and from Q, so
-//! it dials both from its link port; its `umbra status --json` `nat` and
-//! its `umbra doctor` NAT check must say what the router does, and the
-//! routers must filter unsolicited connections as their kind says. And a dial
-//! that would repeat a live 4-tuple takes an ephemeral port instead of
-//! failing.
+//! it dials both from its one dial port; its `umbra status --json` `nat`
+//! and its `umbra doctor` NAT check must say what the router does, and the
+//! routers must filter unsolicited connections as their kind says. And no
+//! link ever leaves from the listen port, which would mark it on the wire.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -23,6 +22,28 @@ use umbra_tests::netns::{
 const LINK_WAIT: Duration = Duration::from_secs(30);
 /// The link port every node listens on.
 const PORT: u16 = 443;
+
+/// The one local port of `n`'s outbound links (its dial port): every link
+/// that `n` dialed leaves from it, and it is not the listen port.
+fn dial_port(n: &Daemon, name: &str) -> u16 {
+    let peers = n.cli_json(&["peers", "--json"]).expect("umbra peers");
+    let ports: Vec<u16> = peers
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["direction"] == "outbound")
+        .filter_map(|r| r["local"].as_str()?.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+        .collect();
+    assert!(!ports.is_empty(), "{name}: no outbound link: {peers}");
+    assert!(ports.iter().all(|&p| p == ports[0]), "{name}: {peers}");
+    assert!(
+        ports[0] != PORT && ports[0] >= 1024,
+        "{name}: dialed from {}",
+        ports[0]
+    );
+    ports[0]
+}
 
 fn node(ns: &Netns, dir: &Path, listen: Ipv4Addr) -> Daemon {
     start(
@@ -212,11 +233,11 @@ fn each_nat_kind_is_classified_from_the_links() {
             // Two peers, two external ports, neither the link port kept.
             assert_eq!(external.len(), 2, "{}: {nat}", site.name);
         } else {
-            // One stable endpoint: the outside address and the link port
+            // One stable endpoint: the outside address and the dial port
             // (free on these routers, so masquerade keeps it).
             assert_eq!(
                 external,
-                [format!("{}:{PORT}", site.outside_ip)],
+                [format!("{}:{}", site.outside_ip, dial_port(n, site.name))],
                 "{}: {nat}",
                 site.name
             );
@@ -238,16 +259,8 @@ fn each_nat_kind_is_classified_from_the_links() {
             site.name,
             seen["endpoint"]
         );
-        // The node dialed both from its link port.
-        let mine = n.cli_json(&["peers", "--json"]).expect("umbra peers");
-        for row in mine.as_array().expect("a list") {
-            assert_eq!(
-                row["local"],
-                format!("{}:{PORT}", site.ip).as_str(),
-                "{}: {row}",
-                site.name
-            );
-        }
+        // The node dialed both from its one dial port.
+        dial_port(n, site.name);
         // The text status has its nat line.
         let text = n.cli(&["status"]).expect("umbra status");
         let text = String::from_utf8_lossy(&text.stdout);
@@ -315,29 +328,43 @@ fn each_nat_kind_is_classified_from_the_links() {
 }
 
 #[test]
-fn a_dial_that_would_repeat_a_live_tuple_takes_an_ephemeral_port() {
+fn links_both_ways_leave_from_the_dial_ports_not_the_listen_port() {
     require_root();
     let (nx, ny) = (netns("tx"), netns("ty"));
     let v = Veth::internet(&nx, &ny, 30).expect("veth");
-    let dir = temp_dir("nat-tuple");
+    let dir = temp_dir("nat-dial");
     let x = node(&nx, &dir.path().join("x"), v.a.ip);
     let y = node(&ny, &dir.path().join("y"), v.b.ip);
     let kx = x.key().expect("key");
-    // y dials x: y:443 -> x:443, which x sees from the link port.
+    // y dials x: x sees y come from y's dial port, not from 443.
     accept_invite(&y, &x);
+    let py = dial_port(&y, "y");
     let peers = x.cli_json(&["peers", "--json"]).expect("umbra peers");
     assert_eq!(
         peers[0]["endpoint"],
-        format!("{}:{PORT}", v.b.ip).as_str(),
+        format!("{}:{py}", v.b.ip).as_str(),
         "{peers}"
     );
-    // x dials y: x:443 -> y:443 is the same connection seen from x's side,
-    // so this dial must fall back to an ephemeral port, not fail.
+    // x dials y too (a second agreement): whichever link the two keep, no
+    // end of it is a connection from port 443.
     accept_invite(&x, &y);
-    wait_for(LINK_WAIT, "x to log the fallback", &[&x], || {
-        x.log_text()
-            .contains("dialing from an ephemeral port")
-            .then_some(())
-    });
     assert!(y.link_up_to(&kx), "{}", y.log_tail(20));
+    for (name, n) in [("x", &x), ("y", &y)] {
+        let peers = n.cli_json(&["peers", "--json"]).expect("umbra peers");
+        for row in peers.as_array().expect("a list") {
+            let from = if row["direction"] == "outbound" {
+                &row["local"]
+            } else {
+                &row["endpoint"]
+            };
+            let port = from
+                .as_str()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port());
+            assert!(
+                port.is_some_and(|p| p != PORT),
+                "{name}: a link from port {port:?}: {row}"
+            );
+        }
+    }
 }

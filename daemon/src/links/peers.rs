@@ -259,7 +259,7 @@ impl Links {
                     "kind": "direct",
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
                     "endpoint": e.remote.map(|a| a.to_string()),
-                    // This node's end: on outbound links the link port,
+                    // This node's end: on outbound links the dial port,
                     // unless the dial fell back to an ephemeral one.
                     "local": e.local.map(|a| a.to_string()),
                     "observed": e.observed.map(|a| a.to_string()),

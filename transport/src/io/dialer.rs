@@ -11,7 +11,6 @@
 //! any client connecting to a bare IP address sends.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +30,7 @@ use super::link::{
 };
 use super::listener::{LINK_CONTENT_TYPE, LINK_PATH};
 use super::pki::TlsError;
-use super::port::{connect_from, link_port_for};
+use super::port::{choose_dial_port, connect_from};
 use super::time::unix_secs;
 use super::tls::{ALPN_H2, client_tls_config, link_exporter};
 use crate::proto::handshake::{
@@ -199,9 +198,9 @@ pub struct Dialer {
     settings: LinkSettings,
     connect_timeout: Duration,
     handshake_timeout: Duration,
-    /// The node's bound listeners, whose ports outgoing links bind
-    /// (`docs/architecture.md, "NAT"`); none: ephemeral ports.
-    listeners: Mutex<Vec<SocketAddr>>,
+    /// The local port every outgoing link binds (`docs/architecture.md,
+    /// "NAT"`); `None`: ephemeral ports.
+    dial_port: Option<u16>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -209,7 +208,7 @@ impl std::fmt::Debug for Dialer {
         f.debug_struct("Dialer")
             .field("identity", &self.identity)
             .field("settings", &self.settings)
-            .field("listeners", &self.listeners)
+            .field("dial_port", &self.dial_port)
             .finish_non_exhaustive()
     }
 }
@@ -223,26 +222,16 @@ impl Dialer {
             settings,
             connect_timeout: DIAL_CONNECT_TIMEOUT,
             handshake_timeout: DIAL_HANDSHAKE_TIMEOUT,
-            listeners: Mutex::new(Vec::new()),
+            dial_port: choose_dial_port(),
         })
     }
 
-    /// Makes outgoing links bind the link port: the port of the first of
-    /// `listeners` (the node's bound listeners, which
-    /// [`super::bind_listener`] bound) of the peer's address family, else
-    /// of the first; an ephemeral port when `listeners` is empty. A dial
-    /// whose 4-tuple that port cannot make falls back to an ephemeral port
+    /// The local port outgoing links bind: drawn from the ephemeral range
+    /// when the dialer was made (`None` if none was free). A dial whose
+    /// 4-tuple that port cannot make falls back to an ephemeral port
     /// (`docs/architecture.md, "NAT"`).
-    pub fn set_listeners(&self, listeners: &[SocketAddr]) {
-        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = listeners.to_vec();
-    }
-
-    /// The local port a link to `remote` binds, if any.
-    pub fn link_port(&self, remote: &SocketAddr) -> Option<u16> {
-        link_port_for(
-            &self.listeners.lock().unwrap_or_else(|p| p.into_inner()),
-            remote,
-        )
+    pub fn dial_port(&self) -> Option<u16> {
+        self.dial_port
     }
 
     /// Changes the connect and handshake timeouts.
@@ -291,11 +280,11 @@ impl Dialer {
     }
 
     /// Resolves `endpoint` and connects to each address in order from the
-    /// link port, as `TcpStream::connect` would from an ephemeral one.
+    /// dial port, as `TcpStream::connect` would from an ephemeral one.
     async fn connect(&self, endpoint: &str) -> std::io::Result<TcpStream> {
         let mut last = None;
         for addr in tokio::net::lookup_host(endpoint).await? {
-            match connect_from(addr, self.link_port(&addr)).await {
+            match connect_from(addr, self.dial_port).await {
                 Ok((stream, _)) => return Ok(stream),
                 Err(e) => last = Some(e),
             }

@@ -8,8 +8,7 @@
 //! - build a [`LinkListener`] from a [`ListenerConfig`] (TLS from
 //!   [`server_tls_config`], a [`CoverSite`], an [`Authorizer`]) and run
 //!   [`serve`] on a bound `TcpListener`; accepted links arrive on a channel;
-//! - bind listeners with [`bind_listener`] and give the [`Dialer`] their
-//!   ports ([`Dialer::set_listeners`]), so links in both directions share it;
+//! - bind listeners with [`bind_listener`];
 //! - dial with a [`Dialer`];
 //! - either way it gets a [`Link`]: the peer's key, addresses, the
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].

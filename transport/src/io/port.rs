@@ -1,22 +1,32 @@
-//! The link port (`docs/architecture.md, "NAT"`): listeners and outgoing
-//! links share one local TCP port, so a NAT that maps endpoint
-//! independently shows every peer the same external address for the node.
+//! The dial port (`docs/architecture.md, "NAT"`): every outgoing link of a
+//! running node leaves from one local TCP port, so a NAT that maps endpoint
+//! independently shows every peer the same external address for the node
+//! (what classification and, later, hole punching need).
 //!
-//! Every socket on the shared port sets `SO_REUSEADDR` and `SO_REUSEPORT`:
-//! Linux lets a socket bind a port another socket listens on only when both
-//! set `SO_REUSEPORT` (and belong to the same user). Outgoing connections
-//! from one local port to different peers are different 4-tuples; one that
-//! would repeat a live 4-tuple (a link the peer dialed from its own link
-//! port to ours) fails with `EADDRNOTAVAIL` or `EADDRINUSE`, and the dial
-//! then uses an ephemeral port instead.
+//! The port is drawn at random from the kernel's ephemeral range when the
+//! dialer is made, not the listen port: a connection from port 443 to port
+//! 443 is something ordinary HTTPS clients never make, and would mark every
+//! umbra link to anyone watching the network. From a port in the ephemeral
+//! range a link looks like any client's connection.
+//!
+//! Every dialing socket sets `SO_REUSEADDR` and `SO_REUSEPORT`, so one port
+//! can make connections to many peers (different 4-tuples). A dial that
+//! would repeat a live 4-tuple (a redial of the same peer while the old
+//! connection lingers) fails with `EADDRNOTAVAIL` or `EADDRINUSE`, and
+//! then uses an ordinary ephemeral port instead.
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use rand_core::{OsRng, RngCore};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// The listen backlog of a link listener.
-const LISTEN_BACKLOG: u32 = 1024;
+/// Where Linux keeps its ephemeral port range.
+const EPHEMERAL_RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// Linux's default ephemeral range, if the file cannot be read.
+const EPHEMERAL_RANGE: (u16, u16) = (32768, 60999);
+/// Ports tried for a free dial port before dialing from ephemeral ports.
+const DIAL_PORT_TRIES: usize = 16;
 
 fn socket_for(addr: &SocketAddr) -> io::Result<TcpSocket> {
     let s = if addr.is_ipv4() {
@@ -29,49 +39,54 @@ fn socket_for(addr: &SocketAddr) -> io::Result<TcpSocket> {
     Ok(s)
 }
 
-/// Binds a link listener on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`,
-/// so outgoing links can use its port.
-///
-/// `SO_REUSEPORT` alone would let a second daemon listen on the same
-/// address and share the connections; so first the address is bound once
-/// without it, which fails with `EADDRINUSE` if any other socket listens
-/// there, as a plain bind would.
+/// Binds a link listener on `addr` (a port of 0 takes a free one).
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    // std's bind sets SO_REUSEADDR only, which conflicts with any listener.
-    let probe = std::net::TcpListener::bind(addr)?;
-    // A port of 0 asks for a free one: keep the one the probe was given.
-    let addr = probe.local_addr()?;
-    drop(probe);
-    let socket = socket_for(&addr)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
 }
 
-/// The link port for a connection to `remote`: the port of the first of
-/// `listeners` of `remote`'s address family (a listener on `[::]` takes
-/// IPv4 connections too), else of the first listener; `None` without one.
-pub(crate) fn link_port_for(listeners: &[SocketAddr], remote: &SocketAddr) -> Option<u16> {
-    let serves = |l: &&SocketAddr| {
-        l.is_ipv4() == remote.is_ipv4() || (remote.is_ipv4() && l.ip().is_unspecified())
-    };
-    listeners
-        .iter()
-        .find(serves)
-        .or(listeners.first())
-        .map(SocketAddr::port)
+/// The kernel's ephemeral port range, from `text` as the proc file holds
+/// it (`"32768\t60999\n"`); Linux's default when it does not parse.
+fn parse_range(text: &str) -> (u16, u16) {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if 0 < lo && lo <= hi => (lo, hi),
+        _ => EPHEMERAL_RANGE,
+    }
 }
 
-/// Connects to `remote` from local port `link_port` (on the unspecified
+/// Draws this run's dial port: a random port of the ephemeral range that
+/// no socket holds (it binds on both families' unspecified addresses).
+/// `None` when none of a few tries is free: dials then use ordinary
+/// ephemeral ports.
+pub(crate) fn choose_dial_port() -> Option<u16> {
+    let (lo, hi) = std::fs::read_to_string(EPHEMERAL_RANGE_FILE)
+        .map(|t| parse_range(&t))
+        .unwrap_or(EPHEMERAL_RANGE);
+    let span = u32::from(hi - lo) + 1;
+    (0..DIAL_PORT_TRIES).find_map(|_| {
+        let port = lo + (OsRng.next_u32() % span) as u16;
+        let free = |ip: IpAddr| {
+            socket_for(&SocketAddr::new(ip, port))
+                .and_then(|s| s.bind(SocketAddr::new(ip, port)))
+                .is_ok()
+        };
+        (free(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) && free(IpAddr::V6(Ipv6Addr::UNSPECIFIED)))
+            .then_some(port)
+    })
+}
+
+/// Connects to `remote` from local port `dial_port` (on the unspecified
 /// address of `remote`'s family), or from an ephemeral port when
-/// `link_port` is `None`, cannot be bound (in use by a socket without
-/// `SO_REUSEPORT`, or a privileged port this process may no longer bind),
-/// or its 4-tuple is taken. Returns the stream and whether it uses the link
-/// port.
+/// `dial_port` is `None`, cannot be bound (another socket holds it without
+/// `SO_REUSEPORT`), or its 4-tuple is taken. Returns the stream and whether
+/// it uses the dial port.
 pub(crate) async fn connect_from(
     remote: SocketAddr,
-    link_port: Option<u16>,
+    dial_port: Option<u16>,
 ) -> io::Result<(TcpStream, bool)> {
-    if let Some(port) = link_port {
+    if let Some(port) = dial_port {
         let unspecified = if remote.is_ipv4() {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
@@ -84,13 +99,13 @@ pub(crate) async fn connect_from(
                 Ok(stream) => return Ok((stream, true)),
                 Err(e) if is_collision(&e) => tracing::debug!(
                     %remote, port, error = %e,
-                    "the link port cannot reach this peer (4-tuple in use); dialing from an ephemeral port"
+                    "the dial port cannot reach this peer (4-tuple in use); dialing from an ephemeral port"
                 ),
                 Err(e) => return Err(e),
             },
             Err(e) => tracing::debug!(
                 %remote, port, error = %e,
-                "cannot bind the link port; dialing from an ephemeral port"
+                "cannot bind the dial port; dialing from an ephemeral port"
             ),
         }
     }
@@ -109,12 +124,12 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn dials_share_the_listen_port_and_a_taken_tuple_falls_back() {
-        let l1 = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    async fn dials_share_the_dial_port_and_a_taken_tuple_falls_back() {
+        let port = choose_dial_port().expect("a free dial port");
+        assert!(port >= 1024, "{port}");
         let l2 = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let port = l1.local_addr().expect("addr").port();
         let to = l2.local_addr().expect("addr");
-        // The first dial uses the link port; a second one to the same peer
+        // The first dial uses the dial port; a second one to the same peer
         // would repeat its 4-tuple and takes an ephemeral port.
         let (a, shared_a) = connect_from(to, Some(port)).await.expect("connect");
         assert!(shared_a);
@@ -129,31 +144,18 @@ mod tests {
             .expect("connect");
         assert!(shared_c);
         assert_eq!(c.local_addr().expect("local").port(), port);
-        // The listener still accepts.
         let (_in, from) = l2.accept().await.expect("accept");
         assert_eq!(from.port(), port);
         drop((a, b, c));
-        let _conn = TcpStream::connect(l1.local_addr().expect("addr"))
-            .await
-            .expect("the listener on the shared port still accepts");
-        l1.accept().await.expect("accept");
     }
 
     #[test]
-    fn the_link_port_follows_the_peer_s_family() {
-        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
-        let v4 = a("198.18.1.2:443");
-        let v6 = a("[2001:db8::1]:443");
-        assert_eq!(link_port_for(&[], &v4), None);
-        let both = [a("198.18.1.1:8443"), a("[2001:db8::2]:9443")];
-        assert_eq!(link_port_for(&both, &v4), Some(8443));
-        assert_eq!(link_port_for(&both, &v6), Some(9443));
-        // Only one family: its port for both.
-        assert_eq!(link_port_for(&both[..1], &v6), Some(8443));
-        // `[::]` takes IPv4 too, so it serves a v4 peer before a later v4
-        // listener.
-        let dual = [a("[::]:443"), a("198.18.1.1:8443")];
-        assert_eq!(link_port_for(&dual, &v4), Some(443));
+    fn the_ephemeral_range_is_read_as_the_kernel_writes_it() {
+        assert_eq!(parse_range("32768\t60999\n"), (32768, 60999));
+        assert_eq!(parse_range("1024 65535"), (1024, 65535));
+        for bad in ["", "x y", "5", "60999 32768", "0 100", "1 70000"] {
+            assert_eq!(parse_range(bad), EPHEMERAL_RANGE, "{bad:?}");
+        }
     }
 
     #[tokio::test]
@@ -164,22 +166,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_ipv6_peer_is_dialed_from_the_link_port_of_an_ipv4_listener() {
-        let Ok(v6) = bind_listener("[::1]:0".parse().expect("addr")) else {
-            return; // no IPv6 loopback on this host
-        };
-        let l = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let (s, shared) = connect_from(v6.local_addr().expect("addr"), Some(port))
-            .await
-            .expect("connect");
-        assert!(shared);
-        let local = s.local_addr().expect("local");
-        assert!(local.is_ipv6() && local.port() == port, "{local}");
-    }
-
-    #[tokio::test]
-    async fn a_link_port_held_without_reuseport_falls_back() {
+    async fn a_dial_port_held_without_reuseport_falls_back() {
         // A plain listener (no SO_REUSEPORT) holds the port.
         let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = plain.local_addr().expect("addr").port();
@@ -192,7 +179,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_link_port_dials_from_an_ephemeral_port() {
+    async fn no_dial_port_dials_from_an_ephemeral_port() {
         let l = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let (s, shared) = connect_from(l.local_addr().expect("addr"), None)
             .await

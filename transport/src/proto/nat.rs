@@ -4,7 +4,7 @@
 //! Each outbound link reports the local address its TCP connection is bound
 //! to and the address the peer's listener saw it come from (the observed
 //! address at the start of handshake message 2, `docs/protocol.md, "Link
-//! setup"`). Since outbound links bind the node's link port, an
+//! setup"`). Since outbound links bind the node's one dial port, an
 //! endpoint-independent NAT shows every peer the same external endpoint for
 //! that port, and an endpoint-dependent one a different endpoint per peer.
 //!
