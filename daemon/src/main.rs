@@ -11,6 +11,7 @@ mod events;
 mod links;
 mod metrics;
 mod output;
+mod portmap;
 mod run;
 mod state_dir;
 
