@@ -6,7 +6,8 @@
 //! [`Router`] use 100.64.0.0/10), writes daemon configs ([`UmbraConfig`],
 //! [`Peer`]), runs `umbra run` in them ([`Daemon`]) and measures with
 //! [`ping`] and [`iperf3`], and writes a reference nginx's config
-//! ([`NginxConfig`]). Everything it makes is recorded first and
+//! ([`NginxConfig`]), and makes a router a port-mapping gateway
+//! ([`UpnpGateway`], with its [`StunServer`]). Everything it makes is recorded first and
 //! removed on drop, by [`Lab::cleanup`], and on a signal or a panic
 //! ([`cleanup_on_signals`], [`cleanup_on_panic`]). It needs root.
 
@@ -23,6 +24,7 @@ mod ping;
 mod process;
 mod registry;
 mod router;
+mod upnp;
 mod veth;
 mod wait;
 
@@ -39,6 +41,7 @@ pub use ping::{PingOptions, PingReply, PingStats, ping};
 pub use process::Proc;
 pub use registry::{Cleanup, cleanup_on_panic, cleanup_on_signals};
 pub use router::Router;
+pub use upnp::{STUN_PORTS, StunServer, UPNP_HTTP_PORT, UpnpGateway, UpnpOptions};
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 pub use veth::{End, Veth, internet_ip, nat_ip};
 pub use wait::poll;
