@@ -147,6 +147,13 @@ async fn keep(
     status: PortMapStatus,
     mut stop: oneshot::Receiver<()>,
 ) {
+    if let Some(public) = public_source(bind).await {
+        tracing::info!(
+            address = %public,
+            "no port mapping: the link address is not a private or shared one, so no NAT is in the way"
+        );
+        return;
+    }
     let mut retry = FIRST_RETRY;
     loop {
         let attempt = tokio::select! {
@@ -182,7 +189,10 @@ async fn keep(
                             status.set(Some(mapped));
                         }
                         Err(why) => {
-                            tracing::warn!(protocol = mapped.protocol.name(), "renewing the port mapping failed: {why}; mapping again");
+                            tracing::warn!(
+                                protocol = mapped.protocol.name(),
+                                "renewing the port mapping failed: {why}; mapping again"
+                            );
                             status.set(None);
                             break;
                         }
@@ -249,7 +259,10 @@ async fn map(port: NonZeroU16, bind: Option<Ipv4Addr>) -> Result<(Lease, Mapped)
             Err(e) => {
                 // Without the address the mapping is of no use: give it back.
                 let _ = m.try_drop().await;
-                reasons.push(format!("NAT-PMP external address: {}", crab_reason(&e.to_string())));
+                reasons.push(format!(
+                    "NAT-PMP external address: {}",
+                    crab_reason(&e.to_string())
+                ));
             }
         },
         Err(e) => reasons.push(format!("NAT-PMP: {}", crab_reason(&e.to_string()))),
@@ -312,20 +325,35 @@ async fn upnp(gateway_ip: Ipv4Addr, local: SocketAddrV4) -> Result<(Lease, Mappe
     };
     let ip = match gateway.get_external_ip().await {
         Ok(IpAddr::V4(ip)) => ip,
-        Ok(other) => return Err(format!("the gateway's external address {other} is not IPv4")),
+        Ok(other) => {
+            return Err(format!(
+                "the gateway's external address {other} is not IPv4"
+            ));
+        }
         Err(e) => return Err(format!("the gateway gave no external address ({e})")),
     };
     let lifetime = LIFETIME.as_secs() as u32;
     let local_addr = SocketAddr::V4(local);
     let external_port = match gateway
-        .add_port(PortMappingProtocol::TCP, local.port(), local_addr, lifetime, DESCRIPTION)
+        .add_port(
+            PortMappingProtocol::TCP,
+            local.port(),
+            local_addr,
+            lifetime,
+            DESCRIPTION,
+        )
         .await
     {
         Ok(()) => local.port(),
         Err(igd_next::AddPortError::PortInUse) => gateway
             .add_any_port(PortMappingProtocol::TCP, local_addr, lifetime, DESCRIPTION)
             .await
-            .map_err(|e| format!("port {} is taken and another was refused ({e})", local.port()))?,
+            .map_err(|e| {
+                format!(
+                    "port {} is taken and another was refused ({e})",
+                    local.port()
+                )
+            })?,
         Err(e) => return Err(format!("refused ({e})")),
     };
     let mapped = Mapped {
@@ -349,11 +377,11 @@ async fn renew(lease: &mut Lease, protocol: Protocol) -> Result<Mapped, String> 
     match lease {
         Lease::Udp(m) => {
             let external_ip = match protocol {
-                Protocol::NatPmp => {
-                    Some(crab_nat::natpmp::external_address(m.gateway(), Some(UDP_TIMEOUTS))
+                Protocol::NatPmp => Some(
+                    crab_nat::natpmp::external_address(m.gateway(), Some(UDP_TIMEOUTS))
                         .await
-                        .map_err(|e| crab_reason(&e.to_string()))?)
-                }
+                        .map_err(|e| crab_reason(&e.to_string()))?,
+                ),
                 _ => None,
             };
             m.renew().await.map_err(|e| crab_reason(&e.to_string()))?;
@@ -408,10 +436,37 @@ async fn remove(lease: Lease, mapped: Mapped) {
         }
     };
     match tokio::time::timeout(STOP_WAIT, removal).await {
-        Ok(Ok(())) => tracing::info!(protocol = mapped.protocol.name(), external = %mapped.external, "port mapping removed"),
-        Ok(Err(e)) => tracing::warn!(protocol = mapped.protocol.name(), external = %mapped.external, "removing the port mapping failed: {e}; it lapses by itself"),
-        Err(_) => tracing::warn!(protocol = mapped.protocol.name(), external = %mapped.external, "the gateway did not confirm the removal within {} s; the mapping lapses by itself", STOP_WAIT.as_secs()),
+        Ok(Ok(())) => {
+            tracing::info!(protocol = mapped.protocol.name(), external = %mapped.external, "port mapping removed")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(protocol = mapped.protocol.name(), external = %mapped.external, "removing the port mapping failed: {e}; it lapses by itself")
+        }
+        Err(_) => {
+            tracing::warn!(protocol = mapped.protocol.name(), external = %mapped.external, "the gateway did not confirm the removal within {} s; the mapping lapses by itself", STOP_WAIT.as_secs())
+        }
     }
+}
+
+/// The node's address toward its gateway if it is public (not RFC 1918, not the
+/// shared 100.64.0.0/10, not link-local): then no NAT stands in the way and the
+/// gateway is not asked. `None` when it is private or not known yet.
+async fn public_source(bind: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let ip = match bind {
+        Some(ip) => ip,
+        None => {
+            let route = std::fs::read_to_string("/proc/net/route").ok()?;
+            source_toward(default_gateway(&route)?).await.ok()?
+        }
+    };
+    (!behind_nat(ip)).then_some(ip)
+}
+
+/// Whether `ip` is an address a NAT's inside uses: RFC 1918, the shared address
+/// space 100.64.0.0/10 (RFC 6598: carrier-grade NAT) or link-local.
+fn behind_nat(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
 }
 
 /// The local address the kernel would send from toward `gateway` (a connected UDP
@@ -450,7 +505,8 @@ fn default_gateway(route: &str) -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
 
-    const HEADER: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
+    const HEADER: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT";
 
     #[test]
     fn default_gateway_reads_the_default_route() {
@@ -471,11 +527,33 @@ mod tests {
             "{HEADER}\na\t00000000\t02014064\t0003\t0\t0\t200\t00000000\t0\t0\t0\nb\t00000000\t01014064\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
         );
         assert_eq!(default_gateway(&text), Some(Ipv4Addr::new(100, 64, 1, 1)));
-        let text =
-            format!("{HEADER}\na\t00000000\t01014064\t0001\t0\t0\t0\t00000000\t0\t0\t0\n");
+        let text = format!("{HEADER}\na\t00000000\t01014064\t0001\t0\t0\t0\t00000000\t0\t0\t0\n");
         assert_eq!(default_gateway(&text), None, "no RTF_GATEWAY");
         assert_eq!(default_gateway(""), None);
         assert_eq!(default_gateway("garbage\n\u{0}\t\t\n"), None);
+    }
+
+    #[test]
+    fn only_inside_addresses_are_behind_a_nat() {
+        for inside in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.2",
+            "100.64.21.2",
+            "100.127.255.254",
+            "169.254.1.1",
+        ] {
+            assert!(behind_nat(inside.parse().expect("ip")), "{inside}");
+        }
+        for public in [
+            "198.18.21.2",
+            "100.128.0.1",
+            "100.63.255.255",
+            "8.8.8.8",
+            "172.32.0.1",
+        ] {
+            assert!(!behind_nat(public.parse().expect("ip")), "{public}");
+        }
     }
 
     #[test]
@@ -492,6 +570,11 @@ mod tests {
         assert_eq!(v["protocol"], "nat-pmp");
         assert_eq!(v["external"], "198.18.11.2:443");
         assert_eq!(v["lifetime_secs"], 120);
-        assert!(v["renews_in_secs"].as_u64().is_some_and(|s| s <= 60 && s >= 58), "{v}");
+        assert!(
+            v["renews_in_secs"]
+                .as_u64()
+                .is_some_and(|s| (58..=60).contains(&s)),
+            "{v}"
+        );
     }
 }

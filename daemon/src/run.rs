@@ -219,10 +219,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         config,
         links: Arc::clone(&links),
         datapath: datapath_tx.clone(),
-        port_mapping: port_map
-            .as_ref()
-            .map(PortMap::status)
-            .unwrap_or_default(),
+        port_mapping: port_map.as_ref().map(PortMap::status).unwrap_or_default(),
     }));
 
     let result = serve(&listener, &view, &config_path).await;
@@ -267,9 +264,9 @@ fn start_port_mapping(config: &Config, links: &Links) -> Option<PortMap> {
         .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
         .find_map(|a| match a {
             std::net::SocketAddr::V4(v4) => Some(v4),
-            std::net::SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
-                Some(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, v6.port()))
-            }
+            std::net::SocketAddr::V6(v6) if v6.ip().is_unspecified() => Some(
+                std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, v6.port()),
+            ),
             std::net::SocketAddr::V6(_) => None,
         })?;
     let port = std::num::NonZeroU16::new(listener.port())?;

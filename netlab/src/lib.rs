@@ -41,7 +41,7 @@ pub use ping::{PingOptions, PingReply, PingStats, ping};
 pub use process::Proc;
 pub use registry::{Cleanup, cleanup_on_panic, cleanup_on_signals};
 pub use router::Router;
-pub use upnp::{STUN_PORTS, StunServer, UPNP_HTTP_PORT, UpnpGateway, UpnpOptions};
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+pub use upnp::{STUN_PORTS, StunServer, UPNP_HTTP_PORT, UpnpGateway, UpnpOptions};
 pub use veth::{End, Veth, internet_ip, nat_ip};
 pub use wait::poll;

@@ -43,7 +43,14 @@ impl StunServer {
         log: &Path,
     ) -> Result<StunServer> {
         let iface = ns.iface_with_addr(&primary.to_string())?;
-        ns.exec(&["ip", "addr", "add", &format!("{alternate}/24"), "dev", &iface])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{alternate}/24"),
+            "dev",
+            &iface,
+        ])?;
         let mut cmd = ns.command("stund");
         cmd.args(["-h", &primary.to_string(), "-a", &alternate.to_string()]);
         let proc = Proc::spawn(cmd, log)?;
@@ -216,7 +223,14 @@ impl UpnpGateway {
     /// The forwarding rules miniupnpd holds now (`nft list chain inet filter
     /// prerouting_miniupnpd` in `router`): one `dnat` line per mapping.
     pub fn redirects(&self, router: &Netns) -> Result<Vec<String>> {
-        let out = router.exec(&["nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd"])?;
+        let out = router.exec(&[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "filter",
+            "prerouting_miniupnpd",
+        ])?;
         Ok(out
             .lines()
             .filter(|l| l.contains("dnat"))

@@ -59,8 +59,14 @@ fn bed(dir: &std::path::Path, options: UpnpOptions) -> Bed {
         (&inet, "i-gw", internet_ip(21, 1)),
         (&router, "wan", internet_ip(21, 2)),
     );
-    veth((&inet, "i-p", internet_ip(22, 1)), (&p, "eth0", internet_ip(22, 2)));
-    veth((&inet, "i-s", internet_ip(23, 1)), (&s, "eth0", internet_ip(23, 2)));
+    veth(
+        (&inet, "i-p", internet_ip(22, 1)),
+        (&p, "eth0", internet_ip(22, 2)),
+    );
+    veth(
+        (&inet, "i-s", internet_ip(23, 1)),
+        (&s, "eth0", internet_ip(23, 2)),
+    );
     veth((&router, "lan", nat_ip(21, 1)), (&a, "eth0", nat_ip(21, 2)));
     inet.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         .expect("forwarding");
@@ -130,9 +136,12 @@ fn curl_from_p(bed: &Bed, to: &str) -> Option<u16> {
 /// Waits for a mapping by `protocol` to the gateway's outside address and checks it
 /// works from P; returns it.
 fn mapped(bed: &Bed, d: &Daemon, protocol: &str) -> Value {
-    let m = wait_for(Duration::from_secs(30), "a port mapping in status", &[d], || {
-        Some(mapping(d)).filter(|m| !m.is_null())
-    });
+    let m = wait_for(
+        Duration::from_secs(30),
+        "a port mapping in status",
+        &[d],
+        || Some(mapping(d)).filter(|m| !m.is_null()),
+    );
     assert_eq!(m["protocol"], protocol, "{m}");
     assert_eq!(m["external"], format!("{EXTERNAL}:443"), "same port: {m}");
     let rules = bed.gateway.redirects(&bed.router).expect("nft");
@@ -216,10 +225,45 @@ fn port_mapping_false_asks_the_gateway_nothing() {
     assert_eq!(curl_from_p(&bed, &format!("{EXTERNAL}:443")), None);
     let said = bed.gateway.proc.log_text();
     assert!(
-        ["PCP request received", "NAT-PMP request received", "M-SEARCH from"]
-            .iter()
-            .all(|asked| !said.contains(asked)),
+        [
+            "PCP request received",
+            "NAT-PMP request received",
+            "M-SEARCH from"
+        ]
+        .iter()
+        .all(|asked| !said.contains(asked)),
         "the gateway was asked:\n{said}"
     );
-    assert!(d.log_text().contains("port mapping off"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("port mapping off"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn a_node_with_a_public_address_asks_no_gateway() {
+    let dir = temp_dir("portmap-public");
+    let bed = bed(dir.path(), UpnpOptions::default());
+    // P's own address is on the "internet": no NAT stands in the way.
+    let p_ip = internet_ip(22, 2);
+    let mut d = prepare(
+        &dir.path().join("p"),
+        &format!("[tun]\nenabled = false\n[listen]\nhttps = [\"{p_ip}:443\"]\n"),
+    );
+    d.start(&bed.p).expect("umbra run starts");
+    wait_for(
+        Duration::from_secs(10),
+        "the public-address note",
+        &[&d],
+        || {
+            d.log_text()
+                .contains("no port mapping: the link address is not a private")
+                .then_some(())
+        },
+    );
+    assert!(mapping(&d).is_null());
+    // And a node behind the gateway, as a control, does get one.
+    let a = node(&bed, dir.path(), "");
+    mapped(&bed, &a, "pcp");
 }
