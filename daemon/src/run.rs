@@ -336,6 +336,9 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
             if new.metrics != old.metrics {
                 needs_restart.push("[metrics]");
             }
+            if new.nat != old.nat {
+                needs_restart.push("[nat]");
+            }
             if needs_restart.is_empty() {
                 tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");
             } else {

@@ -136,11 +136,16 @@ fn curl_from_p(bed: &Bed, to: &str) -> Option<u16> {
 /// Waits for a mapping by `protocol` to the gateway's outside address and checks it
 /// works from P; returns it.
 fn mapped(bed: &Bed, d: &Daemon, protocol: &str) -> Value {
+    let started = std::time::Instant::now();
     let m = wait_for(
         Duration::from_secs(30),
         "a port mapping in status",
         &[d],
         || Some(mapping(d)).filter(|m| !m.is_null()),
+    );
+    eprintln!(
+        "mapped over {protocol} {} ms after the daemon was ready",
+        started.elapsed().as_millis()
     );
     assert_eq!(m["protocol"], protocol, "{m}");
     assert_eq!(m["external"], format!("{EXTERNAL}:443"), "same port: {m}");
@@ -160,7 +165,12 @@ fn mapped(bed: &Bed, d: &Daemon, protocol: &str) -> Value {
 
 /// SIGTERM: the daemon removes the mapping before it exits.
 fn stop_removes(bed: &Bed, mut d: Daemon) {
+    let started = std::time::Instant::now();
     d.stop().expect("the daemon exits");
+    eprintln!(
+        "SIGTERM to exit, mapping removed: {} ms",
+        started.elapsed().as_millis()
+    );
     let log = d.log_text();
     assert!(log.contains("port mapping removed"), "{log}");
     let rules = bed.gateway.redirects(&bed.router).expect("nft");
