@@ -116,11 +116,13 @@ impl PortMap {
         self.status.clone()
     }
 
-    /// Removes the mapping (waiting at most [`STOP_WAIT`] for the gateway) and ends the task.
+    /// Removes the mapping (waiting at most [`STOP_WAIT`] for the gateway, and as long
+    /// again for an attempt in flight) and ends the task.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         let mut task = self.task;
-        if tokio::time::timeout(STOP_WAIT + Duration::from_secs(1), &mut task)
+        // An attempt in flight may take STOP_WAIT, and the removal STOP_WAIT more.
+        if tokio::time::timeout(2 * STOP_WAIT + Duration::from_secs(1), &mut task)
             .await
             .is_err()
         {
@@ -156,9 +158,18 @@ async fn keep(
     }
     let mut retry = FIRST_RETRY;
     loop {
+        let attempt = map(port, bind);
+        tokio::pin!(attempt);
         let attempt = tokio::select! {
-            r = map(port, bind) => r,
-            _ = &mut stop => return,
+            r = &mut attempt => r,
+            _ = &mut stop => {
+                // Stopping mid-attempt: let it finish for a while, so a mapping the
+                // gateway is just granting is removed rather than left behind.
+                if let Ok(Ok((lease, mapped))) = tokio::time::timeout(STOP_WAIT, attempt).await {
+                    remove(lease, mapped).await;
+                }
+                return;
+            }
         };
         match attempt {
             Ok((mut lease, mut mapped)) => {

@@ -13,8 +13,8 @@
 //!           A 100.64.21.2 (umbra, listens on :443)
 //! ```
 //!
-//! NAT-PMP is not tested on its own: miniupnpd turns NAT-PMP and PCP on and off
-//! together, and the daemon asks PCP first.
+//! miniupnpd turns NAT-PMP and PCP on and off together, and the daemon asks PCP
+//! first; the NAT-PMP case drops PCP's requests at the router.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -219,6 +219,30 @@ fn upnp_mapping_reaches_the_node_and_goes_at_sigterm() {
     let d = node(&bed, dir.path(), "[nat]\nport_mapping = true\n");
     let m = mapped(&bed, &d, "upnp");
     assert_eq!(m["lifetime_secs"], 3600, "{m}");
+    stop_removes(&bed, d);
+}
+
+#[test]
+fn natpmp_mapping_when_the_gateway_ignores_pcp() {
+    let dir = temp_dir("portmap-natpmp");
+    let bed = bed(
+        dir.path(),
+        UpnpOptions {
+            upnp: false,
+            ..UpnpOptions::default()
+        },
+    );
+    // PCP and NAT-PMP share the port; PCP's first byte (its version) is 2.
+    bed.router
+        .exec(&[
+            "nft", "insert", "rule", "inet", "filter", "input", "iifname", "lan", "udp", "dport",
+            "5351", "@th,64,8", "2", "drop",
+        ])
+        .expect("drop PCP");
+    let d = node(&bed, dir.path(), "");
+    mapped(&bed, &d, "nat-pmp");
+    let said = bed.gateway.proc.log_text();
+    assert!(!said.contains("PCP request received"), "{said}");
     stop_removes(&bed, d);
 }
 
