@@ -290,6 +290,11 @@ async fn map(port: NonZeroU16, bind: Option<Ipv4Addr>) -> Result<(Lease, Mapped)
 fn crab_reason(e: &str) -> String {
     if e.contains("did not respond within the timeout") {
         "no answer".to_string()
+    } else if e.contains("Connection refused") {
+        format!(
+            "nothing listens on the gateway's port {}",
+            crab_nat::GATEWAY_PORT
+        )
     } else {
         e.to_string()
     }

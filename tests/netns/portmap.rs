@@ -301,3 +301,42 @@ fn a_node_with_a_public_address_asks_no_gateway() {
     let a = node(&bed, dir.path(), "");
     mapped(&bed, &a, "pcp");
 }
+
+#[test]
+fn a_gateway_that_maps_nothing_is_one_warning_then_a_wait() {
+    let dir = temp_dir("portmap-none");
+    let mut bed = bed(dir.path(), UpnpOptions::default());
+    // The router still routes and masquerades, but nothing answers PCP, NAT-PMP or SSDP.
+    bed.gateway.proc.kill();
+    let d = node(&bed, dir.path(), "");
+    let warning = wait_for(
+        Duration::from_secs(20),
+        "the failure warning",
+        &[&d],
+        || {
+            d.log_text()
+                .lines()
+                .find(|l| l.contains("port mapping failed"))
+                .map(str::to_string)
+        },
+    );
+    eprintln!("{warning}");
+    for why in [
+        "gateway 100.64.21.1",
+        "PCP: nothing listens on the gateway's port 5351",
+        "NAT-PMP: nothing listens on the gateway's port 5351",
+        "UPnP: no gateway answered the search",
+        "trying again in 1 min",
+    ] {
+        assert!(warning.contains(why), "{why:?} in {warning}");
+    }
+    // The next attempt waits a minute: no second warning, and still no mapping.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        d.log_text().matches("port mapping failed").count(),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert!(mapping(&d).is_null());
+}
