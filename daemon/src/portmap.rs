@@ -31,6 +31,8 @@ const MAX_RETRY: Duration = Duration::from_secs(30 * 60);
 const STOP_WAIT: Duration = Duration::from_secs(3);
 /// How long each UPnP search waits for a gateway's answer.
 const SEARCH_WAIT: Duration = Duration::from_secs(2);
+/// The soonest a renewal is due, whatever short lifetime a gateway grants.
+const MIN_RENEW: Duration = Duration::from_secs(5);
 /// The UPnP mapping's description, shown in the gateway's list.
 const DESCRIPTION: &str = "umbra";
 /// The SSDP port: the unicast search goes to the gateway on it.
@@ -137,6 +139,9 @@ enum Lease {
         gateway: Gateway<Tokio>,
         local: SocketAddrV4,
         external_port: u16,
+        /// The lease in seconds: [`LIFETIME`], or 0 (permanent) for a gateway that
+        /// takes nothing else.
+        lease_secs: u32,
     },
     /// PCP or NAT-PMP: the crate keeps the nonce and the gateway.
     Udp(Box<PortMapping>),
@@ -319,7 +324,7 @@ fn udp_mapped(m: &PortMapping, ip: Option<Ipv4Addr>) -> Option<Mapped> {
         protocol,
         external: SocketAddrV4::new(ip, m.external_port().get()),
         lifetime,
-        renew_at: Instant::now() + lifetime / 2,
+        renew_at: renew_at(lifetime),
     })
 }
 
@@ -350,20 +355,13 @@ async fn upnp(gateway_ip: Ipv4Addr, local: SocketAddrV4) -> Result<(Lease, Mappe
     };
     let lifetime = LIFETIME.as_secs() as u32;
     let local_addr = SocketAddr::V4(local);
-    let external_port = match gateway
-        .add_port(
-            PortMappingProtocol::TCP,
-            local.port(),
-            local_addr,
-            lifetime,
-            DESCRIPTION,
-        )
-        .await
+    let (external_port, lease_secs) = match upnp_add(&gateway, local.port(), local, lifetime).await
     {
-        Ok(()) => local.port(),
+        Ok(lease) => (local.port(), lease),
         Err(igd_next::AddPortError::PortInUse) => gateway
             .add_any_port(PortMappingProtocol::TCP, local_addr, lifetime, DESCRIPTION)
             .await
+            .map(|port| (port, lifetime))
             .map_err(|e| {
                 format!(
                     "port {} is taken and another was refused ({e})",
@@ -372,20 +370,59 @@ async fn upnp(gateway_ip: Ipv4Addr, local: SocketAddrV4) -> Result<(Lease, Mappe
             })?,
         Err(e) => return Err(format!("refused ({e})")),
     };
+    let granted = Duration::from_secs(u64::from(lease_secs));
     let mapped = Mapped {
         protocol: Protocol::Upnp,
         external: SocketAddrV4::new(ip, external_port),
-        lifetime: LIFETIME,
-        renew_at: Instant::now() + LIFETIME / 2,
+        lifetime: granted,
+        renew_at: renew_at(granted),
     };
     Ok((
         Lease::Upnp {
             gateway,
             local,
             external_port,
+            lease_secs,
         },
         mapped,
     ))
+}
+
+/// `AddPortMapping` for `external` → `local` with a lease of `lease_secs`, or a
+/// permanent one (0) if the gateway takes only those; the lease it took.
+async fn upnp_add(
+    gateway: &Gateway<Tokio>,
+    external: u16,
+    local: SocketAddrV4,
+    lease_secs: u32,
+) -> Result<u32, igd_next::AddPortError> {
+    let add = |lease| {
+        gateway.add_port(
+            PortMappingProtocol::TCP,
+            external,
+            SocketAddr::V4(local),
+            lease,
+            DESCRIPTION,
+        )
+    };
+    match add(lease_secs).await {
+        Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) if lease_secs != 0 => {
+            add(0).await.map(|()| 0)
+        }
+        other => other.map(|()| lease_secs),
+    }
+}
+
+/// When a mapping granted for `lifetime` is renewed: at half of it, not sooner than
+/// [`MIN_RENEW`]. A permanent UPnP lease (lifetime 0) is re-added after half of
+/// [`LIFETIME`], in case the gateway lost it.
+fn renew_at(lifetime: Duration) -> Instant {
+    let half = if lifetime.is_zero() {
+        LIFETIME / 2
+    } else {
+        lifetime / 2
+    };
+    Instant::now() + half.max(MIN_RENEW)
 }
 
 /// Renews a mapping with the protocol that made it.
@@ -407,27 +444,22 @@ async fn renew(lease: &mut Lease, protocol: Protocol) -> Result<Mapped, String> 
             gateway,
             local,
             external_port,
+            lease_secs,
         } => {
             let ip = match gateway.get_external_ip().await {
                 Ok(IpAddr::V4(ip)) => ip,
                 Ok(other) => return Err(format!("external address {other} is not IPv4")),
                 Err(e) => return Err(e.to_string()),
             };
-            gateway
-                .add_port(
-                    PortMappingProtocol::TCP,
-                    *external_port,
-                    SocketAddr::V4(*local),
-                    LIFETIME.as_secs() as u32,
-                    DESCRIPTION,
-                )
+            *lease_secs = upnp_add(gateway, *external_port, *local, *lease_secs)
                 .await
                 .map_err(|e| e.to_string())?;
+            let granted = Duration::from_secs(u64::from(*lease_secs));
             Ok(Mapped {
                 protocol: Protocol::Upnp,
                 external: SocketAddrV4::new(ip, *external_port),
-                lifetime: LIFETIME,
-                renew_at: Instant::now() + LIFETIME / 2,
+                lifetime: granted,
+                renew_at: renew_at(granted),
             })
         }
     }
@@ -570,6 +602,20 @@ mod tests {
         ] {
             assert!(!behind_nat(public.parse().expect("ip")), "{public}");
         }
+    }
+
+    #[test]
+    fn renewal_is_at_half_the_lifetime_but_never_a_busy_loop() {
+        let in_secs = |lifetime| {
+            renew_at(Duration::from_secs(lifetime))
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                .round() as u64
+        };
+        assert_eq!(in_secs(7200), 3600);
+        assert_eq!(in_secs(20), 10);
+        assert_eq!(in_secs(1), MIN_RENEW.as_secs());
+        assert_eq!(in_secs(0), LIFETIME.as_secs() / 2, "a permanent lease");
     }
 
     #[test]
