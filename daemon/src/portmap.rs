@@ -217,7 +217,13 @@ async fn keep(
                 // Right after a lost renewal, try at once (the gateway may have restarted).
                 continue;
             }
-            Err(why) => tracing::warn!(
+            // No default route (an IPv6-only host, or the network is not up yet) is
+            // no failure of the gateway: say it quietly, and look again later.
+            Err(Failure::NoGateway(why)) => tracing::debug!(
+                "no port mapping: {why}; looking again in {} min",
+                retry.as_secs() / 60
+            ),
+            Err(Failure::Refused(why)) => tracing::warn!(
                 "port mapping failed: {why}; trying again in {} min",
                 retry.as_secs() / 60
             ),
@@ -230,17 +236,25 @@ async fn keep(
     }
 }
 
-/// One attempt over every protocol; the error names why each failed.
-async fn map(port: NonZeroU16, bind: Option<Ipv4Addr>) -> Result<(Lease, Mapped), String> {
+/// Why an attempt made no mapping.
+enum Failure {
+    /// There is no gateway to ask.
+    NoGateway(String),
+    /// Every protocol failed; the text names why each did.
+    Refused(String),
+}
+
+/// One attempt over every protocol.
+async fn map(port: NonZeroU16, bind: Option<Ipv4Addr>) -> Result<(Lease, Mapped), Failure> {
     let route = std::fs::read_to_string("/proc/net/route")
-        .map_err(|e| format!("cannot read /proc/net/route: {e}"))?;
+        .map_err(|e| Failure::NoGateway(format!("cannot read /proc/net/route: {e}")))?;
     let gateway = default_gateway(&route)
-        .ok_or("no IPv4 default route via a gateway: there is no NAT gateway to ask")?;
+        .ok_or_else(|| Failure::NoGateway("no IPv4 default route via a gateway".to_string()))?;
     let local = match bind {
         Some(ip) => ip,
         None => source_toward(gateway)
             .await
-            .map_err(|e| format!("no route to the gateway {gateway}: {e}"))?,
+            .map_err(|e| Failure::NoGateway(format!("no route to the gateway {gateway}: {e}")))?,
     };
     tracing::debug!(%gateway, %local, port, "asking the gateway for a port mapping");
     let mut reasons = Vec::new();
@@ -288,7 +302,10 @@ async fn map(port: NonZeroU16, bind: Option<Ipv4Addr>) -> Result<(Lease, Mapped)
         Ok(found) => return Ok(found),
         Err(e) => reasons.push(format!("UPnP: {e}")),
     }
-    Err(format!("gateway {gateway}: {}", reasons.join("; ")))
+    Err(Failure::Refused(format!(
+        "gateway {gateway}: {}",
+        reasons.join("; ")
+    )))
 }
 
 /// The crate's error, with its timeout said as an operator reads it.
