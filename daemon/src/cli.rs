@@ -118,6 +118,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into DIR (for packaging).
+    #[command(hide = true)]
+    Manpage {
+        /// The directory to write `umbra.1` and one page per command into.
+        dir: PathBuf,
+    },
 }
 
 impl Cli {
@@ -168,6 +179,8 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         Command::Keygen { strength, json } => keygen(strength, json),
         Command::Demo => crate::demo::run(),
         Command::Doctor { json } => crate::doctor::run(&cli.config, cli.control, json),
+        Command::Completions { shell } => crate::assets::completions(shell),
+        Command::Manpage { dir } => crate::assets::manpages(&dir),
         Command::Peers { json } => {
             let v = control::call(&control_socket(&cli.config, cli.control)?, &Request::Peers)?;
             if json {

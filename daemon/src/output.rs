@@ -56,6 +56,7 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         text(&s["links_total"])
     );
     let uptime = format_duration(s["uptime_secs"].as_u64().unwrap_or(0));
+    let nat = nat_line(&s["nat"]);
     kv(&[
         ("address", &text(&s["address"])),
         ("subnet", &text(&s["subnet"])),
@@ -65,11 +66,45 @@ pub(crate) fn status(s: &Value) -> Result<()> {
         ("links", &links),
         ("circuits", &text(&s["circuits"])),
         ("tun", &tun),
+        ("nat", &nat),
     ])?;
     for w in s["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", text(w));
     }
     Ok(())
+}
+
+/// `status`'s `nat` in one line: the mapping, then the external endpoints
+/// peers saw, then the port mapping at the gateway if one is held.
+fn nat_line(nat: &Value) -> String {
+    let line = nat_class_line(nat);
+    match &nat["port_mapping"] {
+        Value::Object(m) => format!(
+            "{line}; port mapped at {} by {}",
+            m.get("external").map_or_else(|| "-".into(), text),
+            m.get("protocol").map_or_else(|| "-".into(), text)
+        ),
+        _ => line,
+    }
+}
+
+/// The mapping and the external endpoints peers saw.
+fn nat_class_line(nat: &Value) -> String {
+    let mapping = match &nat["mapping"] {
+        Value::Null => "unknown".to_string(),
+        m => text(m),
+    };
+    let external: Vec<String> = nat["external"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    if external.is_empty() {
+        mapping
+    } else {
+        format!("{mapping} (seen as {})", external.join(", "))
+    }
 }
 
 /// Prints rows as an aligned table with a header.
@@ -223,7 +258,23 @@ fn format_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_duration;
+    use super::{format_duration, nat_line};
+    use serde_json::json;
+
+    #[test]
+    fn nat_line_adds_the_port_mapping() {
+        let nat = json!({"mapping": "endpoint-independent", "external": ["198.18.21.2:443"], "port_mapping": null});
+        assert_eq!(
+            nat_line(&nat),
+            "endpoint-independent (seen as 198.18.21.2:443)"
+        );
+        let nat = json!({"mapping": "unknown", "external": [], "port_mapping": {
+            "protocol": "pcp", "external": "198.18.21.2:443", "lifetime_secs": 20, "renews_in_secs": 9}});
+        assert_eq!(
+            nat_line(&nat),
+            "unknown; port mapped at 198.18.21.2:443 by pcp"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -51,10 +51,22 @@ impl NodeView {
             "links_total": links_total,
             "circuits": 0,
             "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
+            "nat": nat_status(&self.links, &self.port_mapping),
             "version": env!("CARGO_PKG_VERSION"),
-            "nat": {"port_mapping": self.port_mapping.json()},
         })
     }
+}
+
+/// `status`'s `nat`: the mapping the live outbound links show, the
+/// external endpoints peers saw, and the port mapping at the gateway
+/// (docs/architecture.md, "NAT" and "Port mapping").
+fn nat_status(links: &Links, port_mapping: &PortMapStatus) -> Value {
+    let class = links.nat_class();
+    json!({
+        "mapping": class.mapping.as_str(),
+        "external": class.external.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "port_mapping": port_mapping.json(),
+    })
 }
 
 /// Answers one control request.

@@ -3,7 +3,8 @@
 //!
 //! It makes namespaces ([`Netns`]) joined by veth pairs ([`Veth`],
 //! [`Links`]) on 198.18.0.0/15 ("internet" hosts; hosts behind a NAT
-//! [`Router`] use 100.64.0.0/10), writes daemon configs ([`UmbraConfig`],
+//! [`Router`] use 100.64.0.0/10, and [`NatSite`] builds one of each
+//! [`NatKind`]), writes daemon configs ([`UmbraConfig`],
 //! [`Peer`]), runs `umbra run` in them ([`Daemon`]) and measures with
 //! [`ping`] and [`iperf3`], and writes a reference nginx's config
 //! ([`NginxConfig`]), and makes a router a port-mapping gateway
@@ -40,7 +41,7 @@ pub use nginx::NginxConfig;
 pub use ping::{PingOptions, PingReply, PingStats, ping};
 pub use process::Proc;
 pub use registry::{Cleanup, cleanup_on_panic, cleanup_on_signals};
-pub use router::Router;
+pub use router::{Filtering, NatKind, NatMapping, NatRules, NatSite, Router};
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 pub use upnp::{STUN_PORTS, StunServer, UPNP_HTTP_PORT, UpnpGateway, UpnpOptions};
 pub use veth::{End, Veth, internet_ip, nat_ip};

@@ -149,6 +149,12 @@ fn mapped(bed: &Bed, d: &Daemon, protocol: &str) -> Value {
     );
     assert_eq!(m["protocol"], protocol, "{m}");
     assert_eq!(m["external"], format!("{EXTERNAL}:443"), "same port: {m}");
+    let out = d.cli(&["status"]).expect("umbra status");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("port mapped at {EXTERNAL}:443 by {protocol}")),
+        "{shown}"
+    );
     let rules = bed.gateway.redirects(&bed.router).expect("nft");
     assert!(
         rules.iter().any(|r| r.contains(&format!("{NODE}:443"))),

@@ -42,7 +42,7 @@ pub(crate) enum Status {
     Warn,
     /// It is wrong; the exit code is 1.
     Fail,
-    /// Not checked (not needed with this config, or not implemented yet).
+    /// Not checked (not needed with this config, or it cannot be told now).
     Skip,
 }
 
@@ -172,7 +172,7 @@ pub(crate) fn run(config_path: &Path, control_flag: Option<PathBuf>, json: bool)
     checks.extend(files::state_dir(&ctx));
     checks.push(files::control_socket(&ctx));
     checks.extend(network::listen(&ctx));
-    checks.push(network::nat());
+    checks.push(network::nat(&ctx));
     checks.extend(network::partners(&ctx));
 
     if json {

@@ -1,6 +1,6 @@
 //! Checks of the network: each `[listen] https` address is free (or held
-//! by the running umbra), the NAT type (not detected yet), and each
-//! partner answers at its endpoint.
+//! by the running umbra), the NAT type the running daemon's links show,
+//! and each partner answers at its endpoint.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
@@ -157,9 +157,47 @@ pub(super) fn listening_ports(table: &str) -> Vec<u16> {
         .collect()
 }
 
-/// The NAT type: not detected yet; the check holds its place.
-pub(super) fn nat() -> Check {
-    Check::skip("NAT type", "not implemented yet")
+/// The NAT type the running daemon's outbound links show (its `status`'s
+/// `nat`, docs/architecture.md, "NAT").
+pub(super) fn nat(ctx: &Context) -> Check {
+    match &ctx.running {
+        Some(r) => nat_of(&r.status["nat"]),
+        None => Check::skip(
+            "NAT type",
+            "no daemon answers: the NAT type is learned from its live links",
+        ),
+    }
+}
+
+fn nat_of(nat: &serde_json::Value) -> Check {
+    const NAME: &str = "NAT type";
+    let external: Vec<&str> = nat["external"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let seen = if external.is_empty() {
+        String::new()
+    } else {
+        format!(" (peers see {})", external.join(", "))
+    };
+    match nat["mapping"].as_str() {
+        Some("public") => Check::ok(NAME, format!("public: no NAT in front of this node{seen}")),
+        Some("endpoint-independent") => Check::ok(
+            NAME,
+            format!("endpoint-independent NAT: one external address for all peers{seen}"),
+        ),
+        Some("endpoint-dependent") => Check::warn(
+            NAME,
+            format!("endpoint-dependent NAT: each peer sees a different external port{seen}"),
+            "direct links to this node need port mapping or a relay; ask partners with public addresses to dial you",
+        ),
+        _ => Check::skip(
+            NAME,
+            format!("unknown: it takes live outbound links to two partners to tell{seen}"),
+        ),
+    }
 }
 
 /// One node this node dials: a `[[peer]]` or a stored agreement.
@@ -351,6 +389,29 @@ fn partner_fix(e: Option<&DialError>, p: &Partner) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nat_types() {
+        use super::super::Status;
+        let of = |m: &str| {
+            nat_of(
+                &serde_json::json!({"mapping": m, "external": ["198.18.11.2:443"], "port_mapping": null}),
+            )
+        };
+        assert_eq!(of("public").status, Status::Ok);
+        assert_eq!(of("endpoint-independent").status, Status::Ok);
+        let edm = of("endpoint-dependent");
+        assert_eq!(edm.status, Status::Warn);
+        assert!(
+            edm.fix
+                .as_deref()
+                .is_some_and(|f| f.contains("port mapping or a relay"))
+        );
+        assert!(edm.detail.contains("198.18.11.2:443"), "{edm:?}");
+        assert_eq!(of("unknown").status, Status::Skip);
+        // A daemon too old to report it.
+        assert_eq!(nat_of(&serde_json::Value::Null).status, Status::Skip);
+    }
 
     #[test]
     fn listening_ports_of_proc_net_tcp() {

@@ -540,10 +540,10 @@ mod tests {
             Some("a")
         );
         assert_eq!(unit_setting("[Service]\nUser=\n", "User"), None);
-        // The shipped unit runs as root: no User=.
+        // The shipped unit runs as the package's umbra user.
         assert_eq!(
-            unit_setting(include_str!("../../contrib/umbra.service"), "User"),
-            None
+            unit_setting(include_str!("../../contrib/umbra.service"), "User").as_deref(),
+            Some("umbra")
         );
         assert_eq!(uid_of("0"), Some(0));
         assert_eq!(uid_of("root"), Some(0));

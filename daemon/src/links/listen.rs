@@ -1,6 +1,8 @@
 //! Listening: binds every `[listen] https` address with its certificate
 //! and cover site, and serves it; authenticated link requests go to
 //! [`Links::authorize`], accepted links to the daemon's links channel.
+//! Their ports are the link ports outgoing links bind too
+//! (docs/architecture.md, "NAT").
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -75,9 +77,9 @@ impl Links {
         }));
         self.metrics.set_listener(Arc::clone(&listener));
         for addr in &config.listen.https {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
+            // SO_REUSEPORT, so outgoing links can bind its port
+            // (docs/architecture.md, "NAT").
+            let tcp = tio::bind_listener(*addr).with_context(|| format!("listening on {addr}"))?;
             let local = tcp.local_addr()?;
             tracing::info!(%local, "link listener up");
             self.listeners
@@ -86,6 +88,13 @@ impl Links {
                 .push(local);
             tokio::spawn(tio::serve(tcp, Arc::clone(&listener), links_tx.clone()));
         }
+        // Their ports are the link ports outgoing links bind.
+        let bound = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.dialer.set_listeners(&bound);
         Ok(())
     }
 }

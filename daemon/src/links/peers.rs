@@ -2,7 +2,7 @@
 //! live link per peer, adopted from a listener or a dialer, whose frames go
 //! to the datapath as [`Input`]s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use umbra_routing::address;
 use umbra_transport::io::{self as tio, Direction, Link};
 use umbra_transport::proto::control::{LinkControl, LinkControlError};
 use umbra_transport::proto::frame::Frame;
+use umbra_transport::proto::nat;
 
 use super::{Links, short_key};
 use crate::events::{Input, LinkId};
@@ -25,6 +26,8 @@ pub(super) struct PeerEntry {
     /// down.
     pub(super) link_id: LinkId,
     pub(super) direction: Option<Direction>,
+    /// This node's end of the live link's connection.
+    pub(super) local: Option<SocketAddr>,
     pub(super) remote: Option<SocketAddr>,
     pub(super) observed: Option<SocketAddr>,
     pub(super) up_since: Option<Instant>,
@@ -46,6 +49,7 @@ impl PeerEntry {
             sender: None,
             link_id: 0,
             direction: None,
+            local: None,
             remote: None,
             observed: None,
             up_since: None,
@@ -97,6 +101,7 @@ impl Links {
             entry.sender = Some(link.sender.clone());
             entry.link_id = link_id;
             entry.direction = Some(link.direction);
+            entry.local = Some(link.local);
             entry.remote = Some(link.remote);
             entry.observed = link.observed;
             entry.up_since = Some(Instant::now());
@@ -107,6 +112,7 @@ impl Links {
         self.metrics.link_up(link_id, link.sender.stats_handle());
         tracing::info!(
             peer = %short_key(&peer),
+            local = %link.local,
             remote = %link.remote,
             direction = ?link.direction,
             observed = ?link.observed,
@@ -204,6 +210,37 @@ impl Links {
         peers.get(peer).is_some_and(PeerEntry::is_up)
     }
 
+    /// What the live outbound links say about the NAT in front of this
+    /// node (docs/architecture.md, "NAT"), with the node's own addresses:
+    /// its links' and listeners' local IPs.
+    pub(crate) fn nat_class(&self) -> nat::NatClass {
+        let mut locals: Vec<IpAddr> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reports = Vec::new();
+        for (key, e) in peers.iter().filter(|(_, e)| e.is_up()) {
+            if let Some(local) = e.local {
+                locals.push(local.ip());
+            }
+            if let (Some(Direction::Outbound), Some(local), Some(observed)) =
+                (e.direction, e.local, e.observed)
+            {
+                reports.push(nat::LinkReport {
+                    peer: *key,
+                    local,
+                    observed,
+                });
+            }
+        }
+        nat::classify(&reports, &locals)
+    }
+
     /// `umbra peers`: one row per peer we link or try to link with.
     pub(crate) fn peers_json(&self) -> Value {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,6 +259,9 @@ impl Links {
                     "kind": "direct",
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
                     "endpoint": e.remote.map(|a| a.to_string()),
+                    // This node's end: on outbound links the link port,
+                    // unless the dial fell back to an ephemeral one.
+                    "local": e.local.map(|a| a.to_string()),
                     "observed": e.observed.map(|a| a.to_string()),
                     // From the link's pings: the latest round trip and the
                     // smoothed one, in ms to 0.1 ms; null until one is

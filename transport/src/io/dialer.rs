@@ -11,6 +11,7 @@
 //! any client connecting to a bare IP address sends.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,7 @@ use super::link::{
 };
 use super::listener::{LINK_CONTENT_TYPE, LINK_PATH};
 use super::pki::TlsError;
+use super::port::{connect_from, link_port_for};
 use super::time::unix_secs;
 use super::tls::{ALPN_H2, client_tls_config, link_exporter};
 use crate::proto::handshake::{
@@ -197,6 +199,9 @@ pub struct Dialer {
     settings: LinkSettings,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    /// The node's bound listeners, whose ports outgoing links bind
+    /// (`docs/architecture.md, "NAT"`); none: ephemeral ports.
+    listeners: Mutex<Vec<SocketAddr>>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -204,6 +209,7 @@ impl std::fmt::Debug for Dialer {
         f.debug_struct("Dialer")
             .field("identity", &self.identity)
             .field("settings", &self.settings)
+            .field("listeners", &self.listeners)
             .finish_non_exhaustive()
     }
 }
@@ -217,7 +223,26 @@ impl Dialer {
             settings,
             connect_timeout: DIAL_CONNECT_TIMEOUT,
             handshake_timeout: DIAL_HANDSHAKE_TIMEOUT,
+            listeners: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Makes outgoing links bind the link port: the port of the first of
+    /// `listeners` (the node's bound listeners, which
+    /// [`super::bind_listener`] bound) of the peer's address family, else
+    /// of the first; an ephemeral port when `listeners` is empty. A dial
+    /// whose 4-tuple that port cannot make falls back to an ephemeral port
+    /// (`docs/architecture.md, "NAT"`).
+    pub fn set_listeners(&self, listeners: &[SocketAddr]) {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = listeners.to_vec();
+    }
+
+    /// The local port a link to `remote` binds, if any.
+    pub fn link_port(&self, remote: &SocketAddr) -> Option<u16> {
+        link_port_for(
+            &self.listeners.lock().unwrap_or_else(|p| p.into_inner()),
+            remote,
+        )
     }
 
     /// Changes the connect and handshake timeouts.
@@ -231,11 +256,7 @@ impl Dialer {
     /// (for example an invite secret) in message 1.
     pub async fn dial(&self, target: &DialTarget, app_payload: &[u8]) -> Result<Link, DialError> {
         let endpoint = target.endpoint.clone();
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(target.endpoint.as_str()),
-        )
-        .await
+        let stream = match tokio::time::timeout(self.connect_timeout, self.connect(&endpoint)).await
         {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(DialError::Connect { endpoint, source }),
@@ -251,9 +272,13 @@ impl Dialer {
             endpoint: endpoint.clone(),
             source,
         })?;
+        let local = stream.local_addr().map_err(|source| DialError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
         match tokio::time::timeout(
             self.handshake_timeout,
-            self.handshake(stream, remote, target, app_payload),
+            self.handshake(stream, (local, remote), target, app_payload),
         )
         .await
         {
@@ -265,10 +290,28 @@ impl Dialer {
         }
     }
 
+    /// Resolves `endpoint` and connects to each address in order from the
+    /// link port, as `TcpStream::connect` would from an ephemeral one.
+    async fn connect(&self, endpoint: &str) -> std::io::Result<TcpStream> {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(endpoint).await? {
+            match connect_from(addr, self.link_port(&addr)).await {
+                Ok((stream, _)) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the name resolves to no address",
+            )
+        }))
+    }
+
     async fn handshake(
         &self,
         stream: TcpStream,
-        remote: SocketAddr,
+        (local, remote): (SocketAddr, SocketAddr),
         target: &DialTarget,
         app_payload: &[u8],
     ) -> Result<Link, DialError> {
@@ -393,6 +436,7 @@ impl Dialer {
             Ok(start_link(
                 LinkStart {
                     peer: established.peer,
+                    local,
                     remote,
                     observed: Some(observed),
                     app_payload,

@@ -153,6 +153,9 @@ impl LinkSettings {
 pub struct Link {
     /// The peer's Ed25519 identity, proven by the handshake.
     pub peer: [u8; 32],
+    /// This node's end of the TCP connection (on outbound links, the link
+    /// port unless the dial fell back to an ephemeral one).
+    pub local: SocketAddr,
     /// The peer's address as this node sees the TCP connection.
     pub remote: SocketAddr,
     /// The address the listener saw this node's connection come from, which
@@ -444,6 +447,7 @@ pub(crate) type CloseConnection = Box<dyn FnOnce() + Send>;
 /// Everything needed to start a link's tasks.
 pub(crate) struct LinkStart {
     pub(crate) peer: [u8; 32],
+    pub(crate) local: SocketAddr,
     pub(crate) remote: SocketAddr,
     pub(crate) observed: Option<SocketAddr>,
     pub(crate) app_payload: Vec<u8>,
@@ -491,6 +495,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     ));
     Link {
         peer: start.peer,
+        local: start.local,
         remote: start.remote,
         observed: start.observed,
         app_payload: start.app_payload,

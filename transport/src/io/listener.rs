@@ -549,6 +549,8 @@ async fn drain(mut stream: TcpStream) {
 struct ConnState {
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
+    /// This node's end of the connection.
+    local: SocketAddr,
     remote: SocketAddr,
     ctx: RequestCtx,
     /// The TLS exporter value, on TLS 1.3 connections only.
@@ -567,7 +569,10 @@ async fn handle_connection(
     links: mpsc::Sender<Link>,
 ) {
     let _ = stream.set_nodelay(true);
-    let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(443);
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443)));
+    let local_port = local.port();
     match classify(&stream).await {
         FirstBytes::Tls => {}
         FirstBytes::Plain => {
@@ -656,6 +661,7 @@ async fn handle_connection(
     let state = Arc::new(ConnState {
         listener,
         links,
+        local,
         remote,
         ctx: RequestCtx { local_port },
         binding,
@@ -807,6 +813,7 @@ async fn accept_link(
     let link = start_link(
         LinkStart {
             peer: established.peer,
+            local: state.local,
             remote: state.remote,
             observed: None,
             app_payload: established.app_payload,

@@ -8,6 +8,8 @@
 //! - build a [`LinkListener`] from a [`ListenerConfig`] (TLS from
 //!   [`server_tls_config`], a [`CoverSite`], an [`Authorizer`]) and run
 //!   [`serve`] on a bound `TcpListener`; accepted links arrive on a channel;
+//! - bind listeners with [`bind_listener`] and give the [`Dialer`] their
+//!   ports ([`Dialer::set_listeners`]), so links in both directions share it;
 //! - dial with a [`Dialer`];
 //! - either way it gets a [`Link`]: the peer's key, addresses, the
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].
@@ -20,6 +22,7 @@ mod link;
 mod listener;
 mod pki;
 mod plain;
+mod port;
 mod time;
 mod tls;
 
@@ -46,6 +49,7 @@ pub use pki::{
     SELF_SIGNED_VALIDITY_DAYS, TlsError,
 };
 pub use plain::PLAIN_HEADER_TIMEOUT;
+pub use port::bind_listener;
 pub use tls::{
     ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification, TlsSettings,
     client_tls_config, server_tls_config,

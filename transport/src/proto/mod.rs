@@ -1,6 +1,6 @@
 //! Sans-IO protocol parts of links: handshake, framing, padding, round-trip
-//! times, invite tokens, link control messages and the agreement asked for
-//! in the handshake.
+//! times, invite tokens, link control messages, the agreement asked for
+//! in the handshake, and the NAT classification from observed addresses.
 //!
 //! Nothing here does I/O, reads the clock or spawns tasks: callers pass bytes,
 //! `now_unix` and random sources in, and get bytes and typed results out
@@ -15,5 +15,6 @@ pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod invite;
+pub mod nat;
 pub mod padding;
 pub mod rtt;
