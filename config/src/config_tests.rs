@@ -1041,3 +1041,29 @@ proptest! {
         }
     }
 }
+
+// ---- [nat] ----
+
+#[test]
+fn nat_port_mapping_is_on_by_default_and_can_be_turned_off() {
+    assert!(parse_ok("").nat.port_mapping);
+    assert!(parse_ok("[nat]\n").nat.port_mapping);
+    assert!(parse_ok("[nat]\nport_mapping = true\n").nat.port_mapping);
+    assert!(!parse_ok("[nat]\nport_mapping = false\n").nat.port_mapping);
+}
+
+#[test]
+fn nat_port_mapping_must_be_a_boolean() {
+    invalid(
+        "[nat]\nport_mapping = \"no\"\n",
+        "nat.port_mapping",
+        &["[nat] port_mapping must be true or false, found string \"no\""],
+    );
+    let message = unknown("[nat]\nupnp = false\n", "[nat]", "upnp");
+    assert!(message.ends_with("expected `port_mapping`"), "{message}");
+    invalid(
+        "nat = true\n",
+        "nat",
+        &["nat must be a table ([nat]), found boolean true"],
+    );
+}

@@ -94,6 +94,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Link padding with `anonymity = "strong"`, `[padding]`.
     pub padding: PaddingConfig,
+    /// Behind a NAT, `[nat]`.
+    pub nat: NatConfig,
 }
 
 /// The `[tun]` table.
@@ -218,6 +220,21 @@ impl Default for PaddingConfig {
     }
 }
 
+/// The `[nat]` table: what a node behind a NAT does about it (`docs/architecture.md,
+/// "Port mapping"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Ask the gateway to forward the link port (UPnP-IGD, NAT-PMP or PCP) while the
+    /// node has a `[listen] https` address. `false` sends the gateway nothing.
+    pub port_mapping: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig { port_mapping: true }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -233,6 +250,7 @@ impl Default for Config {
             routes: Vec::new(),
             metrics: MetricsConfig::default(),
             padding: PaddingConfig::default(),
+            nat: NatConfig::default(),
         }
     }
 }

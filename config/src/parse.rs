@@ -31,6 +31,7 @@ struct RawTop {
     route: Option<Value>,
     metrics: Option<Value>,
     padding: Option<Value>,
+    nat: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +93,12 @@ struct RawMetrics {
 #[serde(deny_unknown_fields)]
 struct RawPadding {
     rate: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNat {
+    port_mapping: Option<Value>,
 }
 
 /// Reads TOML values for [`Reporter`], each error naming its key.
@@ -390,6 +397,12 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
                 format!("{} = {} is not a rate: {e}", key.shown, quote(&text)),
             )
         })?;
+    }
+
+    if let Some(nat) = r.sub_table::<RawNat>("nat", raw.nat)?
+        && let Some(v) = nat.port_mapping
+    {
+        config.nat.port_mapping = r.bool(&Scope::table("nat").key("port_mapping"), v)?;
     }
 
     Ok(config)

@@ -91,6 +91,11 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # from the agreement: never above its terms' average rate (50GiB/30d is about
 # 20KiB/s). Bytes per second, at most 1MiB/s; "0B/s" turns padding off.
 # rate = "32KiB/s"
+
+[nat]
+# Behind a NAT with a listen address: ask the gateway (UPnP-IGD, NAT-PMP or PCP) to
+# forward the link port, renew it, and remove it at shutdown. false sends it nothing.
+# port_mapping = true
 "#
     )
 }
@@ -146,6 +151,7 @@ mod tests {
             "# acme_email = \"ops@example.org\"",
             "# acme_ca = \"/etc/umbra/acme-ca.pem\"",
             "# rate = \"32KiB/s\"",
+            "# port_mapping = true",
         ] {
             assert!(text.contains(example), "{example}");
             let edited = text.replace(example, example.trim_start_matches("# "));

@@ -12,6 +12,7 @@ mod events;
 mod links;
 mod metrics;
 mod output;
+mod portmap;
 mod run;
 mod state_dir;
 

@@ -75,8 +75,21 @@ pub(crate) fn status(s: &Value) -> Result<()> {
 }
 
 /// `status`'s `nat` in one line: the mapping, then the external endpoints
-/// peers saw.
+/// peers saw, then the port mapping at the gateway if one is held.
 fn nat_line(nat: &Value) -> String {
+    let line = nat_class_line(nat);
+    match &nat["port_mapping"] {
+        Value::Object(m) => format!(
+            "{line}; port mapped at {} by {}",
+            m.get("external").map_or_else(|| "-".into(), text),
+            m.get("protocol").map_or_else(|| "-".into(), text)
+        ),
+        _ => line,
+    }
+}
+
+/// The mapping and the external endpoints peers saw.
+fn nat_class_line(nat: &Value) -> String {
     let mapping = match &nat["mapping"] {
         Value::Null => "unknown".to_string(),
         m => text(m),
@@ -245,7 +258,23 @@ fn format_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_duration;
+    use super::{format_duration, nat_line};
+    use serde_json::json;
+
+    #[test]
+    fn nat_line_adds_the_port_mapping() {
+        let nat = json!({"mapping": "endpoint-independent", "external": ["198.18.21.2:443"], "port_mapping": null});
+        assert_eq!(
+            nat_line(&nat),
+            "endpoint-independent (seen as 198.18.21.2:443)"
+        );
+        let nat = json!({"mapping": "unknown", "external": [], "port_mapping": {
+            "protocol": "pcp", "external": "198.18.21.2:443", "lifetime_secs": 20, "renews_in_secs": 9}});
+        assert_eq!(
+            nat_line(&nat),
+            "unknown; port mapped at 198.18.21.2:443 by pcp"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -18,6 +18,7 @@ use crate::db::Store;
 use crate::events::{self, DatapathTx, Input};
 use crate::links::Links;
 use crate::metrics::{self, Metrics};
+use crate::portmap::{PortMap, PortMapStatus};
 use crate::state_dir::{self, StateLock};
 
 /// How long an invite works unless `--ttl` says otherwise.
@@ -33,6 +34,7 @@ struct NodeView {
     config: Config,
     links: Arc<Links>,
     datapath: DatapathTx,
+    port_mapping: PortMapStatus,
 }
 
 impl NodeView {
@@ -49,21 +51,21 @@ impl NodeView {
             "links_total": links_total,
             "circuits": 0,
             "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
-            "nat": nat_status(&self.links),
+            "nat": nat_status(&self.links, &self.port_mapping),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
 }
 
 /// `status`'s `nat`: the mapping the live outbound links show, the
-/// external endpoints peers saw, and the port mapping (none yet)
-/// (docs/architecture.md, "NAT").
-fn nat_status(links: &Links) -> Value {
+/// external endpoints peers saw, and the port mapping at the gateway
+/// (docs/architecture.md, "NAT" and "Port mapping").
+fn nat_status(links: &Links, port_mapping: &PortMapStatus) -> Value {
     let class = links.nat_class();
     json!({
         "mapping": class.mapping.as_str(),
         "external": class.external.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "port_mapping": Value::Null,
+        "port_mapping": port_mapping.json(),
     })
 }
 
@@ -215,6 +217,8 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         None => None,
     };
 
+    let port_map = start_port_mapping(&config, &links);
+
     let socket_path = control.unwrap_or_else(|| config.control_socket.clone());
     let listener = control::bind(&socket_path).await?;
     tracing::info!(path = %socket_path.display(), "control socket ready");
@@ -227,6 +231,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         config,
         links: Arc::clone(&links),
         datapath: datapath_tx.clone(),
+        port_mapping: port_map.as_ref().map(PortMap::status).unwrap_or_default(),
     }));
 
     let result = serve(&listener, &view, &config_path).await;
@@ -236,6 +241,9 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     drop(listener);
     if let Err(e) = std::fs::remove_file(&socket_path) {
         tracing::warn!(path = %socket_path.display(), error = %e, "could not remove control socket");
+    }
+    if let Some(p) = port_map {
+        p.stop().await;
     }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     if datapath_tx.send(Input::Flush(done_tx)).await.is_ok() {
@@ -252,6 +260,31 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     }
     tracing::info!("stopped");
     result
+}
+
+/// Starts the port-mapping task when `[nat] port_mapping` is on and a link listener
+/// takes IPv4 (docs/architecture.md, "Port mapping"); the first such listener's port is
+/// mapped.
+fn start_port_mapping(config: &Config, links: &Links) -> Option<PortMap> {
+    if !config.nat.port_mapping {
+        tracing::info!("port mapping off ([nat] port_mapping = false)");
+        return None;
+    }
+    let listener = links
+        .listeners()
+        .iter()
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .find_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            std::net::SocketAddr::V6(v6) if v6.ip().is_unspecified() => Some(
+                std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, v6.port()),
+            ),
+            std::net::SocketAddr::V6(_) => None,
+        })?;
+    let port = std::num::NonZeroU16::new(listener.port())?;
+    let ip = *listener.ip();
+    let bind = (!ip.is_unspecified()).then_some(ip);
+    Some(PortMap::start(port, bind))
 }
 
 /// The overlay route's network address: `P::/7`.
@@ -314,6 +347,9 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
             }
             if new.metrics != old.metrics {
                 needs_restart.push("[metrics]");
+            }
+            if new.nat != old.nat {
+                needs_restart.push("[nat]");
             }
             if needs_restart.is_empty() {
                 tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");

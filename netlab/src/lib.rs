@@ -7,7 +7,8 @@
 //! [`NatKind`]), writes daemon configs ([`UmbraConfig`],
 //! [`Peer`]), runs `umbra run` in them ([`Daemon`]) and measures with
 //! [`ping`] and [`iperf3`], and writes a reference nginx's config
-//! ([`NginxConfig`]). Everything it makes is recorded first and
+//! ([`NginxConfig`]), and makes a router a port-mapping gateway
+//! ([`UpnpGateway`], with its [`StunServer`]). Everything it makes is recorded first and
 //! removed on drop, by [`Lab::cleanup`], and on a signal or a panic
 //! ([`cleanup_on_signals`], [`cleanup_on_panic`]). It needs root.
 
@@ -24,6 +25,7 @@ mod ping;
 mod process;
 mod registry;
 mod router;
+mod upnp;
 mod veth;
 mod wait;
 
@@ -41,5 +43,6 @@ pub use process::Proc;
 pub use registry::{Cleanup, cleanup_on_panic, cleanup_on_signals};
 pub use router::{Filtering, NatKind, NatMapping, NatRules, NatSite, Router};
 pub use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+pub use upnp::{STUN_PORTS, StunServer, UPNP_HTTP_PORT, UpnpGateway, UpnpOptions};
 pub use veth::{End, Veth, internet_ip, nat_ip};
 pub use wait::poll;

@@ -182,6 +182,20 @@ fn nat_of(nat: &serde_json::Value) -> Check {
     } else {
         format!(" (peers see {})", external.join(", "))
     };
+    // A port the gateway forwards makes the node reachable whatever its NAT's kind
+    // (docs/architecture.md, "Port mapping").
+    if let Some(m) = nat["port_mapping"].as_object() {
+        let field = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+        let kind = nat["mapping"].as_str().unwrap_or("unknown");
+        return Check::ok(
+            NAME,
+            format!(
+                "{kind}; the gateway forwards {} to the link port ({}){seen}",
+                field("external"),
+                field("protocol")
+            ),
+        );
+    }
     match nat["mapping"].as_str() {
         Some("public") => Check::ok(NAME, format!("public: no NAT in front of this node{seen}")),
         Some("endpoint-independent") => Check::ok(
@@ -409,6 +423,15 @@ mod tests {
         );
         assert!(edm.detail.contains("198.18.11.2:443"), "{edm:?}");
         assert_eq!(of("unknown").status, Status::Skip);
+        let mapped = nat_of(
+            &serde_json::json!({"mapping": "endpoint-dependent", "external": [],
+            "port_mapping": {"protocol": "upnp", "external": "198.18.21.2:443"}}),
+        );
+        assert_eq!(mapped.status, Status::Ok);
+        assert!(
+            mapped.detail.contains("forwards 198.18.21.2:443"),
+            "{mapped:?}"
+        );
         // A daemon too old to report it.
         assert_eq!(nat_of(&serde_json::Value::Null).status, Status::Skip);
     }
