@@ -33,8 +33,9 @@ const STOP_WAIT: Duration = Duration::from_secs(3);
 const SEARCH_WAIT: Duration = Duration::from_secs(2);
 /// The soonest a renewal is due, whatever short lifetime a gateway grants.
 const MIN_RENEW: Duration = Duration::from_secs(5);
-/// The UPnP mapping's description, shown in the gateway's list.
-const DESCRIPTION: &str = "umbra";
+/// The UPnP mapping's description, shown in the gateway's list to anyone on the LAN:
+/// what the port serves, not which program (`docs/threat-model.md`).
+const DESCRIPTION: &str = "https";
 /// The SSDP port: the unicast search goes to the gateway on it.
 const SSDP_PORT: u16 = 1900;
 /// PCP and NAT-PMP: a quarter second, doubled twice (under 2 s per protocol).
