@@ -134,37 +134,6 @@ pub struct Router {
 }
 
 impl Router {
-    /// Turns `netns` into a NAT router that masquerades to `outside`, with
-    /// no filtering. Needs `nft` (Debian's `nftables`).
-    pub fn masquerade(netns: Netns, outside: &str) -> Result<Router> {
-        Router::forwarding(&netns)?;
-        netns.exec(&["nft", "add", "table", "ip", "nat"])?;
-        netns.exec(&[
-            "nft",
-            "add",
-            "chain",
-            "ip",
-            "nat",
-            "post",
-            "{ type nat hook postrouting priority srcnat; }",
-        ])?;
-        netns.exec(&[
-            "nft",
-            "add",
-            "rule",
-            "ip",
-            "nat",
-            "post",
-            "oifname",
-            outside,
-            "masquerade",
-        ])?;
-        Ok(Router {
-            netns,
-            outside: outside.to_string(),
-        })
-    }
-
     /// Turns `netns` into a NAT router with `rules` on its outside
     /// interface `outside` (mapping, filtering, and a silent router
     /// itself). Needs `nft`.

@@ -2,7 +2,9 @@
 //! a NAT router masquerades a host on 100.64.0.0/10, and everything goes
 //! away on drop and on cleanup.
 
-use umbra_netlab::{Lab, PingOptions, Router, Veth, internet_ip, nat_ip, ping};
+use umbra_netlab::{
+    Filtering, Lab, NatMapping, NatRules, PingOptions, Router, Veth, internet_ip, nat_ip, ping,
+};
 
 fn exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
@@ -63,7 +65,11 @@ fn a_host_behind_nat_reaches_the_internet() {
         24,
     )
     .expect("outside veth");
-    let router = Router::masquerade(router, "outside").expect("nat");
+    let rules = NatRules {
+        mapping: NatMapping::EndpointIndependent,
+        filtering: Filtering::Drop,
+    };
+    let router = Router::nat(router, "outside", rules).expect("nat");
     Router::route_via(&host, nat_ip(1, 1)).expect("default route");
     // The server has no route to 100.64.0.0/10: its replies come back only
     // because they go to the router's outside address.
