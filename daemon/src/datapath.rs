@@ -132,13 +132,9 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
-        let mut cells_out = 0;
         while let Some(link) = poll_cell(&mut core, &mut cells) {
-            if send(&outs, link, Frame::Cell(cells.split().freeze())) {
-                cells_out += 1;
-            }
+            send(&outs, link, Frame::Cell(cells.split().freeze()));
         }
-        metrics.cells_out(cells_out);
         while let Some((link, msg)) = core.poll_graph() {
             send(&outs, link, Frame::GraphRecord(msg.into()));
         }
@@ -197,10 +193,12 @@ fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
 }
 
 /// Queues `frame` to `link`; whether it was queued.
-fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) -> bool {
+fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) {
     // A link that just went down has no queue; the core learns of it from
     // its reader's LinkDown and tears its circuits down.
-    outs.get(&link).is_some_and(|q| q.send(frame).is_ok())
+    if let Some(q) = outs.get(&link) {
+        let _ = q.send(frame);
+    }
 }
 
 /// Observes a circuit's build time when `ev` says it is built: from when

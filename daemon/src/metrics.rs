@@ -4,9 +4,9 @@
 //! answers `GET /metrics` (and 404 to every other path), as Tor's
 //! MetricsPort does.
 //!
-//! Counters that happen in the daemon (cells, outbound handshakes, circuit
-//! build times) are counted as they happen. Figures that others already
-//! keep (the routing core's drops and circuits, the links' bytes and
+//! Counters that happen in the daemon (outbound handshakes, circuit build
+//! times) are counted as they happen. Figures that others already keep
+//! (the routing core's cells, drops and circuits, the links' bytes and
 //! padding, the listener's handshakes, the peer table's link states) are
 //! read when a scrape comes, so the datapath pays nothing between scrapes.
 //! No label carries an address or a key.
@@ -47,10 +47,13 @@ const DATAPATH_WAIT: Duration = Duration::from_secs(2);
 /// One label.
 type Label = (&'static str, &'static str);
 
-/// What the routing core tells a scrape: open circuits by role and packets
-/// dropped by reason, both as the core counts them.
+/// What the routing core tells a scrape: cells it took in from links and
+/// gave out for links, open circuits by role and packets dropped by reason,
+/// all as the core counts them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CoreFigures {
+    cells_in: u64,
+    cells_out: u64,
     circuits: Vec<(&'static str, u64)>,
     drops: Vec<(&'static str, u64)>,
 }
@@ -62,6 +65,8 @@ impl CoreFigures {
         let d = &m.drops;
         let r = core.counters();
         CoreFigures {
+            cells_in: m.cells_in,
+            cells_out: m.cells_out,
             circuits: vec![
                 ("origin", m.origin_circuits),
                 ("relay", m.relay_circuits),
@@ -210,18 +215,6 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// A cell frame arrived on a link.
-    pub(crate) fn cell_in(&self) {
-        self.cells.get_or_create(&[("direction", "in")]).inc();
-    }
-
-    /// `n` cell frames were queued to links.
-    pub(crate) fn cells_out(&self, n: u64) {
-        if n > 0 {
-            self.cells.get_or_create(&[("direction", "out")]).inc_by(n);
-        }
-    }
-
     /// An outbound link handshake ended with `result`: "ok",
     /// "connect_failed" (no TCP connection) or "failed" (TLS, the link
     /// handshake or the agreement did not go through).
@@ -275,6 +268,14 @@ impl Metrics {
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         if let Some(core) = core {
+            set(
+                &self.cells.get_or_create(&[("direction", "in")]),
+                core.cells_in,
+            );
+            set(
+                &self.cells.get_or_create(&[("direction", "out")]),
+                core.cells_out,
+            );
             for (role, n) in &core.circuits {
                 self.circuits
                     .get_or_create(&[("role", role)])
@@ -456,11 +457,14 @@ mod tests {
     #[test]
     fn every_family_is_named_as_prometheus_asks() {
         let m = Metrics::new();
-        m.cell_in();
-        m.cells_out(3);
         m.outbound_handshake("failed");
         m.circuit_built("full", Duration::from_millis(300));
-        let text = m.render(None, &[("up", 2), ("connecting", 1), ("down", 0)]);
+        let core = CoreFigures {
+            cells_in: 1,
+            cells_out: 3,
+            ..CoreFigures::default()
+        };
+        let text = m.render(Some(&core), &[("up", 2), ("connecting", 1), ("down", 0)]);
         for want in [
             "umbra_cells_total{direction=\"in\"} 1",
             "umbra_cells_total{direction=\"out\"} 3",

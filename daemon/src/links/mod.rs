@@ -111,10 +111,7 @@ impl Links {
     /// `(up, total)` for `umbra status`.
     pub(crate) fn counts(&self) -> (usize, usize) {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let up = peers
-            .values()
-            .filter(|e| e.sender.as_ref().is_some_and(|s| !s.is_closed()))
-            .count();
+        let up = peers.values().filter(|e| e.is_up()).count();
         (up, peers.len())
     }
 

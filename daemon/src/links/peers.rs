@@ -142,13 +142,10 @@ impl Links {
             match link.receiver.recv().await {
                 Ok(frame) => {
                     let input = match frame {
-                        Frame::Cell(cell) => {
-                            self.metrics.cell_in();
-                            Input::Cell {
-                                link: link_id,
-                                cell,
-                            }
-                        }
+                        Frame::Cell(cell) => Input::Cell {
+                            link: link_id,
+                            cell,
+                        },
                         Frame::GraphRecord(bytes) => Input::Graph {
                             link: link_id,
                             bytes,

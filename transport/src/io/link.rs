@@ -153,7 +153,7 @@ impl LinkSettings {
 pub struct Link {
     /// The peer's Ed25519 identity, proven by the handshake.
     pub peer: [u8; 32],
-    /// This node's end of the TCP connection (on outbound links, the link
+    /// This node's end of the TCP connection (on outbound links, the dial
     /// port unless the dial fell back to an ephemeral one).
     pub local: SocketAddr,
     /// The peer's address as this node sees the TCP connection.
