@@ -156,39 +156,49 @@ pub async fn probe(
         endpoint: owned(),
         source,
     })?;
+    let config = client_tls_config().map_err(|e| DialError::Tls {
+        endpoint: owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let connector = TlsConnector::from(config);
+    let tls = tls_h2(&connector, stream, endpoint, server_name, remote);
+    match tokio::time::timeout(handshake_timeout, tls).await {
+        Ok(r) => r.map(|_| remote),
+        Err(_) => Err(DialError::Timeout {
+            endpoint: owned(),
+            stage: "handshake",
+        }),
+    }
+}
+
+/// TLS over `stream` as a browser would open it to the listener at
+/// `remote`: SNI `server_name` (none for an IP address: rustls sends no
+/// SNI extension for one), and HTTP/2 picked by ALPN, else an error.
+async fn tls_h2(
+    connector: &TlsConnector,
+    stream: TcpStream,
+    endpoint: &str,
+    server_name: Option<&str>,
+    remote: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
     let sni = match server_name {
         Some(name) => ServerName::try_from(name.to_string())
             .map_err(|_| DialError::BadServerName(name.to_string()))?,
         None => ServerName::IpAddress(remote.ip().into()),
     };
-    let config = client_tls_config().map_err(|e| DialError::Tls {
-        endpoint: owned(),
-        source: std::io::Error::other(e),
-    })?;
-    let tls = match tokio::time::timeout(
-        handshake_timeout,
-        TlsConnector::from(config).connect(sni, stream),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(source)) => {
-            return Err(DialError::Tls {
-                endpoint: owned(),
-                source,
-            });
-        }
-        Err(_) => {
-            return Err(DialError::Timeout {
-                endpoint: owned(),
-                stage: "handshake",
-            });
-        }
-    };
+    let tls = connector
+        .connect(sni, stream)
+        .await
+        .map_err(|source| DialError::Tls {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-        return Err(DialError::NotHttp2 { endpoint: owned() });
+        return Err(DialError::NotHttp2 {
+            endpoint: endpoint.to_string(),
+        });
     }
-    Ok(remote)
+    Ok(tls)
 }
 
 /// Dials links for one identity.
@@ -305,24 +315,15 @@ impl Dialer {
         app_payload: &[u8],
     ) -> Result<Link, DialError> {
         let endpoint = target.endpoint.clone();
-        let sni = match &target.server_name {
-            Some(name) => ServerName::try_from(name.clone())
-                .map_err(|_| DialError::BadServerName(name.clone()))?,
-            // An IP address: rustls sends no SNI extension for it.
-            None => ServerName::IpAddress(remote.ip().into()),
-        };
-        let tls = self
-            .tls
-            .connect(sni, stream)
-            .await
-            .map_err(|source| DialError::Tls {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+        let tls = tls_h2(
+            &self.tls,
+            stream,
+            &endpoint,
+            target.server_name.as_deref(),
+            remote,
+        )
+        .await?;
         let (_, conn) = tls.get_ref();
-        if conn.alpn_protocol() != Some(ALPN_H2) {
-            return Err(DialError::NotHttp2 { endpoint });
-        }
         let binding = link_exporter(conn).map_err(|e| DialError::Tls {
             endpoint: endpoint.clone(),
             source: std::io::Error::other(e),
