@@ -44,6 +44,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         opaque().prop_map(Frame::LinkControl),
         opaque().prop_map(Frame::GraphRecord),
         opaque().prop_map(Frame::Ledger),
+        opaque().prop_map(Frame::Relay),
         Just(Frame::Keepalive),
         any::<[u8; 8]>().prop_map(Frame::Ping),
         any::<[u8; 8]>().prop_map(Frame::Pong),
@@ -104,7 +105,7 @@ proptest! {
     #[test]
     fn unknown_frame_types_are_skipped_and_counted(
         unknown in proptest::collection::vec(
-            (0x08u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
+            (0x09u8..=0xFF, proptest::collection::vec(any::<u8>(), 0..500)), 0..10),
         pieces in proptest::collection::vec(1usize..700, 1..6),
     ) {
         let mut stream = Vec::new();

@@ -57,8 +57,8 @@ proptest! {
 
     #[test]
     fn link_control_target_on_tagged_input(
-        tag in prop_oneof![Just(&b"revoke"[..]), Just(&b"padding"[..])],
-        rest in proptest::collection::vec(any::<u8>(), 0..8),
+        tag in proptest::sample::select(umbra_transport::proto::control::CONTROL_TAGS.to_vec()),
+        rest in proptest::collection::vec(any::<u8>(), 0..48),
     ) {
         // Mostly a known tag, so the decoders' length checks are reached.
         fuzz_bodies::link_control(&[tag, &rest[..]].concat());
@@ -78,5 +78,31 @@ proptest! {
     ) {
         let data = [&[kind][..], &terms, &signature, &secret].concat();
         fuzz_bodies::link_ask(&data);
+    }
+
+    #[test]
+    fn traversal_message_target(data in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        fuzz_bodies::traversal_message(&data);
+    }
+
+    #[test]
+    fn traversal_message_target_on_message_shaped_input(
+        kind in 0u8..7,
+        fields in proptest::collection::vec(any::<u8>(), 0..120),
+        count in 0u8..10,
+    ) {
+        // Version 1, a kind near the known ones, and small counts, so the
+        // field checks are reached.
+        let mut data = vec![1, kind];
+        data.extend_from_slice(&fields);
+        if let Some(b) = data.get_mut(8) {
+            *b = count;
+        }
+        fuzz_bodies::traversal_message(&data);
+    }
+
+    #[test]
+    fn relay_frame_target(data in proptest::collection::vec(any::<u8>(), 0..17_000)) {
+        fuzz_bodies::relay_frame_payload(&data);
     }
 }

@@ -169,7 +169,10 @@ impl Links {
                                 self.on_malformed_padding_request(&peer, link_id, len);
                                 continue;
                             }
-                            Err(LinkControlError::Unknown) => continue,
+                            Err(LinkControlError::Unknown | LinkControlError::Malformed { .. }) => {
+                                continue;
+                            }
+                            Ok(_) => continue,
                         },
                         _ => continue,
                     };

@@ -12,6 +12,8 @@ use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::{CELL_LEN, Frame, FrameDecoder, FrameEncoder};
 use umbra_transport::proto::handshake::{LinkResponder, decode_bearer, decode_msg2};
 use umbra_transport::proto::invite::Invite;
+use umbra_transport::proto::relay::{RELAY_CHUNK_MAX_LEN, decode_relay, relay_frame};
+use umbra_transport::proto::traversal::{self, Traversal};
 
 /// A fixed listener clock for the handshake target (unix seconds).
 const FUZZ_NOW_UNIX: u64 = 1_750_000_000;
@@ -100,5 +102,28 @@ pub fn link_ask(data: &[u8]) {
     if let Ok(ask) = LinkAsk::decode(data) {
         assert_eq!(ask.encode(), data);
         assert_eq!(LinkAsk::decode(&ask.encode()), Ok(ask));
+    }
+}
+
+/// NAT traversal messages, and the envelope that carries one through a
+/// partner: any bytes either fail or are a message whose encoding is exactly
+/// those bytes; an envelope that opens was sealed by a valid key.
+pub fn traversal_message(data: &[u8]) {
+    if let Ok(msg) = Traversal::decode(data) {
+        assert_eq!(msg.encode(), data);
+        assert_eq!(Traversal::decode(&msg.encode()), Ok(msg));
+    }
+    let mut opener = LinkResponder::new(Identity::from_seed(&[9; 32]));
+    let _ = traversal::open(&mut opener, data, FUZZ_NOW_UNIX);
+}
+
+/// Relay frames' payloads: any bytes either fail or are a stream id and a
+/// chunk of 1 to 16 KiB that frame back to the same bytes.
+pub fn relay_frame_payload(data: &[u8]) {
+    let payload = bytes::Bytes::copy_from_slice(data);
+    if let Ok((id, chunk)) = decode_relay(&payload) {
+        assert!(!chunk.is_empty() && chunk.len() <= RELAY_CHUNK_MAX_LEN);
+        let frame = relay_frame(id, &chunk);
+        assert_eq!(frame.as_ref().map(|f| f.payload()), Some(data));
     }
 }

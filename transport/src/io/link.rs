@@ -29,7 +29,7 @@
 //! [`LINK_CLOSE_GRACE`]). A dropped [`LinkReceiver`] alone does not close
 //! the link: incoming frames are then discarded.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -61,7 +61,7 @@ const PONG_QUEUE: usize = 4;
 
 /// Length of an encoded observed address: a 16-byte IPv6 address
 /// (IPv4-mapped for IPv4) and a big-endian `u16` port.
-pub const OBSERVED_ADDR_LEN: usize = 18;
+pub const OBSERVED_ADDR_LEN: usize = crate::proto::addr::ADDR_LEN;
 
 /// Frames a [`LinkSender`] queues before `send` waits, by default.
 pub const LINK_SEND_QUEUE_FRAMES: usize = 256;
@@ -410,34 +410,18 @@ impl LinkReceiver {
     }
 }
 
-/// Encodes the address a connection was observed from:
-/// `IPv6 address [16] | port u16`, IPv4 as an IPv4-mapped IPv6 address
-/// (`::ffff:a.b.c.d`). The listener puts it at the start of message 2's
-/// payload so the dialer learns its public address (`docs/protocol.md, "Link
-/// setup"`).
+/// Encodes the address a connection was observed from (`proto::addr`).
+/// The listener puts it at the start of message 2's payload so the dialer
+/// learns its public address (`docs/protocol.md, "Link setup"`).
 pub fn encode_observed_addr(addr: SocketAddr) -> [u8; OBSERVED_ADDR_LEN] {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let mut out = [0u8; OBSERVED_ADDR_LEN];
-    out[..16].copy_from_slice(&ip.octets());
-    out[16..].copy_from_slice(&addr.port().to_be_bytes());
-    out
+    crate::proto::addr::encode_addr(addr)
 }
 
 /// Decodes [`encode_observed_addr`]'s output from the first
 /// [`OBSERVED_ADDR_LEN`] bytes of `buf`; IPv4-mapped addresses come back as
 /// IPv4. `None` if `buf` is shorter.
 pub fn decode_observed_addr(buf: &[u8]) -> Option<SocketAddr> {
-    let ip: [u8; 16] = buf.get(..16)?.try_into().ok()?;
-    let port: [u8; 2] = buf.get(16..OBSERVED_ADDR_LEN)?.try_into().ok()?;
-    let ip = Ipv6Addr::from(ip);
-    let ip = match ip.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(ip),
-    };
-    Some(SocketAddr::new(ip, u16::from_be_bytes(port)))
+    crate::proto::addr::decode_addr(buf)
 }
 
 /// What ends the connection under a link once the link is over: it should
@@ -741,7 +725,7 @@ mod tests {
             let dec = decode_observed_addr(&enc).expect("decodes");
             let want = match addr {
                 SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+                    Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), v6.port()),
                     None => addr,
                 },
                 v4 => v4,

@@ -37,6 +37,10 @@ impl<'a> Reader<'a> {
         Some(u16::from_be_bytes(self.array()?))
     }
 
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.array()?))
+    }
+
     pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.array()?))
     }

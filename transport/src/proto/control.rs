@@ -1,22 +1,36 @@
 //! Link control messages: what a LinkControl frame carries
 //! (docs/protocol.md, "Link control").
 //!
-//! A message is an ASCII tag, then its fields:
+//! A message is an ASCII tag, then its fields. No tag is a prefix of
+//! another, so the tag alone says which message it is:
 //!
 //! ```text
 //! "revoke"                          the sender revoked the agreement; the link ends
 //! "padding" | bytes_per_sec u32     pad toward the sender at this rate; 0 stops
+//! "moved"                           the sender's frames on this connection end here;
+//!                                   they go on on the link's new connection
+//! "nat-msg" | body                  a traversal message between the two ends of
+//!                                   this link (proto::traversal)
+//! "fwd-to" | to [32] | envelope     pass the envelope to `to`, a partner of the
+//!                                   receiver's with a live link
+//! "fwd-from" | from [32] | envelope `from` asked the sender to pass this envelope
+//! "relay-open" | id u32 | to [32]   open relayed stream `id` to `to`
+//! "relay-in" | id u32 | from [32]   relayed stream `id` from `from` starts here
+//! "relay-close" | id u32 | why u8   relayed stream `id` ends, or is refused
 //! ```
 //!
-//! The rate counts bytes of cell frames per second. A `padding` tag followed
-//! by anything but exactly four bytes is malformed, and so is any other
-//! payload; a receiver ignores both (it may count them).
+//! The rate counts bytes of cell frames per second. Bodies and envelopes run
+//! to the end of the frame and may not be empty. Anything else, including a
+//! known tag with fields of the wrong length, is malformed; a receiver
+//! ignores it and counts it.
 
 #![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
 
+use super::codec::Reader;
 use super::frame::Frame;
+use super::relay::{CloseReason, StreamId};
 
 /// The tag of [`LinkControl::Revoke`]: the whole message.
 pub const CONTROL_REVOKE: &[u8] = b"revoke";
@@ -24,8 +38,42 @@ pub const CONTROL_REVOKE: &[u8] = b"revoke";
 /// The tag of [`LinkControl::Padding`], followed by the rate.
 pub const CONTROL_PADDING: &[u8] = b"padding";
 
+/// The tag of [`LinkControl::Moved`]: the whole message.
+pub const CONTROL_MOVED: &[u8] = b"moved";
+
+/// The tag of [`LinkControl::Traversal`], followed by the message.
+pub const CONTROL_TRAVERSAL: &[u8] = b"nat-msg";
+
+/// The tag of [`LinkControl::ForwardTo`].
+pub const CONTROL_FORWARD_TO: &[u8] = b"fwd-to";
+
+/// The tag of [`LinkControl::ForwardFrom`].
+pub const CONTROL_FORWARD_FROM: &[u8] = b"fwd-from";
+
+/// The tag of [`LinkControl::RelayOpen`].
+pub const CONTROL_RELAY_OPEN: &[u8] = b"relay-open";
+
+/// The tag of [`LinkControl::RelayIn`].
+pub const CONTROL_RELAY_IN: &[u8] = b"relay-in";
+
+/// The tag of [`LinkControl::RelayClose`].
+pub const CONTROL_RELAY_CLOSE: &[u8] = b"relay-close";
+
+/// Every tag, for the check that none is a prefix of another.
+pub const CONTROL_TAGS: [&[u8]; 9] = [
+    CONTROL_REVOKE,
+    CONTROL_PADDING,
+    CONTROL_MOVED,
+    CONTROL_TRAVERSAL,
+    CONTROL_FORWARD_TO,
+    CONTROL_FORWARD_FROM,
+    CONTROL_RELAY_OPEN,
+    CONTROL_RELAY_IN,
+    CONTROL_RELAY_CLOSE,
+];
+
 /// One link control message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkControl {
     /// The sender revoked the agreement; the link ends.
     Revoke,
@@ -34,6 +82,54 @@ pub enum LinkControl {
     Padding {
         /// The rate asked for.
         bytes_per_sec: u32,
+    },
+    /// The sender moved the link to a new connection: every frame it sent on
+    /// this connection before this one came first, everything after goes on
+    /// the new one (docs/protocol.md, "Link moves").
+    Moved,
+    /// A traversal message (`proto::traversal`) between the two ends of the
+    /// link, which is how two partners on a relayed link talk about a better
+    /// one.
+    Traversal {
+        /// The message.
+        body: Bytes,
+    },
+    /// "Pass this envelope to `to`": a traversal message sealed to `to`,
+    /// sent through a partner both ends share.
+    ForwardTo {
+        /// The node the envelope is for.
+        to: [u8; 32],
+        /// The sealed envelope (`proto::traversal::seal`).
+        envelope: Bytes,
+    },
+    /// An envelope `from` asked the sender (a partner of both) to pass on.
+    ForwardFrom {
+        /// Who asked.
+        from: [u8; 32],
+        /// The sealed envelope.
+        envelope: Bytes,
+    },
+    /// Open relayed stream `id` to the receiver's partner `to`.
+    RelayOpen {
+        /// The stream, numbered by the sender (`proto::relay`).
+        id: StreamId,
+        /// The node at the other end.
+        to: [u8; 32],
+    },
+    /// Relayed stream `id`, numbered by the sender, starts here: `from`
+    /// opened it through the sender.
+    RelayIn {
+        /// The stream.
+        id: StreamId,
+        /// The node at the other end.
+        from: [u8; 32],
+    },
+    /// Relayed stream `id` ends, or is refused, and why.
+    RelayClose {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        reason: CloseReason,
     },
 }
 
@@ -46,6 +142,12 @@ pub enum LinkControlError {
         /// How many bytes followed the tag.
         len: usize,
     },
+    /// A known tag whose fields have the wrong length.
+    #[error("link control message {tag:?} with malformed fields")]
+    Malformed {
+        /// The tag.
+        tag: &'static str,
+    },
     /// No known tag.
     #[error("unknown link control message")]
     Unknown,
@@ -54,14 +156,47 @@ pub enum LinkControlError {
 impl LinkControl {
     /// The message's bytes, the payload of a LinkControl frame.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
         match self {
-            LinkControl::Revoke => CONTROL_REVOKE.to_vec(),
+            LinkControl::Revoke => out.extend_from_slice(CONTROL_REVOKE),
             LinkControl::Padding { bytes_per_sec } => {
-                let mut body = CONTROL_PADDING.to_vec();
-                body.extend_from_slice(&bytes_per_sec.to_be_bytes());
-                body
+                out.extend_from_slice(CONTROL_PADDING);
+                out.extend_from_slice(&bytes_per_sec.to_be_bytes());
+            }
+            LinkControl::Moved => out.extend_from_slice(CONTROL_MOVED),
+            LinkControl::Traversal { body } => {
+                out.extend_from_slice(CONTROL_TRAVERSAL);
+                out.extend_from_slice(body);
+            }
+            LinkControl::ForwardTo { to: key, envelope }
+            | LinkControl::ForwardFrom {
+                from: key,
+                envelope,
+            } => {
+                out.extend_from_slice(if matches!(self, LinkControl::ForwardTo { .. }) {
+                    CONTROL_FORWARD_TO
+                } else {
+                    CONTROL_FORWARD_FROM
+                });
+                out.extend_from_slice(key);
+                out.extend_from_slice(envelope);
+            }
+            LinkControl::RelayOpen { id, to: key } | LinkControl::RelayIn { id, from: key } => {
+                out.extend_from_slice(if matches!(self, LinkControl::RelayOpen { .. }) {
+                    CONTROL_RELAY_OPEN
+                } else {
+                    CONTROL_RELAY_IN
+                });
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(key);
+            }
+            LinkControl::RelayClose { id, reason } => {
+                out.extend_from_slice(CONTROL_RELAY_CLOSE);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.push(reason.to_u8());
             }
         }
+        out
     }
 
     /// The LinkControl frame that carries this message.
@@ -76,12 +211,72 @@ impl LinkControl {
         if body == CONTROL_REVOKE {
             return Ok(LinkControl::Revoke);
         }
+        if body == CONTROL_MOVED {
+            return Ok(LinkControl::Moved);
+        }
         if let Some(rest) = body.strip_prefix(CONTROL_PADDING) {
             return <[u8; 4]>::try_from(rest)
                 .map(|b| LinkControl::Padding {
                     bytes_per_sec: u32::from_be_bytes(b),
                 })
                 .map_err(|_| LinkControlError::MalformedPadding { len: rest.len() });
+        }
+        let malformed = |tag: &'static str| LinkControlError::Malformed { tag };
+        if let Some(rest) = body.strip_prefix(CONTROL_TRAVERSAL) {
+            if rest.is_empty() {
+                return Err(malformed("nat-msg"));
+            }
+            return Ok(LinkControl::Traversal {
+                body: Bytes::copy_from_slice(rest),
+            });
+        }
+        for (tag, name, to) in [
+            (CONTROL_FORWARD_TO, "fwd-to", true),
+            (CONTROL_FORWARD_FROM, "fwd-from", false),
+        ] {
+            if let Some(rest) = body.strip_prefix(tag) {
+                let mut r = Reader::new(rest);
+                let key = r.array::<32>().ok_or(malformed(name))?;
+                let envelope = r.take(rest.len().saturating_sub(32)).unwrap_or_default();
+                if envelope.is_empty() {
+                    return Err(malformed(name));
+                }
+                let envelope = Bytes::copy_from_slice(envelope);
+                return Ok(if to {
+                    LinkControl::ForwardTo { to: key, envelope }
+                } else {
+                    LinkControl::ForwardFrom {
+                        from: key,
+                        envelope,
+                    }
+                });
+            }
+        }
+        for (tag, name, open) in [
+            (CONTROL_RELAY_OPEN, "relay-open", true),
+            (CONTROL_RELAY_IN, "relay-in", false),
+        ] {
+            if let Some(rest) = body.strip_prefix(tag) {
+                let mut r = Reader::new(rest);
+                let (Some(id), Some(key), true) = (r.u32(), r.array::<32>(), r.is_empty()) else {
+                    return Err(malformed(name));
+                };
+                return Ok(if open {
+                    LinkControl::RelayOpen { id, to: key }
+                } else {
+                    LinkControl::RelayIn { id, from: key }
+                });
+            }
+        }
+        if let Some(rest) = body.strip_prefix(CONTROL_RELAY_CLOSE) {
+            let mut r = Reader::new(rest);
+            let (Some(id), Some(reason), true) = (r.u32(), r.u8(), r.is_empty()) else {
+                return Err(malformed("relay-close"));
+            };
+            return Ok(LinkControl::RelayClose {
+                id,
+                reason: CloseReason::from_u8(reason),
+            });
         }
         Err(LinkControlError::Unknown)
     }

@@ -99,6 +99,9 @@ pub enum FrameType {
     Ping = 0x06,
     /// The answer to a [`FrameType::Ping`]: the same token.
     Pong = 0x07,
+    /// Bytes of a relayed stream: a link between two other nodes that this
+    /// link carries for them (`proto::relay`; opaque here).
+    Relay = 0x08,
 }
 
 impl FrameType {
@@ -114,6 +117,7 @@ impl FrameType {
             0x05 => FrameType::Keepalive,
             0x06 => FrameType::Ping,
             0x07 => FrameType::Pong,
+            0x08 => FrameType::Relay,
             _ => return None,
         })
     }
@@ -141,6 +145,8 @@ pub enum Frame {
     Ping(PingToken),
     /// The echo of a [`Frame::Ping`]'s token.
     Pong(PingToken),
+    /// Bytes of a relayed stream (`proto::relay`).
+    Relay(Bytes),
 }
 
 impl Frame {
@@ -154,6 +160,7 @@ impl Frame {
             Frame::Keepalive => FrameType::Keepalive,
             Frame::Ping(_) => FrameType::Ping,
             Frame::Pong(_) => FrameType::Pong,
+            Frame::Relay(_) => FrameType::Relay,
         }
     }
 
@@ -161,7 +168,11 @@ impl Frame {
     /// pong).
     pub fn payload(&self) -> &[u8] {
         match self {
-            Frame::Cell(b) | Frame::LinkControl(b) | Frame::GraphRecord(b) | Frame::Ledger(b) => b,
+            Frame::Cell(b)
+            | Frame::LinkControl(b)
+            | Frame::GraphRecord(b)
+            | Frame::Ledger(b)
+            | Frame::Relay(b) => b,
             Frame::Keepalive => &[],
             Frame::Ping(t) | Frame::Pong(t) => t,
         }
@@ -281,6 +292,7 @@ impl FrameDecoder {
                 Some(FrameType::Keepalive) => Frame::Keepalive,
                 Some(FrameType::Ping) => Frame::Ping(token(&payload)?),
                 Some(FrameType::Pong) => Frame::Pong(token(&payload)?),
+                Some(FrameType::Relay) => Frame::Relay(payload),
                 Some(FrameType::Padding) => {
                     self.padding_frames += 1;
                     self.padding_bytes += (FRAME_HEADER_LEN + payload_len) as u64;

@@ -1,6 +1,7 @@
 //! Sans-IO protocol parts of links: handshake, framing, padding, round-trip
 //! times, invite tokens, link control messages, the agreement asked for
-//! in the handshake, and the NAT classification from observed addresses.
+//! in the handshake, the NAT classification from observed addresses, NAT
+//! traversal messages and relayed streams.
 //!
 //! Nothing here does I/O, reads the clock or spawns tasks: callers pass bytes,
 //! `now_unix` and random sources in, and get bytes and typed results out
@@ -9,6 +10,7 @@
 //!
 //! Every multi-byte integer on the wire is big-endian.
 
+pub mod addr;
 pub mod agreement;
 mod codec;
 pub mod control;
@@ -17,4 +19,6 @@ pub mod handshake;
 pub mod invite;
 pub mod nat;
 pub mod padding;
+pub mod relay;
 pub mod rtt;
+pub mod traversal;
