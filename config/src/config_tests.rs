@@ -637,17 +637,11 @@ fn peer_key_is_required() {
 }
 
 #[test]
-fn peer_endpoints_must_not_be_empty() {
-    invalid(
-        &peer(1, "endpoints = []"),
-        "peer[1].endpoints",
-        &["[[peer]] #1 endpoints is empty"],
-    );
-    invalid(
-        &peer(1, ""),
-        "peer[1].endpoints",
-        &["[[peer]] #1 endpoints is empty or missing"],
-    );
+fn peer_endpoints_may_be_empty_for_nat_traversal() {
+    for text in [peer(1, "endpoints = []"), peer(1, "")] {
+        let config = parse_ok(&text);
+        assert!(config.peers[0].endpoints.is_empty(), "{text}");
+    }
 }
 
 #[test]
@@ -1045,6 +1039,53 @@ proptest! {
 // ---- [nat] ----
 
 #[test]
+fn nat_relaying_and_its_limits() {
+    let d = parse_ok("").nat;
+    assert!(d.relay);
+    assert_eq!(d.relay_rate, ByteRate::per_sec(8 << 20));
+    assert_eq!(d.relay_total, 100 << 30);
+    assert_eq!(d.retry_direct, std::time::Duration::from_secs(60));
+    let c = parse_ok(
+        "[nat]\nrelay = false\nrelay_rate = \"1MiB/s\"\nrelay_total = \"5GiB\"\nretry_direct = \"2s\"\n",
+    )
+    .nat;
+    assert!(!c.relay);
+    assert_eq!(c.relay_rate, ByteRate::per_sec(1 << 20));
+    assert_eq!(c.relay_total, 5 << 30);
+    assert_eq!(c.retry_direct, std::time::Duration::from_secs(2));
+    invalid(
+        "[nat]\nrelay_rate = \"0B/s\"\n",
+        "nat.relay_rate",
+        &["[nat] relay_rate = \"0B/s\"", "above zero", "relay = false"],
+    );
+    invalid(
+        "[nat]\nrelay_rate = \"fast\"\n",
+        "nat.relay_rate",
+        &["[nat] relay_rate = \"fast\" is not a rate"],
+    );
+    invalid(
+        "[nat]\nrelay_total = \"0B\"\n",
+        "nat.relay_total",
+        &["[nat] relay_total = \"0B\"", "above zero"],
+    );
+    invalid(
+        "[nat]\nrelay_total = \"lots\"\n",
+        "nat.relay_total",
+        &["[nat] relay_total = \"lots\" is not an amount of bytes"],
+    );
+    invalid(
+        "[nat]\nretry_direct = \"0s\"\n",
+        "nat.retry_direct",
+        &["[nat] retry_direct = \"0s\"", "at least 1s"],
+    );
+    invalid(
+        "[nat]\nretry_direct = \"soon\"\n",
+        "nat.retry_direct",
+        &["[nat] retry_direct = \"soon\" is not a duration"],
+    );
+}
+
+#[test]
 fn nat_port_mapping_is_on_by_default_and_can_be_turned_off() {
     assert!(parse_ok("").nat.port_mapping);
     assert!(parse_ok("[nat]\n").nat.port_mapping);
@@ -1060,7 +1101,12 @@ fn nat_port_mapping_must_be_a_boolean() {
         &["[nat] port_mapping must be true or false, found string \"no\""],
     );
     let message = unknown("[nat]\nupnp = false\n", "[nat]", "upnp");
-    assert!(message.ends_with("expected `port_mapping`"), "{message}");
+    assert!(
+        message.ends_with(
+            "expected one of `port_mapping`, `relay`, `relay_rate`, `relay_total`, `retry_direct`"
+        ),
+        "{message}"
+    );
     invalid(
         "nat = true\n",
         "nat",

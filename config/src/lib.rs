@@ -5,6 +5,7 @@ use std::io::{self, Write as _};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[cfg(test)]
 mod config_tests;
@@ -156,6 +157,7 @@ pub struct PeerConfig {
     /// The peer's public key.
     pub key: PublicKey,
     /// Where the peer can be dialed, tried in order: `host:port` or a socket address.
+    /// Empty: the peer is reached by NAT traversal.
     pub endpoints: Vec<String>,
     /// What we offer the peer.
     pub terms: Terms,
@@ -220,18 +222,44 @@ impl Default for PaddingConfig {
     }
 }
 
-/// The `[nat]` table: what a node behind a NAT does about it (`docs/architecture.md,
-/// "Port mapping"`).
+/// The `[nat]` table: what a node behind a NAT does about it, and what it does for
+/// partners behind one (`docs/architecture.md, "Port mapping"` and "NAT traversal").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatConfig {
     /// Ask the gateway to forward the link port (UPnP-IGD, NAT-PMP or PCP) while the
     /// node has a `[listen] https` address. `false` sends the gateway nothing.
     pub port_mapping: bool,
+    /// Relay links between two partners that cannot reach each other.
+    pub relay: bool,
+    /// The most one relayed link may carry through this node, both ways together.
+    pub relay_rate: ByteRate,
+    /// The most bytes one relayed link may carry through this node while it runs;
+    /// then it is closed (the two ends may open another).
+    pub relay_total: u64,
+    /// While a link is relayed, the first wait before trying a direct or punched one
+    /// again; it doubles after each try, up to 30 minutes.
+    pub retry_direct: Duration,
 }
+
+/// [`NatConfig::relay_rate`] unless set: enough for an ordinary server's federation
+/// traffic, not only signalling.
+pub const DEFAULT_RELAY_RATE: ByteRate = ByteRate::per_sec(8 << 20);
+
+/// [`NatConfig::relay_total`] unless set.
+pub const DEFAULT_RELAY_TOTAL_BYTES: u64 = 100 << 30;
+
+/// [`NatConfig::retry_direct`] unless set.
+pub const DEFAULT_RETRY_DIRECT: Duration = Duration::from_secs(60);
 
 impl Default for NatConfig {
     fn default() -> Self {
-        NatConfig { port_mapping: true }
+        NatConfig {
+            port_mapping: true,
+            relay: true,
+            relay_rate: DEFAULT_RELAY_RATE,
+            relay_total: DEFAULT_RELAY_TOTAL_BYTES,
+            retry_direct: DEFAULT_RETRY_DIRECT,
+        }
     }
 }
 

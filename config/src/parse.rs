@@ -99,6 +99,10 @@ struct RawPadding {
 #[serde(deny_unknown_fields)]
 struct RawNat {
     port_mapping: Option<Value>,
+    relay: Option<Value>,
+    relay_rate: Option<Value>,
+    relay_total: Option<Value>,
+    retry_direct: Option<Value>,
 }
 
 /// Reads TOML values for [`Reporter`], each error naming its key.
@@ -399,10 +403,77 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         })?;
     }
 
-    if let Some(nat) = r.sub_table::<RawNat>("nat", raw.nat)?
-        && let Some(v) = nat.port_mapping
-    {
-        config.nat.port_mapping = r.bool(&Scope::table("nat").key("port_mapping"), v)?;
+    if let Some(nat) = r.sub_table::<RawNat>("nat", raw.nat)? {
+        let scope = Scope::table("nat");
+        if let Some(v) = nat.port_mapping {
+            config.nat.port_mapping = r.bool(&scope.key("port_mapping"), v)?;
+        }
+        if let Some(v) = nat.relay {
+            config.nat.relay = r.bool(&scope.key("relay"), v)?;
+        }
+        if let Some(v) = nat.relay_rate {
+            let key = scope.key("relay_rate");
+            let text = r.string(&key, v)?;
+            let rate: crate::ByteRate = text.parse().map_err(|e| {
+                r.invalid(
+                    &key,
+                    format!("{} = {} is not a rate: {e}", key.shown, quote(&text)),
+                )
+            })?;
+            if rate.is_zero() {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = {} must be above zero; to relay nothing, set relay = false",
+                        key.shown,
+                        quote(&text)
+                    ),
+                ));
+            }
+            config.nat.relay_rate = rate;
+        }
+        if let Some(v) = nat.relay_total {
+            let key = scope.key("relay_total");
+            let text = r.string(&key, v)?;
+            let total = crate::terms::parse_bytes_or_zero(&text, "amount").map_err(|e| {
+                r.invalid(
+                    &key,
+                    format!(
+                        "{} = {} is not an amount of bytes: {e}",
+                        key.shown,
+                        quote(&text)
+                    ),
+                )
+            })?;
+            if total == 0 {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "{} = {} must be above zero; to relay nothing, set relay = false",
+                        key.shown,
+                        quote(&text)
+                    ),
+                ));
+            }
+            config.nat.relay_total = total;
+        }
+        if let Some(v) = nat.retry_direct {
+            let key = scope.key("retry_direct");
+            let text = r.string(&key, v)?;
+            let secs = crate::terms::parse_secs_or_zero(&text, "duration").map_err(|e| {
+                r.invalid(
+                    &key,
+                    format!("{} = {} is not a duration: {e}", key.shown, quote(&text)),
+                )
+            })?;
+            if secs == 0 {
+                return Err(r.invalid(
+                    &key,
+                    format!("{} = {} must be at least 1s", key.shown, quote(&text)),
+                ));
+            }
+            config.nat.retry_direct = std::time::Duration::from_secs(secs);
+        }
     }
 
     Ok(config)

@@ -67,7 +67,7 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 
 # Each [[peer]] is half of an agreement; it becomes one when that peer lists this node
 # too. Terms are bytes per period, each way: units B KB MB GB TB KiB MiB GiB TiB,
-# periods s m h d.
+# periods s m h d. With no endpoints, the peer is reached by NAT traversal.
 # [[peer]]
 # key = "<64 hex characters: the peer's public key>"
 # endpoints = ["198.18.0.1:443"]
@@ -96,6 +96,13 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # Behind a NAT with a listen address: ask the gateway (UPnP-IGD, NAT-PMP or PCP) to
 # forward the link port, renew it, and remove it at shutdown. false sends it nothing.
 # port_mapping = true
+# Partners without a direct path link through a partner both share: relay for them,
+# at most this fast and this much per relayed link.
+# relay = true
+# relay_rate = "8MiB/s"
+# relay_total = "100GiB"
+# While a link is relayed, try for a direct or punched one this long after (doubling).
+# retry_direct = "60s"
 "#
     )
 }

@@ -142,6 +142,12 @@ pub(crate) fn parse_bytes_or_zero(text: &str, what: &str) -> Result<u64, ParseEr
     parse_quantity_or_zero(text, &BYTE_UNITS, what, BYTE_UNIT_LIST)
 }
 
+/// Parses a duration in whole seconds such as `60s`, `5m` or `2h` (the units of a
+/// [`Terms`] period); zero is allowed.
+pub(crate) fn parse_secs_or_zero(text: &str, what: &str) -> Result<u64, ParseError> {
+    parse_quantity_or_zero(text, &PERIOD_UNITS, what, "s, m, h or d")
+}
+
 /// Writes `bytes` with the largest binary unit that divides it exactly (else `B`).
 pub(crate) fn fmt_bytes(bytes: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let (unit, size) = CANONICAL_BYTE_UNITS

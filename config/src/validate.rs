@@ -315,17 +315,9 @@ impl Config {
                 ));
             }
 
+            // No endpoint means: reach this peer by NAT traversal
+            // (docs/architecture.md, "NAT traversal").
             let key = scope.key("endpoints");
-            if peer.endpoints.is_empty() {
-                return Err(r.invalid(
-                    &key,
-                    format!(
-                        "{} is empty or missing; list where the peer can be dialed, such as \
-                         endpoints = [\"198.18.0.1:443\"]",
-                        key.shown
-                    ),
-                ));
-            }
             for endpoint in &peer.endpoints {
                 if let Some(problem) = endpoint_problem(endpoint) {
                     return Err(r.invalid(

@@ -23,6 +23,8 @@ use umbra_routing::graph::Time;
 use umbra_routing::router::{Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
+use umbra_transport::io::LinkSender;
+use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
 
@@ -142,6 +144,9 @@ pub(crate) async fn run(
             time_build(&core, &metrics, &mut prefixes, &ev);
             log_event(&ev);
         }
+        while let Some((from, payload)) = core.poll_message() {
+            links.on_message(&from, &payload);
+        }
         while let Some((dest, error)) = core.poll_failure() {
             let anonymity = core.anonymity_for(&dest);
             tracing::warn!(to = %short_key(&dest), ?anonymity, "no circuit: {}", advice(&dest, &error));
@@ -247,20 +252,19 @@ fn handle(
         },
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
         Input::LinkUp { link, peer, sender } => {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-            tokio::spawn(async move {
-                while let Some(frame) = rx.recv().await {
-                    if sender.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            outs.insert(link, tx);
+            outs.insert(link, forwarder(sender));
             if let Err(e) = core.set_edges(now, &links.edges()) {
                 tracing::warn!("re-signing the node record: {e}");
             }
             apply_policy(core, links);
             core.link_up(now, link, peer);
+        }
+        Input::LinkMoved { link, sender, hash } => {
+            // The old connection's queue gets the marker after everything
+            // queued before it; its forwarder ends once it is sent.
+            if let Some(old) = outs.insert(link, forwarder(sender)) {
+                let _ = old.send(LinkControl::Moved { to: hash }.frame());
+            }
         }
         Input::LinkDown { link } => {
             outs.remove(&link);
@@ -285,7 +289,27 @@ fn handle(
         Input::Metrics(reply) => {
             let _ = reply.send(CoreFigures::of(core));
         }
+        Input::Message { to, payload, reply } => {
+            let _ = reply.send(core.send_message(now, &to, &payload).map_err(|e| e.to_string()));
+        }
+        Input::Neighbours(key, reply) => {
+            let _ = reply.send(core.graph().graph().neighbours(&key));
+        }
     }
+}
+
+/// The per-link queue toward a link and the task that empties it into the
+/// link's own bounded queue, so the datapath never waits on a slow link.
+fn forwarder(sender: LinkSender) -> mpsc::UnboundedSender<Frame> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if sender.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 /// The routing core takes the links' path policy: the setting, the home

@@ -21,6 +21,14 @@ pub(crate) enum Input {
         peer: [u8; 32],
         sender: LinkSender,
     },
+    /// The link moved to a new connection (docs/protocol.md, "Link moves"):
+    /// everything queued for it goes out on the old connection, then a
+    /// `moved` marker naming the new one (`hash`), then the rest on `sender`.
+    LinkMoved {
+        link: LinkId,
+        sender: LinkSender,
+        hash: [u8; 32],
+    },
     /// The link ended.
     LinkDown { link: LinkId },
     /// A cell frame arrived.
@@ -37,6 +45,15 @@ pub(crate) enum Input {
     Flush(oneshot::Sender<()>),
     /// A metrics scrape: the routing core's circuits and drops.
     Metrics(oneshot::Sender<crate::metrics::CoreFigures>),
+    /// Send a message to a node inside the end-to-end session; the reply
+    /// says whether it could go (not whether it arrived).
+    Message {
+        to: [u8; 32],
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A node's agreement edges in the graph (both ends listing them).
+    Neighbours([u8; 32], oneshot::Sender<Vec<[u8; 32]>>),
 }
 
 /// The handle the rest of the daemon sends to the datapath with.

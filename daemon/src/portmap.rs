@@ -91,6 +91,13 @@ impl PortMapStatus {
         }
     }
 
+    /// The external endpoint the gateway forwards to the listener, while a
+    /// mapping is held.
+    pub(crate) fn external(&self) -> Option<std::net::SocketAddr> {
+        let held = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.map(|m| std::net::SocketAddr::V4(m.external))
+    }
+
     fn set(&self, mapped: Option<Mapped>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = mapped;
     }
@@ -183,7 +190,7 @@ async fn keep(
                     protocol = mapped.protocol.name(),
                     external = %mapped.external,
                     lifetime_secs = mapped.lifetime.as_secs(),
-                    "port mapping made at the gateway (not published to partners yet)"
+                    "port mapping made at the gateway"
                 );
                 status.set(Some(mapped));
                 retry = FIRST_RETRY;

@@ -195,7 +195,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         let links = Arc::clone(&links);
         tokio::spawn(async move {
             while let Some(link) = links_rx.recv().await {
-                links.adopt(link);
+                links.adopt(link, crate::links::LinkKind::Direct);
             }
         });
     }
@@ -218,6 +218,9 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
     };
 
     let port_map = start_port_mapping(&config, &links);
+    if let Some(p) = &port_map {
+        links.set_port_mapping(p.status());
+    }
 
     let socket_path = control.unwrap_or_else(|| config.control_socket.clone());
     let listener = control::bind(&socket_path).await?;

@@ -82,6 +82,9 @@ pub struct UpnpOptions {
     /// `min_lifetime` is half of it, at most 120 s): a short one makes clients renew
     /// soon. At least 2.
     pub max_lifetime: u32,
+    /// The router's own NAT maps endpoint dependently (`masquerade random`): the
+    /// "mapped" kind of the NAT matrix, where only the port mapping lets peers in.
+    pub endpoint_dependent: bool,
 }
 
 impl Default for UpnpOptions {
@@ -90,6 +93,7 @@ impl Default for UpnpOptions {
             upnp: true,
             natpmp: true,
             max_lifetime: 86_400,
+            endpoint_dependent: false,
         }
     }
 }
@@ -109,7 +113,12 @@ pub struct UpnpGateway {
 
 /// The nftables ruleset of a gateway (table `inet filter`, miniupnpd 2.3.1's default
 /// names: chains `miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`).
-fn ruleset(outside: &str, inside: &str, stun: &StunServer) -> String {
+fn ruleset(outside: &str, inside: &str, stun: &StunServer, o: UpnpOptions) -> String {
+    let masquerade = if o.endpoint_dependent {
+        "masquerade random"
+    } else {
+        "masquerade"
+    };
     let stun_ports = format!("{{ {}, {} }}", STUN_PORTS[0], STUN_PORTS[1]);
     let mut r = String::new();
     let _ = write!(
@@ -136,7 +145,7 @@ fn ruleset(outside: &str, inside: &str, stun: &StunServer) -> String {
   }}
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
     jump postrouting_miniupnpd
-    oifname "{outside}" masquerade
+    oifname "{outside}" {masquerade}
   }}
   chain prerouting_miniupnpd {{ }}
   chain postrouting_miniupnpd {{ }}
@@ -181,7 +190,7 @@ impl UpnpGateway {
     ) -> Result<UpnpGateway> {
         router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         let rules = dir.join("gateway.nft");
-        std::fs::write(&rules, ruleset(outside, inside, stun)).map_err(Error::io(&rules))?;
+        std::fs::write(&rules, ruleset(outside, inside, stun, options)).map_err(Error::io(&rules))?;
         router.exec(&["nft", "-f", &rules.to_string_lossy()])?;
         let conf = dir.join("miniupnpd.conf");
         std::fs::write(&conf, miniupnpd_conf(outside, inside, stun, options))

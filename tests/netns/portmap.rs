@@ -193,6 +193,7 @@ fn pcp_mapping_is_renewed_reaches_the_node_and_goes_at_sigterm() {
             upnp: false,
             natpmp: true,
             max_lifetime: 20,
+            ..UpnpOptions::default()
         },
     );
     // Before anything asks, the gateway forwards nothing.

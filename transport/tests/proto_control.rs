@@ -15,7 +15,7 @@ fn message() -> impl Strategy<Value = LinkControl> {
     prop_oneof![
         Just(LinkControl::Revoke),
         any::<u32>().prop_map(|bytes_per_sec| LinkControl::Padding { bytes_per_sec }),
-        Just(LinkControl::Moved),
+        any::<[u8; 32]>().prop_map(|to| LinkControl::Moved { to }),
         body().prop_map(|body| LinkControl::Traversal { body }),
         (any::<[u8; 32]>(), body())
             .prop_map(|(to, envelope)| LinkControl::ForwardTo { to, envelope }),
@@ -45,6 +45,8 @@ fn no_tag_is_a_prefix_of_another() {
 fn known_tags_with_bad_fields_are_malformed() {
     for bad in [
         &b"nat-msg"[..],
+        b"moved",
+        &[&b"moved"[..], &[0; 33]].concat(),
         b"fwd-to",
         b"fwd-from\x01",
         &[&b"fwd-to"[..], &[0; 32]].concat(),

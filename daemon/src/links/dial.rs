@@ -1,6 +1,7 @@
 //! Dialing: one task per peer to dial (`[[peer]]` entries and stored
 //! active agreements with endpoints) that keeps a link up, redialing with
-//! exponential backoff and jitter.
+//! exponential backoff and jitter. Partners without an endpoint are linked
+//! by NAT traversal instead (`traverse.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use rand_core::OsRng;
 use umbra_config::Terms;
-use umbra_transport::io::{DialError, DialTarget};
+use umbra_transport::io::{DialError, DialTarget, Link};
 use umbra_transport::proto::agreement::Ask;
 use umbra_transport::proto::frame::jittered;
 
-use super::peers::PeerEntry;
+use super::peers::{LinkKind, PeerEntry};
 use super::{Links, now_unix, short_key};
 use crate::agreement;
 use crate::db::{AgreementState, Origin};
@@ -25,25 +26,33 @@ const REDIAL_MAX: Duration = Duration::from_secs(60);
 const LINK_STABLE_AFTER: Duration = Duration::from_secs(30);
 
 impl Links {
-    /// Starts a dialer for every peer we should dial that has none yet:
-    /// `[[peer]]` entries and stored active agreements with endpoints.
+    /// Starts a dialer for every peer we should dial that has none yet
+    /// (`[[peer]]` entries and stored active agreements with endpoints), and
+    /// NAT traversal for every partner without an endpoint.
     pub(crate) fn spawn_dialers(self: &Arc<Self>) {
         let mut targets: Vec<([u8; 32], Vec<String>)> = self
             .config()
             .peers
             .iter()
-            .filter(|p| !p.endpoints.is_empty())
             .map(|p| (p.key.0, p.endpoints.clone()))
             .collect();
         match self.store().agreements() {
-            Ok(list) => targets.extend(
-                list.into_iter()
-                    .filter(|a| a.state == AgreementState::Active && !a.endpoints.is_empty())
-                    .map(|a| (a.peer_key, a.endpoints)),
-            ),
+            Ok(list) => {
+                let extra: Vec<([u8; 32], Vec<String>)> = list
+                    .into_iter()
+                    .filter(|a| a.state == AgreementState::Active)
+                    .filter(|a| !targets.iter().any(|(k, _)| *k == a.peer_key))
+                    .map(|a| (a.peer_key, a.endpoints))
+                    .collect();
+                targets.extend(extra);
+            }
             Err(e) => tracing::error!("reading agreements: {e:#}"),
         }
         for (peer, endpoints) in targets {
+            if endpoints.is_empty() {
+                self.spawn_traversal(peer);
+                continue;
+            }
             {
                 let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
                 let entry = peers.entry(peer).or_insert_with(PeerEntry::new);
@@ -95,7 +104,7 @@ impl Links {
 
     /// Returns once `peer` has no live link (a link-down wakes it; the
     /// timeout only bounds a missed wake-up).
-    async fn wait_while_up(&self, peer: &[u8; 32]) {
+    pub(super) async fn wait_while_up(&self, peer: &[u8; 32]) {
         loop {
             let changed = self.changed.notified();
             if !self.is_up(peer) {
@@ -105,9 +114,9 @@ impl Links {
         }
     }
 
-    /// Whether `peer` is still someone we dial: in the config or an active
-    /// agreement.
-    fn should_dial(&self, peer: &[u8; 32]) -> bool {
+    /// Whether `peer` is still someone we link with: in the config or an
+    /// active agreement.
+    pub(super) fn should_dial(&self, peer: &[u8; 32]) -> bool {
         if self.config().peers.iter().any(|p| p.key.0 == *peer) {
             return true;
         }
@@ -134,25 +143,8 @@ impl Links {
             };
             match self.dialer.dial(&target, &payload).await {
                 Ok(link) => {
-                    if !agreement::verify(peer, &self.identity.public(), terms, &link.app_payload) {
-                        self.metrics.outbound_handshake("failed");
-                        bail!("{endpoint}: the peer's agreement signature does not verify");
-                    }
                     self.metrics.outbound_handshake("ok");
-                    let stored_origin = match self.store().agreement_with(peer) {
-                        Ok(Some(a)) => a.origin,
-                        _ => origin,
-                    };
-                    self.store().upsert_active(
-                        peer,
-                        terms,
-                        endpoints,
-                        stored_origin,
-                        now_unix(),
-                        Some(&link.app_payload),
-                    )?;
-                    self.adopt(link);
-                    return Ok(());
+                    return self.finish_dial_with(peer, link, terms, Some((endpoints, origin)), LinkKind::Direct);
                 }
                 Err(e) => {
                     let result = match &e {
@@ -171,5 +163,80 @@ impl Links {
             Some(e) => Err(e.into()),
             None => bail!("no endpoint to dial"),
         }
+    }
+
+    /// Dials endpoints of `peer` that traversal found (its listener or port
+    /// mapping), without storing them: they change with the peer's NAT.
+    pub(super) async fn dial_found(self: &Arc<Self>, peer: &[u8; 32], endpoints: &[String]) -> Result<()> {
+        let terms = self.terms_for(peer);
+        let payload = agreement::link_ask(&self.identity, peer, Ask::Agreement, terms).encode();
+        let mut errors = Vec::new();
+        for endpoint in endpoints {
+            let target = DialTarget {
+                peer: *peer,
+                endpoint: endpoint.clone(),
+                server_name: None,
+            };
+            let dial = self.dialer.dial(&target, &payload);
+            match tokio::time::timeout(super::traverse::TRAVERSAL_CONNECT_TIMEOUT * 2, dial).await {
+                Ok(Ok(link)) => {
+                    self.metrics.outbound_handshake("ok");
+                    return self.finish_dial(peer, link, terms, LinkKind::Direct);
+                }
+                Ok(Err(e)) => errors.push(e.to_string()),
+                Err(_) => errors.push(format!("{endpoint}: timed out")),
+            }
+        }
+        bail!("{}", errors.join("; "))
+    }
+
+    /// A link `peer` accepted: checks the peer's agreement signature,
+    /// stores it (the stored endpoints unchanged) and adopts the link as
+    /// `kind`.
+    pub(super) fn finish_dial(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        link: Link,
+        terms: Terms,
+        kind: LinkKind,
+    ) -> Result<()> {
+        self.finish_dial_with(peer, link, terms, None, kind)
+    }
+
+    /// [`Links::finish_dial`], storing `endpoints` and `origin` for a new
+    /// agreement when given.
+    fn finish_dial_with(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        link: Link,
+        terms: Terms,
+        stored: Option<(&[String], Origin)>,
+        kind: LinkKind,
+    ) -> Result<()> {
+        if !agreement::verify(peer, &self.identity.public(), terms, &link.app_payload) {
+            self.metrics.outbound_handshake("failed");
+            bail!("the peer's agreement signature does not verify");
+        }
+        let existing = self.store().agreement_with(peer)?;
+        let endpoints: Vec<String> = match (stored, &existing) {
+            (Some((e, _)), _) => e.to_vec(),
+            (None, Some(a)) => a.endpoints.clone(),
+            (None, None) => Vec::new(),
+        };
+        let origin = match (&existing, stored) {
+            (Some(a), _) => a.origin,
+            (None, Some((_, o))) => o,
+            (None, None) => Origin::Config,
+        };
+        self.store().upsert_active(
+            peer,
+            terms,
+            &endpoints,
+            origin,
+            now_unix(),
+            Some(&link.app_payload),
+        )?;
+        self.adopt(link, kind);
+        Ok(())
     }
 }

@@ -15,15 +15,14 @@ use umbra_transport::io::{
 use super::Links;
 
 impl Links {
-    /// Binds every `[listen] https` address and serves it.
+    /// Binds every `[listen] https` address and serves it. The listener is
+    /// made even without one: punched and relayed links are served by it
+    /// too (docs/architecture.md, "NAT traversal").
     pub(crate) async fn start_listeners(
         self: &Arc<Self>,
         links_tx: mpsc::Sender<Link>,
     ) -> Result<()> {
         let config = self.config();
-        if config.listen.https.is_empty() {
-            return Ok(());
-        }
         let cert = match (&config.listen.cert, &config.listen.key) {
             _ if config.listen.acme => CertSource::Acme(tio::AcmeSettings {
                 directory: config.listen.acme_directory.clone(),
@@ -74,6 +73,7 @@ impl Links {
             link: LinkSettings::default(),
         }));
         self.metrics.set_listener(Arc::clone(&listener));
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&listener));
         for addr in &config.listen.https {
             let tcp = tio::bind_listener(*addr).with_context(|| format!("listening on {addr}"))?;
             let local = tcp.local_addr()?;

@@ -6,7 +6,12 @@
 //! - `dial`: the dialers, with backoff;
 //! - `agreements`: invite, accept, list and revoke agreements;
 //! - `edges`: the edges, policy and graph cache the datapath asks for;
-//! - `padding`: link padding for `anonymity = "strong"`.
+//! - `padding`: link padding for `anonymity = "strong"`;
+//! - `traverse`: NAT traversal for partners without an endpoint, and better
+//!   links for relayed ones;
+//! - `signal`: the routes traversal messages take to a partner;
+//! - `punch`: hole punching;
+//! - `relay`: relayed links, as an end and as the relay.
 
 mod agreements;
 mod authorize;
@@ -15,8 +20,13 @@ mod edges;
 mod listen;
 mod padding;
 mod peers;
+mod punch;
+mod relay;
+mod signal;
+mod traverse;
 
 pub(crate) use edges::Policy;
+pub(crate) use peers::LinkKind;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,11 +38,13 @@ use anyhow::{Context, Result};
 use tokio::sync::Notify;
 use umbra_config::Config;
 use umbra_routing::Identity;
-use umbra_transport::io::{Dialer, LinkSettings};
+use umbra_transport::io::{Dialer, LinkListener, LinkSettings};
+use umbra_transport::proto::handshake::LinkResponder;
 
 use crate::db::Store;
 use crate::events::DatapathTx;
 use crate::metrics::{LinkStates, Metrics};
+use crate::portmap::PortMapStatus;
 use peers::PeerEntry;
 
 /// Everything about links that the daemon's tasks share.
@@ -50,6 +62,19 @@ pub(crate) struct Links {
     last_link_id: AtomicU64,
     datapath: DatapathTx,
     metrics: Arc<Metrics>,
+    /// The listener's TLS, cover and authorizer, also for connections that
+    /// do not come from a listening socket (punched and relayed links).
+    listener: Mutex<Option<Arc<LinkListener>>>,
+    /// The port mapping at the gateway, once port mapping runs.
+    port_mapping: Mutex<Option<PortMapStatus>>,
+    /// Relayed streams, as an end and as the relay.
+    relay: Mutex<relay::RelayTable>,
+    /// NAT traversal state per partner.
+    traversal: Mutex<HashMap<[u8; 32], traverse::PeerTraversal>>,
+    /// What traversal signalling counts.
+    signal: signal::SignalCounters,
+    /// Opens envelopes sealed to this node, with their own replay cache.
+    envelopes: Mutex<LinkResponder>,
 }
 
 impl std::fmt::Debug for Links {
@@ -70,7 +95,7 @@ impl Links {
             Dialer::new(identity.clone(), LinkSettings::default()).context("TLS client setup")?;
         Ok(Arc::new(Links {
             prefix: config.address_prefix,
-            identity,
+            identity: identity.clone(),
             store: Mutex::new(store),
             config: Mutex::new(config),
             peers: Mutex::new(HashMap::new()),
@@ -80,6 +105,12 @@ impl Links {
             last_link_id: AtomicU64::new(0),
             datapath,
             metrics,
+            listener: Mutex::new(None),
+            port_mapping: Mutex::new(None),
+            relay: Mutex::new(relay::RelayTable::default()),
+            traversal: Mutex::new(HashMap::new()),
+            signal: signal::SignalCounters::default(),
+            envelopes: Mutex::new(LinkResponder::new(identity.clone())),
         }))
     }
 
@@ -133,6 +164,25 @@ impl Links {
             }
         }
         [("up", up), ("connecting", connecting), ("down", down)]
+    }
+
+    /// The listener, for punched and relayed connections.
+    fn link_listener(&self) -> Option<Arc<LinkListener>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Port mapping runs; its status tells partners the mapped endpoint.
+    pub(crate) fn set_port_mapping(&self, status: PortMapStatus) {
+        *self.port_mapping.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// The endpoint the gateway forwards to the listener, if one is held.
+    fn mapped_endpoint(&self) -> Option<SocketAddr> {
+        self.port_mapping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(PortMapStatus::external)
     }
 
     pub(crate) fn listeners(&self) -> Vec<String> {

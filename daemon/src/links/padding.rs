@@ -39,8 +39,14 @@ impl Links {
     /// What to pad at toward `peer`, and what to ask it for: this node's
     /// own rate and the rate the peer asked for, each capped by the
     /// agreement.
-    fn padding_rates(&self, peer: &[u8; 32], asked: u32) -> (u32, u32) {
+    pub(super) fn padding_rates(&self, peer: &[u8; 32], asked: u32) -> (u32, u32) {
         padding_rates(self.padding_wanted(), asked, self.padding_cap(peer))
+    }
+
+    /// The padding rate `peer` asked for on its live link.
+    pub(super) fn padding_asked(&self, peer: &[u8; 32]) -> u32 {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(peer).map_or(0, |e| e.padding_asked)
     }
 
     /// Applies the current config's padding to every live link (SIGHUP).

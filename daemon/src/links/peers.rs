@@ -1,11 +1,18 @@
 //! The peer table behind `umbra peers`, and the reader of each link: one
-//! live link per peer, adopted from a listener or a dialer, whose frames go
-//! to the datapath as [`Input`]s.
+//! live link per peer, adopted from a listener, a dialer, a hole punch or a
+//! relayed stream, whose frames go to the datapath as [`Input`]s.
+//!
+//! A better connection to a peer that already has a link (a direct or
+//! punched one where the link is relayed) takes the link over without
+//! dropping its circuits: the link keeps its [`LinkId`], the datapath writes
+//! to the new connection after a `moved` marker on the old one, and the
+//! reader reads the old connection up to the peer's marker before it
+//! switches (docs/protocol.md, "Link moves").
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use umbra_routing::address;
@@ -16,6 +23,51 @@ use umbra_transport::proto::nat;
 
 use super::{Links, short_key};
 use crate::events::{Input, LinkId};
+
+/// How long a reader waits, after the peer moved the link to a new
+/// connection, for that connection to be adopted here too.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
+
+/// How a link's connection reaches the peer (`umbra peers` `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    /// A TCP connection one side dialed.
+    Direct,
+    /// A TCP connection both sides opened at once through their NATs.
+    Punched,
+    /// A stream carried through a partner both sides have a link to.
+    Relayed {
+        /// The partner in the middle.
+        via: [u8; 32],
+    },
+}
+
+impl LinkKind {
+    /// `direct`, `punched` or `relayed`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LinkKind::Direct => "direct",
+            LinkKind::Punched => "punched",
+            LinkKind::Relayed { .. } => "relayed",
+        }
+    }
+
+    /// Better connections rank higher: a link moves to a higher one.
+    fn rank(self) -> u8 {
+        match self {
+            LinkKind::Relayed { .. } => 0,
+            LinkKind::Direct | LinkKind::Punched => 1,
+        }
+    }
+
+    /// The relay in the middle, for a relayed link.
+    pub(crate) fn via(self) -> Option<[u8; 32]> {
+        match self {
+            LinkKind::Relayed { via } => Some(via),
+            _ => None,
+        }
+    }
+}
 
 /// One row of `umbra peers`.
 #[derive(Debug)]
@@ -41,6 +93,15 @@ pub(super) struct PeerEntry {
     pub(super) padding_requested: u32,
     /// Padding requests from the peer that did not parse.
     pub(super) padding_malformed: u64,
+    /// How the live (or last) link's connection reaches the peer.
+    pub(super) kind: LinkKind,
+    /// The live link's handshake hash.
+    pub(super) hash: Option<[u8; 32]>,
+    /// Connections the link moved to on this side, waiting for the reader
+    /// to reach the peer's `moved` marker on the old one.
+    pub(super) successors: Vec<Link>,
+    /// When the link last went down.
+    pub(super) down_since: Option<Instant>,
 }
 
 impl PeerEntry {
@@ -58,6 +119,10 @@ impl PeerEntry {
             padding_asked: 0,
             padding_requested: 0,
             padding_malformed: 0,
+            kind: LinkKind::Direct,
+            hash: None,
+            successors: Vec::new(),
+            down_since: None,
         }
     }
 
@@ -79,45 +144,71 @@ impl PeerEntry {
 }
 
 impl Links {
-    /// Takes a new link (from a listener or a dialer) into the table,
-    /// keeping one link per peer, and runs its reader.
-    pub(crate) fn adopt(self: &Arc<Self>, link: Link) {
+    /// Takes a new link into the table, keeping one link per peer, and runs
+    /// its reader. A link better than the live one ([`LinkKind`]) takes the
+    /// live one's place without a break; one as good is kept if the lower
+    /// key dialed it (so two nodes dialing each other at once keep the same
+    /// single link); anything else is dropped.
+    pub(crate) fn adopt(self: &Arc<Self>, link: Link, kind: LinkKind) {
         let peer = link.peer;
         let me = self.identity.public();
-        // Both sides keep the link dialed by the lower key, so two nodes
-        // dialing each other at once end with the same single link.
         let dialer_of = |d: Direction| if d == Direction::Outbound { me } else { peer };
-        let link_id = self.last_link_id.fetch_add(1, Ordering::Relaxed) + 1;
-        {
+        let moved_from = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let entry = peers.entry(peer).or_insert_with(PeerEntry::new);
-            if let (Some(old), Some(d)) = (&entry.sender, entry.direction)
-                && !old.is_closed()
-                && dialer_of(d) < dialer_of(link.direction)
-            {
-                tracing::debug!(peer = %short_key(&peer), "dropping a duplicate link");
-                return;
+            let live = entry.sender.as_ref().is_some_and(|s| !s.is_closed());
+            let moving = live && kind.rank() > entry.kind.rank();
+            if live && !moving {
+                let keep_old = kind.rank() < entry.kind.rank()
+                    || entry
+                        .direction
+                        .is_some_and(|d| dialer_of(d) < dialer_of(link.direction));
+                if keep_old {
+                    tracing::debug!(peer = %short_key(&peer), kind = kind.as_str(), "dropping a duplicate link");
+                    return;
+                }
             }
+            let link_id = if moving {
+                entry.link_id
+            } else {
+                self.last_link_id.fetch_add(1, Ordering::Relaxed) + 1
+            };
+            let from = moving.then_some(entry.kind);
             entry.sender = Some(link.sender.clone());
             entry.link_id = link_id;
             entry.direction = Some(link.direction);
             entry.local = Some(link.local);
             entry.remote = Some(link.remote);
             entry.observed = link.observed;
-            entry.up_since = Some(Instant::now());
-            entry.padding_asked = 0;
-            entry.padding_requested = 0;
             entry.stats = Some(link.sender.stats_handle());
+            entry.kind = kind;
+            entry.hash = Some(link.handshake_hash);
+            entry.down_since = None;
+            if !moving {
+                entry.up_since = Some(Instant::now());
+                entry.padding_asked = 0;
+                entry.padding_requested = 0;
+            }
+            from.map(|from| (link_id, from))
+        };
+        let via = kind.via().map(|v| short_key(&v));
+        if let Some((link_id, from)) = moved_from {
+            self.move_link(link, link_id, kind, from);
+            return;
         }
+        let link_id = self.current_link_id(&peer).unwrap_or_default();
         self.metrics.link_up(link_id, link.sender.stats_handle());
         tracing::info!(
             peer = %short_key(&peer),
+            kind = kind.as_str(),
+            via = ?via,
             local = %link.local,
             remote = %link.remote,
             direction = ?link.direction,
             observed = ?link.observed,
             "link up"
         );
+        self.changed.notify_waiters();
         let me = Arc::clone(self);
         tokio::spawn(async move {
             me.start_padding(&link, link_id).await;
@@ -132,6 +223,65 @@ impl Links {
             }
             me.metrics.link_down(link_id);
         });
+    }
+
+    /// The live link id of `peer`.
+    fn current_link_id(&self, peer: &[u8; 32]) -> Option<LinkId> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(peer).map(|e| e.link_id)
+    }
+
+    /// Moves link `link_id` onto `link`'s connection: the datapath writes a
+    /// `moved` marker on the old connection after everything it queued
+    /// there and goes on on the new one; the link's reader switches when it
+    /// reaches the peer's marker.
+    fn move_link(self: &Arc<Self>, link: Link, link_id: LinkId, kind: LinkKind, from: LinkKind) {
+        let peer = link.peer;
+        tracing::info!(
+            peer = %short_key(&peer),
+            from = from.as_str(),
+            to = kind.as_str(),
+            via = ?kind.via().map(|v| short_key(&v)),
+            remote = %link.remote,
+            "link moved to a better connection; its circuits stay"
+        );
+        self.metrics.link_down(link_id);
+        self.metrics.link_up(link_id, link.sender.stats_handle());
+        let moved = Input::LinkMoved {
+            link: link_id,
+            sender: link.sender.clone(),
+            hash: link.handshake_hash,
+        };
+        let padding = link.sender.clone();
+        self.with_entry(&peer, link_id, |e| e.successors.push(link));
+        self.changed.notify_waiters();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let (out, _) = me.padding_rates(&peer, me.padding_asked(&peer));
+            padding.set_padding(out);
+            let _ = me.datapath.send(moved).await;
+        });
+    }
+
+    /// The connection the peer moved link `link_id` to, named by its
+    /// handshake hash, once it is adopted here (at most [`MOVE_WAIT`]).
+    async fn successor(&self, peer: &[u8; 32], link_id: LinkId, hash: &[u8; 32]) -> Option<Link> {
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        loop {
+            let changed = self.changed.notified();
+            let found = self.with_entry(peer, link_id, |e| {
+                let i = e.successors.iter().position(|l| l.handshake_hash == *hash)?;
+                Some(e.successors.swap_remove(i))
+            });
+            match found {
+                Some(Some(link)) => return Some(link),
+                None => return None,
+                Some(None) => {}
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Reads `link` until it ends: cells and graph messages go to the
@@ -150,6 +300,10 @@ impl Links {
                             link: link_id,
                             bytes,
                         },
+                        Frame::Relay(payload) => {
+                            self.on_relay_data(link_id, &payload).await;
+                            continue;
+                        }
                         Frame::LinkControl(body) => match LinkControl::decode(&body) {
                             Ok(LinkControl::Revoke) => {
                                 match self.store().revoke_peer(&peer) {
@@ -169,10 +323,47 @@ impl Links {
                                 self.on_malformed_padding_request(&peer, link_id, len);
                                 continue;
                             }
-                            Err(LinkControlError::Unknown | LinkControlError::Malformed { .. }) => {
+                            Ok(LinkControl::Moved { to }) => {
+                                match self.successor(&peer, link_id, &to).await {
+                                    Some(next) => {
+                                        tracing::debug!(peer = %short_key(&peer), "reading the link's new connection");
+                                        link = next;
+                                        continue;
+                                    }
+                                    None => {
+                                        break "the peer moved the link to a connection this node does not have".to_string();
+                                    }
+                                }
+                            }
+                            Ok(LinkControl::Traversal { body }) => {
+                                self.on_traversal(&peer, &body, super::signal::Route::Link);
                                 continue;
                             }
-                            Ok(_) => continue,
+                            Ok(LinkControl::ForwardTo { to, envelope }) => {
+                                self.forward_envelope(&peer, &to, envelope).await;
+                                continue;
+                            }
+                            Ok(LinkControl::ForwardFrom { from, envelope }) => {
+                                self.on_envelope(&peer, &from, &envelope);
+                                continue;
+                            }
+                            Ok(LinkControl::RelayOpen { id, to }) => {
+                                self.on_relay_open(&peer, link_id, id, to).await;
+                                continue;
+                            }
+                            Ok(LinkControl::RelayIn { id, from }) => {
+                                self.on_relay_in(&peer, link_id, id, from).await;
+                                continue;
+                            }
+                            Ok(LinkControl::RelayClose { id, reason }) => {
+                                self.on_relay_close(link_id, id, reason).await;
+                                continue;
+                            }
+                            Err(e @ (LinkControlError::Unknown | LinkControlError::Malformed { .. })) => {
+                                tracing::debug!(peer = %short_key(&peer), error = %e, "ignoring a link control message");
+                                self.traversal_counters().bump_malformed();
+                                continue;
+                            }
                         },
                         _ => continue,
                     };
@@ -180,12 +371,26 @@ impl Links {
                         break "the node is stopping".to_string();
                     }
                 }
-                Err(e) => break e.to_string(),
+                Err(e) => {
+                    // A connection that ends while the link moves away from
+                    // it leaves the rest to the new one (anything the peer
+                    // still had in flight on it is lost).
+                    let next = self.with_entry(&peer, link_id, |e| e.successors.pop());
+                    if let Some(Some(next)) = next {
+                        tracing::debug!(peer = %short_key(&peer), error = %e, "old connection ended during a move");
+                        link = next;
+                        continue;
+                    }
+                    break e.to_string();
+                }
             }
         };
+        self.on_link_down(link_id).await;
         let current = self.with_entry(&peer, link_id, |e| {
             e.sender = None;
             e.up_since = None;
+            e.down_since = Some(Instant::now());
+            e.successors.clear();
         });
         if current.is_some() {
             tracing::info!(peer = %short_key(&peer), %reason, "link down");
@@ -224,7 +429,8 @@ impl Links {
             .collect();
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let mut reports = Vec::new();
-        for (key, e) in peers.iter().filter(|(_, e)| e.is_up()) {
+        let direct = |e: &&PeerEntry| e.is_up() && e.kind.via().is_none();
+        for (key, e) in peers.iter().filter(|(_, e)| direct(e)) {
             if let Some(local) = e.local {
                 locals.push(local.ip());
             }
@@ -256,9 +462,10 @@ impl Links {
                     "key": hex::encode(key),
                     "address": address::address_for_key(key, self.prefix).to_string(),
                     "state": state,
-                    "kind": "direct",
+                    "kind": e.kind.as_str(),
+                    "via": e.kind.via().map(hex::encode),
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
-                    "endpoint": e.remote.map(|a| a.to_string()),
+                    "endpoint": e.remote.filter(|_| e.kind.via().is_none()).map(|a| a.to_string()),
                     // This node's end: on outbound links the dial port,
                     // unless the dial fell back to an ephemeral one.
                     "local": e.local.map(|a| a.to_string()),

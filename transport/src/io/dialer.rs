@@ -19,6 +19,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use umbra_routing::crypto::Identity;
@@ -174,13 +175,13 @@ pub async fn probe(
 /// TLS over `stream` as a browser would open it to the listener at
 /// `remote`: SNI `server_name` (none for an IP address: rustls sends no
 /// SNI extension for one), and HTTP/2 picked by ALPN, else an error.
-async fn tls_h2(
+async fn tls_h2<S: AsyncRead + AsyncWrite + Unpin>(
     connector: &TlsConnector,
-    stream: TcpStream,
+    stream: S,
     endpoint: &str,
     server_name: Option<&str>,
     remote: SocketAddr,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
+) -> Result<tokio_rustls::client::TlsStream<S>, DialError> {
     let sni = match server_name {
         Some(name) => ServerName::try_from(name.to_string())
             .map_err(|_| DialError::BadServerName(name.to_string()))?,
@@ -275,18 +276,8 @@ impl Dialer {
             endpoint: endpoint.clone(),
             source,
         })?;
-        match tokio::time::timeout(
-            self.handshake_timeout,
-            self.handshake(stream, (local, remote), target, app_payload),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(DialError::Timeout {
-                endpoint,
-                stage: "handshake",
-            }),
-        }
+        self.dial_stream(stream, (local, remote), target, app_payload)
+            .await
     }
 
     /// Resolves `endpoint` and connects to each address in order from the
@@ -307,13 +298,45 @@ impl Dialer {
         }))
     }
 
-    async fn handshake(
+    /// Runs TLS, HTTP/2 and the link handshake with `target.peer` over a
+    /// stream that is already connected: a hole-punched TCP connection, or a
+    /// relayed stream (`docs/protocol.md, "Relayed links"`). `local` and
+    /// `remote` are what the link reports as its two ends. The same timeout
+    /// as a dial's handshake applies.
+    pub async fn dial_stream<S>(
         &self,
-        stream: TcpStream,
+        stream: S,
         (local, remote): (SocketAddr, SocketAddr),
         target: &DialTarget,
         app_payload: &[u8],
-    ) -> Result<Link, DialError> {
+    ) -> Result<Link, DialError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            self.handshake(stream, (local, remote), target, app_payload),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout {
+                endpoint: target.endpoint.clone(),
+                stage: "handshake",
+            }),
+        }
+    }
+
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        (local, remote): (SocketAddr, SocketAddr),
+        target: &DialTarget,
+        app_payload: &[u8],
+    ) -> Result<Link, DialError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let endpoint = target.endpoint.clone();
         let tls = tls_h2(
             &self.tls,

@@ -36,6 +36,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -562,6 +563,22 @@ struct ConnState {
     close: Arc<Notify>,
 }
 
+/// Serves one TCP connection as a web server first: what a listening socket
+/// accepted, or a hole-punched connection on which the peer is the TLS
+/// client (`docs/architecture.md, "NAT"`). Accepted links go to `links`.
+pub async fn serve_connection(
+    stream: TcpStream,
+    listener: Arc<LinkListener>,
+    links: mpsc::Sender<Link>,
+) {
+    let remote = match stream.peer_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    bump(&listener.counters.connections);
+    handle_connection(stream, remote, listener, links).await;
+}
+
 async fn handle_connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -572,7 +589,6 @@ async fn handle_connection(
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443)));
-    let local_port = local.port();
     match classify(&stream).await {
         FirstBytes::Tls => {}
         FirstBytes::Plain => {
@@ -640,6 +656,54 @@ async fn handle_connection(
             return;
         }
     };
+    serve_tls(tls, local, remote, listener, links).await;
+}
+
+/// Serves an already connected stream that was not accepted from a listening
+/// socket: a relayed stream a partner opened through another
+/// (`docs/protocol.md, "Relayed links"`). It takes the same path as a TCP
+/// connection after its first bytes were found to be TLS: the TLS handshake,
+/// then HTTP, where only a valid link request becomes a link (sent to
+/// `links`) and anything else gets the cover site. `local` and `remote` are
+/// what an accepted link reports as its two ends.
+pub async fn serve_stream<S>(
+    stream: S,
+    (local, remote): (SocketAddr, SocketAddr),
+    listener: Arc<LinkListener>,
+    links: mpsc::Sender<Link>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    bump(&listener.counters.connections);
+    let accept = listener.tls.accept(stream);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            bump(&listener.counters.tls_failures);
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            bump(&listener.counters.tls_failures);
+            tracing::debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    serve_tls(tls, local, remote, listener, links).await;
+}
+
+/// Serves one connection whose TLS handshake is done: HTTP/2 or HTTP/1.1 as
+/// ALPN chose, with every request going to the link handshake or the cover.
+async fn serve_tls<S>(
+    tls: tokio_rustls::server::TlsStream<S>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    listener: Arc<LinkListener>,
+    links: mpsc::Sender<Link>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let local_port = local.port();
     // Send the session tickets that rustls queued at the end of the
     // handshake now, as OpenSSL does, not with the first response: an HTTP/1
     // client that sends nothing would otherwise see none (an nginx tells).

@@ -41,7 +41,7 @@ pub use link::{
 pub use listener::{
     ACCEPT_ERROR_PAUSE, AUTHORIZER_REPLY_MAX_LEN, Authorizer, HTTP1_HEADER_TIMEOUT,
     IncomingLinkInfo, LINK_CONTENT_TYPE, LINK_PATH, LinkListener, ListenerConfig, ListenerStats,
-    RefuseReason, TLS_HANDSHAKE_TIMEOUT, serve,
+    RefuseReason, TLS_HANDSHAKE_TIMEOUT, serve, serve_connection, serve_stream,
 };
 pub use pki::{
     AcmeSettings, CertSource, DEFAULT_SERVER_NAME, SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE,

@@ -7,8 +7,9 @@
 //! ```text
 //! "revoke"                          the sender revoked the agreement; the link ends
 //! "padding" | bytes_per_sec u32     pad toward the sender at this rate; 0 stops
-//! "moved"                           the sender's frames on this connection end here;
-//!                                   they go on on the link's new connection
+//! "moved" | hash [32]               the sender's frames on this connection end here;
+//!                                   they go on on the connection whose link
+//!                                   handshake hash is `hash`
 //! "nat-msg" | body                  a traversal message between the two ends of
 //!                                   this link (proto::traversal)
 //! "fwd-to" | to [32] | envelope     pass the envelope to `to`, a partner of the
@@ -38,7 +39,8 @@ pub const CONTROL_REVOKE: &[u8] = b"revoke";
 /// The tag of [`LinkControl::Padding`], followed by the rate.
 pub const CONTROL_PADDING: &[u8] = b"padding";
 
-/// The tag of [`LinkControl::Moved`]: the whole message.
+/// The tag of [`LinkControl::Moved`], followed by the new connection's link
+/// handshake hash.
 pub const CONTROL_MOVED: &[u8] = b"moved";
 
 /// The tag of [`LinkControl::Traversal`], followed by the message.
@@ -85,8 +87,12 @@ pub enum LinkControl {
     },
     /// The sender moved the link to a new connection: every frame it sent on
     /// this connection before this one came first, everything after goes on
-    /// the new one (docs/protocol.md, "Link moves").
-    Moved,
+    /// the new one, named by its link handshake hash (the same at both ends
+    /// and unique to it; docs/protocol.md, "Link moves").
+    Moved {
+        /// The new connection's link handshake hash.
+        to: [u8; 32],
+    },
     /// A traversal message (`proto::traversal`) between the two ends of the
     /// link, which is how two partners on a relayed link talk about a better
     /// one.
@@ -163,7 +169,10 @@ impl LinkControl {
                 out.extend_from_slice(CONTROL_PADDING);
                 out.extend_from_slice(&bytes_per_sec.to_be_bytes());
             }
-            LinkControl::Moved => out.extend_from_slice(CONTROL_MOVED),
+            LinkControl::Moved { to } => {
+                out.extend_from_slice(CONTROL_MOVED);
+                out.extend_from_slice(to);
+            }
             LinkControl::Traversal { body } => {
                 out.extend_from_slice(CONTROL_TRAVERSAL);
                 out.extend_from_slice(body);
@@ -211,9 +220,6 @@ impl LinkControl {
         if body == CONTROL_REVOKE {
             return Ok(LinkControl::Revoke);
         }
-        if body == CONTROL_MOVED {
-            return Ok(LinkControl::Moved);
-        }
         if let Some(rest) = body.strip_prefix(CONTROL_PADDING) {
             return <[u8; 4]>::try_from(rest)
                 .map(|b| LinkControl::Padding {
@@ -222,6 +228,11 @@ impl LinkControl {
                 .map_err(|_| LinkControlError::MalformedPadding { len: rest.len() });
         }
         let malformed = |tag: &'static str| LinkControlError::Malformed { tag };
+        if let Some(rest) = body.strip_prefix(CONTROL_MOVED) {
+            return <[u8; 32]>::try_from(rest)
+                .map(|to| LinkControl::Moved { to })
+                .map_err(|_| malformed("moved"));
+        }
         if let Some(rest) = body.strip_prefix(CONTROL_TRAVERSAL) {
             if rest.is_empty() {
                 return Err(malformed("nat-msg"));
@@ -235,13 +246,13 @@ impl LinkControl {
             (CONTROL_FORWARD_FROM, "fwd-from", false),
         ] {
             if let Some(rest) = body.strip_prefix(tag) {
-                let mut r = Reader::new(rest);
-                let key = r.array::<32>().ok_or(malformed(name))?;
-                let envelope = r.take(rest.len().saturating_sub(32)).unwrap_or_default();
+                let Some((key, envelope)) = rest.split_first_chunk::<32>() else {
+                    return Err(malformed(name));
+                };
                 if envelope.is_empty() {
                     return Err(malformed(name));
                 }
-                let envelope = Bytes::copy_from_slice(envelope);
+                let (key, envelope) = (*key, Bytes::copy_from_slice(envelope));
                 return Ok(if to {
                     LinkControl::ForwardTo { to: key, envelope }
                 } else {
