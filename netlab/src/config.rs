@@ -25,6 +25,16 @@ impl Peer {
         }
     }
 
+    /// An agreement with `key` that names no endpoint: the peer is reached
+    /// by NAT traversal.
+    pub fn unreachable(key: &str, terms: Option<&str>) -> Peer {
+        Peer {
+            key: key.to_string(),
+            endpoints: Vec::new(),
+            terms: terms.map(str::to_string),
+        }
+    }
+
     /// Its `[[peer]]` table as TOML.
     pub fn toml(&self) -> String {
         let mut t = format!(

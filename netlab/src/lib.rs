@@ -19,6 +19,7 @@ mod error;
 mod iperf;
 mod lab;
 mod links;
+mod matrix;
 mod netns;
 mod nginx;
 mod ping;
@@ -36,6 +37,10 @@ pub use error::{Error, Result};
 pub use iperf::{IPERF_PORT, IperfOptions, IperfResult, IperfServer, iperf3};
 pub use lab::Lab;
 pub use links::{Links, named_after_peer, numbered};
+pub use matrix::{
+    Cell, MATRIX_PORT, MATRIX_TERMS, MatrixNode, MatrixOptions, NatMatrix, Site, expected_kind,
+    full_matrix,
+};
 pub use netns::Netns;
 pub use nginx::NginxConfig;
 pub use ping::{PingOptions, PingReply, PingStats, ping};
