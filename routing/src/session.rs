@@ -1106,6 +1106,52 @@ mod tests {
             prop_assert_eq!(out, packets);
         }
 
+        /// Arbitrary fragments, many of them messages (first byte 0x00), at a
+        /// session's receiving end: nothing panics, the buffer keeps its
+        /// bound, no message is longer than the limit, and every byte is
+        /// accounted for.
+        #[test]
+        fn arbitrary_session_fragments_are_total(
+            ops in proptest::collection::vec(
+                (0u8..3, 0u64..8, (0u8..3, any::<u16>()), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..1200)),
+                0..64,
+            )
+        ) {
+            let bound = 1 << 16;
+            let peer = crate::Identity::from_seed(&[6; 32]).public();
+            let mut rx = SessionRx::new(peer, crate::address::DEFAULT_PREFIX, bound);
+            let mut out = vec![0u8; MAX_PACKET_LEN];
+            let mut message_bytes = 0u64;
+            for (op, seq, (kind, total), message, mut data) in ops {
+                if message && !data.is_empty() {
+                    data[0] = MESSAGE_TYPE_BYTE;
+                }
+                // Any total; a whole unit in one fragment; or a total at the
+                // message limit (1 + MAX_MESSAGE_LEN) and just past it.
+                let total = match kind {
+                    0 => total,
+                    1 => data.len() as u16,
+                    _ => (1 + MAX_MESSAGE_LEN as u16).wrapping_add(total % 3),
+                };
+                let r = match op {
+                    0 => rx.on_start(seq, total, &data),
+                    1 => rx.on_cont(&data),
+                    _ => { let _ = rx.pop(&mut out); Ok(Received::Partial) }
+                };
+                if let Ok(Received::Message(m)) = r {
+                    prop_assert!(m.len() <= MAX_MESSAGE_LEN);
+                    message_bytes += 1 + m.len() as u64;
+                }
+                let re = rx.reassembler();
+                prop_assert!(re.buffered_bytes() <= bound);
+                prop_assert!(re.released_bytes() <= re.received_bytes());
+            }
+            while rx.pop(&mut out).is_some() {}
+            let re = rx.reassembler();
+            prop_assert!(message_bytes <= re.released_bytes());
+            prop_assert_eq!(re.released_bytes() + re.buffered_bytes() as u64, re.received_bytes());
+        }
+
         /// The in-suite twin of the `reassembly` fuzz target: arbitrary
         /// fragment sequences never panic, never exceed the bound, and account
         /// for every byte.
