@@ -36,6 +36,15 @@
 //!   rotates; new flows move to it once it is built, so rotation never makes
 //!   a flow wait.
 //!
+//! # Messages
+//!
+//! [`RouterCore::send_message`] sends an opaque payload to a node by its key,
+//! inside the end-to-end session, over the circuit a new flow to that node
+//! would take; [`RouterCore::poll_message`] gives back what arrived, with the
+//! sender's key as the session authenticated it (`docs/protocol.md,
+//! "Sessions"`). Relays see cells like any other. The daemon uses them for
+//! what two nodes must tell each other and no third node may learn.
+//!
 //! When a build fails, the edge and node it could not pass are avoided for
 //! [`AVOID_FOR`] and a new circuit is built at once if the destination had
 //! traffic. With no path for the setting the app gets ICMPv6 unreachable,
@@ -54,6 +63,8 @@ use crate::crypto::{self, CoreRng, Identity, KEY_LEN};
 use crate::graph::{Edge, GraphCore, GraphCounters, LinkId, RecordError, Time};
 use crate::icmp;
 use crate::path::{self, Anonymity, PathError, PathRequest};
+
+pub use crate::session::MAX_MESSAGE_LEN;
 
 /// How long a node that a circuit could not pass is avoided in new paths.
 pub const AVOID_FOR: Duration = Duration::from_secs(60);
@@ -109,6 +120,28 @@ pub enum RouteError {
     /// The circuit closed while it was looked at.
     #[error("the circuit closed; try again")]
     Closed,
+}
+
+/// Why a message could not be queued ([`RouterCore::send_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The payload is longer than [`MAX_MESSAGE_LEN`].
+    #[error("a message of {0} bytes is longer than {MAX_MESSAGE_LEN}")]
+    TooLong(usize),
+    /// The key is this node's.
+    #[error("the message is to this node")]
+    ToSelf,
+    /// No node in the graph has the key.
+    #[error("no node in the graph has the key {}", hex::encode(.0))]
+    NoNode([u8; KEY_LEN]),
+    /// No circuit carries packets to the node: no path for its setting, or
+    /// the build could not start.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The circuit did not take it: its send queue is full (the window has
+    /// been closed for long).
+    #[error(transparent)]
+    Send(#[from] SendError),
 }
 
 /// How many nodes circuits can reach with the current settings
@@ -423,6 +456,56 @@ impl RouterCore {
             self.forget_circuit(circuit);
         }
         // Other errors (queue full) are counted by the circuit core.
+    }
+
+    /// Queues a message for the node `to`: `payload` (0 to
+    /// [`MAX_MESSAGE_LEN`] bytes) goes inside the end-to-end session, so no
+    /// relay can read it, and `to` gets it from [`Self::poll_message`] with
+    /// this node's key. It takes the circuit a new flow to `to` would take:
+    /// this node's current circuit, else the one `to` built to us, else a new
+    /// one with [`Self::anonymity_for`] `to` (it waits while that builds, as a
+    /// packet does, and shares the window with packets).
+    ///
+    /// Errs at once when it cannot go: the payload is too long, `to` is this
+    /// node or not in the graph, no path for the setting (or none within
+    /// [`RETRY_AFTER`] of a failure), or the circuit's queue is full. Once
+    /// queued, a message the circuit loses (its build fails, it closes) is
+    /// counted in [`CircuitMetrics::messages`] and not sent again.
+    pub fn send_message(
+        &mut self,
+        now: Now,
+        to: &[u8; KEY_LEN],
+        payload: &[u8],
+    ) -> Result<(), MessageError> {
+        if payload.len() > MAX_MESSAGE_LEN {
+            return Err(MessageError::TooLong(payload.len()));
+        }
+        if *to == self.key {
+            return Err(MessageError::ToSelf);
+        }
+        if self.graph.graph().get(to).is_none() {
+            return Err(MessageError::NoNode(*to));
+        }
+        // A circuit found closed under us is forgotten and the next one
+        // tried, once.
+        for _ in 0..2 {
+            let circuit = self.current_circuit(now, to)?;
+            self.dests.entry(*to).or_default().last_used = Some(now.mono);
+            match self.circuits.send_message(now.mono, circuit, payload) {
+                Err(SendError::UnknownCircuit) => {
+                    self.forget_circuit(circuit);
+                }
+                r => return Ok(r?),
+            }
+        }
+        Err(RouteError::Closed.into())
+    }
+
+    /// The next message received: the sender's key (the session's peer,
+    /// authenticated by the circuit's handshake) and the payload. Up to
+    /// [`crate::circuit::MAX_INBOX_MESSAGES`] wait; take them every turn.
+    pub fn poll_message(&mut self) -> Option<([u8; KEY_LEN], Vec<u8>)> {
+        self.circuits.poll_message()
     }
 
     /// Whether `c`, a circuit a flow to `dest` used, is still open: one this

@@ -17,6 +17,14 @@
 //! - [`ReplayWindow`] drops a packet whose 64-bit sequence number was seen;
 //! - [`SessionRx`] combines the two and drops a packet whose IPv6 source is
 //!   not the peer's address or inside its /64.
+//!
+//! **Messages** travel in the same stream: a unit whose first byte is
+//! [`MESSAGE_TYPE_BYTE`] (0x00) is a message, the rest its payload. An IPv6
+//! packet always starts with version nibble 6, so the two never mix up.
+//! [`SessionTx::push_message`] is the only way to queue one ([`SessionTx::push`]
+//! refuses a packet that starts with 0x00), and [`SessionRx`] hands a
+//! completed message back at once, without the source-address check: its
+//! sender is the session's peer, whom the handshake authenticated.
 
 use std::collections::VecDeque;
 use std::net::Ipv6Addr;
@@ -32,6 +40,19 @@ pub const REPLAY_WINDOW_BITS: u64 = 1024;
 const REPLAY_WORDS: usize = (REPLAY_WINDOW_BITS / 64) as usize;
 /// Length of a fixed IPv6 header.
 pub const IPV6_HEADER_LEN: usize = 40;
+/// The first byte of a message in a session's packet stream
+/// (`docs/protocol.md, "Sessions"`). An IPv6 packet starts with its version,
+/// 6, in the high nibble, so no packet starts with it.
+pub const MESSAGE_TYPE_BYTE: u8 = 0x00;
+/// The longest message payload, in bytes. A message is one unit of the
+/// packet stream, so it must fit [`MAX_PACKET_LEN`] with its type byte; it
+/// is kept far below that so that one message takes at most 14 cells (1.4 %
+/// of the end-to-end window) and never holds up the packets queued behind
+/// it for long. The messages it is for (endpoints for NAT traversal,
+/// agreement proposals) take a few hundred bytes.
+pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
+
+const _: () = assert!(MAX_MESSAGE_LEN < MAX_PACKET_LEN);
 
 /// A sliding window over 64-bit sequence numbers: accepts each number once,
 /// and rejects numbers more than [`REPLAY_WINDOW_BITS`] behind the highest
@@ -109,17 +130,28 @@ pub enum QueueError {
     /// bounded queue has filled).
     #[error("send queue full")]
     Full,
+    /// A packet starts with [`MESSAGE_TYPE_BYTE`]: it would arrive as a
+    /// message. Only [`SessionTx::push_message`] queues messages.
+    #[error("a packet may not start with the message type byte 0x00")]
+    MessageByte,
+    /// A message payload is longer than [`MAX_MESSAGE_LEN`].
+    #[error("message of {0} bytes is longer than {MAX_MESSAGE_LEN}")]
+    MessageTooLong(usize),
 }
 
-/// The sending half of a session: a bounded FIFO of packets, cut into relay
-/// messages as cells are made. Sequence numbers are assigned as packets are
-/// first cut, from 0 up.
+/// The sending half of a session: a bounded FIFO of packets and messages,
+/// cut into relay messages as cells are made. Sequence numbers are assigned
+/// as units are first cut, from 0 up; packets and messages share them.
 #[derive(Debug, Clone)]
 pub struct SessionTx {
     bytes: VecDeque<u8>,
     lens: VecDeque<u16>,
-    /// Bytes of the front packet already cut into messages.
+    /// Bytes of the front unit already cut into messages.
     head_sent: usize,
+    /// Whether the front unit, once its first byte is cut, is a message.
+    head_is_message: bool,
+    /// Messages among the queued units.
+    queued_messages: usize,
     max_bytes: usize,
     next_seq: u64,
 }
@@ -131,23 +163,55 @@ impl SessionTx {
             bytes: VecDeque::new(),
             lens: VecDeque::new(),
             head_sent: 0,
+            head_is_message: false,
+            queued_messages: 0,
             max_bytes,
             next_seq: 0,
         }
     }
 
-    /// Queues a packet.
+    /// Queues a packet. One that starts with [`MESSAGE_TYPE_BYTE`] is
+    /// refused: it would arrive as a message.
     pub fn push(&mut self, packet: &[u8]) -> Result<(), QueueError> {
-        if packet.is_empty() {
+        let Some(&first) = packet.first() else {
             return Err(QueueError::Empty);
-        }
-        let Ok(len) = u16::try_from(packet.len()) else {
-            return Err(QueueError::TooLong(packet.len()));
         };
-        if self.bytes.len() + packet.len() > self.max_bytes {
+        if first == MESSAGE_TYPE_BYTE {
+            return Err(QueueError::MessageByte);
+        }
+        self.push_unit(&[], packet)
+    }
+
+    /// Queues a message: [`MESSAGE_TYPE_BYTE`], then `payload` (0 to
+    /// [`MAX_MESSAGE_LEN`] bytes). It shares the queue, its bound and the
+    /// window with packets.
+    pub fn push_message(&mut self, payload: &[u8]) -> Result<(), QueueError> {
+        if payload.len() > MAX_MESSAGE_LEN {
+            return Err(QueueError::MessageTooLong(payload.len()));
+        }
+        self.push_unit(&[MESSAGE_TYPE_BYTE], payload)?;
+        self.queued_messages += 1;
+        Ok(())
+    }
+
+    /// Queues `unit` as it is, whatever its first byte (tests of what a
+    /// peer that breaks the rules can send).
+    #[cfg(test)]
+    pub(crate) fn push_raw(&mut self, unit: &[u8]) -> Result<(), QueueError> {
+        self.push_unit(&[], unit)
+    }
+
+    /// Queues `head` followed by `rest` as one unit.
+    fn push_unit(&mut self, head: &[u8], rest: &[u8]) -> Result<(), QueueError> {
+        let total = head.len() + rest.len();
+        let Ok(len) = u16::try_from(total) else {
+            return Err(QueueError::TooLong(total));
+        };
+        if self.bytes.len() + total > self.max_bytes {
             return Err(QueueError::Full);
         }
-        self.bytes.extend(packet);
+        self.bytes.extend(head);
+        self.bytes.extend(rest);
         self.lens.push_back(len);
         Ok(())
     }
@@ -157,9 +221,14 @@ impl SessionTx {
         self.lens.is_empty()
     }
 
-    /// Packets waiting (including one partly sent).
+    /// Units waiting, packets and messages (including one partly sent).
     pub fn queued_packets(&self) -> usize {
         self.lens.len()
+    }
+
+    /// Messages waiting (including one partly sent).
+    pub fn queued_messages(&self) -> usize {
+        self.queued_messages
     }
 
     /// Bytes waiting.
@@ -201,6 +270,9 @@ impl SessionTx {
                 w.reserve(msg_type::DATA_CONT, n)
             };
             let Ok(area) = area else { break };
+            if start {
+                self.head_is_message = self.bytes.front() == Some(&MESSAGE_TYPE_BYTE);
+            }
             let (a, b) = self.bytes.as_slices();
             let from_a = n.min(a.len());
             area[..from_a].copy_from_slice(&a[..from_a]);
@@ -213,6 +285,9 @@ impl SessionTx {
             if n == left {
                 self.lens.pop_front();
                 self.head_sent = 0;
+                if self.head_is_message {
+                    self.queued_messages = self.queued_messages.saturating_sub(1);
+                }
             } else {
                 self.head_sent += n;
                 break;
@@ -435,6 +510,39 @@ impl Reassembler {
         n
     }
 
+    /// Length of the most recently completed packet, if any.
+    pub fn last_complete_len(&self) -> Option<usize> {
+        self.complete.back().map(|&l| l as usize)
+    }
+
+    /// Takes the most recently completed packet out, without its first
+    /// `skip` bytes, and releases it. Called right after a completion, when
+    /// nothing is in progress; `None` otherwise or if nothing is complete.
+    pub fn take_last_complete(&mut self, skip: usize) -> Option<Vec<u8>> {
+        if self.partial != Partial::Idle {
+            return None;
+        }
+        let start = self.last_complete_start()?;
+        let end = start + self.last_complete_len()?;
+        let out: Vec<u8> = self
+            .buf
+            .range((start + skip).min(end)..end)
+            .copied()
+            .collect();
+        self.drop_last_complete();
+        Some(out)
+    }
+
+    /// The first byte of the packet in progress, once it has one.
+    pub fn in_progress_first_byte(&self) -> Option<u8> {
+        match self.partial {
+            Partial::Assembling { got, .. } if got > 0 => {
+                self.buf.get(self.buf.len().checked_sub(got)?).copied()
+            }
+            _ => None,
+        }
+    }
+
     /// Drops the most recently completed packet (it failed a check).
     pub fn drop_last_complete(&mut self) {
         if self.partial != Partial::Idle {
@@ -486,10 +594,29 @@ pub enum RxDrop {
     /// The fragments were malformed.
     #[error("malformed fragments: {0}")]
     Malformed(#[from] ReassemblyError),
+    /// A message's payload is longer than [`MAX_MESSAGE_LEN`].
+    #[error("message longer than {MAX_MESSAGE_LEN} bytes")]
+    MessageTooLong,
 }
 
-/// The receiving half of a session: reassembly, the replay window and the
-/// source-address check against the peer's identity.
+/// What a fragment did at a session's receiving end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The packet or message in progress needs more bytes.
+    Partial,
+    /// The bytes were consumed and thrown away (a replayed packet).
+    Discarded,
+    /// An IPv6 packet completed, passed its checks and waits for
+    /// [`SessionRx::pop`].
+    Packet,
+    /// A message completed: its payload, without the type byte. It has left
+    /// the session already (its bytes count as taken for flow control).
+    Message(Vec<u8>),
+}
+
+/// The receiving half of a session: reassembly, the replay window, the
+/// source-address check against the peer's identity, and messages taken out
+/// of the packet stream.
 #[derive(Debug, Clone)]
 pub struct SessionRx {
     reassembler: Reassembler,
@@ -521,11 +648,17 @@ impl SessionRx {
         &self.reassembler
     }
 
+    /// Whether a message is half received (lost if the circuit closes now).
+    pub fn message_in_progress(&self) -> bool {
+        self.reassembler.in_progress_first_byte() == Some(MESSAGE_TYPE_BYTE)
+    }
+
     /// Takes a DATA_START fragment.
-    pub fn on_start(&mut self, seq: u64, total_len: u16, data: &[u8]) -> Result<Progress, RxDrop> {
+    pub fn on_start(&mut self, seq: u64, total_len: u16, data: &[u8]) -> Result<Received, RxDrop> {
         if self.reassembler.in_progress() {
             // Malformed whatever the sequence number says.
-            return Ok(self.reassembler.push_start(total_len, data)?);
+            let p = self.reassembler.push_start(total_len, data)?;
+            return self.check_complete(p);
         }
         if !self.replay.check_and_mark(seq) {
             self.reassembler.push_discarded_start(total_len, data)?;
@@ -536,17 +669,36 @@ impl SessionRx {
     }
 
     /// Takes a DATA_CONT fragment.
-    pub fn on_cont(&mut self, data: &[u8]) -> Result<Progress, RxDrop> {
+    pub fn on_cont(&mut self, data: &[u8]) -> Result<Received, RxDrop> {
         let p = self.reassembler.push_cont(data)?;
         self.check_complete(p)
     }
 
-    fn check_complete(&mut self, p: Progress) -> Result<Progress, RxDrop> {
-        if p != Progress::Complete {
-            return Ok(p);
+    fn check_complete(&mut self, p: Progress) -> Result<Received, RxDrop> {
+        match p {
+            Progress::Partial => return Ok(Received::Partial),
+            Progress::Discarded => return Ok(Received::Discarded),
+            Progress::Complete => {}
         }
         let mut head = [0u8; IPV6_HEADER_LEN];
         let n = self.reassembler.peek_last_complete(&mut head);
+        if n > 0 && head[0] == MESSAGE_TYPE_BYTE {
+            // A message: no source check, its sender is the peer.
+            let len = self.reassembler.last_complete_len().unwrap_or(0);
+            if len > 1 + MAX_MESSAGE_LEN {
+                self.reassembler.drop_last_complete();
+                return Err(RxDrop::MessageTooLong);
+            }
+            return match self.reassembler.take_last_complete(1) {
+                Some(payload) => Ok(Received::Message(payload)),
+                // Not reached: nothing is in progress right after a
+                // completion. Never leave a message among the packets.
+                None => {
+                    self.reassembler.drop_last_complete();
+                    Err(RxDrop::NotIpv6)
+                }
+            };
+        }
         if n < IPV6_HEADER_LEN || head[0] >> 4 != 6 {
             self.reassembler.drop_last_complete();
             return Err(RxDrop::NotIpv6);
@@ -563,7 +715,7 @@ impl SessionRx {
             self.reassembler.drop_last_complete();
             return Err(RxDrop::ForgedSource);
         }
-        Ok(p)
+        Ok(Received::Packet)
     }
 
     /// Pops the oldest complete packet; see [`Reassembler::pop`].
@@ -610,7 +762,8 @@ mod tests {
     fn through(packets: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
         let mut tx = SessionTx::new(usize::MAX);
         for p in packets {
-            tx.push(p).expect("push");
+            // Raw units: these tests are about cutting and joining bytes.
+            tx.push_raw(p).expect("push");
         }
         let mut rx = Reassembler::new(1 << 20);
         let mut out = Vec::new();
@@ -657,7 +810,7 @@ mod tests {
         let mut next_in = 1;
         while next_out <= MAX_PACKET_LEN {
             while next_in <= MAX_PACKET_LEN && tx.queued_bytes() < 1 << 18 {
-                tx.push(packet(next_in)).expect("push");
+                tx.push_raw(packet(next_in)).expect("push");
                 next_in += 1;
             }
             one_cell(&mut tx, &mut rx, &mut buf, |p| {
@@ -689,7 +842,7 @@ mod tests {
     fn queue_is_bounded() {
         let mut tx = SessionTx::new(100);
         assert_eq!(tx.push(&[]), Err(QueueError::Empty));
-        assert_eq!(tx.push(&[0; 65536]), Err(QueueError::TooLong(65536)));
+        assert_eq!(tx.push(&[1; 65536]), Err(QueueError::TooLong(65536)));
         tx.push(&[1; 60]).expect("fits");
         assert_eq!(tx.push(&[1; 41]), Err(QueueError::Full));
         tx.push(&[1; 40]).expect("fits");
@@ -734,14 +887,14 @@ mod tests {
         in_subnet[15] = 9;
         let sub = ipv6(Ipv6Addr::from(in_subnet), 60);
         let bad = ipv6(crate::address_for_key(&other, prefix), 60);
-        assert_eq!(rx.on_start(0, 60, &good), Ok(Progress::Complete));
-        assert_eq!(rx.on_start(1, 60, &sub), Ok(Progress::Complete));
+        assert_eq!(rx.on_start(0, 60, &good), Ok(Received::Packet));
+        assert_eq!(rx.on_start(1, 60, &sub), Ok(Received::Packet));
         assert_eq!(rx.on_start(2, 60, &bad), Err(RxDrop::ForgedSource));
         assert_eq!(rx.on_start(1, 60, &good), Err(RxDrop::Replayed));
         assert_eq!(rx.on_start(3, 10, &good[..10]), Err(RxDrop::NotIpv6));
         // A replayed packet spanning fragments is consumed whole.
         assert_eq!(rx.on_start(0, 60, &good[..30]), Err(RxDrop::Replayed));
-        assert_eq!(rx.on_cont(&good[30..]), Ok(Progress::Discarded));
+        assert_eq!(rx.on_cont(&good[30..]), Ok(Received::Discarded));
         assert_eq!(rx.reassembler().ready(), 2);
         let mut out = [0u8; 100];
         assert_eq!(rx.pop(&mut out), Some(Ok(60)));
@@ -750,7 +903,179 @@ mod tests {
         assert_eq!(rx.pop(&mut out), None);
     }
 
+    /// What a session stream carries, in the order it was queued.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Unit {
+        Packet(Vec<u8>),
+        Message(Vec<u8>),
+    }
+
+    /// Queues `units` on a `SessionTx` from `peer`, cuts them into payloads
+    /// and feeds them to a `SessionRx`; returns what comes out, packets
+    /// popped as soon as they complete, and the receiver.
+    fn through_session(peer: [u8; 32], units: &[Unit]) -> (Vec<Unit>, SessionRx) {
+        let mut tx = SessionTx::new(usize::MAX);
+        for u in units {
+            match u {
+                Unit::Packet(p) => tx.push(p).expect("packet"),
+                Unit::Message(m) => tx.push_message(m).expect("message"),
+            }
+        }
+        assert_eq!(
+            tx.queued_messages(),
+            units
+                .iter()
+                .filter(|u| matches!(u, Unit::Message(_)))
+                .count()
+        );
+        let mut rx = SessionRx::new(peer, crate::address::DEFAULT_PREFIX, 1 << 20);
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MAX_PACKET_LEN];
+        while !tx.is_empty() {
+            let mut payload = [0u8; RELAY_PAYLOAD_LEN];
+            let mut w = RelayWriter::new(&mut payload);
+            assert!(tx.write_data(&mut w));
+            w.finish();
+            for m in relay_messages(&payload) {
+                let r = match m.expect("parse") {
+                    RelayMsg::DataStart {
+                        seq,
+                        total_len,
+                        data,
+                    } => rx.on_start(seq, total_len, data),
+                    RelayMsg::DataCont { data } => rx.on_cont(data),
+                    other => panic!("unexpected {other:?}"),
+                };
+                match r.expect("fragment") {
+                    Received::Packet => {
+                        let n = rx.pop(&mut buf).expect("ready").expect("fits");
+                        out.push(Unit::Packet(buf[..n].to_vec()));
+                    }
+                    Received::Message(m) => out.push(Unit::Message(m)),
+                    Received::Partial | Received::Discarded => {}
+                }
+            }
+        }
+        assert_eq!(tx.queued_messages(), 0);
+        (out, rx)
+    }
+
+    #[test]
+    fn messages_and_packets_share_the_stream() {
+        let peer = crate::Identity::from_seed(&[3; 32]).public();
+        let prefix = crate::address::DEFAULT_PREFIX;
+        let from_peer = crate::address_for_key(&peer, prefix);
+        let units = vec![
+            Unit::Packet(ipv6(from_peer, 100)),
+            Unit::Message(Vec::new()),
+            Unit::Message(b"endpoint 198.51.100.7:443".to_vec()),
+            Unit::Packet(ipv6(from_peer, 3000)),
+            Unit::Message((0..MAX_MESSAGE_LEN).map(|i| (i % 253) as u8).collect()),
+            Unit::Packet(ipv6(from_peer, 41)),
+        ];
+        let (out, rx) = through_session(peer, &units);
+        assert_eq!(out, units);
+        let r = rx.reassembler();
+        assert_eq!((r.buffered_bytes(), r.ready()), (0, 0));
+        assert_eq!(
+            r.received_bytes(),
+            r.released_bytes(),
+            "messages release their bytes"
+        );
+    }
+
+    #[test]
+    fn a_packet_cannot_be_a_message() {
+        let mut tx = SessionTx::new(1 << 20);
+        assert_eq!(tx.push(&[0x00; 60]), Err(QueueError::MessageByte));
+        assert_eq!(tx.push(&[0x00]), Err(QueueError::MessageByte));
+        assert!(tx.is_empty());
+        assert_eq!(
+            tx.push_message(&vec![1; MAX_MESSAGE_LEN + 1]),
+            Err(QueueError::MessageTooLong(MAX_MESSAGE_LEN + 1))
+        );
+        tx.push_message(&vec![1; MAX_MESSAGE_LEN]).expect("fits");
+        tx.push_message(&[]).expect("empty payload");
+        assert_eq!(tx.queued_messages(), 2);
+        // A message counts against the queue's bound like a packet.
+        let mut small = SessionTx::new(10);
+        small
+            .push_message(&[7; 9])
+            .expect("10 bytes with its type byte");
+        assert_eq!(small.push_message(&[]), Err(QueueError::Full));
+    }
+
+    #[test]
+    fn messages_are_counted_until_wholly_cut() {
+        let mut tx = SessionTx::new(1 << 20);
+        tx.push_message(&[9; 3000]).expect("message");
+        tx.push(&[0x60; 50]).expect("packet");
+        let mut payload = [0u8; RELAY_PAYLOAD_LEN];
+        let mut cut = |tx: &mut SessionTx| {
+            let mut w = RelayWriter::new(&mut payload);
+            tx.write_data(&mut w);
+            w.finish();
+        };
+        cut(&mut tx);
+        // Its type byte has gone out; the message is still queued.
+        assert_eq!((tx.queued_packets(), tx.queued_messages()), (2, 1));
+        cut(&mut tx);
+        assert_eq!((tx.queued_packets(), tx.queued_messages()), (2, 1));
+        cut(&mut tx);
+        assert_eq!((tx.queued_packets(), tx.queued_messages()), (0, 0));
+    }
+
+    #[test]
+    fn over_long_and_half_received_messages() {
+        let peer = crate::Identity::from_seed(&[4; 32]).public();
+        let mut rx = SessionRx::new(peer, crate::address::DEFAULT_PREFIX, 1 << 20);
+        // A peer that sends a longer message than this node takes.
+        let long = vec![0u8; MAX_MESSAGE_LEN + 2];
+        assert_eq!(
+            rx.on_start(0, long.len() as u16, &long[..1000]),
+            Ok(Received::Partial)
+        );
+        assert!(rx.message_in_progress());
+        let mut r = Ok(Received::Partial);
+        for chunk in long[1000..].chunks(1000) {
+            r = rx.on_cont(chunk);
+        }
+        assert_eq!(r, Err(RxDrop::MessageTooLong));
+        assert!(!rx.message_in_progress());
+        let re = rx.reassembler();
+        assert_eq!((re.buffered_bytes(), re.ready()), (0, 0));
+        assert_eq!(re.received_bytes(), re.released_bytes());
+        // The longest message that may be sent is taken.
+        let longest = vec![0u8; MAX_MESSAGE_LEN + 1];
+        assert_eq!(
+            rx.on_start(1, longest.len() as u16, &longest),
+            Ok(Received::Message(vec![0; MAX_MESSAGE_LEN]))
+        );
+        // A message replayed is dropped as a packet would be.
+        assert_eq!(rx.on_start(1, 1, &[0]), Err(RxDrop::Replayed));
+        // A packet half received is not a message.
+        let src = crate::address_for_key(&peer, crate::address::DEFAULT_PREFIX);
+        assert_eq!(
+            rx.on_start(2, 100, &ipv6(src, 100)[..50]),
+            Ok(Received::Partial)
+        );
+        assert!(!rx.message_in_progress());
+    }
+
     proptest! {
+        #[test]
+        fn any_message_round_trips(
+            payload in proptest::collection::vec(any::<u8>(), 0..=MAX_MESSAGE_LEN),
+            before in 0usize..3,
+        ) {
+            let peer = crate::Identity::from_seed(&[5; 32]).public();
+            let src = crate::address_for_key(&peer, crate::address::DEFAULT_PREFIX);
+            let mut units: Vec<Unit> = (0..before).map(|i| Unit::Packet(ipv6(src, 40 + 700 * i))).collect();
+            units.push(Unit::Message(payload));
+            let (out, _) = through_session(peer, &units);
+            prop_assert_eq!(out, units);
+        }
+
         #[test]
         fn source_check_is_address_belongs_to(peer in any::<[u8; 32]>(), src in any::<[u8; 16]>(), prefix in any::<u8>()) {
             let mut rx = SessionRx::new(peer, prefix, 1 << 16);
@@ -779,6 +1104,52 @@ mod tests {
                 .collect();
             let (out, _) = through(&packets);
             prop_assert_eq!(out, packets);
+        }
+
+        /// Arbitrary fragments, many of them messages (first byte 0x00), at a
+        /// session's receiving end: nothing panics, the buffer keeps its
+        /// bound, no message is longer than the limit, and every byte is
+        /// accounted for.
+        #[test]
+        fn arbitrary_session_fragments_are_total(
+            ops in proptest::collection::vec(
+                (0u8..3, 0u64..8, (0u8..3, any::<u16>()), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..1200)),
+                0..64,
+            )
+        ) {
+            let bound = 1 << 16;
+            let peer = crate::Identity::from_seed(&[6; 32]).public();
+            let mut rx = SessionRx::new(peer, crate::address::DEFAULT_PREFIX, bound);
+            let mut out = vec![0u8; MAX_PACKET_LEN];
+            let mut message_bytes = 0u64;
+            for (op, seq, (kind, total), message, mut data) in ops {
+                if message && !data.is_empty() {
+                    data[0] = MESSAGE_TYPE_BYTE;
+                }
+                // Any total; a whole unit in one fragment; or a total at the
+                // message limit (1 + MAX_MESSAGE_LEN) and just past it.
+                let total = match kind {
+                    0 => total,
+                    1 => data.len() as u16,
+                    _ => (1 + MAX_MESSAGE_LEN as u16).wrapping_add(total % 3),
+                };
+                let r = match op {
+                    0 => rx.on_start(seq, total, &data),
+                    1 => rx.on_cont(&data),
+                    _ => { let _ = rx.pop(&mut out); Ok(Received::Partial) }
+                };
+                if let Ok(Received::Message(m)) = r {
+                    prop_assert!(m.len() <= MAX_MESSAGE_LEN);
+                    message_bytes += 1 + m.len() as u64;
+                }
+                let re = rx.reassembler();
+                prop_assert!(re.buffered_bytes() <= bound);
+                prop_assert!(re.released_bytes() <= re.received_bytes());
+            }
+            while rx.pop(&mut out).is_some() {}
+            let re = rx.reassembler();
+            prop_assert!(message_bytes <= re.released_bytes());
+            prop_assert_eq!(re.released_bytes() + re.buffered_bytes() as u64, re.received_bytes());
         }
 
         /// The in-suite twin of the `reassembly` fuzz target: arbitrary

@@ -14,7 +14,7 @@ use umbra_routing::address::address_for_key;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::graph::Edge;
 use umbra_routing::path::Anonymity;
-use umbra_routing::router::{Now, RouteError, RouterCore};
+use umbra_routing::router::{MessageError, Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
 
@@ -77,6 +77,11 @@ pub struct RouterNode {
     pub wire: Option<Rc<RefCell<WireLog>>>,
     /// What [`RouterCore::poll_failure`] reported, in order.
     pub failures: Vec<([u8; 32], RouteError)>,
+    /// Messages [`RouterCore::poll_message`] gave: when, from whom, what.
+    pub messages: Vec<(SimTime, [u8; 32], Vec<u8>)>,
+    /// Whether messages are taken as they arrive (as the daemon does every
+    /// turn); if not, they wait in the core's bounded queue.
+    pub read_messages: bool,
     base: Instant,
     buf: Vec<u8>,
     spare: Option<Box<[u8; CELL_LEN]>>,
@@ -120,6 +125,8 @@ impl RouterNode {
             tun: Vec::new(),
             wire: None,
             failures: Vec::new(),
+            messages: Vec::new(),
+            read_messages: true,
             base,
             buf: vec![0u8; MAX_PACKET_LEN],
             spare: None,
@@ -145,9 +152,32 @@ impl RouterNode {
         self.drain(t);
     }
 
+    /// A message to the node `to`, as the daemon would send one.
+    pub fn message(
+        &mut self,
+        t: SimTime,
+        to: &[u8; 32],
+        payload: &[u8],
+    ) -> Result<(), MessageError> {
+        let now = self.now(t);
+        let r = self.core.send_message(now, to, payload);
+        self.drain(t);
+        r
+    }
+
+    /// Takes the messages waiting in the core into [`Self::messages`].
+    pub fn read_messages_now(&mut self, t: SimTime) {
+        while let Some((from, payload)) = self.core.poll_message() {
+            self.messages.push((t, from, payload));
+        }
+    }
+
     fn drain(&mut self, t: SimTime) {
         while let Some(n) = self.core.poll_packet(&mut self.buf) {
             self.tun.push((t, self.buf[..n].to_vec()));
+        }
+        if self.read_messages {
+            self.read_messages_now(t);
         }
         while self.core.poll_event().is_some() {}
         while let Some(f) = self.core.poll_failure() {

@@ -59,6 +59,19 @@
 //! closed and refuse more with [`SendError::QueueFull`], counted as a drop at
 //! the origin's ingress.
 //!
+//! # Messages
+//!
+//! Besides IPv6 packets, the ends carry *messages*: opaque payloads of up to
+//! [`crate::session::MAX_MESSAGE_LEN`] bytes from one node to the other, in
+//! the same session stream, under the same window and queue bound
+//! (`docs/protocol.md, "Sessions"`). [`CircuitCore::send_message`] queues
+//! one; the receiving end takes it out of the stream as it completes and
+//! keeps it, with the peer the handshake authenticated, for
+//! [`CircuitCore::poll_message`] in one queue for the node, bounded by
+//! [`CircuitConfig::inbox_messages`] and [`CircuitConfig::inbox_bytes`].
+//! A message that finds that queue full is dropped and counted; it does not
+//! hold up the packets behind it. Relays cannot tell messages from packets.
+//!
 //! **Relays never drop a cell**: they switch every cell they get. Back-pressure
 //! between links is the driver's job: when the write queue of a link is full,
 //! the driver stops reading the links that feed it (and stops reading the TUN),
@@ -98,6 +111,14 @@ pub const CIRCUIT_WINDOW_CELLS: u32 = 1000;
 pub const SENDME_INCREMENT_CELLS: u32 = 100;
 /// Default bound on the packet bytes an end queues while its window is closed.
 pub const SEND_QUEUE_BYTES: usize = 512 * 1024;
+/// Default bound on the messages received and not yet taken by
+/// [`CircuitCore::poll_message`], for the whole node. The daemon takes them
+/// every turn; only a peer that floods fills it.
+pub const MAX_INBOX_MESSAGES: usize = 64;
+/// Default bound on the payload bytes of those messages: 16 messages of the
+/// longest kind ([`crate::session::MAX_MESSAGE_LEN`]), so that both bounds
+/// matter (64 of the longest would be 1 MiB).
+pub const MAX_INBOX_BYTES: usize = 256 * 1024;
 /// Default time a circuit may take to build before it is abandoned.
 pub const CIRCUIT_BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most hops a path may have, destination included.
@@ -118,6 +139,12 @@ pub struct CircuitConfig {
     /// Circuits (of all roles) this node holds at most; past it CREATE is
     /// refused.
     pub max_circuits: usize,
+    /// Messages received and not yet taken that the node keeps, at most;
+    /// past it a message is dropped and counted
+    /// ([`MessageCounters::inbox_full`]).
+    pub inbox_messages: usize,
+    /// Payload bytes of those messages, at most.
+    pub inbox_bytes: usize,
 }
 
 impl Default for CircuitConfig {
@@ -126,6 +153,8 @@ impl Default for CircuitConfig {
             send_queue_bytes: SEND_QUEUE_BYTES,
             build_timeout: CIRCUIT_BUILD_TIMEOUT,
             max_circuits: MAX_CIRCUITS,
+            inbox_messages: MAX_INBOX_MESSAGES,
+            inbox_bytes: MAX_INBOX_BYTES,
         }
     }
 }
@@ -258,9 +287,15 @@ pub enum SendError {
     /// The packet is empty.
     #[error("empty packet")]
     Empty,
-    /// The packet is longer than [`crate::session::MAX_PACKET_LEN`].
-    #[error("packet of {0} bytes is too long")]
+    /// The packet is longer than [`crate::session::MAX_PACKET_LEN`], or the
+    /// message payload longer than [`crate::session::MAX_MESSAGE_LEN`].
+    #[error("{0} bytes is too long")]
     TooLong(usize),
+    /// The packet starts with [`crate::session::MESSAGE_TYPE_BYTE`] (0x00, no
+    /// IPv6 packet does): it would arrive as a message, so it is refused.
+    /// Only [`CircuitCore::send_message`] sends messages.
+    #[error("a packet may not start with 0x00, the message type byte")]
+    NotAPacket,
     /// The window is closed and the send queue is full: the packet is dropped
     /// (and counted in [`DropCounters::send_queue_full`]).
     #[error("send queue full")]
@@ -281,10 +316,40 @@ pub struct DropCounters {
     pub malformed: u64,
     /// At the sending end's ingress: the send queue was full.
     pub send_queue_full: u64,
-    /// Packets queued or half-received when their circuit closed.
+    /// Packets queued or half-received when their circuit closed (messages
+    /// are counted in [`MessageCounters::lost_on_close`]).
     pub lost_on_close: u64,
     /// `poll_packet` was given a buffer shorter than the packet.
     pub buffer_too_small: u64,
+}
+
+/// Messages sent and received at this node's ends (`docs/protocol.md,
+/// "Sessions"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageCounters {
+    /// Messages accepted by [`CircuitCore::send_message`].
+    pub sent: u64,
+    /// Payload bytes of those messages.
+    pub sent_bytes: u64,
+    /// Messages received and kept for [`CircuitCore::poll_message`].
+    pub received: u64,
+    /// Payload bytes of those messages.
+    pub received_bytes: u64,
+    /// Dropped: messages queued to send, or half received, when their
+    /// circuit closed or failed to build.
+    pub lost_on_close: u64,
+    /// Dropped: messages received while the node's message queue was full.
+    pub inbox_full: u64,
+    /// Dropped: messages received with a payload longer than
+    /// [`crate::session::MAX_MESSAGE_LEN`].
+    pub too_long: u64,
+}
+
+impl MessageCounters {
+    /// Messages dropped, for every reason.
+    pub fn dropped(&self) -> u64 {
+        self.lost_on_close + self.inbox_full + self.too_long
+    }
 }
 
 /// Counters of one node's circuit layer (for Prometheus and `umbra status`).
@@ -338,6 +403,8 @@ pub struct CircuitMetrics {
     pub destination_circuits: u64,
     /// Dropped packets, by reason.
     pub drops: DropCounters,
+    /// Messages sent, received and dropped.
+    pub messages: MessageCounters,
 }
 
 /// What this node knows of one circuit (for `umbra status` and `umbra path`).

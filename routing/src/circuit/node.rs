@@ -19,7 +19,7 @@ use crate::crypto::{
     self, CoreRng, CryptoError, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern,
     HandshakeResponder, Identity, KEY_LEN,
 };
-use crate::session::{Progress, QueueError, RxDrop};
+use crate::session::{QueueError, Received, RxDrop};
 
 /// Relay-crypto versions this node offers and accepts, as a bitmask (bit
 /// `v - 1` for version `v`).
@@ -99,6 +99,11 @@ pub struct CircuitCore {
     /// One entry per complete packet waiting for `poll_packet`.
     ready: VecDeque<CircuitId>,
     events: VecDeque<CircuitEvent>,
+    /// Messages received, with the peer that sent them, for `poll_message`
+    /// (bounded by the config's `inbox_messages` and `inbox_bytes`).
+    inbox: VecDeque<([u8; KEY_LEN], Vec<u8>)>,
+    /// Payload bytes in `inbox`.
+    inbox_bytes: usize,
     /// Origin circuits still building (few; scanned for timeouts).
     building: Vec<CircuitId>,
     metrics: CircuitMetrics,
@@ -130,6 +135,8 @@ impl CircuitCore {
             dirty: VecDeque::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
+            inbox: VecDeque::new(),
+            inbox_bytes: 0,
             building: Vec::new(),
             metrics: CircuitMetrics::default(),
         }
@@ -306,12 +313,54 @@ impl CircuitCore {
     /// Queues an IPv6 packet on a circuit this node is an end of (origin, or
     /// destination replying). It is cut into cells as the window allows. With
     /// the window closed and the queue full, the packet is dropped here, at
-    /// the ingress, and counted; relays never drop.
+    /// the ingress, and counted; relays never drop. A packet that starts with
+    /// 0x00 is refused ([`SendError::NotAPacket`]): the far end would take it
+    /// for a message.
     pub fn send_packet(
         &mut self,
         _now: Instant,
         circuit: CircuitId,
         packet: &[u8],
+    ) -> Result<(), SendError> {
+        let queued = self.queue(circuit, |end| end.tx.push(packet));
+        if queued == Err(SendError::QueueFull) {
+            self.metrics.drops.send_queue_full += 1;
+        }
+        queued?;
+        self.metrics.packets_sent += 1;
+        self.metrics.packet_bytes_sent += packet.len() as u64;
+        Ok(())
+    }
+
+    /// Queues a message (`docs/protocol.md, "Sessions"`) on a circuit this
+    /// node is an end of: `payload`, 0 to
+    /// [`crate::session::MAX_MESSAGE_LEN`] bytes, goes to the other end in
+    /// the session, after the packets queued before it and under the same
+    /// window and queue bound ([`SendError::QueueFull`] when it is full, not
+    /// counted as a drop: the caller is told). The other end gets it from
+    /// [`Self::poll_message`] with this node's key. On a circuit still
+    /// building it waits, as packets do; if the circuit fails or closes
+    /// first it is lost and counted ([`MessageCounters::lost_on_close`]).
+    ///
+    /// [`MessageCounters::lost_on_close`]: super::MessageCounters::lost_on_close
+    pub fn send_message(
+        &mut self,
+        _now: Instant,
+        circuit: CircuitId,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        self.queue(circuit, |end| end.tx.push_message(payload))?;
+        self.metrics.messages.sent += 1;
+        self.metrics.messages.sent_bytes += payload.len() as u64;
+        Ok(())
+    }
+
+    /// Queues a packet or message on an end with `push`, and schedules the
+    /// end to send if it can.
+    fn queue(
+        &mut self,
+        circuit: CircuitId,
+        push: impl FnOnce(&mut Endpoint) -> Result<(), QueueError>,
     ) -> Result<(), SendError> {
         let Some(c) = self.circuits.get_mut(&circuit).filter(|c| !c.closed) else {
             return Err(SendError::UnknownCircuit);
@@ -325,17 +374,15 @@ impl CircuitCore {
             Role::Destination(d) => (&mut d.end, true),
             Role::Relay(_) => return Err(SendError::NotAnEnd),
         };
-        match end.tx.push(packet) {
+        match push(end) {
             Ok(()) => {}
-            Err(QueueError::Full) => {
-                self.metrics.drops.send_queue_full += 1;
-                return Err(SendError::QueueFull);
-            }
+            Err(QueueError::Full) => return Err(SendError::QueueFull),
             Err(QueueError::Empty) => return Err(SendError::Empty),
-            Err(QueueError::TooLong(n)) => return Err(SendError::TooLong(n)),
+            Err(QueueError::TooLong(n) | QueueError::MessageTooLong(n)) => {
+                return Err(SendError::TooLong(n));
+            }
+            Err(QueueError::MessageByte) => return Err(SendError::NotAPacket),
         }
-        self.metrics.packets_sent += 1;
-        self.metrics.packet_bytes_sent += packet.len() as u64;
         if ready_to_send && !end.in_dirty && end.has_work() {
             end.in_dirty = true;
             self.dirty.push_back(circuit);
@@ -448,6 +495,16 @@ impl CircuitCore {
                 Err(_) => self.metrics.drops.buffer_too_small += 1,
             }
         }
+    }
+
+    /// The next message received (`docs/protocol.md, "Sessions"`): the key
+    /// of the node that sent it, which is the session's peer as the circuit's
+    /// handshake authenticated it, and the payload. Messages wait in one
+    /// bounded queue for the node; take them every turn.
+    pub fn poll_message(&mut self) -> Option<([u8; KEY_LEN], Vec<u8>)> {
+        let (peer, payload) = self.inbox.pop_front()?;
+        self.inbox_bytes = self.inbox_bytes.saturating_sub(payload.len());
+        Some((peer, payload))
     }
 
     /// The next event.
@@ -1101,6 +1158,8 @@ impl CircuitCore {
         };
         let payload = &cell::body(buf)[..RELAY_PAYLOAD_LEN];
         let m = &mut self.metrics;
+        let (inbox, inbox_bytes) = (&mut self.inbox, &mut self.inbox_bytes);
+        let peer = end.peer;
         let mut has_data = false;
         let mut violation = false;
         for msg in relay_messages(payload) {
@@ -1134,12 +1193,25 @@ impl CircuitCore {
                 }
             };
             match rx {
-                Ok(Progress::Complete) => self.ready.push_back(id),
-                Ok(_) => {}
+                Ok(Received::Packet) => self.ready.push_back(id),
+                Ok(Received::Message(payload)) => {
+                    let full = inbox.len() >= self.config.inbox_messages
+                        || *inbox_bytes + payload.len() > self.config.inbox_bytes;
+                    if full {
+                        m.messages.inbox_full += 1;
+                    } else {
+                        m.messages.received += 1;
+                        m.messages.received_bytes += payload.len() as u64;
+                        *inbox_bytes += payload.len();
+                        inbox.push_back((peer, payload));
+                    }
+                }
+                Ok(Received::Partial | Received::Discarded) => {}
                 Err(RxDrop::Replayed) => m.drops.replayed += 1,
                 Err(RxDrop::ForgedSource) => m.drops.forged_source += 1,
                 Err(RxDrop::NotIpv6) => m.drops.not_ipv6 += 1,
                 Err(RxDrop::Malformed(_)) => m.drops.malformed += 1,
+                Err(RxDrop::MessageTooLong) => m.messages.too_long += 1,
             }
         }
         if has_data && !violation && end.on_data_cell_received(tag).is_err() {
@@ -1257,7 +1329,9 @@ impl CircuitCore {
         match &c.role {
             Role::Origin(o) => {
                 m.origin_circuits -= 1;
-                m.drops.lost_on_close += o.end.lost_on_close();
+                let lost = o.end.lost_on_close();
+                m.drops.lost_on_close += lost.packets;
+                m.messages.lost_on_close += lost.messages;
                 if o.built() {
                     self.events.push_back(CircuitEvent::Closed {
                         circuit: id,
@@ -1283,7 +1357,9 @@ impl CircuitCore {
             Role::Relay(_) => m.relay_circuits -= 1,
             Role::Destination(d) => {
                 m.destination_circuits -= 1;
-                m.drops.lost_on_close += d.end.lost_on_close();
+                let lost = d.end.lost_on_close();
+                m.drops.lost_on_close += lost.packets;
+                m.messages.lost_on_close += lost.messages;
                 self.events.push_back(CircuitEvent::Closed {
                     circuit: id,
                     peer: d.end.peer,
@@ -1318,6 +1394,14 @@ impl CircuitCore {
         if let Some(end) = self.circuits.get_mut(&id).and_then(|c| c.endpoint_mut()) {
             end.tx.set_next_seq(seq);
         }
+    }
+
+    /// Queues `unit` on an end as it is, bypassing the checks of
+    /// `send_packet` and `send_message` (tests of what a peer that breaks
+    /// the rules can send).
+    #[cfg(test)]
+    pub(crate) fn send_raw(&mut self, id: CircuitId, unit: &[u8]) -> Result<(), SendError> {
+        self.queue(id, |end| end.tx.push_raw(unit))
     }
 
     /// Number of cells waiting in the transmit ring.

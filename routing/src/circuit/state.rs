@@ -149,6 +149,12 @@ pub(super) struct Endpoint {
     pub(super) in_dirty: bool,
 }
 
+/// What an end loses when its circuit closes.
+pub(super) struct Lost {
+    pub(super) packets: u64,
+    pub(super) messages: u64,
+}
+
 /// What `Endpoint::fill` wrote.
 pub(super) struct Filled {
     pub(super) any: bool,
@@ -261,10 +267,17 @@ impl Endpoint {
         }
     }
 
-    /// Packets lost if the circuit closed now: queued to send, and half
-    /// received.
-    pub(super) fn lost_on_close(&self) -> u64 {
-        self.tx.queued_packets() as u64 + u64::from(self.rx.reassembler().in_progress())
+    /// Packets and messages lost if the circuit closed now: queued to send,
+    /// and half received.
+    pub(super) fn lost_on_close(&self) -> Lost {
+        let messages = self.tx.queued_messages();
+        let half_message = self.rx.message_in_progress();
+        let half_packet = self.rx.reassembler().in_progress() && !half_message;
+        Lost {
+            packets: self.tx.queued_packets().saturating_sub(messages) as u64
+                + u64::from(half_packet),
+            messages: messages as u64 + u64::from(half_message),
+        }
     }
 }
 

@@ -765,3 +765,257 @@ fn a_prefix_is_not_extended_while_it_builds() {
         Err(BuildError::NotAPrefix)
     );
 }
+
+// ----- messages (docs/protocol.md, "Sessions") ------------------------------
+
+impl Net {
+    fn messages(&mut self, i: usize) -> Vec<([u8; 32], Vec<u8>)> {
+        std::iter::from_fn(|| self.nodes[i].poll_message()).collect()
+    }
+}
+
+/// A payload that says where a node can be reached, as NAT signalling
+/// would, easy to find in a cell.
+const ENDPOINT: &[u8] = b"endpoint 198.51.100.7:44321, do not tell the relays";
+
+#[test]
+fn messages_go_both_ways_with_the_peer_key_and_relays_cannot_read_them() {
+    // origin 0 → 1 → 2 → destination 3
+    let mut net = Net::chain(4);
+    let (id, at_dest) = net.build(0, &[1, 2, 3]);
+    // Every cell any node sends is searched for the payload in clear.
+    let seen_in_clear = std::rc::Rc::new(std::cell::Cell::new(0));
+    let seen = seen_in_clear.clone();
+    net.tamper = Some(Box::new(move |_, _, cell: &mut [u8; CELL_LEN]| {
+        if cell.windows(ENDPOINT.len()).any(|w| w == ENDPOINT) {
+            seen.set(seen.get() + 1);
+        }
+    }));
+    let longest = vec![0xab; crate::session::MAX_MESSAGE_LEN];
+    for payload in [ENDPOINT, &[][..], &longest[..]] {
+        net.nodes[0]
+            .send_message(net.now, id, payload)
+            .expect("message");
+    }
+    net.pump();
+    assert_eq!(
+        net.messages(3),
+        vec![
+            (net.keys[0], ENDPOINT.to_vec()),
+            (net.keys[0], Vec::new()),
+            (net.keys[0], longest.clone())
+        ]
+    );
+    // A message is not a packet: nothing for the TUN.
+    assert!(net.packets(3).is_empty());
+    // The reply goes back on the same circuit, with the destination's key.
+    net.nodes[3]
+        .send_message(net.now, at_dest, ENDPOINT)
+        .expect("reply");
+    net.pump();
+    assert_eq!(net.messages(0), vec![(net.keys[3], ENDPOINT.to_vec())]);
+    assert_eq!(
+        seen_in_clear.get(),
+        0,
+        "a cell carried the payload in clear"
+    );
+    let m0 = &net.nodes[0].metrics().messages;
+    assert_eq!((m0.sent, m0.received), (3, 1));
+    assert_eq!(
+        m0.sent_bytes,
+        (ENDPOINT.len() + crate::session::MAX_MESSAGE_LEN) as u64
+    );
+    let m3 = &net.nodes[3].metrics().messages;
+    assert_eq!((m3.sent, m3.received, m3.dropped()), (1, 3, 0));
+    for r in [1, 2] {
+        assert_eq!(net.nodes[r].metrics().messages, MessageCounters::default());
+    }
+    relay_never_dropped(&net, &[1, 2]);
+    assert_eq!(net.nodes[3].metrics().packets_delivered, 0);
+}
+
+#[test]
+fn a_message_waits_for_the_build_and_shares_the_window() {
+    let mut net = Net::chain(3);
+    let k = net.keys.clone();
+    let id = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[2]])
+        .expect("build");
+    // Queued before the build even started to move.
+    let longest = vec![7u8; crate::session::MAX_MESSAGE_LEN];
+    net.nodes[0]
+        .send_message(net.now, id, &longest)
+        .expect("queued while building");
+    let (a0, a2) = (net.address(0), net.address(2));
+    // Small enough to share the message's last cell.
+    let p = ipv6(a0, a2, 50, 3);
+    net.nodes[0].send_packet(net.now, id, &p).expect("packet");
+    net.pump();
+    assert_eq!(net.messages(2), vec![(k[0], longest)]);
+    assert_eq!(
+        net.packets(2)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>(),
+        vec![p]
+    );
+    // The longest message is 1 + 16,384 bytes: 14 data cells (1,166 bytes
+    // in the first, 1,176 in each next), the last one shared with the
+    // packet. They count against the window as packets do.
+    assert_eq!(
+        net.nodes[0].package_window(id),
+        Some(CIRCUIT_WINDOW_CELLS - 14)
+    );
+}
+
+#[test]
+fn a_packet_that_starts_with_0x00_is_refused() {
+    let mut net = Net::chain(3);
+    let (id, at_dest) = net.build(0, &[1, 2]);
+    // Otherwise a good IPv6 packet from node 0 to node 2.
+    let mut p = ipv6(net.address(0), net.address(2), 80, 0);
+    p[0] = 0x00;
+    assert_eq!(
+        net.nodes[0].send_packet(net.now, id, &p),
+        Err(SendError::NotAPacket)
+    );
+    assert_eq!(
+        net.nodes[2].send_packet(net.now, at_dest, &[0x00]),
+        Err(SendError::NotAPacket)
+    );
+    net.pump();
+    assert!(net.messages(2).is_empty());
+    assert!(net.messages(0).is_empty());
+    assert_eq!(net.nodes[0].metrics().packets_sent, 0);
+    assert_eq!(net.nodes[2].metrics().messages.received, 0);
+}
+
+#[test]
+fn the_message_queue_is_bounded_and_counts_what_it_drops() {
+    let mut net = Net::chain(3);
+    let (id, _) = net.build(0, &[1, 2]);
+    // More small messages than the queue holds, while nobody reads them.
+    for i in 0..MAX_INBOX_MESSAGES + 6 {
+        net.nodes[0]
+            .send_message(net.now, id, &i.to_be_bytes())
+            .expect("message");
+    }
+    net.pump();
+    let m = &net.nodes[2].metrics().messages;
+    assert_eq!((m.received, m.inbox_full), (MAX_INBOX_MESSAGES as u64, 6));
+    let got = net.messages(2);
+    assert_eq!(got.len(), MAX_INBOX_MESSAGES);
+    // The first ones are kept, in order.
+    for (i, (from, payload)) in got.iter().enumerate() {
+        assert_eq!((*from, &payload[..]), (net.keys[0], &i.to_be_bytes()[..]));
+    }
+    // Long messages hit the byte bound first.
+    let longest = vec![1u8; crate::session::MAX_MESSAGE_LEN];
+    let fit = MAX_INBOX_BYTES / longest.len();
+    for _ in 0..fit + 1 {
+        net.nodes[0]
+            .send_message(net.now, id, &longest)
+            .expect("message");
+    }
+    net.pump();
+    assert_eq!(net.nodes[2].metrics().messages.inbox_full, 6 + 1);
+    assert_eq!(net.messages(2).len(), fit);
+    // Taken and dropped messages release their bytes, so the window
+    // reopens: packets still flow.
+    let (a0, a2) = (net.address(0), net.address(2));
+    net.assert_carries(0, id, 2, ipv6(a0, a2, 300, 0));
+    assert_eq!(net.nodes[2].metrics().messages.dropped(), 7);
+}
+
+#[test]
+fn queued_messages_are_counted_when_the_build_fails_or_the_circuit_closes() {
+    // Node 2 has no link on to node 3: the build fails at hop 2.
+    let mut net = Net::new(4);
+    net.link(0, 1);
+    net.link(1, 2);
+    let k = net.keys.clone();
+    let id = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[2], k[3]])
+        .expect("build");
+    net.nodes[0].send_message(net.now, id, b"one").expect("one");
+    net.nodes[0].send_message(net.now, id, b"two").expect("two");
+    let p = ipv6(net.address(0), net.address(3), 60, 0);
+    net.nodes[0].send_packet(net.now, id, &p).expect("packet");
+    net.pump();
+    assert!(matches!(
+        net.events(0)[..],
+        [CircuitEvent::Unreachable { circuit, .. }] if circuit == id
+    ));
+    let m = net.nodes[0].metrics();
+    assert_eq!((m.messages.lost_on_close, m.drops.lost_on_close), (2, 1));
+    assert_eq!(m.messages.dropped(), 2);
+    assert_eq!(
+        net.nodes[0].send_message(net.now, id, b"three"),
+        Err(SendError::UnknownCircuit)
+    );
+
+    // A built circuit closed with a message still queued behind a closed
+    // window loses it too; one half received is lost at the other end.
+    let mut net = Net::chain(3);
+    let (id, _) = net.build(0, &[1, 2]);
+    let longest = vec![2u8; crate::session::MAX_MESSAGE_LEN];
+    net.nodes[0]
+        .send_message(net.now, id, &longest)
+        .expect("message");
+    // Move only the first cell of it to node 2.
+    let mut cell = [0u8; CELL_LEN];
+    let l01 = net.link_between(0, 1);
+    let l12 = net.link_between(1, 2);
+    assert_eq!(net.nodes[0].poll_transmit(&mut cell), Some(l01));
+    net.nodes[1].handle_cell(net.now, l01, &cell);
+    assert_eq!(net.nodes[1].poll_transmit(&mut cell), Some(l12));
+    net.nodes[2].handle_cell(net.now, l12, &cell);
+    net.nodes[0]
+        .send_message(net.now, id, b"behind")
+        .expect("queued");
+    assert!(net.nodes[0].close_circuit(net.now, id));
+    net.pump();
+    assert_eq!(net.nodes[0].metrics().messages.lost_on_close, 2);
+    assert_eq!(net.nodes[2].metrics().messages.lost_on_close, 1);
+    assert_eq!(net.nodes[2].metrics().drops.lost_on_close, 0);
+    assert!(net.messages(2).is_empty());
+}
+
+#[test]
+fn an_over_long_message_from_a_peer_is_dropped_and_counted() {
+    let mut net = Net::chain(3);
+    let (id, _) = net.build(0, &[1, 2]);
+    // A peer that breaks the rules: a message 1 byte longer than allowed.
+    let mut unit = vec![0x33u8; 2 + crate::session::MAX_MESSAGE_LEN];
+    unit[0] = crate::session::MESSAGE_TYPE_BYTE;
+    net.nodes[0].send_raw(id, &unit).expect("raw");
+    net.nodes[0]
+        .send_message(net.now, id, b"fine")
+        .expect("message");
+    net.pump();
+    assert_eq!(net.messages(2), vec![(net.keys[0], b"fine".to_vec())]);
+    let m = &net.nodes[2].metrics().messages;
+    assert_eq!((m.too_long, m.received), (1, 1));
+    let (a0, a2) = (net.address(0), net.address(2));
+    net.assert_carries(0, id, 2, ipv6(a0, a2, 100, 0));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any payload the API takes arrives whole, once, with the sender's key,
+    /// both ways over a circuit between two neighbours.
+    #[test]
+    fn any_message_round_trips_through_a_pair(
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=crate::session::MAX_MESSAGE_LEN),
+    ) {
+        let mut net = Net::chain(2);
+        let (id, at_dest) = net.build(0, &[1]);
+        net.nodes[0].send_message(net.now, id, &payload).expect("message");
+        net.pump();
+        proptest::prop_assert_eq!(net.messages(1), vec![(net.keys[0], payload.clone())]);
+        net.nodes[1].send_message(net.now, at_dest, &payload).expect("reply");
+        net.pump();
+        proptest::prop_assert_eq!(net.messages(0), vec![(net.keys[1], payload)]);
+    }
+}
