@@ -91,8 +91,10 @@ impl CoreFigures {
     }
 }
 
-/// Link counts by state (`up`, `connecting`, `down`), from the peer table.
-pub(crate) type LinkStates = [(&'static str, u64); 3];
+/// Link counts by state (`up`, `connecting`, `down`) and kind (`direct`,
+/// `punched`, `relayed`: how the link's connection reaches the peer, or
+/// reached it last), from the peer table.
+pub(crate) type LinkStates = Vec<((&'static str, &'static str), u64)>;
 
 /// The registry and every metric family; one per daemon, shared as
 /// `Arc<Metrics>`.
@@ -262,9 +264,9 @@ impl Metrics {
     /// Brings the figures read at scrape time up to date, then encodes
     /// everything.
     fn render(&self, core: Option<&CoreFigures>, states: &LinkStates) -> String {
-        for (state, n) in states {
+        for ((state, kind), n) in states {
             self.links
-                .get_or_create(&[("state", state), ("kind", "direct")])
+                .get_or_create(&[("state", state), ("kind", kind)])
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
         if let Some(core) = core {

@@ -145,7 +145,7 @@ fn short(key: &Value) -> String {
 /// fields are shortened to 16 hex digits.
 fn rows(v: &Value, columns: &[&str]) -> Vec<Vec<String>> {
     let cell = |item: &Value, field: &str| {
-        if field.ends_with("key") {
+        if field.ends_with("key") || field == "via" {
             short(&item[field])
         } else {
             text(&item[field])
@@ -169,6 +169,7 @@ pub(crate) fn peers(v: &Value) -> Result<()> {
             "address",
             "state",
             "kind",
+            "via",
             "endpoint",
             "observed",
             "bytes_in",
@@ -182,7 +183,7 @@ pub(crate) fn peers(v: &Value) -> Result<()> {
     }
     table(
         &[
-            "KEY", "ADDRESS", "STATE", "KIND", "ENDPOINT", "OBSERVED", "IN", "OUT",
+            "KEY", "ADDRESS", "STATE", "KIND", "VIA", "ENDPOINT", "OBSERVED", "IN", "OUT",
         ],
         &rows,
     )

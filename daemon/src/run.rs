@@ -52,6 +52,8 @@ impl NodeView {
             "circuits": 0,
             "tun": self.tun.as_ref().map(|(name, mtu)| json!({"name": name, "mtu": mtu})),
             "nat": nat_status(&self.links, &self.port_mapping),
+            "relay": self.links.relay_json(),
+            "traversal": self.links.traversal_counters().json(),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }

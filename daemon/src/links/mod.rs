@@ -151,19 +151,22 @@ impl Links {
         &self.metrics
     }
 
-    /// Peers by link state, for `umbra_links`: up, connecting (a dialer is
-    /// trying) and down.
+    /// Peers by link state and kind, for `umbra_links`: up, connecting (a
+    /// dialer is trying) and down; direct, punched and relayed. Every
+    /// combination is present, zeros included.
     pub(crate) fn link_states(&self) -> LinkStates {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut up, mut connecting, mut down) = (0, 0, 0);
-        for e in peers.values() {
-            match e.state() {
-                "up" => up += 1,
-                "connecting" => connecting += 1,
-                _ => down += 1,
+        let mut states: LinkStates = Vec::new();
+        for state in ["up", "connecting", "down"] {
+            for kind in ["direct", "punched", "relayed"] {
+                let n = peers
+                    .values()
+                    .filter(|e| e.state() == state && e.kind.as_str() == kind)
+                    .count();
+                states.push(((state, kind), n as u64));
             }
         }
-        [("up", up), ("connecting", connecting), ("down", down)]
+        states
     }
 
     /// The listener, for punched and relayed connections.
