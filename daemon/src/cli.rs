@@ -218,6 +218,9 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             if json {
                 output::json(&v)
             } else {
+                if let Some(note) = v["note"].as_str() {
+                    eprintln!("note: {note}");
+                }
                 output::line(v["token"].as_str().unwrap_or_default())
             }
         }

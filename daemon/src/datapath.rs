@@ -290,7 +290,10 @@ fn handle(
             let _ = reply.send(CoreFigures::of(core));
         }
         Input::Message { to, payload, reply } => {
-            let _ = reply.send(core.send_message(now, &to, &payload).map_err(|e| e.to_string()));
+            let _ = reply.send(
+                core.send_message(now, &to, &payload)
+                    .map_err(|e| e.to_string()),
+            );
         }
         Input::Neighbours(key, reply) => {
             let _ = reply.send(core.graph().graph().neighbours(&key));

@@ -126,8 +126,17 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
             let ttl = ttl_secs
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(DEFAULT_INVITE_TTL);
-            let (token, expiry) = links.invite(terms, ttl, endpoints)?;
-            Ok(json!({"token": token, "expiry_unix": expiry, "terms": terms.to_string()}))
+            let (token, expiry, endpoints) = links.invite(terms, ttl, endpoints)?;
+            let mut v = json!({"token": token, "expiry_unix": expiry, "terms": terms.to_string(), "endpoints": endpoints});
+            if endpoints.is_empty() {
+                v["note"] = json!(
+                    "the token names no endpoint: this node has none others can dial, so the \
+                     accepting node answers through the overlay (it needs a link of its own that \
+                     reaches this node, or a partner in common); pass --endpoint HOST:PORT if this \
+                     node can be dialed"
+                );
+            }
+            Ok(v)
         })(),
     };
     match result {
@@ -353,8 +362,8 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
             if new.metrics != old.metrics {
                 needs_restart.push("[metrics]");
             }
-            if new.nat != old.nat {
-                needs_restart.push("[nat]");
+            if new.nat.port_mapping != old.nat.port_mapping {
+                needs_restart.push("[nat] port_mapping");
             }
             if needs_restart.is_empty() {
                 tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");

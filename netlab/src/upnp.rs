@@ -112,7 +112,10 @@ pub struct UpnpGateway {
 }
 
 /// The nftables ruleset of a gateway (table `inet filter`, miniupnpd 2.3.1's default
-/// names: chains `miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`).
+/// names: chains `miniupnpd`, `prerouting_miniupnpd`, `postrouting_miniupnpd`). Only
+/// what comes from the inside is translated: the router's own STUN test must leave
+/// from the port it listens on, or the answers from the STUN server's second address
+/// (new flows, with no translation to undo) miss it under `masquerade random`.
 fn ruleset(outside: &str, inside: &str, stun: &StunServer, o: UpnpOptions) -> String {
     let masquerade = if o.endpoint_dependent {
         "masquerade random"
@@ -145,7 +148,7 @@ fn ruleset(outside: &str, inside: &str, stun: &StunServer, o: UpnpOptions) -> St
   }}
   chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
     jump postrouting_miniupnpd
-    oifname "{outside}" {masquerade}
+    iifname "{inside}" oifname "{outside}" {masquerade}
   }}
   chain prerouting_miniupnpd {{ }}
   chain postrouting_miniupnpd {{ }}
@@ -190,7 +193,8 @@ impl UpnpGateway {
     ) -> Result<UpnpGateway> {
         router.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
         let rules = dir.join("gateway.nft");
-        std::fs::write(&rules, ruleset(outside, inside, stun, options)).map_err(Error::io(&rules))?;
+        std::fs::write(&rules, ruleset(outside, inside, stun, options))
+            .map_err(Error::io(&rules))?;
         router.exec(&["nft", "-f", &rules.to_string_lossy()])?;
         let conf = dir.join("miniupnpd.conf");
         std::fs::write(&conf, miniupnpd_conf(outside, inside, stun, options))

@@ -392,11 +392,36 @@ impl RouterCore {
         self.graph.set_local_edges(now.wall, edges).map(|_| ())
     }
 
-    /// A link to `peer` is up.
+    /// A link to `peer` is up. If `peer` is a destination with the fast
+    /// setting that circuits reach over longer paths, new flows to it take
+    /// the new link instead (the shortest path); flows on the old circuits
+    /// stay on them.
     pub fn link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN]) {
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
         self.graph.link_up(now.wall, LinkId(link), peer);
+        if self.anonymity_for(&peer) == Anonymity::Fast {
+            let origin_of = &self.origin_of;
+            let longer = |c: Option<(CircuitId, Instant)>| {
+                c.is_some_and(|(id, _)| origin_of.get(&id).is_some_and(|o| o.path.len() > 1))
+            };
+            if let Some(d) = self.dests.get_mut(&peer)
+                && longer(d.current)
+            {
+                d.current = None;
+                if longer(d.next) {
+                    d.next = None;
+                }
+            }
+            if let Some(&c) = self.incoming.get(&peer)
+                && self
+                    .circuits
+                    .circuit(c)
+                    .is_some_and(|i| i.prev != Some(peer))
+            {
+                self.incoming.remove(&peer);
+            }
+        }
         if Some(peer) == self.home {
             self.pool_retry_at = now.mono;
             self.fill_pool(now);

@@ -72,13 +72,19 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
         top: "anonymity = \"fast\"".into(),
         extra: String::new(),
         log_filter: "info,umbra=debug".into(),
+        pair_agreements: true,
     };
     let built = Instant::now();
     let mut m = NatMatrix::build(&cells, dir.path(), &options, |tag| Ok(netns(tag)))
         .unwrap_or_else(|e| panic!("building the matrix: {e}"));
-    eprintln!("matrix of {} cells built in {:?}", cells.len(), built.elapsed());
+    eprintln!(
+        "matrix of {} cells built in {:?}",
+        cells.len(),
+        built.elapsed()
+    );
     let started = Instant::now();
-    m.start().unwrap_or_else(|e| panic!("starting the daemons: {e}"));
+    m.start()
+        .unwrap_or_else(|e| panic!("starting the daemons: {e}"));
     let logs: Vec<&umbra_netlab::Daemon> = m.nodes.iter().map(|n| &n.daemon).collect();
 
     // Every cell links, with the kind its NATs allow, on both sides.
@@ -117,20 +123,58 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
             took.as_secs_f64()
         );
         if kind != c.expect {
-            wrong.push(format!("{} × {}: {kind}, not {}", a.name, b.name, c.expect));
+            let said = |n: &umbra_netlab::MatrixNode| {
+                n.daemon
+                    .log_text()
+                    .lines()
+                    .filter(|l| {
+                        ["travers", "punch", "relay", "link up", "link moved"]
+                            .iter()
+                            .any(|w| l.contains(w))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            wrong.push(format!(
+                "{} × {}: {kind}, not {}\n{}:\n{}\n{}:\n{}",
+                a.name,
+                b.name,
+                c.expect,
+                a.name,
+                said(a),
+                b.name,
+                said(b)
+            ));
         }
         if kind == "relayed" {
+            // Through a partner of both: P, Q, or a node both have a cell with.
             let via = ra["via"].as_str().unwrap_or_default();
-            let hubs = [&m.nodes[0].key, &m.nodes[1].key];
-            if !hubs.iter().any(|k| *k == via) || ra["via"] != rb["via"] {
-                wrong.push(format!("{} × {}: relayed via {via}, not P or Q on both sides ({rb})", a.name, b.name));
+            let partners = |x: usize| -> Vec<usize> {
+                let mut p: Vec<usize> = m
+                    .cells
+                    .iter()
+                    .filter_map(|c| (c.a == x).then_some(c.b).or((c.b == x).then_some(c.a)))
+                    .collect();
+                p.extend([0, 1]);
+                p
+            };
+            let (pa, pb) = (partners(c.a), partners(c.b));
+            let mutual = pa.iter().any(|i| pb.contains(i) && m.nodes[*i].key == via);
+            if !mutual || ra["via"] != rb["via"] {
+                wrong.push(format!(
+                    "{} × {}: relayed via {via}, not a partner of both, or not the same on both sides ({rb})",
+                    a.name, b.name
+                ));
             }
             if !ra["endpoint"].is_null() {
-                wrong.push(format!("{} × {}: a relayed link shows an endpoint: {ra}", a.name, b.name));
+                wrong.push(format!(
+                    "{} × {}: a relayed link shows an endpoint: {ra}",
+                    a.name, b.name
+                ));
             }
         }
     }
-    assert!(wrong.is_empty(), "wrong link kinds: {wrong:#?}");
+    assert!(wrong.is_empty(), "wrong link kinds:\n{}", wrong.join("\n"));
 
     // Each node names its NAT.
     for n in &m.nodes[2..] {
@@ -143,7 +187,12 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
             status["nat"]
         );
         if n.site == Site::Mapped {
-            assert!(!status["nat"]["port_mapping"].is_null(), "{}: {}", n.name, status["nat"]);
+            assert!(
+                !status["nat"]["port_mapping"].is_null(),
+                "{}: {}",
+                n.name,
+                status["nat"]
+            );
         }
     }
 
@@ -169,7 +218,13 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
         let r = iperf3(a.host(), &b.address, IperfOptions::new(1))
             .unwrap_or_else(|e| panic!("{} → {}: iperf3: {e}", a.name, b.name));
         drop(server);
-        assert!(r.bytes > 100_000, "{} → {}: {} bytes", a.name, b.name, r.bytes);
+        assert!(
+            r.bytes > 100_000,
+            "{} → {}: {} bytes",
+            a.name,
+            b.name,
+            r.bytes
+        );
         eprintln!(
             "{} → {} ({}): ping {:.2} ms, TCP {:.0} Mbit/s",
             a.name,
@@ -211,9 +266,16 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
     }
     // No graph record carries an IP: every node's graph, exported at
     // shutdown, holds none of the lab's addresses.
-    let ips: Vec<[u8; 4]> = m.nodes.iter().map(|n| n.ip.octets()).chain(
-        m.nodes.iter().filter_map(|n| n.nat.as_ref().map(|s| s.wan_ip.octets())),
-    ).collect();
+    let ips: Vec<[u8; 4]> = m
+        .nodes
+        .iter()
+        .map(|n| n.ip.octets())
+        .chain(
+            m.nodes
+                .iter()
+                .filter_map(|n| n.nat.as_ref().map(|s| s.wan_ip.octets())),
+        )
+        .collect();
     for n in &mut m.nodes {
         n.daemon.stop();
         let db = std::fs::read(n.daemon.state_dir.join("umbra.db")).unwrap_or_default();
@@ -234,4 +296,246 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
 /// the matrix never configures between pairs).
 fn graph_cache(db: &[u8]) -> Vec<u8> {
     db.to_vec()
+}
+
+/// Blocks (or unblocks) every packet from `from` at the router namespace
+/// `router`, ahead of connection tracking, as a firewall in the way would.
+fn block(router: &umbra_netlab::Netns, from: std::net::Ipv4Addr, on: bool) {
+    let rules = format!(
+        "table ip umbra_block {{\n  chain pre {{ type filter hook prerouting priority -300; policy accept;\n    ip saddr {from} drop\n  }}\n}}\n"
+    );
+    let out = if on {
+        router.run(&["nft", &rules])
+    } else {
+        router.run(&["nft", "delete", "table", "ip", "umbra_block"])
+    };
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "nft in {}",
+        router.name()
+    );
+}
+
+#[test]
+fn a_relayed_link_moves_to_a_punched_one_under_a_transfer() {
+    require_root();
+    umbra_netlab::require_tools(&[
+        ("nft", "nftables", "to build NAT routers"),
+        ("iperf3", "iperf3", "for the transfer"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let eim = Site::Nat(NatKind::Eim);
+    let dir = temp_dir("nat-upgrade");
+    let options = MatrixOptions {
+        umbra: umbra_bin(),
+        top: "anonymity = \"fast\"".into(),
+        extra: "\n[nat]\nretry_direct = \"2s\"\n".into(),
+        log_filter: "info,umbra=debug".into(),
+        pair_agreements: true,
+    };
+    let mut m = NatMatrix::build(&[(eim, eim)], dir.path(), &options, |tag| Ok(netns(tag)))
+        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let c = m.cells[0];
+    // Nothing from one NAT reaches the other: no punch can work.
+    let wan = |i: usize| {
+        m.nodes[i]
+            .nat
+            .as_ref()
+            .map(|s| s.wan_ip)
+            .expect("behind a NAT")
+    };
+    let (wan_a, wan_b) = (wan(c.a), wan(c.b));
+    fn router_of(m: &NatMatrix, i: usize) -> &umbra_netlab::Netns {
+        &m.nodes[i].nat.as_ref().expect("NAT").routers[0].netns
+    }
+    block(router_of(&m, c.b), wan_a, true);
+    m.start()
+        .unwrap_or_else(|e| panic!("starting the daemons: {e}"));
+    let (a, b) = (&m.nodes[c.a], &m.nodes[c.b]);
+    let logs = [&a.daemon, &b.daemon];
+    let kind = |x: &umbra_netlab::MatrixNode, y: &umbra_netlab::MatrixNode| {
+        x.daemon
+            .cli_json(&["peers", "--json"])
+            .ok()
+            .and_then(|p| peer_row(&p, &y.key))
+            .and_then(|r| r["kind"].as_str().map(str::to_string))
+    };
+    wait_for(
+        Duration::from_secs(90),
+        "a relayed link while punching is blocked",
+        &logs,
+        || {
+            (kind(a, b).as_deref() == Some("relayed") && kind(b, a).as_deref() == Some("relayed"))
+                .then_some(())
+        },
+    );
+    let circuit = |x: &umbra_netlab::MatrixNode, to: &str| {
+        x.daemon
+            .cli_json(&["path", to, "--json"])
+            .ok()
+            .and_then(|p| p["circuit"].as_str().map(str::to_string))
+    };
+    let before = circuit(a, &b.address).expect("a circuit to b");
+    let mut server = IperfServer::start(b.host(), &b.address, &dir.path().join("iperf3.log"), true)
+        .expect("iperf3 server");
+    let client = {
+        let ns = a.host().name().to_string();
+        let addr = b.address.clone();
+        std::thread::spawn(move || {
+            let out = umbra_netlab::run(&[
+                "ip", "netns", "exec", &ns, "iperf3", "-6", "-J", "-c", &addr, "-t", "20", "-i",
+                "1",
+            ])
+            .expect("iperf3");
+            serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    block(router_of(&m, c.b), wan_a, false);
+    let unblocked = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the link moved to a punched connection",
+        &logs,
+        || {
+            (kind(a, b).as_deref() == Some("punched") && kind(b, a).as_deref() == Some("punched"))
+                .then_some(())
+        },
+    );
+    let moved_after = unblocked.elapsed();
+    let report = client.join().expect("iperf3 thread");
+    let _ = server.proc.wait(Duration::from_secs(30));
+    let intervals: Vec<u64> = report["intervals"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "moved to punched {:.1} s after the block went; bytes per second: {intervals:?}",
+        moved_after.as_secs_f64()
+    );
+    assert!(
+        report["error"].is_null(),
+        "iperf3 failed: {}",
+        report["error"]
+    );
+    assert!(
+        intervals.len() >= 19,
+        "iperf3 did not run its 20 s: {report}"
+    );
+    assert!(
+        intervals.iter().all(|&b| b > 0),
+        "a second without data: {intervals:?}\nlogs:\n{}\n----\n{}",
+        a.daemon.log_text(),
+        b.daemon.log_text()
+    );
+    // The circuit over the link is the same one: the move dropped nothing.
+    assert_eq!(
+        circuit(a, &b.address),
+        Some(before),
+        "the circuit was rebuilt"
+    );
+    let _ = wan_b;
+}
+
+#[test]
+fn an_invite_without_endpoints_links_over_the_overlay() {
+    require_root();
+    umbra_netlab::require_tools(&[("nft", "nftables", "to build NAT routers")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (eim, edm) = (Site::Nat(NatKind::Eim), Site::Nat(NatKind::Edm));
+    let dir = temp_dir("nat-invite");
+    let options = MatrixOptions {
+        umbra: umbra_bin(),
+        top: "anonymity = \"fast\"".into(),
+        extra: String::new(),
+        log_filter: "info,umbra=debug".into(),
+        pair_agreements: false,
+    };
+    // Nodes behind an eim and an edm NAT, and a public one; each has
+    // agreements with P and Q only.
+    let mut m = NatMatrix::build(
+        &[(eim, edm), (eim, Site::Public)],
+        dir.path(),
+        &options,
+        |tag| Ok(netns(tag)),
+    )
+    .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    m.start()
+        .unwrap_or_else(|e| panic!("starting the daemons: {e}"));
+    let find = |name: &str| m.nodes.iter().position(|n| n.name == name).expect(name);
+    let (a, b, pub1) = (find("eim1"), find("edm1"), find("public1"));
+    let logs: Vec<&umbra_netlab::Daemon> = m.nodes.iter().map(|n| &n.daemon).collect();
+    // Everyone is linked to P and Q (both graphs reach the others).
+    wait_for(
+        Duration::from_secs(60),
+        "every node linked to P and Q",
+        &logs,
+        || {
+            m.nodes[2..]
+                .iter()
+                .all(|n| {
+                    n.daemon.link_up_to(&m.nodes[0].key) && n.daemon.link_up_to(&m.nodes[1].key)
+                })
+                .then_some(())
+        },
+    );
+    for (inviter, acceptor, want) in [(a, b, "relayed"), (a, pub1, "direct")] {
+        let (i, j) = (&m.nodes[inviter], &m.nodes[acceptor]);
+        let invite = i
+            .daemon
+            .cli_json(&["invite", "--terms", "1TB/30d", "--json"])
+            .expect("umbra invite");
+        assert_eq!(
+            invite["endpoints"],
+            serde_json::json!([]),
+            "{}: {invite}",
+            i.name
+        );
+        assert!(
+            invite["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("overlay")),
+            "{invite}"
+        );
+        let token = invite["token"].as_str().expect("token");
+        let accepted = j.daemon.cli_json(&["accept", token, "--json"]);
+        assert!(
+            accepted.is_ok(),
+            "{} accepting {}'s token: {accepted:?}\nlogs:\n{}\n----\n{}",
+            j.name,
+            i.name,
+            i.daemon.log_text(),
+            j.daemon.log_text()
+        );
+        let row = wait_for(
+            Duration::from_secs(30),
+            "the inviter sees the link",
+            &logs,
+            || {
+                i.daemon
+                    .cli_json(&["peers", "--json"])
+                    .ok()
+                    .and_then(|p| peer_row(&p, &j.key))
+            },
+        );
+        assert_eq!(row["kind"], want, "{} × {}: {row}", i.name, j.name);
+        // Both sides hold the agreement.
+        for (x, y) in [(i, j), (j, i)] {
+            let list = x
+                .daemon
+                .cli_json(&["agreements", "--json"])
+                .expect("agreements");
+            assert!(
+                list.as_array().is_some_and(|l| l
+                    .iter()
+                    .any(|ag| ag["peer_key"] == y.key.as_str() && ag["state"] == "active")),
+                "{}: {list}",
+                x.name
+            );
+        }
+    }
 }

@@ -338,3 +338,64 @@ proptest! {
         prop_assert_eq!(got(&sim, 0), vec![(keys[1], payload)]);
     }
 }
+
+/// With the fast setting, a destination that becomes a neighbour (a link to
+/// it comes up, as after NAT traversal) gets that link for new flows and
+/// messages, not the longer circuit built before (which closes once nothing
+/// uses it; docs/architecture.md, "NAT traversal").
+#[test]
+fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
+    let mut sim = Sim::new(seed(0x3e55_0077));
+    let mut rng = Rng::new(seed(0x3e55_0077));
+    let ids: Vec<Identity> = (0..3)
+        .map(|_| Identity::from_seed(&rng.bytes32()))
+        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
+    let base = Instant::now();
+    // A triangle of agreements; the A–C link starts down.
+    for (i, id) in ids.into_iter().enumerate() {
+        let peers: Vec<[u8; 32]> = (0..3).filter(|&j| j != i).map(|j| keys[j]).collect();
+        sim.add_node(RouterNode::new(
+            id,
+            &peers,
+            Anonymity::Fast,
+            None,
+            rng.fork(),
+            base,
+        ));
+    }
+    let (ab, bc, ac) = (
+        sim.add_link(0, 1, LinkParams::default()),
+        sim.add_link(1, 2, LinkParams::default()),
+        sim.add_link(0, 2, LinkParams::default()),
+    );
+    sim.set_link_up(ab);
+    sim.set_link_up(bc);
+    assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
+    let path_to_c = |sim: &Sim<RouterNode>| -> Vec<usize> {
+        node(sim, 0)
+            .core
+            .circuits()
+            .filter(|c| c.role == CircuitRole::Origin && c.built && c.peer == Some(keys[2]))
+            .map(|c| c.path.len())
+            .collect()
+    };
+    sim.with_node(0, |n, t| n.message(t, &keys[2], b"first"))
+        .expect("node")
+        .expect("sent");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(got(&sim, 2).len(), 1, "{}", sim.context());
+    assert_eq!(path_to_c(&sim), vec![2], "through B while A–C is down");
+    sim.set_link_up(ac);
+    sim.run_for(Duration::from_secs(1));
+    sim.with_node(0, |n, t| n.message(t, &keys[2], b"second"))
+        .expect("node")
+        .expect("sent");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(got(&sim, 2).len(), 2, "{}", sim.context());
+    assert_eq!(
+        path_to_c(&sim),
+        vec![1],
+        "a one-hop circuit over the new link"
+    );
+}

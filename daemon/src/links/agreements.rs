@@ -13,9 +13,15 @@ use umbra_transport::proto::agreement::Ask;
 use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::invite::Invite;
 
-use super::{Links, now_unix};
+use super::{Links, now_unix, short_key};
 use crate::db::{Agreement, Origin};
 use crate::events::Input;
+use umbra_transport::proto::traversal::Traversal;
+
+/// How long `umbra accept` of a token without endpoints waits for the link.
+const ACCEPT_OVER_OVERLAY_WAIT: Duration = Duration::from_secs(60);
+/// How often it tells the inviter again until the link is up.
+const ACCEPT_RESEND: Duration = Duration::from_secs(5);
 
 impl Links {
     /// The terms we would offer `peer` for an existing agreement.
@@ -29,13 +35,17 @@ impl Links {
         }
     }
 
-    /// `umbra invite`: stores a one-time secret and returns the token.
+    /// `umbra invite`: stores a one-time secret and returns the token, and
+    /// the endpoints it names. Without `--endpoint` the token names where
+    /// others can dial this node (its listeners when nothing translates its
+    /// address, its port mapping), or none at all: the accepting node then
+    /// answers over the overlay (docs/architecture.md, "NAT traversal").
     pub(crate) fn invite(
         &self,
         terms: Terms,
         ttl: Duration,
         endpoints: Vec<String>,
-    ) -> Result<(String, u64)> {
+    ) -> Result<(String, u64, Vec<String>)> {
         let mut endpoints = endpoints;
         if endpoints.is_empty() {
             endpoints = self
@@ -46,17 +56,22 @@ impl Links {
                 .filter(|a| !a.ip().is_unspecified())
                 .map(|a| a.to_string())
                 .collect();
-        }
-        if endpoints.is_empty() {
-            bail!(
-                "no endpoint to put in the token: this node listens only on a wildcard address; pass --endpoint HOST:PORT (the address the other node can dial)"
-            );
+            if self.nat_class().mapping != umbra_transport::proto::nat::Mapping::Public {
+                // Behind a NAT the listener's own address is no use to others.
+                endpoints.clear();
+            }
+            for e in self.our_endpoints().1 {
+                if e.kind.is_dialable() && !endpoints.contains(&e.addr.to_string()) {
+                    endpoints.push(e.addr.to_string());
+                }
+            }
+            endpoints.truncate(umbra_transport::proto::invite::INVITE_MAX_ENDPOINTS);
         }
         let expiry = now_unix() + ttl.as_secs();
         let secret = Invite::random_secret();
         let invite = Invite::new(
             self.identity.public(),
-            endpoints,
+            endpoints.clone(),
             terms.bytes_per_period,
             terms.period_secs,
             expiry,
@@ -64,11 +79,12 @@ impl Links {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.store().add_invite(&secret, terms, expiry)?;
-        Ok((invite.encode(), expiry))
+        Ok((invite.encode(), expiry, endpoints))
     }
 
-    /// `umbra accept`: dials the inviter with the token's secret; returns
-    /// once the link is up.
+    /// `umbra accept`: dials the inviter with the token's secret (or, for a
+    /// token without endpoints, answers it over the overlay); returns once
+    /// the link is up.
     pub(crate) async fn accept(self: &Arc<Self>, token: &str) -> Result<Value> {
         let invite =
             Invite::decode(token).map_err(|e| anyhow::anyhow!("the token is not valid: {e}"))?;
@@ -83,19 +99,112 @@ impl Links {
             bytes_per_period: invite.bytes_per_period(),
             period_secs: invite.period_secs(),
         };
-        self.dial_with(&peer, invite.endpoints(), Ask::Invite(*invite.secret()), terms, Origin::Invite)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the inviter did not accept the token ({e:#}); it may be used already, expired or revoked: ask for a new one"
-                )
-            })?;
+        if invite.endpoints().is_empty() {
+            self.accept_over_overlay(&peer, *invite.secret(), terms)
+                .await?;
+        } else {
+            self.dial_with(&peer, invite.endpoints(), Ask::Invite(*invite.secret()), terms, Origin::Invite)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the inviter did not accept the token ({e:#}); it may be used already, expired or revoked: ask for a new one"
+                    )
+                })?;
+        }
         self.spawn_dialers();
         Ok(json!({
             "peer_key": hex::encode(peer),
             "peer_address": address::address_for_key(&peer, self.prefix).to_string(),
             "terms": terms.to_string(),
         }))
+    }
+
+    /// Accepts a token without endpoints: takes the agreement on this side,
+    /// tells the inviter over the overlay (the secret proves the token, and
+    /// this node's endpoints go along), and waits for the link NAT
+    /// traversal makes. Without a link in [`ACCEPT_OVER_OVERLAY_WAIT`] the
+    /// agreement is dropped again.
+    async fn accept_over_overlay(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        secret: [u8; 16],
+        terms: Terms,
+    ) -> Result<()> {
+        let fresh = self.store().agreement_with(peer)?.is_none();
+        self.store()
+            .upsert_active(peer, terms, &[], Origin::Invite, now_unix(), None)?;
+        let _ = self.datapath.send(Input::Edges(self.edges())).await;
+        let deadline = tokio::time::Instant::now() + ACCEPT_OVER_OVERLAY_WAIT;
+        let mut attempt = 0;
+        let mut last_error = String::from("no answer yet");
+        while tokio::time::Instant::now() < deadline {
+            if self.live_link(peer).is_some() {
+                return Ok(());
+            }
+            let (_, endpoints) = self.our_endpoints();
+            let msg = Traversal::InviteAccepted { secret, endpoints };
+            match self.send_traversal(peer, &msg, attempt).await {
+                Ok(route) => {
+                    tracing::info!(peer = %short_key(peer), route = route.as_str(), "told the inviter over the overlay that its token is accepted");
+                    self.spawn_traversal(*peer);
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            attempt += 1;
+            let wait = tokio::time::Instant::now() + ACCEPT_RESEND;
+            while tokio::time::Instant::now() < wait.min(deadline) {
+                if self.live_link(peer).is_some() {
+                    return Ok(());
+                }
+                let changed = self.changed.notified();
+                let _ = tokio::time::timeout_at(wait.min(deadline), changed).await;
+            }
+        }
+        if fresh {
+            let _ = self.store().revoke_peer(peer);
+            let _ = self.datapath.send(Input::Edges(self.edges())).await;
+        }
+        bail!(
+            "the token names no endpoint, so the inviter must be reached through the overlay, \
+             and no link came up within {ACCEPT_OVER_OVERLAY_WAIT:?} (last: {last_error}). This node \
+             needs a link of its own (a partner whose graph reaches the inviter) or a partner in \
+             common with the inviter; or ask the inviter for a token with --endpoint"
+        )
+    }
+
+    /// An invite of ours that named no endpoint was accepted by `from` over
+    /// the overlay: the secret must be one of ours, unused; then `from` is a
+    /// partner and traversal links it.
+    pub(super) async fn on_invite_accepted(
+        self: &Arc<Self>,
+        from: [u8; 32],
+        secret: [u8; 16],
+        endpoints: Vec<umbra_transport::proto::traversal::Endpoint>,
+    ) {
+        let short = short_key(&from);
+        let used = self.store().use_invite(&secret, &from, now_unix());
+        match used {
+            Ok(Ok(terms)) => {
+                if let Err(e) =
+                    self.store()
+                        .upsert_active(&from, terms, &[], Origin::Invite, now_unix(), None)
+                {
+                    tracing::error!(peer = %short, "recording an agreement: {e:#}");
+                    return;
+                }
+                tracing::info!(peer = %short, %terms, "our invite was accepted over the overlay");
+                self.remember_endpoints(&from, endpoints);
+                let _ = self.datapath.send(Input::Edges(self.edges())).await;
+                self.spawn_traversal(from);
+            }
+            Ok(Err(crate::db::InviteRefusal::Used)) if self.is_partner(&from) => {
+                tracing::debug!(peer = %short, "the invite acceptance came again");
+            }
+            Ok(Err(why)) => {
+                tracing::info!(peer = %short, ?why, "refused an invite acceptance over the overlay");
+            }
+            Err(e) => tracing::error!(peer = %short, "checking an invite: {e:#}"),
+        }
     }
 
     /// `umbra agreements revoke ID`: marks it revoked, tells the peer, and

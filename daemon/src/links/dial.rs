@@ -144,7 +144,13 @@ impl Links {
             match self.dialer.dial(&target, &payload).await {
                 Ok(link) => {
                     self.metrics.outbound_handshake("ok");
-                    return self.finish_dial_with(peer, link, terms, Some((endpoints, origin)), LinkKind::Direct);
+                    return self.finish_dial_with(
+                        peer,
+                        link,
+                        terms,
+                        Some((endpoints, origin)),
+                        LinkKind::Direct,
+                    );
                 }
                 Err(e) => {
                     let result = match &e {
@@ -167,7 +173,11 @@ impl Links {
 
     /// Dials endpoints of `peer` that traversal found (its listener or port
     /// mapping), without storing them: they change with the peer's NAT.
-    pub(super) async fn dial_found(self: &Arc<Self>, peer: &[u8; 32], endpoints: &[String]) -> Result<()> {
+    pub(super) async fn dial_found(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        endpoints: &[String],
+    ) -> Result<()> {
         let terms = self.terms_for(peer);
         let payload = agreement::link_ask(&self.identity, peer, Ask::Agreement, terms).encode();
         let mut errors = Vec::new();

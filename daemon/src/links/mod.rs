@@ -171,7 +171,10 @@ impl Links {
 
     /// The listener, for punched and relayed connections.
     fn link_listener(&self) -> Option<Arc<LinkListener>> {
-        self.listener.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Port mapping runs; its status tells partners the mapped endpoint.

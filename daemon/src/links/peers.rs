@@ -270,7 +270,10 @@ impl Links {
         loop {
             let changed = self.changed.notified();
             let found = self.with_entry(peer, link_id, |e| {
-                let i = e.successors.iter().position(|l| l.handshake_hash == *hash)?;
+                let i = e
+                    .successors
+                    .iter()
+                    .position(|l| l.handshake_hash == *hash)?;
                 Some(e.successors.swap_remove(i))
             });
             match found {
@@ -359,7 +362,10 @@ impl Links {
                                 self.on_relay_close(link_id, id, reason).await;
                                 continue;
                             }
-                            Err(e @ (LinkControlError::Unknown | LinkControlError::Malformed { .. })) => {
+                            Err(
+                                e
+                                @ (LinkControlError::Unknown | LinkControlError::Malformed { .. }),
+                            ) => {
                                 tracing::debug!(peer = %short_key(&peer), error = %e, "ignoring a link control message");
                                 self.traversal_counters().bump_malformed();
                                 continue;
@@ -488,6 +494,10 @@ impl Links {
                     "padding_out": padding.map(|p| p.frames_out),
                     "padding_in": padding.map(|p| p.frames_in),
                     "padding_malformed": e.padding_malformed,
+                    // NAT traversal with this peer (docs/cli.md, "umbra
+                    // peers"): its endpoints as it last said, and the last
+                    // step tried; null when it never ran.
+                    "traversal": self.traversal_json(key),
                 })
             })
             .collect();

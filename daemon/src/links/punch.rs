@@ -82,20 +82,27 @@ impl Links {
             let tcp = match simultaneous_open(&punch).await {
                 Ok(t) => t,
                 Err(e) => {
-                    errors.push(format!("attempt {} (round trip {rtt:?}, primer TTL {primer:?}): {e}", i + 1));
+                    errors.push(format!(
+                        "attempt {} (round trip {rtt:?}, primer TTL {primer:?}): {e}",
+                        i + 1
+                    ));
                     continue;
                 }
             };
             let local = tcp.local_addr()?;
             let remote = tcp.peer_addr()?;
             let terms = self.terms_for(peer);
-            let payload = crate::agreement::link_ask(&self.identity, peer, Ask::Agreement, terms).encode();
+            let payload =
+                crate::agreement::link_ask(&self.identity, peer, Ask::Agreement, terms).encode();
             let target = tio::DialTarget {
                 peer: *peer,
                 endpoint: remote.to_string(),
                 server_name: None,
             };
-            let link = self.dialer.dial_stream(tcp, (local, remote), &target, &payload).await?;
+            let link = self
+                .dialer
+                .dial_stream(tcp, (local, remote), &target, &payload)
+                .await?;
             tracing::info!(peer = %short_key(peer), attempt = i + 1, rtt = ?rtt, primer = ?primer, %remote, "hole punched");
             return self.finish_dial(peer, link, terms, LinkKind::Punched);
         }
@@ -143,7 +150,9 @@ impl Links {
             Ok(Some(link)) => {
                 tracing::warn!(expected = %short, got = %short_key(&link.peer), "a punched link's handshake named another node; dropped");
             }
-            _ => tracing::info!(peer = %short, "hole punching (following): the connection opened but no link came over it"),
+            _ => {
+                tracing::info!(peer = %short, "hole punching (following): the connection opened but no link came over it")
+            }
         }
     }
 }

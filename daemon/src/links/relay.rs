@@ -32,8 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use umbra_transport::io::{self as tio, Link, LinkSender};
 use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::relay::{
-    CloseReason, RELAY_CHUNK_MAX_LEN, StreamId, decode_relay, id_parity, nth_stream_id,
-    relay_frame,
+    CloseReason, RELAY_CHUNK_MAX_LEN, StreamId, decode_relay, id_parity, nth_stream_id, relay_frame,
 };
 
 use super::peers::LinkKind;
@@ -61,7 +60,8 @@ const RELAY_BURST: Duration = Duration::from_millis(250);
 
 /// The two ends of a relayed link don't know each other's IP, so its
 /// connection has no addresses; a link over one reports these.
-const NO_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+const NO_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// A relayed link as the relay counts it: the two partners, its bytes, and
 /// its rate and total.
@@ -86,7 +86,8 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(rate: u64, now: Instant) -> TokenBucket {
-        let burst = (rate as f64 * RELAY_BURST.as_secs_f64()).max(RELAY_CHUNK_MAX_LEN as f64) as u64;
+        let burst =
+            (rate as f64 * RELAY_BURST.as_secs_f64()).max(RELAY_CHUNK_MAX_LEN as f64) as u64;
         TokenBucket {
             rate,
             burst,
@@ -180,7 +181,11 @@ impl Links {
 
     /// Opens a relayed link to `peer` through `via`, as the TLS client, and
     /// adopts it. Fails with the relay's reason if it refuses.
-    pub(super) async fn open_relay(self: &Arc<Self>, peer: &[u8; 32], via: &[u8; 32]) -> Result<()> {
+    pub(super) async fn open_relay(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        via: &[u8; 32],
+    ) -> Result<()> {
         let Some((link_id, sender, kind)) = self.live_link(via) else {
             bail!("no live link to the relay {}", short_key(via));
         };
@@ -196,9 +201,10 @@ impl Links {
         {
             bail!("the link to the relay {} closed", short_key(via));
         }
+        // The relayed stream has no address: the request names none.
         let target = tio::DialTarget {
             peer: *peer,
-            endpoint: format!("relayed via {}", short_key(via)),
+            endpoint: NO_ADDR.to_string(),
             server_name: None,
         };
         let terms = self.terms_for(peer);
@@ -209,11 +215,13 @@ impl Links {
             terms,
         )
         .encode();
-        let dial = self.dialer.dial_stream(pipe, (NO_ADDR, NO_ADDR), &target, &payload);
+        let dial = self
+            .dialer
+            .dial_stream(pipe, (NO_ADDR, NO_ADDR), &target, &payload);
         tokio::pin!(dial);
         let mut closed = closed;
         let link = tokio::select! {
-            r = &mut dial => r?,
+            r = &mut dial => r.map_err(|e| anyhow::anyhow!("relay {}: {e}", short_key(via)))?,
             reason = &mut closed => {
                 let reason = reason.unwrap_or(CloseReason::Closed);
                 bail!("relay {}: {reason}", short_key(via));
@@ -344,13 +352,17 @@ impl Links {
         } else {
             None
         };
-        let target = self.live_link(&to).filter(|(_, _, k)| k.via().is_none() && to != *from);
+        let target = self
+            .live_link(&to)
+            .filter(|(_, _, k)| k.via().is_none() && to != *from);
         let refusal = refusal.or(target.is_none().then_some(CloseReason::NoLink));
         let (Some((to_link, onward, _)), None) = (target, refusal) else {
             let reason = refusal.unwrap_or(CloseReason::NoLink);
             tracing::info!(from = %short_key(from), to = %short_key(&to), %reason, "refused to relay");
             self.relay_refused(reason);
-            let _ = back.send(LinkControl::RelayClose { id, reason }.frame()).await;
+            let _ = back
+                .send(LinkControl::RelayClose { id, reason }.frame())
+                .await;
             return;
         };
         let to_id = self.next_stream_id(to_link, &to);
@@ -363,8 +375,20 @@ impl Links {
             bucket: TokenBucket::new(config.nat.relay_rate.bytes_per_sec.into(), now),
             total_max: config.nat.relay_total,
         }));
-        let a = self.spawn_half(Arc::clone(&pair), (link_id, id), back.clone(), (to_link, to_id), onward.clone());
-        let b = self.spawn_half(Arc::clone(&pair), (to_link, to_id), onward.clone(), (link_id, id), back);
+        let a = self.spawn_half(
+            Arc::clone(&pair),
+            (link_id, id),
+            back.clone(),
+            (to_link, to_id),
+            onward.clone(),
+        );
+        let b = self.spawn_half(
+            Arc::clone(&pair),
+            (to_link, to_id),
+            onward.clone(),
+            (link_id, id),
+            back,
+        );
         {
             let mut relay = self.relay();
             relay.halves.insert((link_id, id), a);
@@ -373,7 +397,13 @@ impl Links {
         }
         tracing::info!(from = %short_key(from), to = %short_key(&to), "relaying a link");
         let _ = onward
-            .send(LinkControl::RelayIn { id: to_id, from: *from }.frame())
+            .send(
+                LinkControl::RelayIn {
+                    id: to_id,
+                    from: *from,
+                }
+                .frame(),
+            )
             .await;
     }
 
@@ -443,7 +473,12 @@ impl Links {
     }
 
     fn relay_refused(&self, reason: CloseReason) {
-        *self.relay().counters.refused.entry(reason.as_str()).or_insert(0) += 1;
+        *self
+            .relay()
+            .counters
+            .refused
+            .entry(reason.as_str())
+            .or_insert(0) += 1;
     }
 
     /// Ends relayed stream `half` and its other half: the other half's link
@@ -460,7 +495,10 @@ impl Links {
             (h, other)
         };
         if let Some(o) = other {
-            let close = LinkControl::RelayClose { id: h.other.1, reason };
+            let close = LinkControl::RelayClose {
+                id: h.other.1,
+                reason,
+            };
             let _ = o.link.send(close.frame()).await;
         }
         if tell_both {
@@ -497,6 +535,9 @@ impl Links {
     pub(super) async fn on_relay_close(&self, link_id: LinkId, id: StreamId, reason: CloseReason) {
         let end = self.relay().ends.remove(&(link_id, id));
         if let Some(mut end) = end {
+            if reason != CloseReason::Closed {
+                tracing::info!(stream = id, %reason, "a relayed stream ended");
+            }
             if let Some(tx) = end.closed.take() {
                 let _ = tx.send(reason);
             }
@@ -510,8 +551,18 @@ impl Links {
         let (halves, ends): (Vec<(LinkId, StreamId)>, Vec<(LinkId, StreamId)>) = {
             let relay = self.relay();
             (
-                relay.halves.keys().filter(|k| k.0 == link_id).copied().collect(),
-                relay.ends.keys().filter(|k| k.0 == link_id).copied().collect(),
+                relay
+                    .halves
+                    .keys()
+                    .filter(|k| k.0 == link_id)
+                    .copied()
+                    .collect(),
+                relay
+                    .ends
+                    .keys()
+                    .filter(|k| k.0 == link_id)
+                    .copied()
+                    .collect(),
             )
         };
         for h in halves {

@@ -167,7 +167,10 @@ impl Links {
     async fn send_forwarded(&self, peer: &[u8; 32], body: &[u8], attempt: usize) -> Result<()> {
         let shared = self.shared_partners(peer).await;
         if shared.is_empty() {
-            bail!("no partner of ours with a live link is a partner of {}", short_key(peer));
+            bail!(
+                "no partner of ours with a live link is a partner of {}",
+                short_key(peer)
+            );
         }
         let via = shared[attempt / 2 % shared.len()];
         let envelope = traversal::seal(&self.identity, peer, now_unix(), body)
@@ -194,7 +197,12 @@ impl Links {
         theirs.extend(self.relays_of(peer));
         let mut shared: Vec<[u8; 32]> = theirs
             .into_iter()
-            .filter(|k| k != peer && self.live_link(k).is_some_and(|(_, _, kind)| kind.via().is_none()))
+            .filter(|k| {
+                k != peer
+                    && self
+                        .live_link(k)
+                        .is_some_and(|(_, _, kind)| kind.via().is_none())
+            })
             .collect();
         shared.sort_unstable();
         shared.dedup();
@@ -204,7 +212,12 @@ impl Links {
     /// `peer`'s agreement edges in the graph (both ends signed).
     async fn neighbours_of(&self, peer: &[u8; 32]) -> Vec<[u8; 32]> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.datapath.send(Input::Neighbours(*peer, tx)).await.is_err() {
+        if self
+            .datapath
+            .send(Input::Neighbours(*peer, tx))
+            .await
+            .is_err()
+        {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -237,7 +250,9 @@ impl Links {
             traversal::open(&mut opener, envelope, now_unix())
         };
         match opened {
-            Ok((sealer, body)) if sealer == *from => self.on_traversal(from, &body, Route::Forwarded),
+            Ok((sealer, body)) if sealer == *from => {
+                self.on_traversal(from, &body, Route::Forwarded)
+            }
             Ok((sealer, _)) => {
                 self.signal.bump_malformed();
                 tracing::debug!(via = %short_key(via), claimed = %short_key(from), sealer = %short_key(&sealer), "dropped an envelope sealed by another node than named");
@@ -262,11 +277,6 @@ impl Links {
 
     /// A traversal message from `from` arrived by `route`.
     pub(super) fn on_traversal(self: &Arc<Self>, from: &[u8; 32], body: &[u8], route: Route) {
-        if !self.is_partner(from) {
-            self.signal.not_partner.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(from = %short_key(from), route = route.as_str(), "dropped a traversal message from a node that is not a partner");
-            return;
-        }
         let msg = match Traversal::decode(body) {
             Ok(m) => m,
             Err(e) => {
@@ -275,6 +285,14 @@ impl Links {
                 return;
             }
         };
+        // Only partners talk traversal; a node accepting our invite is one
+        // once its secret checks out.
+        let accepting = matches!(msg, Traversal::InviteAccepted { .. });
+        if !accepting && !self.is_partner(from) {
+            self.signal.not_partner.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(from = %short_key(from), route = route.as_str(), "dropped a traversal message from a node that is not a partner");
+            return;
+        }
         self.signal.received[SignalCounters::slot(route)].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(from = %short_key(from), route = route.as_str(), kind = msg.name(), "traversal message");
         let me = Arc::clone(self);

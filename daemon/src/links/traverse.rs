@@ -63,6 +63,9 @@ pub(super) struct PeerTraversal {
     pub(super) punch_reply: Option<(u64, oneshot::Sender<()>)>,
     /// As the punch responder: the nonce answered, which a sync must name.
     pub(super) punch_answered: Option<u64>,
+    /// As the punch responder: the attempt in flight. A new sync ends it, so
+    /// two attempts never hold the same ports.
+    pub(super) punch_follow: Option<tokio::task::AbortHandle>,
     /// A traversal task runs for this partner.
     running: bool,
     /// The last step tried and how it went, for `umbra peers`.
@@ -84,7 +87,11 @@ impl Links {
         self.traversal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn with_traversal<T>(&self, peer: &[u8; 32], f: impl FnOnce(&mut PeerTraversal) -> T) -> T {
+    pub(super) fn with_traversal<T>(
+        &self,
+        peer: &[u8; 32],
+        f: impl FnOnce(&mut PeerTraversal) -> T,
+    ) -> T {
         f(self.traversal().entry(*peer).or_default())
     }
 
@@ -119,7 +126,11 @@ impl Links {
         let class = self.nat_class();
         let mut endpoints = Vec::new();
         if class.mapping == Mapping::Public {
-            let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let listeners = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             for l in listeners {
                 if !l.ip().is_unspecified() {
                     endpoints.push(Endpoint {
@@ -145,7 +156,10 @@ impl Links {
                 addr: mapped,
             });
         }
-        if matches!(class.mapping, Mapping::EndpointIndependent | Mapping::Unknown) {
+        if matches!(
+            class.mapping,
+            Mapping::EndpointIndependent | Mapping::Unknown
+        ) {
             for e in &class.external {
                 endpoints.push(Endpoint {
                     kind: EndpointKind::Observed,
@@ -180,7 +194,12 @@ impl Links {
     }
 
     /// Handles a traversal message from partner `from`.
-    pub(super) async fn handle_traversal(self: Arc<Self>, from: [u8; 32], msg: Traversal, route: Route) {
+    pub(super) async fn handle_traversal(
+        self: Arc<Self>,
+        from: [u8; 32],
+        msg: Traversal,
+        route: Route,
+    ) {
         match msg {
             Traversal::Endpoints {
                 seq,
@@ -213,7 +232,9 @@ impl Links {
                             self.with_traversal(&from, |t| t.last_sent = Some(Instant::now()));
                             tracing::debug!(peer = %short_key(&from), route = r.as_str(), "answered with our endpoints");
                         }
-                        Err(e) => tracing::info!(peer = %short_key(&from), "could not answer with our endpoints: {e:#}"),
+                        Err(e) => {
+                            tracing::info!(peer = %short_key(&from), "could not answer with our endpoints: {e:#}")
+                        }
                     }
                 }
                 // A partner looking for us that we are not looking for
@@ -242,9 +263,16 @@ impl Links {
                 }
             }
             Traversal::PunchSync { nonce } => {
-                let expected = self.with_traversal(&from, |t| t.punch_answered.take() == Some(nonce));
+                let expected =
+                    self.with_traversal(&from, |t| t.punch_answered.take() == Some(nonce));
                 if expected {
-                    self.punch_responder(from).await;
+                    let me = Arc::clone(&self);
+                    let task = tokio::spawn(async move { me.punch_responder(from).await });
+                    let old =
+                        self.with_traversal(&from, |t| t.punch_follow.replace(task.abort_handle()));
+                    if let Some(old) = old {
+                        old.abort();
+                    }
                 } else {
                     tracing::debug!(peer = %short_key(&from), "hole punching: a sync for a punch not agreed; ignored");
                 }
@@ -277,9 +305,13 @@ impl Links {
                 }
                 Some(_) => {
                     // Relayed: try for better in the background.
-                    self.wait_while_relayed(&peer, jittered(upgrade / 2, upgrade, &mut OsRng)).await;
+                    self.wait_while_relayed(&peer, jittered(upgrade / 2, upgrade, &mut OsRng))
+                        .await;
                     upgrade = (upgrade * 2).min(UPGRADE_WAIT_MAX);
-                    if self.live_link(&peer).is_some_and(|(_, _, k)| k.via().is_none()) {
+                    if self
+                        .live_link(&peer)
+                        .is_some_and(|(_, _, k)| k.via().is_none())
+                    {
                         continue;
                     }
                     tried = Tried::default();
@@ -320,7 +352,8 @@ impl Links {
     /// [`CLASSIFY_WAIT`].
     async fn wait_for_classification(&self) {
         let deadline = tokio::time::Instant::now() + CLASSIFY_WAIT;
-        while self.nat_class().mapping == Mapping::Unknown && tokio::time::Instant::now() < deadline {
+        while self.nat_class().mapping == Mapping::Unknown && tokio::time::Instant::now() < deadline
+        {
             let changed = self.changed.notified();
             let _ = tokio::time::timeout(Duration::from_millis(500), changed).await;
         }
@@ -405,7 +438,10 @@ impl Links {
                 let endpoints: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 self.dial_found(peer, &endpoints).await.map_err(|e| {
                     tried.dial_failed = true;
-                    anyhow!("dialing the endpoints it gave ({}): {e:#}", endpoints.join(", "))
+                    anyhow!(
+                        "dialing the endpoints it gave ({}): {e:#}",
+                        endpoints.join(", ")
+                    )
                 })?;
             }
             Step::AwaitDial => {
@@ -418,18 +454,21 @@ impl Links {
                 initiator: true,
                 target,
             } => {
-                self.punch_initiator(peer, target, attempt).await.map_err(|e| {
-                    tried.punch_failed = true;
-                    anyhow!("hole punching to {target}: {e:#}")
-                })?;
+                self.punch_initiator(peer, target, attempt)
+                    .await
+                    .map_err(|e| {
+                        tried.punch_failed = true;
+                        anyhow!("hole punching to {target}: {e:#}")
+                    })?;
             }
             Step::Punch {
-                initiator: false,
-                ..
+                initiator: false, ..
             } => {
                 if !self.wait_for_link(peer, relayed_now, FOLLOW_WAIT).await {
                     tried.punch_failed = true;
-                    bail!("no punched link: the partner leads the punch, and none came within {FOLLOW_WAIT:?}");
+                    bail!(
+                        "no punched link: the partner leads the punch, and none came within {FOLLOW_WAIT:?}"
+                    );
                 }
             }
             Step::Relay { .. } if relayed_now => return Ok("stay relayed"),
@@ -466,7 +505,12 @@ impl Links {
         }
         let mut errors = Vec::new();
         for via in shared {
-            match tokio::time::timeout(super::relay::RELAY_OPEN_TIMEOUT, self.open_relay(peer, &via)).await {
+            match tokio::time::timeout(
+                super::relay::RELAY_OPEN_TIMEOUT,
+                self.open_relay(peer, &via),
+            )
+            .await
+            {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => errors.push(format!("{e:#}")),
                 Err(_) => errors.push(format!("relay {}: timed out", short_key(&via))),
@@ -491,14 +535,16 @@ impl Links {
 }
 
 impl Links {
-    /// An invite of ours that had no endpoint was accepted by `from` over
-    /// the overlay.
-    async fn on_invite_accepted(
-        self: &Arc<Self>,
-        from: [u8; 32],
-        _secret: [u8; traversal::INVITE_SECRET_LEN],
-        _endpoints: Vec<Endpoint>,
-    ) {
-        tracing::info!(from = %short_key(&from), "an invite acceptance over the overlay is not handled yet");
+    /// Keeps `endpoints` as `peer`'s latest (from an invite acceptance).
+    pub(super) fn remember_endpoints(&self, peer: &[u8; 32], endpoints: Vec<Endpoint>) {
+        self.with_traversal(peer, |t| {
+            t.theirs = Some(Theirs {
+                seq: 0,
+                mapping: Mapping::Unknown,
+                endpoints,
+                relays: Vec::new(),
+                at: Instant::now(),
+            });
+        });
     }
 }
