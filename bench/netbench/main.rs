@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod measure;
+mod nat;
 mod overlay;
 mod profile;
 mod report;
@@ -78,6 +79,11 @@ struct Args {
     /// one iperf3 run; reports go to <out>/profile
     #[arg(long)]
     profile: bool,
+    /// instead, measure the NAT matrix (umbra only): time to link for every
+    /// pair of NAT kinds, and TCP across a direct, a punched and a relayed
+    /// link; writes <out>/nat-latest.json
+    #[arg(long)]
+    nat: bool,
 }
 
 /// `--only`.
@@ -100,6 +106,7 @@ pub(crate) struct Options {
     pub(crate) systems: Vec<System>,
     pub(crate) keep: bool,
     pub(crate) profile: bool,
+    pub(crate) nat: bool,
 }
 
 fn workspace_dir() -> PathBuf {
@@ -122,6 +129,7 @@ fn parse_args() -> R<Options> {
         only,
         keep,
         profile,
+        nat,
     } = clap::Parser::parse();
     let systems = match only {
         Some(Only::Umbra) => vec![System::Umbra],
@@ -154,6 +162,7 @@ fn parse_args() -> R<Options> {
         systems,
         keep,
         profile,
+        nat,
     })
 }
 
@@ -181,6 +190,18 @@ fn preflight(o: &Options) -> R<()> {
         if !umbra_netlab::has_tool(tool) {
             return Err(format!("{tool} is not installed: {fix}"));
         }
+    }
+    if o.nat {
+        for (tool, fix) in [
+            ("nft", "apt-get install -y nftables"),
+            ("miniupnpd", "apt-get install -y miniupnpd-nftables"),
+            ("stund", "apt-get install -y stun-server"),
+        ] {
+            if !umbra_netlab::has_tool(tool) {
+                return Err(format!("{tool} is not installed: {fix}"));
+            }
+        }
+        return Ok(());
     }
     if o.systems.contains(&System::Yggdrasil)
         && umbra_netlab::run(&[&o.bins.yggdrasil.to_string_lossy(), "-version"]).is_err()
@@ -404,6 +425,9 @@ fn run(opts: &Options) -> R<()> {
     let topologies: &[usize] = if opts.quick { &[2] } else { &[2, 5] };
     if opts.profile {
         return profile::run(opts, topologies, &work);
+    }
+    if opts.nat {
+        return nat::run(opts, &work);
     }
     let mut results: Vec<(System, usize, TopoResult)> = Vec::new();
     let outcome = (|| -> R<Value> {
