@@ -10,6 +10,7 @@
 //!   [`serve`] on a bound `TcpListener`; accepted links arrive on a channel;
 //! - bind listeners with [`bind_listener`];
 //! - dial with a [`Dialer`];
+//! - punch a hole through two NATs with [`simultaneous_open`];
 //! - either way it gets a [`Link`]: the peer's key, addresses, the
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].
 
@@ -22,6 +23,7 @@ mod listener;
 mod pki;
 mod plain;
 mod port;
+mod punch;
 mod time;
 mod tls;
 
@@ -49,6 +51,7 @@ pub use pki::{
 };
 pub use plain::PLAIN_HEADER_TIMEOUT;
 pub use port::bind_listener;
+pub use punch::{Punch, PunchError, simultaneous_open};
 pub use tls::{
     ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification, TlsSettings,
     client_tls_config, server_tls_config,
