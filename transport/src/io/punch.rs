@@ -78,7 +78,8 @@ use tokio::time::Instant;
 pub struct Punch {
     /// The local port to connect from (the node's dial port).
     pub local_port: u16,
-    /// The partner's external endpoint.
+    /// The partner's external endpoint (an IPv4-mapped IPv6 address is
+    /// dialed as IPv4, so that the primer sets the TTL that applies).
     pub remote: SocketAddr,
     /// The IP TTL (IPv6 hop limit) of the first SYN, to make this side's
     /// NAT mappings without reaching the partner's NAT: the number of hops
@@ -117,10 +118,11 @@ pub enum PunchError {
 /// stream; it works just as well when the remote end is listening.
 pub async fn simultaneous_open(p: &Punch) -> Result<TcpStream, PunchError> {
     let deadline = Instant::now() + p.timeout;
-    let socket = bound_socket(p.remote, p.local_port)?;
-    connect_primed(&socket, p.remote, p.primer_ttl)?;
+    let remote = SocketAddr::new(p.remote.ip().to_canonical(), p.remote.port());
+    let socket = bound_socket(remote, p.local_port)?;
+    connect_primed(&socket, remote, p.primer_ttl)?;
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(PunchError::Io)?;
-    wait_connected(stream, p.remote, deadline).await
+    wait_connected(stream, remote, deadline).await
 }
 
 /// Step 1: a non-blocking socket of `remote`'s family with the dial port's
@@ -227,7 +229,8 @@ async fn wait_connected(
                 io::Error::new(ErrorKind::NotConnected, "the kernel closed the socket")
             })));
         }
-        // Still in SYN-SENT after an error report. The ICMP error came as
+        // Still in SYN-SENT (or SYN-RECEIVED) after an error report, or
+        // woken for nothing. The ICMP error came as
         // a lone EPOLLERR, which tokio records as "write closed" and never
         // clears, so waiting on this registration again would return at
         // once, forever. A fresh registration starts from what the socket
@@ -340,6 +343,20 @@ mod tests {
             .unicast_hops_v6()
             .expect("hop limit");
         assert_eq!(hops, normal);
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_mapped_remote_is_primed_as_ipv4() {
+        let normal = Socket::new(Domain::IPV4, Type::STREAM, None)
+            .and_then(|s| s.ttl_v4())
+            .expect("a fresh socket's TTL");
+        let port = free_port();
+        let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), port);
+        let s = simultaneous_open(&punch(port, mapped, Some(1)))
+            .await
+            .expect("connected");
+        assert_eq!(s.peer_addr().expect("peer"), loopback(port));
+        assert_eq!(s.ttl().expect("ttl"), normal);
     }
 
     #[tokio::test]
