@@ -25,22 +25,33 @@
 //!    returned: the SYN left inside that call. The socket's later packets,
 //!    above all its SYN-ACK to the partner's SYN, must travel the whole way.
 //!    Restoring it only after the connection is made would kill that SYN-ACK
-//!    just like the primer.
+//!    just like the primer. One race is left: a partner SYN that arrives
+//!    while `connect()` still runs (the kernel handles it as the call
+//!    returns, before the TTL is back) is answered with the primer's TTL;
+//!    that SYN-ACK dies, and its retransmission a second later connects.
 //! 4. **Waiting while in SYN-SENT.** The partner's SYN comes through the
 //!    mapping the primer made and reaches this socket, which answers; or,
 //!    without a primer, the SYNs simply cross. The primer's death comes back
-//!    as an ICMP time exceeded, which the kernel keeps as a soft error:
-//!    `SO_ERROR` reads `EHOSTUNREACH` while the socket stays in SYN-SENT
-//!    (and after it connected, if nothing read it before). An ordinary
-//!    async connect fails on that error and drops the socket, and with it
-//!    the mapping. Here `EHOSTUNREACH` and `ENETUNREACH` are read, logged and
-//!    cleared, and the wait goes on: the kernel retransmits the SYN, now
-//!    with the normal TTL, after its initial retransmission timeout (1 s), so
-//!    the partner should connect within about a second of the primer.
-//!    Whether the socket is connected is what `getpeername()` says, never
-//!    what `SO_ERROR` held. A socket the kernel closed (a kernel that aborts
-//!    the connect on the ICMP error, or its SYN retries ran out) returns the
-//!    error it held.
+//!    as an ICMP time exceeded. The kernel reports it (`SO_ERROR` reads
+//!    `EHOSTUNREACH`, with a wakeup) but keeps the socket in SYN-SENT and
+//!    retransmits the SYN, with the normal TTL now, after its initial
+//!    retransmission timeout (1 s). An ordinary async connect takes the
+//!    error for the connect's failure and drops the socket, and with it the
+//!    mapping. Here `EHOSTUNREACH` and `ENETUNREACH` are soft: read, logged,
+//!    cleared, and the wait goes on. The socket is connected when it is
+//!    writable and `getpeername()` succeeds (that alone also holds in
+//!    SYN-RECEIVED, the state a simultaneous open passes through, before
+//!    the handshake is done), whatever `SO_ERROR` held. A socket the kernel
+//!    closed (one that aborts the connect on the ICMP error, or ran out of
+//!    SYN retries) returns the error it held. The report arrives as a lone
+//!    `EPOLLERR`, which tokio records as "write side closed" and never
+//!    clears, so after each one the socket is registered with the runtime
+//!    afresh; otherwise every later wait would return at once and the loop
+//!    would spin.
+//!
+//!    The partner should connect within about a second of the primer: the
+//!    retransmitted SYN travels the whole way, and reaching the partner's
+//!    NAT before the partner's own SYN left, it is reset there.
 //! 5. **A reset** (`ECONNREFUSED`) is [`PunchError::Refused`]: the partner's
 //!    NAT or host answered before the partner's SYN made the way open. A
 //!    4-tuple already in use (a link to the same endpoint from the dial port,
@@ -57,7 +68,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::io::Interest;
+use tokio::io::{Interest, Ready};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -67,7 +78,8 @@ use tokio::time::Instant;
 pub struct Punch {
     /// The local port to connect from (the node's dial port).
     pub local_port: u16,
-    /// The partner's external endpoint.
+    /// The partner's external endpoint (an IPv4-mapped IPv6 address is
+    /// dialed as IPv4, so that the primer sets the TTL that applies).
     pub remote: SocketAddr,
     /// The IP TTL (IPv6 hop limit) of the first SYN, to make this side's
     /// NAT mappings without reaching the partner's NAT: the number of hops
@@ -106,11 +118,11 @@ pub enum PunchError {
 /// stream; it works just as well when the remote end is listening.
 pub async fn simultaneous_open(p: &Punch) -> Result<TcpStream, PunchError> {
     let deadline = Instant::now() + p.timeout;
-    let socket = bound_socket(p.remote, p.local_port)?;
-    connect_primed(&socket, p.remote, p.primer_ttl)?;
+    let remote = SocketAddr::new(p.remote.ip().to_canonical(), p.remote.port());
+    let socket = bound_socket(remote, p.local_port)?;
+    connect_primed(&socket, remote, p.primer_ttl)?;
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(PunchError::Io)?;
-    wait_connected(&stream, p.remote, deadline).await?;
-    Ok(stream)
+    wait_connected(stream, remote, deadline).await
 }
 
 /// Step 1: a non-blocking socket of `remote`'s family with the dial port's
@@ -175,47 +187,66 @@ fn connect_primed(
 /// Step 4: waits until the socket is connected, the kernel gives up on
 /// it, or `deadline`.
 async fn wait_connected(
-    stream: &TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
     deadline: Instant,
-) -> Result<(), PunchError> {
-    // The last soft error, the one to report if the kernel closes the socket.
+) -> Result<TcpStream, PunchError> {
+    // The last soft error: what to report if the kernel closes the socket.
     let mut soft: Option<io::Error> = None;
     loop {
-        let ready = match tokio::time::timeout_at(deadline, stream.ready(Interest::WRITABLE)).await
-        {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let ready = match tokio::time::timeout_at(deadline, stream.ready(interest)).await {
             Err(_elapsed) => return Err(PunchError::TimedOut),
             Ok(ready) => ready.map_err(PunchError::Io)?,
         };
-        // Inside `try_io`, so that "not connected yet" clears only the
-        // readiness seen before the check, never an event that came after.
-        let checked = stream.try_io(Interest::WRITABLE, || {
-            match stream.take_error()? {
-                Some(e) if is_soft(&e) => {
-                    tracing::debug!(%remote, error = %e, "soft error while punching; still waiting");
-                    soft = Some(e);
-                }
-                Some(e) => return Err(e),
-                None => {}
+        match stream.take_error().map_err(PunchError::Io)? {
+            Some(e) if is_soft(&e) => {
+                tracing::debug!(%remote, error = %e, "soft error while punching; still waiting");
+                soft = Some(e);
             }
-            match stream.peer_addr() {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotConnected => Err(ErrorKind::WouldBlock.into()),
-                Err(e) => Err(e),
-            }
-        });
-        match checked {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                // A hang-up while not connected: the kernel closed the
-                // socket, there is nothing left to wait for.
-                if ready.is_write_closed() {
-                    return Err(PunchError::Io(soft.take().unwrap_or(e)));
-                }
-            }
-            Err(e) => return Err(classify(e)),
+            Some(e) => return Err(classify(e)),
+            None => {}
         }
+        // Established is writable (EPOLLOUT, not just tokio's "writable or
+        // closed") and has a peer. A simultaneous open's SYN-RECEIVED
+        // already has a peer, but is not writable yet.
+        let connected = match stream.peer_addr() {
+            Ok(_) => !(ready & Ready::WRITABLE).is_empty(),
+            Err(e) if e.kind() == ErrorKind::NotConnected => false,
+            Err(e) => return Err(PunchError::Io(e)),
+        };
+        if connected {
+            // Without the stale mark of an error report (below).
+            return if soft.is_none() {
+                Ok(stream)
+            } else {
+                reregister(stream)
+            };
+        }
+        // A hang-up while not connected: the kernel closed the socket.
+        if ready.is_read_closed() {
+            return Err(PunchError::Io(soft.unwrap_or_else(|| {
+                io::Error::new(ErrorKind::NotConnected, "the kernel closed the socket")
+            })));
+        }
+        // Still in SYN-SENT (or SYN-RECEIVED) after an error report, or
+        // woken for nothing. The ICMP error came as
+        // a lone EPOLLERR, which tokio records as "write closed" and never
+        // clears, so waiting on this registration again would return at
+        // once, forever. A fresh registration starts from what the socket
+        // says now (epoll reports a change that came meanwhile when the
+        // socket is added).
+        stream = reregister(stream)?;
     }
+}
+
+/// `stream` registered with the runtime afresh, without readiness it
+/// recorded before.
+fn reregister(stream: TcpStream) -> Result<TcpStream, PunchError> {
+    stream
+        .into_std()
+        .and_then(TcpStream::from_std)
+        .map_err(PunchError::Io)
 }
 
 /// Errors that leave the socket in SYN-SENT: what an ICMP error about the
@@ -312,6 +343,20 @@ mod tests {
             .unicast_hops_v6()
             .expect("hop limit");
         assert_eq!(hops, normal);
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_mapped_remote_is_primed_as_ipv4() {
+        let normal = Socket::new(Domain::IPV4, Type::STREAM, None)
+            .and_then(|s| s.ttl_v4())
+            .expect("a fresh socket's TTL");
+        let port = free_port();
+        let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), port);
+        let s = simultaneous_open(&punch(port, mapped, Some(1)))
+            .await
+            .expect("connected");
+        assert_eq!(s.peer_addr().expect("peer"), loopback(port));
+        assert_eq!(s.ttl().expect("ttl"), normal);
     }
 
     #[tokio::test]
