@@ -466,11 +466,17 @@ mod tests {
             cells_out: 3,
             ..CoreFigures::default()
         };
-        let text = m.render(Some(&core), &[("up", 2), ("connecting", 1), ("down", 0)]);
+        let states = vec![
+            (("up", "direct"), 2),
+            (("up", "relayed"), 1),
+            (("connecting", "direct"), 1),
+        ];
+        let text = m.render(Some(&core), &states);
         for want in [
             "umbra_cells_total{direction=\"in\"} 1",
             "umbra_cells_total{direction=\"out\"} 3",
             "umbra_links{state=\"up\",kind=\"direct\"} 2",
+            "umbra_links{state=\"up\",kind=\"relayed\"} 1",
             "umbra_link_handshakes_total{direction=\"outbound\",result=\"failed\"} 1",
             "umbra_link_bytes_total{direction=\"out\"} 0",
             "umbra_circuit_build_seconds_count{kind=\"full\"} 1",

@@ -39,7 +39,7 @@ const PUNCH_REPLY_WAIT: Duration = Duration::from_secs(5);
 const PUNCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 /// How much later than the sync's arrival the other side connects, so the
 /// leader's primer has opened its NAT before the other's SYN reaches it.
-const PUNCH_FOLLOW_DELAY: Duration = Duration::from_millis(50);
+const PUNCH_FOLLOW_DELAY: Duration = Duration::from_millis(100);
 /// How long the link handshake over a punched connection may take.
 const PUNCH_LINK_WAIT: Duration = Duration::from_secs(20);
 

@@ -137,6 +137,13 @@ fn bound_socket(remote: SocketAddr, local_port: u16) -> Result<Socket, PunchErro
     socket.set_reuse_address(true).map_err(PunchError::Io)?;
     socket.set_reuse_port(true).map_err(PunchError::Io)?;
     socket.set_nonblocking(true).map_err(PunchError::Io)?;
+    // A punch given up (timed out, or its task ended) must free the ports at
+    // once for the next attempt: closing a socket that reached SYN-RECEIVED
+    // would otherwise leave it in FIN-WAIT for minutes, holding the 4-tuple.
+    // With a zero linger the close is a reset. Undone once connected.
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .map_err(PunchError::Io)?;
     let unspecified = if remote.is_ipv4() {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
@@ -216,6 +223,9 @@ async fn wait_connected(
             Err(e) => return Err(PunchError::Io(e)),
         };
         if connected {
+            socket2::SockRef::from(&stream)
+                .set_linger(None)
+                .map_err(PunchError::Io)?;
             // Without the stale mark of an error report (below).
             return if soft.is_none() {
                 Ok(stream)
