@@ -79,13 +79,16 @@ fn time_to_link(opts: &Options, dir: &Path, round: usize) -> R<Vec<(String, Stri
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(m
-        .cells
+    Ok(m.cells
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let (kind, secs) = got.get(&i).cloned().unwrap_or_default();
-            (format!("{} × {}", m.nodes[c.a].name, m.nodes[c.b].name), kind, secs)
+            (
+                format!("{} × {}", m.nodes[c.a].name, m.nodes[c.b].name),
+                kind,
+                secs,
+            )
         })
         .collect())
 }
@@ -101,7 +104,10 @@ fn throughput(opts: &Options, dir: &Path) -> R<Vec<(String, String, Vec<f64>)>> 
     for c in m.cells.clone() {
         let (a, b) = (&m.nodes[c.a], &m.nodes[c.b]);
         loop {
-            let peers = a.daemon.cli_json(&["peers", "--json"]).map_err(|e| e.to_string())?;
+            let peers = a
+                .daemon
+                .cli_json(&["peers", "--json"])
+                .map_err(|e| e.to_string())?;
             if up_kind(&peers, &b.key).as_deref() == Some(c.expect) {
                 break;
             }
@@ -120,10 +126,19 @@ fn throughput(opts: &Options, dir: &Path) -> R<Vec<(String, String, Vec<f64>)>> 
         let mut runs = Vec::new();
         for _ in 0..opts.runs {
             let r = crate::measure::iperf3(a.host(), &b.address, opts.secs, 1, &[])?;
-            eprintln!("netbench:   {} ({}): {:.0} Mbit/s", c.expect, format!("{} × {}", a.name, b.name), r.mbps);
+            eprintln!(
+                "netbench:   {} ({}): {:.0} Mbit/s",
+                c.expect,
+                format!("{} × {}", a.name, b.name),
+                r.mbps
+            );
             runs.push(r.mbps);
         }
-        out.push((format!("{} × {}", a.name, b.name), c.expect.to_string(), runs));
+        out.push((
+            format!("{} × {}", a.name, b.name),
+            c.expect.to_string(),
+            runs,
+        ));
     }
     Ok(out)
 }
@@ -148,8 +163,14 @@ pub(crate) fn run(opts: &Options, work: &Path) -> R<()> {
     table.push_str(&format!("{:<26} {:<9} {:>9}\n", "cell", "kind", "seconds"));
     let mut cells = Vec::new();
     for (i, (name, kind, _)) in first.iter().enumerate() {
-        let secs: Vec<f64> = rounds.iter().filter_map(|r| r.get(i).map(|c| c.2)).collect();
-        let kinds: Vec<&str> = rounds.iter().filter_map(|r| r.get(i).map(|c| c.1.as_str())).collect();
+        let secs: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.get(i).map(|c| c.2))
+            .collect();
+        let kinds: Vec<&str> = rounds
+            .iter()
+            .filter_map(|r| r.get(i).map(|c| c.1.as_str()))
+            .collect();
         let med = median(&secs);
         table.push_str(&format!(
             "{name:<26} {kind:<9} {:>9}\n",
@@ -187,6 +208,9 @@ pub(crate) fn run(opts: &Options, work: &Path) -> R<()> {
         let p = opts.out.join(name);
         std::fs::write(&p, &text).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    eprintln!("netbench: wrote {}", opts.out.join("nat-latest.json").display());
+    eprintln!(
+        "netbench: wrote {}",
+        opts.out.join("nat-latest.json").display()
+    );
     Ok(())
 }

@@ -537,7 +537,7 @@ async fn public_source(bind: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
 
 /// Whether `ip` is an address a NAT's inside uses: RFC 1918, the shared address
 /// space 100.64.0.0/10 (RFC 6598: carrier-grade NAT) or link-local.
-fn behind_nat(ip: Ipv4Addr) -> bool {
+pub(crate) fn behind_nat(ip: Ipv4Addr) -> bool {
     let [a, b, ..] = ip.octets();
     ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b))
 }

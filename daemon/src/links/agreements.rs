@@ -49,22 +49,12 @@ impl Links {
         let mut endpoints = endpoints;
         if endpoints.is_empty() {
             endpoints = self
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .our_endpoints()
+                .1
                 .iter()
-                .filter(|a| !a.ip().is_unspecified())
-                .map(|a| a.to_string())
+                .filter(|e| e.kind.is_dialable())
+                .map(|e| e.addr.to_string())
                 .collect();
-            if self.nat_class().mapping != umbra_transport::proto::nat::Mapping::Public {
-                // Behind a NAT the listener's own address is no use to others.
-                endpoints.clear();
-            }
-            for e in self.our_endpoints().1 {
-                if e.kind.is_dialable() && !endpoints.contains(&e.addr.to_string()) {
-                    endpoints.push(e.addr.to_string());
-                }
-            }
             endpoints.truncate(umbra_transport::proto::invite::INVITE_MAX_ENDPOINTS);
         }
         let expiry = now_unix() + ttl.as_secs();

@@ -29,8 +29,8 @@ pub(crate) enum Route {
     Link,
     /// Inside the end-to-end session over a circuit.
     Circuit,
-    /// Sealed, through a partner both share.
-    Forwarded,
+    /// Sealed, through this partner both share.
+    Forwarded([u8; 32]),
 }
 
 impl Route {
@@ -38,7 +38,7 @@ impl Route {
         match self {
             Route::Link => "link",
             Route::Circuit => "circuit",
-            Route::Forwarded => "forwarded",
+            Route::Forwarded(_) => "forwarded",
         }
     }
 }
@@ -60,7 +60,11 @@ pub(crate) struct SignalCounters {
 
 impl SignalCounters {
     fn slot(route: Route) -> usize {
-        route as usize
+        match route {
+            Route::Link => 0,
+            Route::Circuit => 1,
+            Route::Forwarded(_) => 2,
+        }
     }
 
     pub(crate) fn bump_malformed(&self) {
@@ -126,13 +130,38 @@ impl Links {
             return Ok(self.sent(Route::Circuit));
         }
         match self.send_forwarded(peer, &body, attempt).await {
-            Ok(()) => Ok(self.sent(Route::Forwarded)),
+            Ok(via) => Ok(self.sent(Route::Forwarded(via))),
             Err(e) if attempt % 2 == 1 => {
                 self.send_over_circuit(peer, &body).await?;
                 tracing::debug!(peer = %short_key(peer), "no shared partner to pass it on ({e:#}); sent over a circuit");
                 Ok(self.sent(Route::Circuit))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Answers `peer` by the route its message came on, which is known to
+    /// work, before any other: a circuit that brought a message may have no
+    /// twin the other way yet, and a shared partner that passed one on has
+    /// live links to both.
+    pub(super) async fn answer_traversal(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        msg: &Traversal,
+        came: Route,
+    ) -> Result<Route> {
+        let body = msg.encode();
+        let same = match came {
+            Route::Link => return self.send_traversal(peer, msg, 0).await,
+            Route::Circuit => self.send_over_circuit(peer, &body).await,
+            Route::Forwarded(via) => self.forward_through(peer, &body, &via).await,
+        };
+        match same {
+            Ok(()) => Ok(self.sent(came)),
+            Err(e) => {
+                tracing::debug!(peer = %short_key(peer), route = came.as_str(), "cannot answer the way it came ({e:#}); trying the others");
+                self.send_traversal(peer, msg, 1).await
+            }
         }
     }
 
@@ -164,7 +193,13 @@ impl Links {
 
     /// Route 3: sealed to `peer` and passed on by a partner of both with a
     /// live link. The `attempt`th such partner is tried (they take turns).
-    async fn send_forwarded(&self, peer: &[u8; 32], body: &[u8], attempt: usize) -> Result<()> {
+    /// Returns that partner.
+    async fn send_forwarded(
+        &self,
+        peer: &[u8; 32],
+        body: &[u8],
+        attempt: usize,
+    ) -> Result<[u8; 32]> {
         let shared = self.shared_partners(peer).await;
         if shared.is_empty() {
             bail!(
@@ -173,10 +208,16 @@ impl Links {
             );
         }
         let via = shared[attempt / 2 % shared.len()];
+        self.forward_through(peer, body, &via).await?;
+        Ok(via)
+    }
+
+    /// Seals `body` for `peer` and asks `via` to pass it on.
+    async fn forward_through(&self, peer: &[u8; 32], body: &[u8], via: &[u8; 32]) -> Result<()> {
         let envelope = traversal::seal(&self.identity, peer, now_unix(), body)
             .map_err(|e| anyhow::anyhow!("sealing: {e}"))?;
-        let Some((_, sender, _)) = self.live_link(&via) else {
-            bail!("the link to {} closed", short_key(&via));
+        let Some((_, sender, _)) = self.live_link(via).filter(|(_, _, k)| k.via().is_none()) else {
+            bail!("no live direct link to {}", short_key(via));
         };
         let frame = LinkControl::ForwardTo {
             to: *peer,
@@ -184,9 +225,9 @@ impl Links {
         }
         .frame();
         if sender.send(frame).await.is_err() {
-            bail!("the link to {} closed", short_key(&via));
+            bail!("the link to {} closed", short_key(via));
         }
-        tracing::debug!(peer = %short_key(peer), via = %short_key(&via), "traversal message passed through a shared partner");
+        tracing::debug!(peer = %short_key(peer), via = %short_key(via), "traversal message passed through a shared partner");
         Ok(())
     }
 
@@ -251,7 +292,7 @@ impl Links {
         };
         match opened {
             Ok((sealer, body)) if sealer == *from => {
-                self.on_traversal(from, &body, Route::Forwarded)
+                self.on_traversal(from, &body, Route::Forwarded(*via))
             }
             Ok((sealer, _)) => {
                 self.signal.bump_malformed();

@@ -49,8 +49,22 @@ const RETRY_WAIT_MIN: Duration = Duration::from_secs(2);
 const RETRY_WAIT_MAX: Duration = Duration::from_secs(60);
 /// The longest wait between attempts to replace a relayed link.
 pub(super) const UPGRADE_WAIT_MAX: Duration = Duration::from_secs(30 * 60);
+/// How often a side waiting for the partner looks whether the plan still
+/// stands (its own endpoints can change without a wake-up).
+const REPLAN_CHECK: Duration = Duration::from_millis(500);
 /// A direct dial to a partner's endpoint gives up after this long.
 pub(super) const TRAVERSAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a wait for the partner's part of a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    /// The link came.
+    Linked,
+    /// The facts the plan rested on changed: plan again, nothing failed.
+    Replan,
+    /// Nothing came in time.
+    TimedOut,
+}
 
 /// What this node knows of one partner's traversal.
 #[derive(Debug, Default)]
@@ -119,34 +133,41 @@ impl Links {
     }
 
     /// This node's endpoints as its partners should see them: its listeners
-    /// when nothing translates its address, its port mapping, and where its
-    /// dial port appears outside an endpoint-independent NAT (or one not
-    /// yet classified).
+    /// where nothing translates their address (a listener bound to an
+    /// address no NAT's inside uses, unless the links show a NAT; a wildcard
+    /// listener at the addresses partners saw, once the links show none),
+    /// its port mapping, and where its dial port appears outside an
+    /// endpoint-independent NAT (or one not yet classified).
     pub(super) fn our_endpoints(&self) -> (Mapping, Vec<Endpoint>) {
         let class = self.nat_class();
+        let translated = matches!(
+            class.mapping,
+            Mapping::EndpointIndependent | Mapping::EndpointDependent
+        );
+        let inside = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => crate::portmap::behind_nat(v4),
+            std::net::IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.is_unique_local(),
+        };
         let mut endpoints = Vec::new();
-        if class.mapping == Mapping::Public {
-            let listeners = self
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for l in listeners {
-                if !l.ip().is_unspecified() {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for l in listeners {
+            if !l.ip().is_unspecified() {
+                if !translated && !inside(l.ip()) {
                     endpoints.push(Endpoint {
                         kind: EndpointKind::Listen,
                         addr: l,
                     });
-                    continue;
                 }
-                // A wildcard listener: the node's own addresses its peers saw.
-                for e in &class.external {
-                    if e.is_ipv4() == l.is_ipv4() {
-                        endpoints.push(Endpoint {
-                            kind: EndpointKind::Listen,
-                            addr: SocketAddr::new(e.ip(), l.port()),
-                        });
-                    }
+            } else if class.mapping == Mapping::Public {
+                for e in class.external.iter().filter(|e| e.is_ipv4() == l.is_ipv4()) {
+                    endpoints.push(Endpoint {
+                        kind: EndpointKind::Listen,
+                        addr: SocketAddr::new(e.ip(), l.port()),
+                    });
                 }
             }
         }
@@ -227,7 +248,7 @@ impl Links {
                 self.changed.notify_waiters();
                 if reply {
                     let msg = self.endpoints_message(&from, false);
-                    match self.send_traversal(&from, &msg, 0).await {
+                    match self.answer_traversal(&from, &msg, route).await {
                         Ok(r) => {
                             self.with_traversal(&from, |t| t.last_sent = Some(Instant::now()));
                             tracing::debug!(peer = %short_key(&from), route = r.as_str(), "answered with our endpoints");
@@ -246,7 +267,7 @@ impl Links {
             Traversal::PunchConnect { nonce } => {
                 self.with_traversal(&from, |t| t.punch_answered = Some(nonce));
                 let reply = Traversal::PunchConnectReply { nonce };
-                if let Err(e) = self.send_traversal(&from, &reply, 0).await {
+                if let Err(e) = self.answer_traversal(&from, &reply, route).await {
                     tracing::info!(peer = %short_key(&from), "hole punching: could not answer: {e:#}");
                 }
             }
@@ -374,18 +395,40 @@ impl Links {
         }
     }
 
-    /// Waits up to `wait` for a link to `peer` better than `than` (any
-    /// link when `than` is none).
-    async fn wait_for_link(&self, peer: &[u8; 32], relayed_now: bool, wait: Duration) -> bool {
+    /// Waits up to `wait` for a link to `peer` (a direct or punched one
+    /// when the link is relayed now). Gives up early, for a new round, when
+    /// the plan rests on stale facts: the peer's endpoints or NAT class are
+    /// no longer those `planned` with, or this node's own endpoints are no
+    /// longer those `sent` (a port mapping came, the NAT class changed).
+    /// Only a change of content counts, not a repeat of the same message,
+    /// so two sides waiting on each other never start rounds in turn.
+    async fn wait_for_link(
+        &self,
+        peer: &[u8; 32],
+        relayed_now: bool,
+        wait: Duration,
+        (planned, sent): (&Theirs, &[Endpoint]),
+    ) -> Waited {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = self.changed.notified();
             match self.live_link(peer) {
-                Some((_, _, k)) if k.via().is_none() || !relayed_now => return true,
+                Some((_, _, k)) if k.via().is_none() || !relayed_now => return Waited::Linked,
                 _ => {}
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
+            let changed_theirs = self
+                .theirs(peer)
+                .is_some_and(|t| t.mapping != planned.mapping || t.endpoints != planned.endpoints);
+            if changed_theirs || self.our_endpoints().1 != sent {
+                return Waited::Replan;
+            }
+            let tick = tokio::time::Instant::now() + REPLAN_CHECK;
+            if tokio::time::timeout_at(deadline.min(tick), changed)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Waited::TimedOut;
             }
         }
     }
@@ -401,6 +444,10 @@ impl Links {
         let relayed_now = self.live_link(peer).is_some();
         let sent_at = Instant::now();
         let msg = self.endpoints_message(peer, true);
+        let sent: Vec<Endpoint> = match &msg {
+            Traversal::Endpoints { endpoints, .. } => endpoints.clone(),
+            _ => Vec::new(),
+        };
         let route = self
             .send_traversal(peer, &msg, attempt)
             .await
@@ -412,6 +459,7 @@ impl Links {
             .ok_or_else(|| anyhow!("no answer to our endpoints (sent over {})", route.as_str()))?;
         let (mapping, mine) = self.our_endpoints();
         let me_key = self.identity.public();
+        let facts = (&theirs, sent.as_slice());
         let step = traversal::plan(
             &Side {
                 key: &me_key,
@@ -444,12 +492,17 @@ impl Links {
                     )
                 })?;
             }
-            Step::AwaitDial => {
-                if !self.wait_for_link(peer, relayed_now, AWAIT_DIAL_WAIT).await {
+            Step::AwaitDial => match self
+                .wait_for_link(peer, relayed_now, AWAIT_DIAL_WAIT, facts)
+                .await
+            {
+                Waited::Linked => {}
+                Waited::Replan => return Ok("replan"),
+                Waited::TimedOut => {
                     tried.await_failed = true;
                     bail!("it did not dial our endpoints within {AWAIT_DIAL_WAIT:?}");
                 }
-            }
+            },
             Step::Punch {
                 initiator: true,
                 target,
@@ -463,18 +516,28 @@ impl Links {
             }
             Step::Punch {
                 initiator: false, ..
-            } => {
-                if !self.wait_for_link(peer, relayed_now, FOLLOW_WAIT).await {
+            } => match self
+                .wait_for_link(peer, relayed_now, FOLLOW_WAIT, facts)
+                .await
+            {
+                Waited::Linked => {}
+                Waited::Replan => return Ok("replan"),
+                Waited::TimedOut => {
                     tried.punch_failed = true;
                     bail!(
                         "no punched link: the partner leads the punch, and none came within {FOLLOW_WAIT:?}"
                     );
                 }
-            }
+            },
             Step::Relay { .. } if relayed_now => return Ok("stay relayed"),
             Step::Relay { initiator } => {
-                if !initiator && self.wait_for_link(peer, false, FOLLOW_WAIT).await {
-                    return Ok(name);
+                if !initiator {
+                    match self.wait_for_link(peer, false, FOLLOW_WAIT, facts).await {
+                        Waited::Linked => return Ok(name),
+                        Waited::Replan => return Ok("replan"),
+                        // The partner did not open one: open it from here.
+                        Waited::TimedOut => {}
+                    }
                 }
                 self.relay_through_shared(peer).await?;
             }
