@@ -127,10 +127,8 @@ fn throughput(opts: &Options, dir: &Path) -> R<Vec<(String, String, Vec<f64>)>> 
         for _ in 0..opts.runs {
             let r = crate::measure::iperf3(a.host(), &b.address, opts.secs, 1, &[])?;
             eprintln!(
-                "netbench:   {} ({}): {:.0} Mbit/s",
-                c.expect,
-                format!("{} × {}", a.name, b.name),
-                r.mbps
+                "netbench:   {} ({} × {}): {:.0} Mbit/s",
+                c.expect, a.name, b.name, r.mbps
             );
             runs.push(r.mbps);
         }

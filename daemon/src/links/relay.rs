@@ -548,21 +548,13 @@ impl Links {
 
     /// Link `link_id` went down: every relayed stream on it ends.
     pub(super) async fn on_link_down(&self, link_id: LinkId) {
-        let (halves, ends): (Vec<(LinkId, StreamId)>, Vec<(LinkId, StreamId)>) = {
+        type Streams = Vec<(LinkId, StreamId)>;
+        let (halves, ends): (Streams, Streams) = {
             let relay = self.relay();
+            let on_link = |k: &&(LinkId, StreamId)| k.0 == link_id;
             (
-                relay
-                    .halves
-                    .keys()
-                    .filter(|k| k.0 == link_id)
-                    .copied()
-                    .collect(),
-                relay
-                    .ends
-                    .keys()
-                    .filter(|k| k.0 == link_id)
-                    .copied()
-                    .collect(),
+                relay.halves.keys().filter(on_link).copied().collect(),
+                relay.ends.keys().filter(on_link).copied().collect(),
             )
         };
         for h in halves {

@@ -126,7 +126,7 @@ impl Links {
         }
         // Every other attempt goes through a shared partner first, so a
         // circuit that cannot deliver does not hold traversal up.
-        if attempt % 2 == 0 && self.send_over_circuit(peer, &body).await.is_ok() {
+        if attempt.is_multiple_of(2) && self.send_over_circuit(peer, &body).await.is_ok() {
             return Ok(self.sent(Route::Circuit));
         }
         match self.send_forwarded(peer, &body, attempt).await {
