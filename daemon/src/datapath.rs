@@ -18,9 +18,10 @@ use bytes::BytesMut;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use umbra_routing::cell::CELL_LEN;
+use umbra_routing::circuit::SendError;
 use umbra_routing::circuit::{CircuitEvent, CircuitId, CircuitRole};
 use umbra_routing::graph::Time;
-use umbra_routing::router::{Now, RouteError, RouterCore};
+use umbra_routing::router::{MessageError, Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
 use umbra_transport::io::LinkSender;
@@ -28,7 +29,7 @@ use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
 
-use crate::events::{Input, LinkId};
+use crate::events::{Input, LinkId, MessageRefused};
 use crate::links::{Links, Policy, short_key};
 use crate::metrics::{CoreFigures, Metrics};
 
@@ -251,13 +252,22 @@ fn handle(
             Err(_) => tracing::debug!(link, len = cell.len(), "dropped a cell of the wrong size"),
         },
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
-        Input::LinkUp { link, peer, sender } => {
+        Input::LinkUp {
+            link,
+            peer,
+            sender,
+            carried,
+        } => {
             outs.insert(link, forwarder(sender));
             if let Err(e) = core.set_edges(now, &links.edges()) {
                 tracing::warn!("re-signing the node record: {e}");
             }
             apply_policy(core, links);
-            core.link_up(now, link, peer);
+            if carried {
+                core.carried_link_up(now, link, peer);
+            } else {
+                core.link_up(now, link, peer);
+            }
         }
         Input::LinkMoved { link, sender, hash } => {
             // The old connection's queue gets the marker after everything
@@ -265,6 +275,8 @@ fn handle(
             if let Some(old) = outs.insert(link, forwarder(sender)) {
                 let _ = old.send(LinkControl::Moved { to: hash }.frame());
             }
+            // A move is always to a connection of the link's own.
+            core.link_uncarried(link);
         }
         Input::LinkDown { link } => {
             outs.remove(&link);
@@ -290,10 +302,11 @@ fn handle(
             let _ = reply.send(CoreFigures::of(core));
         }
         Input::Message { to, payload, reply } => {
-            let _ = reply.send(
-                core.send_message(now, &to, &payload)
-                    .map_err(|e| e.to_string()),
-            );
+            let sent = core.send_message(now, &to, &payload).map_err(|e| match e {
+                MessageError::Send(SendError::QueueFull) => MessageRefused::Full,
+                e => MessageRefused::Cannot(e.to_string()),
+            });
+            let _ = reply.send(sent);
         }
         Input::Neighbours(key, reply) => {
             let _ = reply.send(core.graph().graph().neighbours(&key));

@@ -15,11 +15,14 @@ pub(crate) type LinkId = u64;
 /// What the link readers and the control socket tell the datapath.
 #[derive(Debug)]
 pub(crate) enum Input {
-    /// A link is up; `sender` writes to it.
+    /// A link is up; `sender` writes to it. `carried`: it rides circuits to
+    /// `peer` itself (a relayed link over a circuit), so no circuit to `peer`
+    /// may start on it.
     LinkUp {
         link: LinkId,
         peer: [u8; 32],
         sender: LinkSender,
+        carried: bool,
     },
     /// The link moved to a new connection (docs/protocol.md, "Link moves"):
     /// everything queued for it goes out on the old connection, then a
@@ -50,10 +53,28 @@ pub(crate) enum Input {
     Message {
         to: [u8; 32],
         payload: Vec<u8>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), MessageRefused>>,
     },
     /// A node's agreement edges in the graph (both ends listing them).
     Neighbours([u8; 32], oneshot::Sender<Vec<[u8; 32]>>),
+}
+
+/// Why the routing core did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MessageRefused {
+    /// The circuit's send queue is full: try again once it drains.
+    Full,
+    /// It cannot go (no path, unknown node, too long …), and why.
+    Cannot(String),
+}
+
+impl std::fmt::Display for MessageRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageRefused::Full => f.write_str("the circuit's send queue is full"),
+            MessageRefused::Cannot(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The handle the rest of the daemon sends to the datapath with.

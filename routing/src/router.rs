@@ -258,6 +258,10 @@ pub struct RouterCore {
     circuits: CircuitCore,
     /// Live links: link → peer.
     links: HashMap<u64, [u8; KEY_LEN]>,
+    /// Live links that ride circuits to their own peer (a relayed link
+    /// carried over a circuit). No circuit to that peer starts on one: its
+    /// cells would carry the link that carries them.
+    carried: std::collections::HashSet<u64>,
     dests: HashMap<[u8; KEY_LEN], Dest>,
     /// Origin circuits → their destination and path.
     origin_of: HashMap<CircuitId, OriginCircuit>,
@@ -331,6 +335,7 @@ impl RouterCore {
             rng,
             graph,
             links: HashMap::new(),
+            carried: std::collections::HashSet::new(),
             dests: HashMap::new(),
             origin_of: HashMap::new(),
             incoming: HashMap::new(),
@@ -400,6 +405,48 @@ impl RouterCore {
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
         self.graph.link_up(now.wall, LinkId(link), peer);
+        self.prefer_link_to(peer);
+        if Some(peer) == self.home {
+            self.pool_retry_at = now.mono;
+            self.fill_pool(now);
+        }
+    }
+
+    /// A link to `peer` is up that rides circuits to `peer` itself (a
+    /// relayed link carried over a circuit, when the two share no partner):
+    /// it carries other circuits, never one to `peer`.
+    pub fn carried_link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN]) {
+        self.carried.insert(link);
+        self.links.insert(link, peer);
+        self.circuits.link_up(now.mono, link, peer);
+        self.graph.link_up(now.wall, LinkId(link), peer);
+    }
+
+    /// Link `link`, carried over a circuit, moved to a connection of its own
+    /// ([`Self::carried_link_up`]): circuits to its peer may use it now.
+    pub fn link_uncarried(&mut self, link: u64) {
+        if self.carried.remove(&link)
+            && let Some(&peer) = self.links.get(&link)
+        {
+            self.prefer_link_to(peer);
+        }
+    }
+
+    /// Whether `peer` has a live link that circuits to `dest` may start on.
+    fn first_hop_live(
+        links: &HashMap<u64, [u8; KEY_LEN]>,
+        carried: &std::collections::HashSet<u64>,
+        dest: &[u8; KEY_LEN],
+        peer: &[u8; KEY_LEN],
+    ) -> bool {
+        links
+            .iter()
+            .any(|(l, p)| p == peer && !(p == dest && carried.contains(l)))
+    }
+
+    /// With the fast setting, new flows to `peer` take a new link to it
+    /// rather than the longer circuits built before.
+    fn prefer_link_to(&mut self, peer: [u8; KEY_LEN]) {
         if self.anonymity_for(&peer) == Anonymity::Fast {
             let origin_of = &self.origin_of;
             let longer = |c: Option<(CircuitId, Instant)>| {
@@ -422,16 +469,13 @@ impl RouterCore {
                 self.incoming.remove(&peer);
             }
         }
-        if Some(peer) == self.home {
-            self.pool_retry_at = now.mono;
-            self.fill_pool(now);
-        }
     }
 
     /// A link went down: its circuits are torn down (and rebuilt elsewhere
     /// on the next packet).
     pub fn link_down(&mut self, now: Now, link: u64) {
         self.links.remove(&link);
+        self.carried.remove(&link);
         self.circuits.link_down(now.mono, link);
         self.graph.link_down(now.wall, LinkId(link));
         self.drain_events(now);
@@ -686,13 +730,13 @@ impl RouterCore {
         dest: &[u8; KEY_LEN],
     ) -> Result<(CircuitId, Vec<[u8; KEY_LEN]>), RouteError> {
         let anonymity = self.anonymity_for(dest);
-        let links = &self.links;
+        let (links, carried) = (&self.links, &self.carried);
         let req = PathRequest {
             origin: self.key,
             destination: *dest,
             anonymity,
             home: self.home,
-            live: &|k| links.values().any(|p| p == k),
+            live: &|k| Self::first_hop_live(links, carried, dest, k),
             avoid: &avoider(&self.avoid_nodes, &self.avoid_edges, now.mono),
         };
         let path = path::choose(self.graph.graph(), &req, &mut *self.rng)?;
@@ -1013,14 +1057,14 @@ impl RouterCore {
             reachable: 0,
             too_few_relays: 0,
         };
-        let links = &self.links;
+        let (links, carried) = (&self.links, &self.carried);
         for dest in keys.into_iter().take(limit) {
             let req = PathRequest {
                 origin: self.key,
                 destination: dest,
                 anonymity: self.anonymity_for(&dest),
                 home: self.home,
-                live: &|k| links.values().any(|p| p == k),
+                live: &|k| Self::first_hop_live(links, carried, &dest, k),
                 avoid: &|_, _| false,
             };
             r.checked += 1;

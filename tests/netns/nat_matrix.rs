@@ -213,35 +213,52 @@ fn every_cell_links_with_the_kind_its_nats_allow() {
         );
     }
 
-    // No node learned another's endpoints unless they are partners: only
-    // partners ever get traversal messages (P and Q are everyone's, so the
-    // nodes of different cells are the test: they share no agreement).
-    for (i, n) in m.nodes.iter().enumerate().skip(2) {
-        let status = n.daemon.status().expect("status");
-        let partners: Vec<usize> = m
+    // No node learned another's endpoints unless they are partners: every
+    // traversal message a node took (its debug log names each, with the
+    // sender) came from a partner, and none was sent to it by a node that is
+    // not one. P and Q are everyone's partners; the nodes of different cells
+    // share no agreement, so they are the test.
+    let mut checked = 0;
+    for (i, n) in m.nodes.iter().enumerate() {
+        let mut partners: Vec<&str> = m
             .cells
             .iter()
             .filter_map(|c| (c.a == i).then_some(c.b).or((c.b == i).then_some(c.a)))
+            .map(|j| &m.nodes[j].key[..8])
             .collect();
-        for (j, other) in m.nodes.iter().enumerate().skip(2) {
-            if j == i || partners.contains(&j) {
-                continue;
-            }
-            let log = n.daemon.log_text();
-            assert!(
-                !log.contains(&format!("from={}", &other.key[..8]))
-                    || !log.contains("traversal message"),
-                "{} logged a traversal message from {}, not a partner",
-                n.name,
-                other.name
-            );
+        if i < 2 {
+            partners.extend(m.nodes[2..].iter().map(|x| &x.key[..8]));
+        } else {
+            partners.extend([&m.nodes[0].key[..8], &m.nodes[1].key[..8]]);
         }
+        let log = n.daemon.log_text();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("traversal message from="))
+        {
+            let from = line
+                .split("from=")
+                .nth(1)
+                .and_then(|r| r.get(..8))
+                .unwrap_or_default();
+            assert!(
+                partners.contains(&from),
+                "{} took a traversal message from {from}, not a partner: {line}",
+                n.name
+            );
+            checked += 1;
+        }
+        let status = n.daemon.status().expect("status");
         assert_eq!(
             status["traversal"]["dropped_not_partner"], 0,
             "{}: {}",
             n.name, status["traversal"]
         );
     }
+    assert!(
+        checked > 20,
+        "too few traversal messages logged ({checked}) to check"
+    );
     // No graph record carries an IP: every node's graph, exported at
     // shutdown, holds none of the lab's addresses.
     let ips: Vec<[u8; 4]> = m
@@ -516,4 +533,106 @@ fn an_invite_without_endpoints_links_over_the_overlay() {
             );
         }
     }
+}
+
+#[test]
+fn with_no_shared_partner_the_link_is_relayed_over_a_circuit() {
+    require_root();
+    umbra_netlab::require_tools(&[
+        ("nft", "nftables", "to build NAT routers"),
+        ("iperf3", "iperf3", "for the transfer"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    // X – P1 – P2 – Y: X and Y are behind endpoint-dependent NATs and have
+    // an agreement naming no endpoint, and no partner in common.
+    let dir = temp_dir("nat-tunnel");
+    let inet = netns("inet");
+    umbra_netlab::Router::forwarding(&inet).expect("forwarding");
+    let (n1, n2) = (netns("p1"), netns("p2"));
+    let mut ips = Vec::new();
+    for (ns, subnet) in [(&n1, 1u8), (&n2, 2)] {
+        let v = umbra_netlab::Veth::internet(&inet, ns, subnet).expect("veth");
+        umbra_netlab::Router::route_via(ns, v.a.ip).expect("route");
+        ips.push(v.b.ip);
+    }
+    let sites: Vec<umbra_netlab::NatSite> = [11u8, 12]
+        .iter()
+        .map(|&s| {
+            umbra_netlab::NatSite::build(NatKind::Edm, &inet, s, |t| Ok(netns(&format!("{t}{s}"))))
+                .expect("NAT site")
+        })
+        .collect();
+    let names = ["p1", "p2", "x", "y"];
+    let keys = umbra_tests::netns::init_keys(dir.path(), &names);
+    let terms = Some("1TB/30d");
+    let at = |i: usize| Some(format!("{}:443", ips[i]));
+    let peer = |k: usize, ep: Option<String>| match ep {
+        Some(ep) => umbra_netlab::Peer::new(&keys[k], ep, terms).toml(),
+        None => umbra_netlab::Peer::unreachable(&keys[k], terms).toml(),
+    };
+    let listen = |ip: std::net::Ipv4Addr| {
+        format!("anonymity = \"fast\"\n[listen]\nhttps = [\"{ip}:443\"]\n")
+    };
+    let configs = [
+        format!("{}{}{}", listen(ips[0]), peer(1, at(1)), peer(2, None)),
+        format!("{}{}{}", listen(ips[1]), peer(0, at(0)), peer(3, None)),
+        format!(
+            "{}{}{}",
+            listen(sites[0].host_ip),
+            peer(0, at(0)),
+            peer(3, None)
+        ),
+        format!(
+            "{}{}{}",
+            listen(sites[1].host_ip),
+            peer(1, at(1)),
+            peer(2, None)
+        ),
+    ];
+    let hosts = [&n1, &n2, &sites[0].host, &sites[1].host];
+    let mut daemons = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut d = umbra_tests::netns::prepare(&dir.path().join(name), &configs[i]);
+        d.start(hosts[i]).expect("umbra run starts");
+        daemons.push(d);
+    }
+    let logs: Vec<&umbra_netlab::Daemon> = daemons.iter().collect();
+    let (x, y) = (&daemons[2], &daemons[3]);
+    let row = wait_for(Duration::from_secs(90), "X and Y linked", &logs, || {
+        let r = peer_row(&x.cli_json(&["peers", "--json"]).ok()?, &keys[3])?;
+        peer_row(&y.cli_json(&["peers", "--json"]).ok()?, &keys[2])?;
+        Some(r)
+    });
+    assert_eq!(row["kind"], "relayed", "{row}");
+    assert_eq!(row["relay"], "circuit", "{row}");
+    assert!(row["via"].is_null(), "{row}");
+    // The link carries others' circuits; X's own traffic to Y takes a circuit
+    // that does not start on it (it would carry itself), and works.
+    let y_addr = y.status().expect("status")["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let p = ping(&sites[0].host, &y_addr, PingOptions::new(10, 0.3)).expect("ping");
+    assert!(
+        p.received() >= 5,
+        "{}\nX:\n{}\nY:\n{}",
+        p.output,
+        x.log_text(),
+        y.log_text()
+    );
+    let server = IperfServer::start(
+        &sites[1].host,
+        &y_addr,
+        &dir.path().join("iperf3.log"),
+        true,
+    )
+    .expect("iperf3 server");
+    let r = iperf3(&sites[0].host, &y_addr, IperfOptions::new(2)).expect("iperf3");
+    drop(server);
+    eprintln!(
+        "over a circuit: ping {:.2} ms, TCP {:.1} Mbit/s",
+        p.replies.first().map_or(0.0, |r| r.rtt_ms),
+        r.mbps()
+    );
+    assert!(r.bytes > 100_000, "{} bytes", r.bytes);
 }

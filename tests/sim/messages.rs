@@ -399,3 +399,66 @@ fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
         "a one-hop circuit over the new link"
     );
 }
+
+/// A link that rides circuits to its own peer (a relayed link over a
+/// circuit, in the daemon) is never the first hop of a circuit to that peer,
+/// even with the fast setting, or its cells would carry themselves; once it
+/// is a connection of its own, new circuits take it.
+#[test]
+fn a_link_carried_over_a_circuit_is_no_first_hop_to_its_peer() {
+    let mut sim = Sim::new(seed(0x3e55_0078));
+    let mut rng = Rng::new(seed(0x3e55_0078));
+    let ids: Vec<Identity> = (0..3)
+        .map(|_| Identity::from_seed(&rng.bytes32()))
+        .collect();
+    let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
+    let base = Instant::now();
+    for (i, id) in ids.into_iter().enumerate() {
+        let peers: Vec<[u8; 32]> = (0..3).filter(|&j| j != i).map(|j| keys[j]).collect();
+        sim.add_node(RouterNode::new(
+            id,
+            &peers,
+            Anonymity::Fast,
+            None,
+            rng.fork(),
+            base,
+        ));
+    }
+    let (ab, bc, ac) = (
+        sim.add_link(0, 1, LinkParams::default()),
+        sim.add_link(1, 2, LinkParams::default()),
+        sim.add_link(0, 2, LinkParams::default()),
+    );
+    for n in [0, 2] {
+        sim.node_mut(n).expect("node").carried_links.push(ac);
+    }
+    for l in [ab, bc, ac] {
+        sim.set_link_up(l);
+    }
+    assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
+    let paths = |sim: &Sim<RouterNode>| -> Vec<usize> {
+        node(sim, 0)
+            .core
+            .circuits()
+            .filter(|c| c.role == CircuitRole::Origin && c.built && c.peer == Some(keys[2]))
+            .map(|c| c.path.len())
+            .collect()
+    };
+    sim.with_node(0, |n, t| n.message(t, &keys[2], b"over B"))
+        .expect("node")
+        .expect("sent");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(got(&sim, 2).len(), 1, "{}", sim.context());
+    assert_eq!(paths(&sim), vec![2], "not over the carried A–C link");
+    sim.with_node(0, |n, _| n.core.link_uncarried(ac as u64));
+    sim.with_node(0, |n, t| n.message(t, &keys[2], b"direct"))
+        .expect("node")
+        .expect("sent");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(got(&sim, 2).len(), 2, "{}", sim.context());
+    assert!(
+        paths(&sim).contains(&1),
+        "over A–C once it is a link of its own: {:?}",
+        paths(&sim)
+    );
+}

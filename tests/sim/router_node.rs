@@ -82,6 +82,10 @@ pub struct RouterNode {
     /// Whether messages are taken as they arrive (as the daemon does every
     /// turn); if not, they wait in the core's bounded queue.
     pub read_messages: bool,
+    /// Links brought up as carried over a circuit to their peer
+    /// ([`RouterCore::carried_link_up`]), as the daemon does for a relayed
+    /// link over a circuit.
+    pub carried_links: Vec<usize>,
     base: Instant,
     buf: Vec<u8>,
     spare: Option<Box<[u8; CELL_LEN]>>,
@@ -127,6 +131,7 @@ impl RouterNode {
             failures: Vec::new(),
             messages: Vec::new(),
             read_messages: true,
+            carried_links: Vec::new(),
             base,
             buf: vec![0u8; MAX_PACKET_LEN],
             spare: None,
@@ -196,7 +201,11 @@ impl SimNode for RouterNode {
 
     fn link_up(&mut self, t: SimTime, link: usize, peer: &[u8; 32]) {
         let now = self.now(t);
-        self.core.link_up(now, link as u64, *peer);
+        if self.carried_links.contains(&link) {
+            self.core.carried_link_up(now, link as u64, *peer);
+        } else {
+            self.core.link_up(now, link as u64, *peer);
+        }
         self.drain(t);
     }
 

@@ -11,7 +11,8 @@
 //!   links for relayed ones;
 //! - `signal`: the routes traversal messages take to a partner;
 //! - `punch`: hole punching;
-//! - `relay`: relayed links, as an end and as the relay.
+//! - `relay`: relayed links, as an end and as the relay;
+//! - `tunnel`: relayed links over a circuit, when no partner is shared.
 
 mod agreements;
 mod authorize;
@@ -24,6 +25,7 @@ mod punch;
 mod relay;
 mod signal;
 mod traverse;
+mod tunnel;
 
 pub(crate) use edges::Policy;
 pub(crate) use peers::LinkKind;
@@ -69,6 +71,8 @@ pub(crate) struct Links {
     port_mapping: Mutex<Option<PortMapStatus>>,
     /// Relayed streams, as an end and as the relay.
     relay: Mutex<relay::RelayTable>,
+    /// Relayed links over circuits.
+    tunnels: Mutex<tunnel::Tunnels>,
     /// NAT traversal state per partner.
     traversal: Mutex<HashMap<[u8; 32], traverse::PeerTraversal>>,
     /// What traversal signalling counts.
@@ -108,6 +112,7 @@ impl Links {
             listener: Mutex::new(None),
             port_mapping: Mutex::new(None),
             relay: Mutex::new(relay::RelayTable::default()),
+            tunnels: Mutex::new(tunnel::Tunnels::default()),
             traversal: Mutex::new(HashMap::new()),
             signal: signal::SignalCounters::default(),
             envelopes: Mutex::new(LinkResponder::new(identity.clone())),

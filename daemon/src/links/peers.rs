@@ -40,6 +40,8 @@ pub(crate) enum LinkKind {
         /// The partner in the middle.
         via: [u8; 32],
     },
+    /// A stream carried over a circuit (no partner is shared).
+    Tunnelled,
 }
 
 impl LinkKind {
@@ -48,22 +50,38 @@ impl LinkKind {
         match self {
             LinkKind::Direct => "direct",
             LinkKind::Punched => "punched",
-            LinkKind::Relayed { .. } => "relayed",
+            LinkKind::Relayed { .. } | LinkKind::Tunnelled => "relayed",
         }
     }
 
     /// Better connections rank higher: a link moves to a higher one.
     fn rank(self) -> u8 {
         match self {
-            LinkKind::Relayed { .. } => 0,
+            LinkKind::Relayed { .. } | LinkKind::Tunnelled => 0,
             LinkKind::Direct | LinkKind::Punched => 1,
         }
     }
 
-    /// The relay in the middle, for a relayed link.
+    /// The relay in the middle, for a link relayed by a partner.
     pub(crate) fn via(self) -> Option<[u8; 32]> {
         match self {
             LinkKind::Relayed { via } => Some(via),
+            _ => None,
+        }
+    }
+
+    /// Whether the link's connection runs through someone else (a partner,
+    /// or a circuit), so it says nothing about this node's NAT and is
+    /// replaced by a direct or punched one when one works.
+    pub(crate) fn is_relayed(self) -> bool {
+        self.rank() == 0
+    }
+
+    /// What carries a relayed link: `partner` or `circuit`.
+    fn relay(self) -> Option<&'static str> {
+        match self {
+            LinkKind::Relayed { .. } => Some("partner"),
+            LinkKind::Tunnelled => Some("circuit"),
             _ => None,
         }
     }
@@ -216,6 +234,7 @@ impl Links {
                 link: link_id,
                 peer,
                 sender: link.sender.clone(),
+                carried: kind == LinkKind::Tunnelled,
             };
             if me.datapath.send(up).await.is_ok() {
                 Arc::clone(&me).read_link(link, link_id).await;
@@ -435,7 +454,7 @@ impl Links {
             .collect();
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let mut reports = Vec::new();
-        let direct = |e: &&PeerEntry| e.is_up() && e.kind.via().is_none();
+        let direct = |e: &&PeerEntry| e.is_up() && !e.kind.is_relayed();
         for (key, e) in peers.iter().filter(|(_, e)| direct(e)) {
             if let Some(local) = e.local {
                 locals.push(local.ip());
@@ -470,8 +489,9 @@ impl Links {
                     "state": state,
                     "kind": e.kind.as_str(),
                     "via": e.kind.via().map(hex::encode),
+                    "relay": e.kind.relay(),
                     "direction": e.direction.map(|d| if d == Direction::Outbound { "outbound" } else { "inbound" }),
-                    "endpoint": e.remote.filter(|_| e.kind.via().is_none()).map(|a| a.to_string()),
+                    "endpoint": e.remote.filter(|_| !e.kind.is_relayed()).map(|a| a.to_string()),
                     // This node's end: on outbound links the dial port,
                     // unless the dial fell back to an ephemeral one.
                     "local": e.local.map(|a| a.to_string()),

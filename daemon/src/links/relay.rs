@@ -189,7 +189,7 @@ impl Links {
         let Some((link_id, sender, kind)) = self.live_link(via) else {
             bail!("no live link to the relay {}", short_key(via));
         };
-        if kind.via().is_some() {
+        if kind.is_relayed() {
             bail!("the link to {} is itself relayed", short_key(via));
         }
         let id = self.next_stream_id(link_id, via);
@@ -354,7 +354,7 @@ impl Links {
         };
         let target = self
             .live_link(&to)
-            .filter(|(_, _, k)| k.via().is_none() && to != *from);
+            .filter(|(_, _, k)| !k.is_relayed() && to != *from);
         let refusal = refusal.or(target.is_none().then_some(CloseReason::NoLink));
         let (Some((to_link, onward, _)), None) = (target, refusal) else {
             let reason = refusal.unwrap_or(CloseReason::NoLink);

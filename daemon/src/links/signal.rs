@@ -17,10 +17,11 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use umbra_transport::proto::control::LinkControl;
+use umbra_transport::proto::relay::APP_CIRCUIT_STREAM;
 use umbra_transport::proto::traversal::{self, APP_TRAVERSAL, Traversal};
 
 use super::{Links, now_unix, short_key};
-use crate::events::Input;
+use crate::events::{Input, MessageRefused};
 
 /// Which way a traversal message came or went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,20 +176,28 @@ impl Links {
         let mut payload = Vec::with_capacity(1 + body.len());
         payload.push(APP_TRAVERSAL);
         payload.extend_from_slice(body);
+        match self.send_message(peer, payload).await {
+            Ok(()) => Ok(()),
+            Err(e) => bail!("no circuit to {}: {e}", short_key(peer)),
+        }
+    }
+
+    /// Hands `payload` to the routing core for `peer`, inside the end-to-end
+    /// session.
+    pub(super) async fn send_message(
+        &self,
+        peer: &[u8; 32],
+        payload: Vec<u8>,
+    ) -> Result<(), MessageRefused> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let input = Input::Message {
             to: *peer,
             payload,
             reply: tx,
         };
-        if self.datapath.send(input).await.is_err() {
-            bail!("the datapath has stopped");
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => bail!("no circuit to {}: {e}", short_key(peer)),
-            Err(_) => bail!("the datapath has stopped"),
-        }
+        let stopped = || MessageRefused::Cannot("the datapath has stopped".into());
+        self.datapath.send(input).await.map_err(|_| stopped())?;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// Route 3: sealed to `peer` and passed on by a partner of both with a
@@ -216,7 +225,7 @@ impl Links {
     async fn forward_through(&self, peer: &[u8; 32], body: &[u8], via: &[u8; 32]) -> Result<()> {
         let envelope = traversal::seal(&self.identity, peer, now_unix(), body)
             .map_err(|e| anyhow::anyhow!("sealing: {e}"))?;
-        let Some((_, sender, _)) = self.live_link(via).filter(|(_, _, k)| k.via().is_none()) else {
+        let Some((_, sender, _)) = self.live_link(via).filter(|(_, _, k)| !k.is_relayed()) else {
             bail!("no live direct link to {}", short_key(via));
         };
         let frame = LinkControl::ForwardTo {
@@ -242,7 +251,7 @@ impl Links {
                 k != peer
                     && self
                         .live_link(k)
-                        .is_some_and(|(_, _, kind)| kind.via().is_none())
+                        .is_some_and(|(_, _, kind)| !kind.is_relayed())
             })
             .collect();
         shared.sort_unstable();
@@ -266,7 +275,7 @@ impl Links {
 
     /// A partner asked this node to pass an envelope to `to`.
     pub(super) async fn forward_envelope(&self, from: &[u8; 32], to: &[u8; 32], envelope: Bytes) {
-        match self.live_link(to).filter(|(_, _, k)| k.via().is_none()) {
+        match self.live_link(to).filter(|(_, _, k)| !k.is_relayed()) {
             Some((_, sender, _)) if to != from => {
                 let frame = LinkControl::ForwardFrom {
                     from: *from,
@@ -309,6 +318,7 @@ impl Links {
     pub(crate) fn on_message(self: &Arc<Self>, from: &[u8; 32], payload: &[u8]) {
         match payload.split_first() {
             Some((&APP_TRAVERSAL, body)) => self.on_traversal(from, body, Route::Circuit),
+            Some((&APP_CIRCUIT_STREAM, _)) => self.on_circuit_stream(from, payload),
             _ => {
                 self.signal.bump_malformed();
                 tracing::debug!(from = %short_key(from), "dropped a message of an unknown kind");

@@ -198,7 +198,7 @@ impl Links {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             let mut r: Vec<[u8; 32]> = peers
                 .iter()
-                .filter(|(k, e)| *k != peer && e.is_up() && e.kind.via().is_none())
+                .filter(|(k, e)| *k != peer && e.is_up() && !e.kind.is_relayed())
                 .map(|(k, _)| *k)
                 .collect();
             r.sort_unstable();
@@ -318,7 +318,7 @@ impl Links {
                 return;
             }
             match self.live_link(&peer) {
-                Some((_, _, kind)) if kind.via().is_none() => {
+                Some((_, _, kind)) if !kind.is_relayed() => {
                     self.wait_while_up(&peer).await;
                     tried = Tried::default();
                     upgrade = self.config().nat.retry_direct;
@@ -331,7 +331,7 @@ impl Links {
                     upgrade = (upgrade * 2).min(UPGRADE_WAIT_MAX);
                     if self
                         .live_link(&peer)
-                        .is_some_and(|(_, _, k)| k.via().is_none())
+                        .is_some_and(|(_, _, k)| !k.is_relayed())
                     {
                         continue;
                     }
@@ -386,7 +386,7 @@ impl Links {
         loop {
             let changed = self.changed.notified();
             match self.live_link(peer) {
-                Some((_, _, k)) if k.via().is_some() => {}
+                Some((_, _, k)) if k.is_relayed() => {}
                 _ => return,
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -413,7 +413,7 @@ impl Links {
         loop {
             let changed = self.changed.notified();
             match self.live_link(peer) {
-                Some((_, _, k)) if k.via().is_none() || !relayed_now => return Waited::Linked,
+                Some((_, _, k)) if !k.is_relayed() || !relayed_now => return Waited::Linked,
                 _ => {}
             }
             let changed_theirs = self
@@ -560,11 +560,14 @@ impl Links {
     }
 
     /// Opens a relayed link to `peer` through the first shared partner that
-    /// takes it.
+    /// takes it, or over a circuit when no partner is shared.
     async fn relay_through_shared(self: &Arc<Self>, peer: &[u8; 32]) -> Result<()> {
         let shared = self.shared_partners(peer).await;
         if shared.is_empty() {
-            bail!("no partner with a live link is shared with it, so nothing can relay");
+            tracing::info!(peer = %short_key(peer), "no partner with live links to both: relaying the link over a circuit");
+            return tokio::time::timeout(super::relay::RELAY_OPEN_TIMEOUT, self.open_tunnel(peer))
+                .await
+                .unwrap_or_else(|_| bail!("a link over a circuit: timed out"));
         }
         let mut errors = Vec::new();
         for via in shared {

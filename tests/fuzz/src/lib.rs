@@ -12,7 +12,9 @@ use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::{CELL_LEN, Frame, FrameDecoder, FrameEncoder};
 use umbra_transport::proto::handshake::{LinkResponder, decode_bearer, decode_msg2};
 use umbra_transport::proto::invite::Invite;
-use umbra_transport::proto::relay::{RELAY_CHUNK_MAX_LEN, decode_relay, relay_frame};
+use umbra_transport::proto::relay::{
+    CircuitStream, RELAY_CHUNK_MAX_LEN, decode_relay, relay_frame,
+};
 use umbra_transport::proto::traversal::{self, Traversal};
 
 /// A fixed listener clock for the handshake target (unix seconds).
@@ -118,8 +120,12 @@ pub fn traversal_message(data: &[u8]) {
 }
 
 /// Relay frames' payloads: any bytes either fail or are a stream id and a
-/// chunk of 1 to 16 KiB that frame back to the same bytes.
+/// chunk of 1 to 16 KiB that frame back to the same bytes; and the same bytes
+/// as a relayed stream's message over a circuit, canonical when it decodes.
 pub fn relay_frame_payload(data: &[u8]) {
+    if let Ok(m) = CircuitStream::decode(data) {
+        assert_eq!(m.encode(), data);
+    }
     let payload = bytes::Bytes::copy_from_slice(data);
     if let Ok((id, chunk)) = decode_relay(&payload) {
         assert!(!chunk.is_empty() && chunk.len() <= RELAY_CHUNK_MAX_LEN);

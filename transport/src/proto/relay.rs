@@ -170,6 +170,125 @@ pub fn decode_relay(payload: &Bytes) -> Result<(StreamId, Bytes), RelayFrameErro
     Ok((u32::from_be_bytes(*id), data))
 }
 
+/// The first byte of an end-to-end routing-core message that carries a piece
+/// of a relayed stream over a circuit: the relay of last resort, when two
+/// partners share no partner with live links to both (docs/protocol.md,
+/// "Relayed links").
+pub const APP_CIRCUIT_STREAM: u8 = 0x02;
+
+/// The most stream bytes one circuit-stream message carries: a message takes
+/// at most 8 cells of the circuit's window of 1,000.
+pub const CIRCUIT_STREAM_CHUNK_MAX_LEN: usize = 8 * 1024;
+
+/// One piece of a relayed stream carried over a circuit: `APP_CIRCUIT_STREAM
+/// | kind u8 | stream u32 | fields`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CircuitStream {
+    /// Kind 0: the sender opens stream `id` and is its TLS client.
+    Open {
+        /// The stream, numbered by the opener ([`id_parity`]).
+        id: StreamId,
+    },
+    /// Kind 1: `seq u64 | data`: the stream's `seq`th chunk (from 0),
+    /// 1 to [`CIRCUIT_STREAM_CHUNK_MAX_LEN`] bytes. Chunks may arrive out of
+    /// order when the circuit changes; `seq` puts them back.
+    Data {
+        /// The stream.
+        id: StreamId,
+        /// The chunk's number.
+        seq: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Kind 2: `reason u8`: the stream ends.
+    Close {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a circuit-stream message is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CircuitStreamError {
+    /// Not a circuit-stream message, too short, or bytes left over.
+    #[error("circuit-stream message is malformed")]
+    Malformed,
+    /// An unknown kind.
+    #[error("circuit-stream message of unknown kind {0}")]
+    UnknownKind(u8),
+    /// A data chunk that is empty or longer than the maximum.
+    #[error("circuit-stream chunk of {0} bytes")]
+    BadChunk(usize),
+}
+
+impl CircuitStream {
+    /// The message's bytes, [`APP_CIRCUIT_STREAM`] first.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![APP_CIRCUIT_STREAM];
+        match self {
+            CircuitStream::Open { id } => {
+                out.push(0);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            CircuitStream::Data { id, seq, data } => {
+                out.push(1);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(data);
+            }
+            CircuitStream::Close { id, reason } => {
+                out.push(2);
+                out.extend_from_slice(&id.to_be_bytes());
+                out.push(reason.to_u8());
+            }
+        }
+        out
+    }
+
+    /// Reads a message, [`APP_CIRCUIT_STREAM`] first. Only canonical bytes
+    /// decode.
+    pub fn decode(bytes: &[u8]) -> Result<CircuitStream, CircuitStreamError> {
+        let malformed = CircuitStreamError::Malformed;
+        let Some((&APP_CIRCUIT_STREAM, rest)) = bytes.split_first() else {
+            return Err(malformed);
+        };
+        let Some((&kind, rest)) = rest.split_first() else {
+            return Err(malformed);
+        };
+        let Some((id, rest)) = rest.split_first_chunk::<STREAM_ID_LEN>() else {
+            return Err(malformed);
+        };
+        let id = u32::from_be_bytes(*id);
+        match kind {
+            0 if rest.is_empty() => Ok(CircuitStream::Open { id }),
+            1 => {
+                let Some((seq, data)) = rest.split_first_chunk::<8>() else {
+                    return Err(malformed);
+                };
+                if data.is_empty() || data.len() > CIRCUIT_STREAM_CHUNK_MAX_LEN {
+                    return Err(CircuitStreamError::BadChunk(data.len()));
+                }
+                Ok(CircuitStream::Data {
+                    id,
+                    seq: u64::from_be_bytes(*seq),
+                    data: Bytes::copy_from_slice(data),
+                })
+            }
+            2 => match rest {
+                [reason] => Ok(CircuitStream::Close {
+                    id,
+                    reason: CloseReason::from_u8(*reason),
+                }),
+                _ => Err(malformed),
+            },
+            0 => Err(malformed),
+            k => Err(CircuitStreamError::UnknownKind(k)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +303,39 @@ mod tests {
                 assert_ne!(nth_stream_id(pa, n), nth_stream_id(pb, m));
             }
         }
+    }
+
+    #[test]
+    fn circuit_stream_messages_round_trip_and_bad_ones_are_refused() {
+        for m in [
+            CircuitStream::Open { id: 3 },
+            CircuitStream::Data {
+                id: 3,
+                seq: 9,
+                data: Bytes::from_static(b"tls"),
+            },
+            CircuitStream::Close {
+                id: 3,
+                reason: CloseReason::NoLink,
+            },
+        ] {
+            assert_eq!(CircuitStream::decode(&m.encode()), Ok(m.clone()), "{m:?}");
+        }
+        let bad: [&[u8]; 6] = [
+            b"",
+            &[APP_CIRCUIT_STREAM, 0, 0, 0, 0],
+            &[APP_CIRCUIT_STREAM, 0, 0, 0, 0, 1, 9],
+            &[APP_CIRCUIT_STREAM, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[APP_CIRCUIT_STREAM, 2, 0, 0, 0, 1],
+            &[0x01, 0, 0, 0, 0, 1],
+        ];
+        for b in bad {
+            assert!(CircuitStream::decode(b).is_err(), "{b:?}");
+        }
+        assert_eq!(
+            CircuitStream::decode(&[APP_CIRCUIT_STREAM, 7, 0, 0, 0, 1]),
+            Err(CircuitStreamError::UnknownKind(7))
+        );
     }
 
     #[test]
