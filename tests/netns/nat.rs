@@ -294,7 +294,7 @@ fn each_nat_kind_is_classified_from_the_links() {
             assert!(
                 check["fix"]
                     .as_str()
-                    .is_some_and(|f| f.contains("port mapping or a relay")),
+                    .is_some_and(|f| f.contains("only through a relay")),
                 "{check}"
             );
         }

@@ -205,7 +205,7 @@ fn nat_of(nat: &serde_json::Value) -> Check {
         Some("endpoint-dependent") => Check::warn(
             NAME,
             format!("endpoint-dependent NAT: each peer sees a different external port{seen}"),
-            "direct links to this node need port mapping or a relay; ask partners with public addresses to dial you",
+            "partners behind NATs link with this node only through a relay (a partner both share; slower, and limited by that partner's [nat] relay_rate): turn on UPnP-IGD, NAT-PMP or PCP at the gateway ([nat] port_mapping) for direct links",
         ),
         _ => Check::skip(
             NAME,
@@ -419,7 +419,7 @@ mod tests {
         assert!(
             edm.fix
                 .as_deref()
-                .is_some_and(|f| f.contains("port mapping or a relay"))
+                .is_some_and(|f| f.contains("only through a relay"))
         );
         assert!(edm.detail.contains("198.18.11.2:443"), "{edm:?}");
         assert_eq!(of("unknown").status, Status::Skip);
