@@ -5,7 +5,7 @@
 //! time from the daemons' start to the link being up on both sides (median
 //! over `--rounds` fresh labs). Then TCP throughput across a direct, a
 //! punched and a relayed link (iperf3, `--secs` × `--runs`, median), with
-//! relaying unbounded (`[nat] relay_rate = "4GiB/s"`) so the figure is what
+//! relaying unbounded (`[nat] relay_rate = "2GiB/s"`) so the figure is what
 //! relaying costs, not the default cap of 8 MiB/s.
 
 use std::collections::BTreeMap;
@@ -34,12 +34,14 @@ fn matrix(opts: &Options, cells: &[(Site, Site)], dir: &Path, tag: usize) -> R<N
     let options = MatrixOptions {
         umbra: opts.bins.umbra.clone(),
         top: "anonymity = \"fast\"".into(),
-        extra: "\n[nat]\nrelay_rate = \"4GiB/s\"\n".into(),
+        extra: "\n[nat]\nrelay_rate = \"2GiB/s\"\n".into(),
         log_filter: "info".into(),
         pair_agreements: true,
     };
     let mut n = 0;
-    NatMatrix::build(cells, &dir.join(format!("round{tag}")), &options, |t| {
+    let dir = dir.join(format!("round{tag}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    NatMatrix::build(cells, &dir, &options, |t| {
         n += 1;
         lab().netns(&format!("m{tag}{t}{n}"))
     })
