@@ -339,20 +339,17 @@ proptest! {
     }
 }
 
-/// With the fast setting, a destination that becomes a neighbour (a link to
-/// it comes up, as after NAT traversal) gets that link for new flows and
-/// messages, not the longer circuit built before (which closes once nothing
-/// uses it; docs/architecture.md, "NAT traversal").
-#[test]
-fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
-    let mut sim = Sim::new(seed(0x3e55_0077));
-    let mut rng = Rng::new(seed(0x3e55_0077));
+/// Three fast routers A, B, C with agreements all round, the A–B and B–C
+/// links up and converged. The A–C link (returned) is up only when
+/// `carried`, and then as carried over a circuit at both ends.
+fn triangle(seed: u64, carried: bool) -> (Sim<RouterNode>, Vec<[u8; 32]>, usize) {
+    let mut sim = Sim::new(seed);
+    let mut rng = Rng::new(seed);
     let ids: Vec<Identity> = (0..3)
         .map(|_| Identity::from_seed(&rng.bytes32()))
         .collect();
     let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
     let base = Instant::now();
-    // A triangle of agreements; the A–C link starts down.
     for (i, id) in ids.into_iter().enumerate() {
         let peers: Vec<[u8; 32]> = (0..3).filter(|&j| j != i).map(|j| keys[j]).collect();
         sim.add_node(RouterNode::new(
@@ -369,17 +366,39 @@ fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
         sim.add_link(1, 2, LinkParams::default()),
         sim.add_link(0, 2, LinkParams::default()),
     );
-    sim.set_link_up(ab);
-    sim.set_link_up(bc);
+    let mut up = vec![ab, bc];
+    if carried {
+        for n in [0, 2] {
+            sim.node_mut(n).expect("node").carried_links.push(ac);
+        }
+        up.push(ac);
+    }
+    for l in up {
+        sim.set_link_up(l);
+    }
     assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
-    let path_to_c = |sim: &Sim<RouterNode>| -> Vec<usize> {
-        node(sim, 0)
-            .core
-            .circuits()
-            .filter(|c| c.role == CircuitRole::Origin && c.built && c.peer == Some(keys[2]))
-            .map(|c| c.path.len())
-            .collect()
-    };
+    (sim, keys, ac)
+}
+
+/// The hop counts of A's built circuits to `dest`.
+fn paths_to(sim: &Sim<RouterNode>, dest: &[u8; 32]) -> Vec<usize> {
+    node(sim, 0)
+        .core
+        .circuits()
+        .filter(|c| c.role == CircuitRole::Origin && c.built && c.peer == Some(*dest))
+        .map(|c| c.path.len())
+        .collect()
+}
+
+/// With the fast setting, a destination that becomes a neighbour (a link to
+/// it comes up, as after NAT traversal) gets that link for new flows and
+/// messages, not the longer circuit built before (which closes once nothing
+/// uses it; docs/architecture.md, "NAT traversal").
+#[test]
+fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
+    // The A–C link starts down.
+    let (mut sim, keys, ac) = triangle(seed(0x3e55_0077), false);
+    let path_to_c = |sim: &Sim<RouterNode>| paths_to(sim, &keys[2]);
     sim.with_node(0, |n, t| n.message(t, &keys[2], b"first"))
         .expect("node")
         .expect("sent");
@@ -406,44 +425,8 @@ fn a_fast_destination_that_becomes_a_neighbour_gets_the_link() {
 /// is a connection of its own, new circuits take it.
 #[test]
 fn a_link_carried_over_a_circuit_is_no_first_hop_to_its_peer() {
-    let mut sim = Sim::new(seed(0x3e55_0078));
-    let mut rng = Rng::new(seed(0x3e55_0078));
-    let ids: Vec<Identity> = (0..3)
-        .map(|_| Identity::from_seed(&rng.bytes32()))
-        .collect();
-    let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
-    let base = Instant::now();
-    for (i, id) in ids.into_iter().enumerate() {
-        let peers: Vec<[u8; 32]> = (0..3).filter(|&j| j != i).map(|j| keys[j]).collect();
-        sim.add_node(RouterNode::new(
-            id,
-            &peers,
-            Anonymity::Fast,
-            None,
-            rng.fork(),
-            base,
-        ));
-    }
-    let (ab, bc, ac) = (
-        sim.add_link(0, 1, LinkParams::default()),
-        sim.add_link(1, 2, LinkParams::default()),
-        sim.add_link(0, 2, LinkParams::default()),
-    );
-    for n in [0, 2] {
-        sim.node_mut(n).expect("node").carried_links.push(ac);
-    }
-    for l in [ab, bc, ac] {
-        sim.set_link_up(l);
-    }
-    assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
-    let paths = |sim: &Sim<RouterNode>| -> Vec<usize> {
-        node(sim, 0)
-            .core
-            .circuits()
-            .filter(|c| c.role == CircuitRole::Origin && c.built && c.peer == Some(keys[2]))
-            .map(|c| c.path.len())
-            .collect()
-    };
+    let (mut sim, keys, ac) = triangle(seed(0x3e55_0078), true);
+    let paths = |sim: &Sim<RouterNode>| paths_to(sim, &keys[2]);
     sim.with_node(0, |n, t| n.message(t, &keys[2], b"over B"))
         .expect("node")
         .expect("sent");

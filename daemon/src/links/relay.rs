@@ -60,7 +60,7 @@ const RELAY_BURST: Duration = Duration::from_millis(250);
 
 /// The two ends of a relayed link don't know each other's IP, so its
 /// connection has no addresses; a link over one reports these.
-const NO_ADDR: SocketAddr =
+pub(super) const NO_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// A relayed link as the relay counts it: the two partners, its bytes, and
@@ -201,7 +201,29 @@ impl Links {
         {
             bail!("the link to the relay {} closed", short_key(via));
         }
-        // The relayed stream has no address: the request names none.
+        self.dial_over(
+            peer,
+            pipe,
+            closed,
+            LinkKind::Relayed { via: *via },
+            &format!("relay {}", short_key(via)),
+        )
+        .await
+    }
+
+    /// Runs the link with `peer` over `pipe`, a relayed stream (through a
+    /// partner, or over a circuit), as its TLS client, and adopts it as
+    /// `kind`. `closed` says why the stream ended, if it ends first; `what`
+    /// names the way for errors.
+    pub(super) async fn dial_over(
+        self: &Arc<Self>,
+        peer: &[u8; 32],
+        pipe: tokio::io::DuplexStream,
+        mut closed: oneshot::Receiver<CloseReason>,
+        kind: LinkKind,
+        what: &str,
+    ) -> Result<()> {
+        // The stream has no address: the request names none.
         let target = tio::DialTarget {
             peer: *peer,
             endpoint: NO_ADDR.to_string(),
@@ -219,15 +241,13 @@ impl Links {
             .dialer
             .dial_stream(pipe, (NO_ADDR, NO_ADDR), &target, &payload);
         tokio::pin!(dial);
-        let mut closed = closed;
         let link = tokio::select! {
-            r = &mut dial => r.map_err(|e| anyhow::anyhow!("relay {}: {e}", short_key(via)))?,
+            r = &mut dial => r.map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
             reason = &mut closed => {
-                let reason = reason.unwrap_or(CloseReason::Closed);
-                bail!("relay {}: {reason}", short_key(via));
+                bail!("{what}: {}", reason.unwrap_or(CloseReason::Closed));
             }
         };
-        self.finish_dial(peer, link, terms, LinkKind::Relayed { via: *via })
+        self.finish_dial(peer, link, terms, kind)
     }
 
     /// Joins stream `id` on `link_id` to a local pipe: bytes in Relay frames

@@ -14,7 +14,6 @@
 //! [`TUNNEL_REORDER_CHUNKS`] chunks that came early.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +22,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 use umbra_transport::io::{self as tio, Link};
-use umbra_transport::proto::agreement::Ask;
 use umbra_transport::proto::relay::{
     CIRCUIT_STREAM_CHUNK_MAX_LEN, CircuitStream, CloseReason, StreamId, id_parity, nth_stream_id,
 };
 
 use super::peers::LinkKind;
-use super::relay::RELAY_OPEN_TIMEOUT;
+use super::relay::{NO_ADDR, RELAY_OPEN_TIMEOUT};
 use super::{Links, short_key};
 use crate::events::MessageRefused;
 
@@ -47,10 +45,6 @@ const TUNNEL_QUEUE_CHUNKS: usize = 1024;
 
 /// Bytes buffered inside a tunnel's in-memory pipe.
 const TUNNEL_PIPE_LEN: usize = 64 * 1024;
-
-/// A tunnel has no addresses.
-const NO_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// One end of a tunnel: where its chunks go, in order.
 #[derive(Debug)]
@@ -83,7 +77,7 @@ impl Links {
             *n = n.wrapping_add(1);
             id
         };
-        let (pipe, mut closed) = self.attach_tunnel(*peer, id);
+        let (pipe, closed) = self.attach_tunnel(*peer, id);
         if let Err(e) = self
             .send_message(peer, CircuitStream::Open { id }.encode())
             .await
@@ -91,25 +85,8 @@ impl Links {
             self.tunnels().ends.remove(&(*peer, id));
             bail!("no circuit to carry the link: {e}");
         }
-        let terms = self.terms_for(peer);
-        let payload =
-            crate::agreement::link_ask(&self.identity, peer, Ask::Agreement, terms).encode();
-        let target = tio::DialTarget {
-            peer: *peer,
-            endpoint: NO_ADDR.to_string(),
-            server_name: None,
-        };
-        let dial = self
-            .dialer
-            .dial_stream(pipe, (NO_ADDR, NO_ADDR), &target, &payload);
-        tokio::pin!(dial);
-        let link = tokio::select! {
-            r = &mut dial => r.map_err(|e| anyhow::anyhow!("over a circuit: {e}"))?,
-            reason = &mut closed => {
-                bail!("over a circuit: {}", reason.unwrap_or(CloseReason::Closed));
-            }
-        };
-        self.finish_dial(peer, link, terms, LinkKind::Tunnelled)
+        self.dial_over(peer, pipe, closed, LinkKind::Tunnelled, "over a circuit")
+            .await
     }
 
     /// Joins tunnel `id` with `peer` to a local pipe: its chunks go into the
