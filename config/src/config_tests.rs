@@ -924,10 +924,7 @@ fn validate_checks_configs_built_in_code() {
     config.peers.push(PeerConfig {
         key: PublicKey([1; 32]),
         endpoints: vec!["a:1".into()],
-        terms: Terms {
-            bytes_per_period: 0,
-            period_secs: 1,
-        },
+        terms: Terms::quota(0, 1),
     });
     let err = config
         .validate(Path::new("built-in"))

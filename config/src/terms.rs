@@ -1,5 +1,7 @@
-//! Agreement terms as written by people: `50GiB/30d` (`docs/config.md, "Value types"`;
-//! `docs/protocol.md, "Agreements"`).
+//! Agreement terms as written by people: `50GiB/30d`, or with limits,
+//! `50GiB/30d, debt 2GiB, cutoff 8GiB, circuits 20/s, rate 10MiB/s, carry 10GiB`
+//! (`docs/config.md, "Value types"`; `docs/protocol.md, "Agreements"` and
+//! "Ledgers").
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,24 +9,48 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ParseError;
+use crate::{ByteRate, ParseError};
 
-/// Bytes a peer may send through us per period, each way, and the period.
+/// Bytes a peer may send through us per period, each way, and the period; and this
+/// side's limits toward the peer.
 ///
 /// Written `<number><unit>/<number><period>`, for example `50GiB/30d` or `1TB/7d`.
 /// Units are `B`, `KB`, `MB`, `GB`, `TB` (powers of 1000) and `KiB`, `MiB`, `GiB`, `TiB`
 /// (powers of 1024); periods are `s`, `m`, `h`, `d`. Both are case-sensitive, and both
 /// numbers must be whole and above zero.
 ///
+/// Limits may follow, comma-separated, each once and in any order:
+/// - `debt <bytes>`: past this balance owed to us, the peer's cells lose priority;
+/// - `cutoff <bytes>`: past this, its new circuits are refused (at least `debt`);
+/// - `circuits <n>/s`: new circuits it may open through us per second;
+/// - `rate <bytes>/s`: the most its circuits may push through us per second (unset:
+///   no ceiling beyond fair queueing);
+/// - `carry <bytes>`: the most of a balance (either way) a new period starts with.
+///
+/// Only the amount and the period are signed by both sides (the agreement
+/// statement); the limits are each side's own toward the other, and an unset one is
+/// its default ([`Terms::debt_bytes`] and the others).
+///
 /// `Display` gives the canonical form: the largest binary unit that divides the bytes
 /// exactly (else `B`) and the largest period unit that divides the period exactly, so
-/// `1TB/7d` prints as `976562500KiB/7d`.
+/// `1TB/7d` prints as `976562500KiB/7d`; then the limits that are set, in the order
+/// above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Terms {
     /// Bytes allowed per period, each way.
     pub bytes_per_period: u64,
     /// Length of the period, in seconds.
     pub period_secs: u64,
+    /// `debt`, if set.
+    pub debt: Option<u64>,
+    /// `cutoff`, if set.
+    pub cutoff: Option<u64>,
+    /// `circuits`, per second, if set.
+    pub circuits_per_sec: Option<u32>,
+    /// `rate`, if set.
+    pub rate: Option<ByteRate>,
+    /// `carry`, if set.
+    pub carry: Option<u64>,
 }
 
 const KIB: u64 = 1 << 10;
@@ -65,11 +91,54 @@ const PERIOD_UNITS: [(&str, u64); 4] = [
 ];
 
 impl Terms {
+    /// New circuits a peer may open through us per second unless the terms say.
+    pub const DEFAULT_CIRCUITS_PER_SEC: u32 = 20;
+
     /// The default terms: 50 GiB every 30 days.
-    pub const DEFAULT: Terms = Terms {
-        bytes_per_period: 50 * GIB,
-        period_secs: 30 * DAY_SECS,
-    };
+    pub const DEFAULT: Terms = Terms::quota(50 * GIB, 30 * DAY_SECS);
+
+    /// Terms of `bytes_per_period` per `period_secs`, with the default limits.
+    pub const fn quota(bytes_per_period: u64, period_secs: u64) -> Terms {
+        Terms {
+            bytes_per_period,
+            period_secs,
+            debt: None,
+            cutoff: None,
+            circuits_per_sec: None,
+            rate: None,
+            carry: None,
+        }
+    }
+
+    /// Whether `other` is the same agreement: the same amount and period (the part
+    /// both sides sign; the limits are each side's own).
+    pub fn same_quota(&self, other: &Terms) -> bool {
+        (self.bytes_per_period, self.period_secs) == (other.bytes_per_period, other.period_secs)
+    }
+
+    /// The balance owed to us past which the peer loses priority: `debt`, else a
+    /// tenth of the amount.
+    pub fn debt_bytes(&self) -> u64 {
+        self.debt.unwrap_or(self.bytes_per_period / 10)
+    }
+
+    /// The balance owed to us past which the peer's new circuits are refused:
+    /// `cutoff`, else half the amount (never below [`Terms::debt_bytes`]).
+    pub fn cutoff_bytes(&self) -> u64 {
+        self.cutoff
+            .unwrap_or(self.bytes_per_period / 2)
+            .max(self.debt_bytes())
+    }
+
+    /// New circuits the peer may open through us per second.
+    pub fn circuits_per_sec(&self) -> u32 {
+        self.circuits_per_sec.unwrap_or(Self::DEFAULT_CIRCUITS_PER_SEC)
+    }
+
+    /// The most of a balance a new period starts with: `carry`, else the amount.
+    pub fn carry_bytes(&self) -> u64 {
+        self.carry.unwrap_or(self.bytes_per_period)
+    }
 
     /// The period as a [`Duration`].
     pub fn period(&self) -> Duration {
@@ -99,7 +168,24 @@ impl fmt::Display for Terms {
             .into_iter()
             .find(|&(_, len)| secs.is_multiple_of(len))
             .unwrap_or(("s", 1));
-        write!(f, "/{}{period_unit}", secs / period_len)
+        write!(f, "/{}{period_unit}", secs / period_len)?;
+        for (name, bytes) in [("debt", self.debt), ("cutoff", self.cutoff)] {
+            if let Some(b) = bytes {
+                write!(f, ", {name} ")?;
+                fmt_bytes(b, f)?;
+            }
+        }
+        if let Some(n) = self.circuits_per_sec {
+            write!(f, ", circuits {n}/s")?;
+        }
+        if let Some(r) = self.rate {
+            write!(f, ", rate {r}")?;
+        }
+        if let Some(b) = self.carry {
+            f.write_str(", carry ")?;
+            fmt_bytes(b, f)?;
+        }
+        Ok(())
     }
 }
 
@@ -107,17 +193,76 @@ impl FromStr for Terms {
     type Err = ParseError;
 
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let Some((amount, period)) = s.split_once('/') else {
+        let mut clauses = s.split(',');
+        let base = clauses.next().unwrap_or_default();
+        let Some((amount, period)) = base.split_once('/') else {
             return Err(ParseError(format!(
                 "{s:?} is not terms: expected <amount>/<period>, such as \"50GiB/30d\""
             )));
         };
         let bytes_per_period = parse_quantity(amount, &BYTE_UNITS, "amount", BYTE_UNIT_LIST)?;
         let period_secs = parse_quantity(period, &PERIOD_UNITS, "period", "s, m, h or d")?;
-        Ok(Terms {
-            bytes_per_period,
-            period_secs,
-        })
+        let mut terms = Terms::quota(bytes_per_period, period_secs);
+        for clause in clauses {
+            let clause = clause.trim();
+            let Some((name, value)) = clause.split_once(' ') else {
+                return Err(ParseError(format!(
+                    "the limit {clause:?} has no value; write one of \"debt 2GiB\", \"cutoff 8GiB\", \"circuits 20/s\", \"rate 10MiB/s\", \"carry 10GiB\", separated by commas"
+                )));
+            };
+            let value = value.trim();
+            let twice = || ParseError(format!("the limit {name:?} is given twice"));
+            let bytes = |what: &str| parse_quantity(value, &BYTE_UNITS, what, BYTE_UNIT_LIST);
+            match name {
+                "debt" if terms.debt.is_some() => return Err(twice()),
+                "debt" => terms.debt = Some(bytes("debt")?),
+                "cutoff" if terms.cutoff.is_some() => return Err(twice()),
+                "cutoff" => terms.cutoff = Some(bytes("cutoff")?),
+                "carry" if terms.carry.is_some() => return Err(twice()),
+                "carry" => terms.carry = Some(parse_bytes_or_zero(value, "carry")?),
+                "circuits" if terms.circuits_per_sec.is_some() => return Err(twice()),
+                "circuits" => {
+                    let n = value.strip_suffix("/s").ok_or_else(|| {
+                        ParseError(format!(
+                            "the circuit rate {value:?} is not a rate: write it like \"20/s\""
+                        ))
+                    })?;
+                    let n: u32 = n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        ParseError(format!(
+                            "the circuit rate {value:?} must be a whole number above zero, per second"
+                        ))
+                    })?;
+                    terms.circuits_per_sec = Some(n);
+                }
+                "rate" if terms.rate.is_some() => return Err(twice()),
+                "rate" => {
+                    let rate: ByteRate = value.parse().map_err(|e: ParseError| {
+                        ParseError(format!("the rate {value:?}: {}", e.0))
+                    })?;
+                    if rate.is_zero() {
+                        return Err(ParseError(format!(
+                            "the rate {value:?} is zero; leave it out for no ceiling"
+                        )));
+                    }
+                    terms.rate = Some(rate);
+                }
+                other => {
+                    return Err(ParseError(format!(
+                        "unknown limit {other:?}; use debt, cutoff, circuits, rate or carry"
+                    )));
+                }
+            }
+        }
+        if let (Some(debt), Some(cutoff)) = (terms.debt, terms.cutoff)
+            && cutoff < debt
+        {
+            return Err(ParseError(format!(
+                "the cutoff ({}) is below the debt limit ({}); a peer loses priority before its circuits are refused, so cutoff must be at least debt",
+                Bytes(cutoff),
+                Bytes(debt)
+            )));
+        }
+        Ok(terms)
     }
 }
 
@@ -146,6 +291,15 @@ pub(crate) fn parse_bytes_or_zero(text: &str, what: &str) -> Result<u64, ParseEr
 /// [`Terms`] period); zero is allowed.
 pub(crate) fn parse_secs_or_zero(text: &str, what: &str) -> Result<u64, ParseError> {
     parse_quantity_or_zero(text, &PERIOD_UNITS, what, "s, m, h or d")
+}
+
+/// Bytes shown as [`fmt_bytes`] writes them.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_bytes(self.0, f)
+    }
 }
 
 /// Writes `bytes` with the largest binary unit that divides it exactly (else `B`).
@@ -211,10 +365,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn terms(bytes_per_period: u64, period_secs: u64) -> Terms {
-        Terms {
-            bytes_per_period,
-            period_secs,
-        }
+        Terms::quota(bytes_per_period, period_secs)
     }
 
     fn parse_err(text: &str) -> String {
@@ -304,7 +455,76 @@ mod tests {
         );
     }
 
+    #[test]
+    fn limits_parse_in_any_order_and_print_in_one() {
+        let t: Terms = "50GiB/30d, circuits 5/s, rate 2MiB/s, cutoff 8GiB, debt 2GiB, carry 10GiB"
+            .parse()
+            .expect("terms");
+        assert_eq!(t.debt, Some(2 << 30));
+        assert_eq!(t.cutoff, Some(8 << 30));
+        assert_eq!(t.circuits_per_sec, Some(5));
+        assert_eq!(t.carry, Some(10 << 30));
+        assert_eq!(
+            t.to_string(),
+            "50GiB/30d, debt 2GiB, cutoff 8GiB, circuits 5/s, rate 2MiB/s, carry 10GiB"
+        );
+        assert!(t.same_quota(&Terms::DEFAULT));
+        assert_ne!(t, Terms::DEFAULT);
+        // Unset limits are the defaults.
+        let d = Terms::DEFAULT;
+        assert_eq!(d.debt_bytes(), 5 << 30);
+        assert_eq!(d.cutoff_bytes(), 25 << 30);
+        assert_eq!(d.circuits_per_sec(), 20);
+        assert_eq!(d.carry_bytes(), 50 << 30);
+        // A debt above half the amount lifts the default cutoff with it.
+        let high: Terms = "10GiB/30d, debt 8GiB".parse().expect("terms");
+        assert_eq!(high.cutoff_bytes(), 8 << 30);
+        // Old strings are unchanged.
+        assert_eq!("1TB/7d".parse::<Terms>(), Ok(terms(1_000_000_000_000, 7 * 86_400)));
+        assert_eq!("50GiB/30d,carry 0B".parse::<Terms>().map(|t| t.carry), Ok(Some(0)));
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        assert!(parse_err("50GiB/30d, debt").contains("the limit \"debt\" has no value"));
+        assert!(parse_err("50GiB/30d, debt 2XB").contains("the debt \"2XB\" has unknown unit"));
+        assert!(parse_err("50GiB/30d, debt 0B").contains("the debt \"0B\" is zero"));
+        assert!(parse_err("50GiB/30d, speed 3MiB").contains("unknown limit \"speed\""));
+        assert!(parse_err("50GiB/30d, debt 1GiB, debt 2GiB").contains("given twice"));
+        assert!(parse_err("50GiB/30d, circuits 20").contains("like \"20/s\""));
+        assert!(parse_err("50GiB/30d, circuits 0/s").contains("above zero"));
+        assert!(parse_err("50GiB/30d, rate 0B/s").contains("zero; leave it out"));
+        assert!(parse_err("50GiB/30d, rate 5MiB").contains("the rate \"5MiB\": expected <amount>/s"));
+        assert!(
+            parse_err("50GiB/30d, debt 8GiB, cutoff 2GiB")
+                .contains("cutoff (2GiB) is below the debt limit (8GiB)")
+        );
+    }
+
     proptest! {
+        #[test]
+        fn terms_with_limits_round_trip(
+            bytes in 1..=u64::MAX,
+            secs in 1..=u64::MAX,
+            debt in proptest::option::of(1..=u64::MAX / 2),
+            extra in 0..=u64::MAX / 2,
+            circuits in proptest::option::of(1..=u32::MAX),
+            rate in proptest::option::of(1..=u32::MAX),
+            carry in proptest::option::of(0..=u64::MAX),
+            with_cutoff in any::<bool>(),
+        ) {
+            let cutoff = with_cutoff.then(|| debt.unwrap_or(1).saturating_add(extra));
+            let t = Terms {
+                debt,
+                cutoff,
+                circuits_per_sec: circuits,
+                rate: rate.map(ByteRate::per_sec),
+                carry,
+                ..terms(bytes, secs)
+            };
+            prop_assert_eq!(t.to_string().parse::<Terms>(), Ok(t));
+        }
+
         #[test]
         fn display_then_parse_round_trips(bytes in 1..=u64::MAX, secs in 1..=u64::MAX) {
             let original = terms(bytes, secs);

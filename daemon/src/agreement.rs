@@ -37,10 +37,7 @@ pub(crate) fn link_ask(me: &Identity, peer: &[u8; 32], ask: Ask, terms: Terms) -
 
 /// The terms an ask is for.
 pub(crate) fn asked_terms(ask: &LinkAsk) -> Terms {
-    Terms {
-        bytes_per_period: ask.bytes_per_period,
-        period_secs: ask.period_secs,
-    }
+    Terms::quota(ask.bytes_per_period, ask.period_secs)
 }
 
 #[cfg(test)]

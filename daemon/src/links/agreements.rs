@@ -85,10 +85,7 @@ impl Links {
         if invite.is_expired(now_unix()) {
             bail!("the token expired; ask the inviter for a new one (`umbra invite`)");
         }
-        let terms = Terms {
-            bytes_per_period: invite.bytes_per_period(),
-            period_secs: invite.period_secs(),
-        };
+        let terms = Terms::quota(invite.bytes_per_period(), invite.period_secs());
         if invite.endpoints().is_empty() {
             self.accept_over_overlay(&peer, *invite.secret(), terms)
                 .await?;

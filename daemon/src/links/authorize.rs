@@ -28,7 +28,7 @@ impl Links {
         let store = self.store();
         let result = match ask.ask {
             Ask::Invite(secret) => match store.use_invite(&secret, &peer, now) {
-                Ok(Ok(terms)) if terms == asked => store
+                Ok(Ok(terms)) if terms.same_quota(&asked) => store
                     .upsert_active(&peer, terms, &[], Origin::Invite, now, Some(&ask.signature))
                     .map(|_| true),
                 Ok(Ok(terms)) => {
@@ -49,7 +49,7 @@ impl Links {
             Ask::Agreement => {
                 let config = self.config();
                 if let Some(p) = config.peers.iter().find(|p| p.key.0 == peer) {
-                    if p.terms == asked {
+                    if p.terms.same_quota(&asked) {
                         store
                             .upsert_active(
                                 &peer,
@@ -66,7 +66,9 @@ impl Links {
                     }
                 } else {
                     match store.agreement_with(&peer) {
-                        Ok(Some(a)) if a.state == AgreementState::Active && a.terms == asked => {
+                        Ok(Some(a))
+                            if a.state == AgreementState::Active && a.terms.same_quota(&asked) =>
+                        {
                             Ok(true)
                         }
                         Ok(_) => {
