@@ -132,7 +132,8 @@ impl Terms {
 
     /// New circuits the peer may open through us per second.
     pub fn circuits_per_sec(&self) -> u32 {
-        self.circuits_per_sec.unwrap_or(Self::DEFAULT_CIRCUITS_PER_SEC)
+        self.circuits_per_sec
+            .unwrap_or(Self::DEFAULT_CIRCUITS_PER_SEC)
     }
 
     /// The most of a balance a new period starts with: `carry`, else the amount.
@@ -480,8 +481,14 @@ mod tests {
         let high: Terms = "10GiB/30d, debt 8GiB".parse().expect("terms");
         assert_eq!(high.cutoff_bytes(), 8 << 30);
         // Old strings are unchanged.
-        assert_eq!("1TB/7d".parse::<Terms>(), Ok(terms(1_000_000_000_000, 7 * 86_400)));
-        assert_eq!("50GiB/30d,carry 0B".parse::<Terms>().map(|t| t.carry), Ok(Some(0)));
+        assert_eq!(
+            "1TB/7d".parse::<Terms>(),
+            Ok(terms(1_000_000_000_000, 7 * 86_400))
+        );
+        assert_eq!(
+            "50GiB/30d,carry 0B".parse::<Terms>().map(|t| t.carry),
+            Ok(Some(0))
+        );
     }
 
     #[test]
@@ -494,7 +501,9 @@ mod tests {
         assert!(parse_err("50GiB/30d, circuits 20").contains("like \"20/s\""));
         assert!(parse_err("50GiB/30d, circuits 0/s").contains("above zero"));
         assert!(parse_err("50GiB/30d, rate 0B/s").contains("zero; leave it out"));
-        assert!(parse_err("50GiB/30d, rate 5MiB").contains("the rate \"5MiB\": expected <amount>/s"));
+        assert!(
+            parse_err("50GiB/30d, rate 5MiB").contains("the rate \"5MiB\": expected <amount>/s")
+        );
         assert!(
             parse_err("50GiB/30d, debt 8GiB, cutoff 2GiB")
                 .contains("cutoff (2GiB) is below the debt limit (8GiB)")

@@ -146,6 +146,13 @@ pub enum Reason {
     HandshakeFailed,
     /// No relay-crypto version in common.
     UnsupportedVersion,
+    /// The hop refused a new circuit from the neighbour that asked: it owes
+    /// the hop more than the agreement's cutoff (docs/architecture.md,
+    /// "Ledgers").
+    CutOff,
+    /// The hop refused a new circuit: the neighbour that asked opened more
+    /// than its agreement's circuit rate.
+    TooManyCircuits,
     /// A reason byte this version does not know.
     Other(u8),
 }
@@ -165,6 +172,8 @@ impl Reason {
             Reason::Refused => 8,
             Reason::HandshakeFailed => 9,
             Reason::UnsupportedVersion => 10,
+            Reason::CutOff => 11,
+            Reason::TooManyCircuits => 12,
             Reason::Other(b) => b,
         }
     }
@@ -183,6 +192,8 @@ impl Reason {
             8 => Reason::Refused,
             9 => Reason::HandshakeFailed,
             10 => Reason::UnsupportedVersion,
+            11 => Reason::CutOff,
+            12 => Reason::TooManyCircuits,
             b => Reason::Other(b),
         }
     }
@@ -202,6 +213,12 @@ impl std::fmt::Display for Reason {
             Reason::Refused => f.write_str("hop refused the circuit"),
             Reason::HandshakeFailed => f.write_str("hop handshake failed"),
             Reason::UnsupportedVersion => f.write_str("no relay-crypto version in common"),
+            Reason::CutOff => f.write_str(
+                "cut off: the neighbour that asked owes this hop more than their agreement's cutoff",
+            ),
+            Reason::TooManyCircuits => f.write_str(
+                "too many circuits: the neighbour that asked is over their agreement's circuit rate",
+            ),
             Reason::Other(b) => write!(f, "unknown reason {b}"),
         }
     }

@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod crypto;
 pub mod graph;
 pub mod icmp;
+pub mod ledger;
 pub mod path;
 pub mod router;
 pub mod session;

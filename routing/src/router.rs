@@ -15,10 +15,12 @@
 //!
 //! Packets belong to flows (addresses, protocol and ports; both directions
 //! are one flow). A flow stays on the circuit it started on until that
-//! circuit ends. A new flow to a node takes this node's current circuit to
-//! it (built or building: packets queue while it builds), else the circuit
-//! that node built to us (so a reply does not wait for a build), else a new
-//! circuit along a path from [`crate::path::choose`]. Circuits rotate: a
+//! circuit ends: a flow that arrived on a circuit another node built is
+//! answered on it (so a reply does not wait for a build, and the node that
+//! started the flow pays for it, docs/architecture.md, "Ledgers"). A flow
+//! this node starts takes its current circuit to the node (built or
+//! building: packets queue while it builds), else a new circuit along a
+//! path from [`crate::path::choose`]; never one another node built. Circuits rotate: a
 //! current circuit older than its random 10–20 minutes is replaced for new
 //! flows, and closed once its last flow has been idle [`FLOW_IDLE`].
 //!
@@ -55,13 +57,17 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use crate::address;
-use crate::cell::CELL_LEN;
+use crate::cell::{CELL_LEN, Reason};
 use crate::circuit::{
     CircuitConfig, CircuitCore, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, SendError,
 };
 use crate::crypto::{self, CoreRng, Identity, KEY_LEN};
 use crate::graph::{Edge, GraphCore, GraphCounters, LinkId, RecordError, Time};
 use crate::icmp;
+use crate::ledger::fair::Flow;
+use crate::ledger::{
+    self, Charge, Draft, LedgerEvent, LedgerRecord, LedgerTerms, LedgerView, Ledgers,
+};
 use crate::path::{self, Anonymity, PathError, PathRequest};
 
 pub use crate::session::MAX_MESSAGE_LEN;
@@ -287,6 +293,14 @@ pub struct RouterCore {
     failures: VecDeque<([u8; KEY_LEN], RouteError)>,
     icmp_budget: (Instant, u32),
     counters: RouterCounters,
+    /// The agreements' ledgers and the counts of each link.
+    ledgers: Ledgers,
+    /// The time of the last input, for cells counted as they are polled.
+    clock: Now,
+    /// Nodes that refused this node's circuits for its ledger with them
+    /// (cut off, too many circuits), the reason and when: `umbra path` says
+    /// so.
+    refusals: HashMap<[u8; KEY_LEN], (Reason, Instant)>,
 }
 
 impl std::fmt::Debug for RouterCore {
@@ -352,6 +366,9 @@ impl RouterCore {
             failures: VecDeque::new(),
             icmp_budget: (now.mono, 0),
             counters: RouterCounters::default(),
+            ledgers: Ledgers::new(key),
+            refusals: HashMap::new(),
+            clock: now,
         })
     }
 
@@ -402,6 +419,14 @@ impl RouterCore {
     /// the new link instead (the shortest path); flows on the old circuits
     /// stay on them.
     pub fn link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN]) {
+        self.link_up_session(now, link, peer, [0; 32]);
+    }
+
+    /// [`Self::link_up`] with the link's session (its handshake hash),
+    /// which binds the ledger reports on it to this connection.
+    pub fn link_up_session(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN], session: [u8; 32]) {
+        self.clock = now;
+        self.ledgers.link_up(link, peer, session, now.mono);
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
         self.graph.link_up(now.wall, LinkId(link), peer);
@@ -415,7 +440,8 @@ impl RouterCore {
     /// A link to `peer` is up that rides circuits to `peer` itself (a
     /// relayed link carried over a circuit, when the two share no partner):
     /// it carries other circuits, never one to `peer`.
-    pub fn carried_link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN]) {
+    pub fn carried_link_up(&mut self, now: Now, link: u64, peer: [u8; KEY_LEN], session: [u8; 32]) {
+        self.ledgers.link_up(link, peer, session, now.mono);
         self.carried.insert(link);
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
@@ -474,6 +500,7 @@ impl RouterCore {
     /// A link went down: its circuits are torn down (and rebuilt elsewhere
     /// on the next packet).
     pub fn link_down(&mut self, now: Now, link: u64) {
+        self.ledgers.link_down(link);
         self.links.remove(&link);
         self.carried.remove(&link);
         self.circuits.link_down(now.mono, link);
@@ -482,9 +509,90 @@ impl RouterCore {
     }
 
     /// A cell arrived on `link`.
+    ///
+    /// The cell is counted in the ledger of the link's agreement; a CREATE
+    /// from a neighbour past its cutoff or over its circuit rate is refused
+    /// with the reason ([`Ledgers::admit`]).
     pub fn handle_cell(&mut self, now: Now, link: u64, cell: &[u8; CELL_LEN]) {
+        self.clock = now;
+        let (circ_id, command) = crate::cell::read_header(cell);
+        self.ledgers
+            .count(now.mono, now.wall.unix_secs(), link, circ_id, false);
+        if command == crate::cell::Command::Create.to_u8()
+            && let Some(&peer) = self.links.get(&link)
+            && self.circuits.create_is_fresh(link, &peer, circ_id)
+            && let Err(reason) = self.ledgers.admit(now.mono, now.wall.unix_secs(), &peer)
+        {
+            self.circuits.refuse_create(link, circ_id, reason);
+            return;
+        }
         self.circuits.handle_cell(now.mono, link, cell);
         self.drain_events(now);
+    }
+
+    /// A ledger report arrived on `link` (docs/protocol.md, "Ledger
+    /// reports"): checked, or dropped and counted.
+    pub fn handle_ledger(&mut self, now: Now, link: u64, bytes: &[u8]) {
+        self.ledgers
+            .handle_report(now.mono, now.wall.unix_secs(), link, bytes);
+    }
+
+    /// The agreements and their terms: one ledger each.
+    pub fn set_ledger_terms(&mut self, now: Now, terms: &[([u8; KEY_LEN], LedgerTerms)]) {
+        self.ledgers.set_terms(terms, now.mono);
+    }
+
+    /// Restores a stored ledger (at start).
+    pub fn restore_ledger(&mut self, now: Now, peer: [u8; KEY_LEN], record: LedgerRecord) {
+        self.ledgers.restore(peer, record, now.mono);
+    }
+
+    /// Charges bytes that are not cells to `peer`'s ledger.
+    pub fn charge_ledger(&mut self, now: Now, peer: &[u8; KEY_LEN], charge: Charge) {
+        self.ledgers.charge(now.wall.unix_secs(), peer, charge);
+    }
+
+    /// The next ledger report due, for the driver to finish and write.
+    pub fn poll_report(&mut self, now: Now) -> Option<(u64, Draft)> {
+        self.ledgers.poll_report(now.mono, now.wall.unix_secs())
+    }
+
+    /// The next ledger check or dropped report, for the log.
+    pub fn poll_ledger_event(&mut self) -> Option<LedgerEvent> {
+        self.ledgers.poll_event()
+    }
+
+    /// The peer of live link `link`.
+    pub fn link_peer(&self, link: u64) -> Option<[u8; KEY_LEN]> {
+        self.links.get(&link).copied()
+    }
+
+    /// The ledgers, for what they count and store.
+    pub fn ledgers(&self) -> &Ledgers {
+        &self.ledgers
+    }
+
+    /// The ledger records changed since the last call, to store.
+    pub fn take_dirty_ledgers(&mut self) -> Vec<([u8; KEY_LEN], LedgerRecord)> {
+        self.ledgers.take_dirty()
+    }
+
+    /// `peer`'s ledger as `umbra agreements` shows it.
+    pub fn ledger_view(&mut self, now: Now, peer: &[u8; KEY_LEN]) -> Option<LedgerView> {
+        self.ledgers.view(now.wall.unix_secs(), peer)
+    }
+
+    /// Nodes that refused this node's circuits for its ledger with them in
+    /// the last [`AVOID_FOR`], with the reason.
+    pub fn refusals(&self, now: Now) -> Vec<([u8; KEY_LEN], Reason)> {
+        let mut v: Vec<_> = self
+            .refusals
+            .iter()
+            .filter(|(_, (_, at))| now.mono.saturating_duration_since(*at) < AVOID_FOR)
+            .map(|(k, (r, _))| (*k, *r))
+            .collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v
     }
 
     /// A graph message arrived on `link`.
@@ -496,6 +604,7 @@ impl RouterCore {
     /// cannot go get an ICMPv6 error (see [`Self::poll_packet`]) or are
     /// counted.
     pub fn send_packet(&mut self, now: Now, packet: &[u8]) {
+        self.clock = now;
         let Some((_, dst)) = icmp::ipv6_addresses(packet) else {
             self.counters.not_overlay += 1;
             return;
@@ -546,6 +655,7 @@ impl RouterCore {
         to: &[u8; KEY_LEN],
         payload: &[u8],
     ) -> Result<(), MessageError> {
+        self.clock = now;
         if payload.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLong(payload.len()));
         }
@@ -558,7 +668,7 @@ impl RouterCore {
         // A circuit found closed under us is forgotten and the next one
         // tried, once.
         for _ in 0..2 {
-            let circuit = self.current_circuit(now, to)?;
+            let circuit = self.current_circuit(now, to, true)?;
             self.dests.entry(*to).or_default().last_used = Some(now.mono);
             match self.circuits.send_message(now.mono, circuit, payload) {
                 Err(SendError::UnknownCircuit) => {
@@ -593,7 +703,7 @@ impl RouterCore {
             .filter(|&c| self.is_open(dest, c));
         let circuit = match existing {
             Some(c) => c,
-            None => self.current_circuit(now, dest).ok()?,
+            None => self.current_circuit(now, dest, false).ok()?,
         };
         let d = self.dests.entry(*dest).or_default();
         d.flows.insert(flow, (circuit, now.mono));
@@ -602,8 +712,16 @@ impl RouterCore {
     }
 
     /// The circuit new flows to `dest` take: the current one, unless it is
-    /// due to rotate; else the one `dest` built to us; else a new one.
-    fn current_circuit(&mut self, now: Now, dest: &[u8; KEY_LEN]) -> Result<CircuitId, RouteError> {
+    /// due to rotate; else, if `reuse_incoming` (messages, which answer),
+    /// the one `dest` built to us; else a new one. New packet flows never
+    /// take a circuit another node built: each node pays for the traffic it
+    /// starts (docs/architecture.md, "Ledgers").
+    fn current_circuit(
+        &mut self,
+        now: Now,
+        dest: &[u8; KEY_LEN],
+        reuse_incoming: bool,
+    ) -> Result<CircuitId, RouteError> {
         if let Some(d) = self.dests.get_mut(dest) {
             d.rotate(&self.circuits, now.mono);
             if let Some((c, rotate_at)) = d.current
@@ -614,7 +732,8 @@ impl RouterCore {
                 return Ok(c);
             }
         }
-        if self.dests.get(dest).is_none_or(|d| d.current.is_none())
+        if reuse_incoming
+            && self.dests.get(dest).is_none_or(|d| d.current.is_none())
             && let Some(&c) = self.incoming.get(dest)
         {
             return Ok(c);
@@ -916,6 +1035,7 @@ impl RouterCore {
                         (None, None) => None,
                     };
                     let pooled = pooled.is_some();
+                    let hops_for_refusal = hops.clone();
                     self.forget_circuit(*circuit);
                     // Avoid the edge and node the build could not pass, when
                     // the origin knows which (not after a DESTROY from inside).
@@ -935,11 +1055,17 @@ impl RouterCore {
                         self.events.push_back(ev);
                         continue;
                     }
+                    if matches!(reason, Reason::CutOff | Reason::TooManyCircuits)
+                        && let Some(hops) = &hops_for_refusal
+                        && let Some(&node) = failed_hop.and_then(|h| hops.get(h))
+                    {
+                        self.refusals.insert(node, (*reason, now.mono));
+                    }
                     let error = RouteError::Build(match failed_hop {
                         Some(hop) => {
-                            format!("hop {hop} of the path could not be reached ({reason:?})")
+                            format!("hop {hop} of the path could not be reached ({reason})")
                         }
-                        None => format!("the path broke while the circuit was built ({reason:?})"),
+                        None => format!("the path broke while the circuit was built ({reason})"),
                     });
                     let d = self.dests.entry(*destination).or_default();
                     d.error = Some(error);
@@ -1007,7 +1133,20 @@ impl RouterCore {
 
     /// The next cell to send: written into `out`, with its link.
     pub fn poll_cell(&mut self, out: &mut [u8; CELL_LEN]) -> Option<u64> {
-        self.circuits.poll_transmit(out)
+        self.poll_cell_paid(out).map(|(link, _, _)| link)
+    }
+
+    /// [`Self::poll_cell`], with the cell's flow (who pays for it) and that
+    /// flow's weight in the link's fair queue, from its ledger
+    /// (docs/architecture.md, "Ledgers").
+    /// Cells are counted at the time of the last input.
+    pub fn poll_cell_paid(&mut self, out: &mut [u8; CELL_LEN]) -> Option<(u64, Flow, u32)> {
+        let (link, payer) = self.circuits.poll_transmit_paid(out)?;
+        let circ_id = ledger::circ_id_of(out);
+        let now = self.clock;
+        self.ledgers
+            .count(now.mono, now.wall.unix_secs(), link, circ_id, true);
+        Some((link, payer, self.ledgers.weight(&payer)))
     }
 
     /// The next graph message to send, with its link.
@@ -1024,7 +1163,21 @@ impl RouterCore {
             out[..n].copy_from_slice(&p[..n]);
             return Some(n);
         }
-        self.circuits.poll_packet(out).map(|d| d.len)
+        let d = self.circuits.poll_packet(out)?;
+        // A flow that arrived on a circuit another node built is a reply's
+        // flow: its answers go back the same way (and the other node, which
+        // started it, pays for both ways).
+        if !self.origin_of.contains_key(&d.circuit) {
+            let flow = flow_hash(&out[..d.len]);
+            let at = self.clock.mono;
+            self.dests
+                .entry(d.peer)
+                .or_default()
+                .flows
+                .entry(flow)
+                .or_insert((d.circuit, at));
+        }
+        Some(d.len)
     }
 
     /// The next event worth logging.
@@ -1079,15 +1232,19 @@ impl RouterCore {
 
     /// When [`Self::handle_timeout`] should next run, in each clock.
     pub fn poll_timeout(&self) -> (Option<Instant>, Option<Time>) {
-        let mono = match self.circuits.poll_timeout() {
+        let mut mono = match self.circuits.poll_timeout() {
             Some(t) => t.min(self.next_sweep),
             None => self.next_sweep,
         };
+        if let Some(t) = self.ledgers.next_report_at() {
+            mono = mono.min(t);
+        }
         (Some(mono), self.graph.poll_timeout())
     }
 
     /// Runs what is due.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.clock = now;
         if now.mono >= self.next_sweep {
             self.sweep(now);
         }

@@ -375,6 +375,9 @@ pub struct CircuitMetrics {
     pub circuits_built: u64,
     /// CREATEs answered (relay and destination roles).
     pub circuits_accepted: u64,
+    /// CREATEs refused for the neighbour's ledger: past its cutoff, or over
+    /// its circuit rate ([`CircuitCore::refuse_create`]).
+    pub circuits_refused: u64,
     /// Circuits closed, of any role.
     pub circuits_closed: u64,
     /// Origin circuits that failed to build.

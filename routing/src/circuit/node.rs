@@ -92,8 +92,9 @@ pub struct CircuitCore {
     next_circuit: u64,
     next_circ_id: u32,
     /// Cells to send, in order (per-circuit order is what the implicit
-    /// counters need).
-    tx: VecDeque<(LinkId, [u8; CELL_LEN])>,
+    /// counters need), with who pays for each: the neighbour the circuit
+    /// came from, or this node for its own ([`Self::poll_transmit_paid`]).
+    tx: VecDeque<(LinkId, [u8; KEY_LEN], [u8; CELL_LEN])>,
     /// Ends with something to send, served round robin by `poll_transmit`.
     dirty: VecDeque<CircuitId>,
     /// One entry per complete packet waiting for `poll_packet`.
@@ -438,18 +439,46 @@ impl CircuitCore {
     /// every cell (queue it on the link); see [`Self::handle_cell`] for
     /// back-pressure.
     pub fn poll_transmit(&mut self, out: &mut [u8; CELL_LEN]) -> Option<LinkId> {
+        self.poll_transmit_paid(out).map(|(link, _)| link)
+    }
+
+    /// [`Self::poll_transmit`], with who pays for the cell: the neighbour
+    /// its circuit came from (the one that extended through this node), or
+    /// this node's own key for its own circuits and link control. The
+    /// driver's fair queue weighs cells by it (docs/architecture.md,
+    /// "Ledgers").
+    pub fn poll_transmit_paid(
+        &mut self,
+        out: &mut [u8; CELL_LEN],
+    ) -> Option<(LinkId, [u8; KEY_LEN])> {
         loop {
-            if let Some((link, cell)) = self.tx.pop_front() {
+            if let Some((link, payer, cell)) = self.tx.pop_front() {
                 *out = cell;
                 self.metrics.cells_out += 1;
-                return Some(link);
+                return Some((link, payer));
             }
             let id = self.dirty.pop_front()?;
-            if let Some(link) = self.cut_cell(id, out) {
+            if let Some(paid) = self.cut_cell(id, out) {
                 self.metrics.cells_out += 1;
-                return Some(link);
+                return Some(paid);
             }
         }
+    }
+
+    /// Whether a CREATE on `link` with `circ_id` from `peer` is one this
+    /// node would act on (the peer's id space, not in use): only such a
+    /// CREATE may be answered, even with a refusal.
+    pub fn create_is_fresh(&self, link: LinkId, peer: &[u8; KEY_LEN], circ_id: u32) -> bool {
+        circ_id & !CIRC_ID_HIGH_BIT != 0
+            && circ_id & CIRC_ID_HIGH_BIT == circ_id_space(peer, &self.public)
+            && !self.legs.contains_key(&(link, circ_id))
+    }
+
+    /// Refuses a fresh CREATE ([`Self::create_is_fresh`]) with `reason`,
+    /// which the origin hears.
+    pub fn refuse_create(&mut self, link: LinkId, circ_id: u32, reason: Reason) {
+        self.metrics.circuits_refused += 1;
+        self.send_destroy((link, circ_id), reason);
     }
 
     /// The next packet for the TUN: copies it into `out` (give it
@@ -674,7 +703,7 @@ impl CircuitCore {
     fn push_cell(&mut self, link: LinkId, circ_id: u32, body: CellBody<'_>) {
         let mut buf = [0u8; CELL_LEN];
         match (Cell { circ_id, body }).write(&mut buf) {
-            Ok(()) => self.tx.push_back((link, buf)),
+            Ok(()) => self.tx.push_back((link, self.public, buf)),
             // Only our own oversized handshakes could fail; they are bounded.
             Err(_) => self.metrics.protocol_errors += 1,
         }
@@ -694,10 +723,7 @@ impl CircuitCore {
         msg1: &[u8],
     ) {
         let leg = (link, circ_id);
-        if circ_id & !CIRC_ID_HIGH_BIT == 0
-            || circ_id & CIRC_ID_HIGH_BIT != circ_id_space(&peer, &self.public)
-            || self.legs.contains_key(&leg)
-        {
+        if !self.create_is_fresh(link, &peer, circ_id) {
             // Not the peer's id space, or in use: answering with DESTROY could
             // kill a live circuit, so drop and count.
             self.metrics.protocol_errors += 1;
@@ -935,7 +961,7 @@ impl CircuitCore {
             return;
         };
         c.cells_out += 1;
-        self.tx.push_back((o.first.0, buf));
+        self.tx.push_back((o.first.0, self.public, buf));
     }
 
     /// A relay that is the last hop sends a message back to the origin.
@@ -951,7 +977,7 @@ impl CircuitCore {
             return;
         };
         c.cells_out += 1;
-        self.tx.push_back((r.prev.0, buf));
+        self.tx.push_back((r.prev.0, r.prev_key, buf));
     }
 
     fn on_relay(&mut self, now: Instant, leg: Leg, cell: &[u8; CELL_LEN]) {
@@ -967,8 +993,8 @@ impl CircuitCore {
             (Role::Relay(r), Side::In) => {
                 if let Next::Open((next_link, next_id)) = r.next {
                     // Switch forward: strip our layer.
-                    self.tx.push_back((next_link, *cell));
-                    if let Some((_, out)) = self.tx.back_mut() {
+                    self.tx.push_back((next_link, r.prev_key, *cell));
+                    if let Some((_, _, out)) = self.tx.back_mut() {
                         cell::set_circ_id(out, next_id);
                         r.hop.strip_forward(cell::body_mut(out));
                     }
@@ -992,8 +1018,8 @@ impl CircuitCore {
                 }
                 // Switch backward: add our layer.
                 let (prev_link, prev_id) = r.prev;
-                self.tx.push_back((prev_link, *cell));
-                if let Some((_, out)) = self.tx.back_mut() {
+                self.tx.push_back((prev_link, r.prev_key, *cell));
+                if let Some((_, _, out)) = self.tx.back_mut() {
                     cell::set_circ_id(out, prev_id);
                     r.hop.add_backward(cell::body_mut(out));
                 }
@@ -1231,7 +1257,11 @@ impl CircuitCore {
 
     /// Cuts one cell from an end's queue into `out`; returns its link.
     /// Requeues the circuit if it has more to send.
-    fn cut_cell(&mut self, id: CircuitId, out: &mut [u8; CELL_LEN]) -> Option<LinkId> {
+    fn cut_cell(
+        &mut self,
+        id: CircuitId,
+        out: &mut [u8; CELL_LEN],
+    ) -> Option<(LinkId, [u8; KEY_LEN])> {
         let c = self.circuits.get_mut(&id).filter(|c| !c.closed)?;
         let (link, sealed) = match &mut c.role {
             Role::Origin(o) => {
@@ -1252,7 +1282,7 @@ impl CircuitCore {
                 if o.end.has_work() {
                     o.end.in_dirty = true;
                 }
-                (o.first.0, sealed.is_ok())
+                ((o.first.0, self.public), sealed.is_ok())
             }
             Role::Destination(d) => {
                 d.end.in_dirty = false;
@@ -1269,7 +1299,7 @@ impl CircuitCore {
                 if d.end.has_work() {
                     d.end.in_dirty = true;
                 }
-                (d.prev.0, sealed.is_ok())
+                ((d.prev.0, d.prev_key), sealed.is_ok())
             }
             Role::Relay(_) => return None,
         };
@@ -1341,9 +1371,12 @@ impl CircuitCore {
                 } else {
                     m.build_failures += 1;
                     self.building.retain(|b| *b != id);
+                    // A DESTROY before any hop answered is the first hop
+                    // refusing the CREATE.
                     let failed_hop = match from {
                         None => Some(o.hops.len()),
                         Some((link, _)) if !self.links.contains_key(&link) => Some(0),
+                        Some(_) if o.hops.is_empty() => Some(0),
                         Some(_) => None,
                     };
                     self.events.push_back(CircuitEvent::Unreachable {
