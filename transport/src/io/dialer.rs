@@ -267,7 +267,7 @@ impl Dialer {
                 });
             }
         };
-        let _ = stream.set_nodelay(true);
+        super::socket::tune(&stream);
         let remote = stream.peer_addr().map_err(|source| DialError::Connect {
             endpoint: endpoint.clone(),
             source,
@@ -365,6 +365,7 @@ impl Dialer {
         };
         let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_send_buf_size(super::link::H2_SEND_BUFFER)
             .handshake::<_, ChannelBody>(TokioIo::new(tls))
             .await
             .map_err(http_err)?;

@@ -63,8 +63,16 @@ const PONG_QUEUE: usize = 4;
 /// (IPv4-mapped for IPv4) and a big-endian `u16` port.
 pub const OBSERVED_ADDR_LEN: usize = crate::proto::addr::ADDR_LEN;
 
-/// Frames a [`LinkSender`] queues before `send` waits, by default.
-pub const LINK_SEND_QUEUE_FRAMES: usize = 256;
+/// Frames a [`LinkSender`] queues before `send` waits, by default. Small,
+/// with [`H2_SEND_BUFFER`] and the socket's unsent limit: what waits for a
+/// slow link should wait in the daemon's fair queue, which orders it, not
+/// in first-in-first-out buffers below it (docs/architecture.md, "Ledgers").
+pub const LINK_SEND_QUEUE_FRAMES: usize = 64;
+
+/// The most bytes HTTP/2 buffers for sending on a link's connection
+/// (hyper's default is 400 KiB on the server side and 1 MiB on the client).
+/// Local: the peer sees nothing of it.
+pub(crate) const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Frames the reader decodes ahead of [`LinkReceiver::recv`], by default.
 pub const LINK_RECEIVE_QUEUE_FRAMES: usize = 256;

@@ -585,7 +585,7 @@ async fn handle_connection(
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
 ) {
-    let _ = stream.set_nodelay(true);
+    super::socket::tune(&stream);
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443)));
@@ -743,7 +743,8 @@ async fn serve_tls<S>(
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .auto_date_header(false)
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .max_send_buf_size(super::link::H2_SEND_BUFFER);
         serve_until_closed(b.serve_connection(io, service), &close).await
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();

@@ -24,6 +24,7 @@ mod pki;
 mod plain;
 mod port;
 mod punch;
+mod socket;
 mod time;
 mod tls;
 
@@ -52,6 +53,7 @@ pub use pki::{
 pub use plain::PLAIN_HEADER_TIMEOUT;
 pub use port::bind_listener;
 pub use punch::{Punch, PunchError, simultaneous_open};
+pub use socket::NOTSENT_LOWAT;
 pub use tls::{
     ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification, TlsSettings,
     client_tls_config, server_tls_config,

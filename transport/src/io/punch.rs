@@ -226,6 +226,7 @@ async fn wait_connected(
             socket2::SockRef::from(&stream)
                 .set_linger(None)
                 .map_err(PunchError::Io)?;
+            super::socket::tune(&stream);
             // Without the stale mark of an error report (below).
             return if soft.is_none() {
                 Ok(stream)

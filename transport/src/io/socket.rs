@@ -1,0 +1,25 @@
+//! Socket options every link connection gets, whichever way it was made
+//! (dialed, accepted, punched).
+//!
+//! - `TCP_NODELAY`: cells are written in batches already; waiting for
+//!   Nagle only adds latency.
+//! - `TCP_NOTSENT_LOWAT` at [`NOTSENT_LOWAT`]: the kernel keeps at most
+//!   that much *unsent* data in the socket, however large the send buffer
+//!   grows for bytes in flight. What waits beyond it waits in the
+//!   daemon's own per-link fair queue, which decides whose cells go first
+//!   when the link is the bottleneck (docs/architecture.md, "Ledgers");
+//!   in a multi-megabyte kernel buffer every cell would wait in one FIFO.
+//!   Throughput is not limited: bytes sent and not yet acknowledged do not
+//!   count toward it.
+
+use tokio::net::TcpStream;
+
+/// The most unsent bytes a link socket holds.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets the options; a failure (an old kernel) is not worth failing the
+/// connection for.
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+}
