@@ -1,6 +1,6 @@
-//! The state database, `STATE_DIR/umbra.db` (SQLite, WAL): agreements and
-//! invites, which must survive restarts and crashes (`docs/architecture.md,
-//! "State on disk"`).
+//! The state database, `STATE_DIR/umbra.db` (SQLite, WAL): agreements,
+//! invites and ledgers, which must survive restarts and crashes
+//! (`docs/architecture.md, "State on disk"`).
 //!
 //! Every change is one transaction with `synchronous = FULL`, so a crash
 //! loses at most the change in flight, never a stored agreement.
@@ -10,9 +10,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use umbra_config::Terms;
+use umbra_routing::ledger::LedgerRecord;
 
 /// The schema version this code writes; older databases are migrated.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The life of an agreement: the `state` of `umbra agreements --json`
 /// (`docs/cli.md, "umbra agreements"`).
@@ -184,6 +185,30 @@ impl Store {
                      records BLOB NOT NULL
                  );
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        if version < 3 {
+            // Unsigned counts are stored as their 64 bits (SQLite integers
+            // are signed); `agreed` and `peer_agreed` are NULL before the
+            // first check.
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE ledgers (
+                     peer_key BLOB PRIMARY KEY CHECK (length(peer_key) = 32),
+                     period INTEGER NOT NULL,
+                     period_secs INTEGER NOT NULL,
+                     relayed_for_peer INTEGER NOT NULL,
+                     relayed_by_peer INTEGER NOT NULL,
+                     balance INTEGER NOT NULL,
+                     total_for_peer INTEGER NOT NULL,
+                     total_by_peer INTEGER NOT NULL,
+                     last_check_unix INTEGER NOT NULL,
+                     agreed INTEGER,
+                     peer_agreed INTEGER,
+                     mismatches INTEGER NOT NULL
+                 );
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )?;
         }
@@ -406,6 +431,86 @@ impl TryFrom<RawRow> for Agreement {
     }
 }
 
+/// Ledgers (docs/architecture.md, "Ledgers"): one row per agreement's peer,
+/// kept after a revocation for the record.
+impl Store {
+    /// Stores these ledger records in one transaction, replacing each
+    /// peer's last.
+    pub(crate) fn save_ledgers(&mut self, rows: &[([u8; 32], LedgerRecord)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO ledgers (peer_key, period, period_secs, relayed_for_peer,
+                     relayed_by_peer, balance, total_for_peer, total_by_peer,
+                     last_check_unix, agreed, peer_agreed, mismatches)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (peer_key) DO UPDATE SET period = ?2, period_secs = ?3,
+                     relayed_for_peer = ?4, relayed_by_peer = ?5, balance = ?6,
+                     total_for_peer = ?7, total_by_peer = ?8, last_check_unix = ?9,
+                     agreed = ?10, peer_agreed = ?11, mismatches = ?12",
+            )?;
+            for (peer, r) in rows {
+                // The bits of each u64, as SQLite stores signed integers.
+                let u = |x: u64| x as i64;
+                put.execute(params![
+                    &peer[..],
+                    u(r.period),
+                    u(r.period_secs),
+                    u(r.relayed_for_peer),
+                    u(r.relayed_by_peer),
+                    r.balance,
+                    u(r.total_for_peer),
+                    u(r.total_by_peer),
+                    u(r.last_check_unix),
+                    r.agreed,
+                    r.peer_agreed,
+                    u(r.mismatches),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored ledger record.
+    pub(crate) fn ledgers(&self) -> Result<Vec<([u8; 32], LedgerRecord)>> {
+        let mut q = self.conn.prepare(
+            "SELECT peer_key, period, period_secs, relayed_for_peer, relayed_by_peer, balance,
+                 total_for_peer, total_by_peer, last_check_unix, agreed, peer_agreed, mismatches
+             FROM ledgers",
+        )?;
+        let rows = q.query_map([], |row| {
+            let key: Vec<u8> = row.get(0)?;
+            let u = |i: usize| row.get::<_, i64>(i).map(|x| x as u64);
+            Ok((
+                key,
+                LedgerRecord {
+                    period: u(1)?,
+                    period_secs: u(2)?,
+                    relayed_for_peer: u(3)?,
+                    relayed_by_peer: u(4)?,
+                    balance: row.get(5)?,
+                    total_for_peer: u(6)?,
+                    total_by_peer: u(7)?,
+                    last_check_unix: u(8)?,
+                    agreed: row.get(9)?,
+                    peer_agreed: row.get(10)?,
+                    mismatches: u(11)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, record) = row?;
+            let key: [u8; 32] = key
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("a ledger row with a key that is not 32 bytes"))?;
+            out.push((key, record));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +596,42 @@ mod tests {
         drop(c);
         let err = Store::open(&path).expect_err("newer schema");
         assert!(format!("{err:#}").contains("upgrade umbra"));
+    }
+
+    #[test]
+    fn ledgers_survive_reopen_to_the_last_bit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("umbra.db");
+        let full = LedgerRecord {
+            period: u64::MAX,
+            period_secs: 30 * 86_400,
+            relayed_for_peer: u64::MAX,
+            relayed_by_peer: 1,
+            balance: i64::MIN,
+            total_for_peer: u64::MAX - 1,
+            total_by_peer: 12,
+            last_check_unix: 1_800_000_000,
+            agreed: Some(false),
+            peer_agreed: None,
+            mismatches: 3,
+        };
+        {
+            let mut s = Store::open(&path).expect("open");
+            s.save_ledgers(&[([1; 32], LedgerRecord::default()), ([2; 32], full)])
+                .expect("save");
+            // A second save replaces the row.
+            let again = LedgerRecord { balance: 5, ..full };
+            s.save_ledgers(&[([1; 32], again)]).expect("save");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let mut rows = s.ledgers().expect("load");
+        rows.sort_by_key(|(k, _)| *k);
+        assert_eq!(
+            rows,
+            vec![
+                ([1; 32], LedgerRecord { balance: 5, ..full }),
+                ([2; 32], full)
+            ]
+        );
     }
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use umbra_routing::graph::Edge;
+use umbra_routing::ledger::Charge;
 use umbra_transport::io::LinkSender;
 
 /// A link's id: given out once per link the daemon adopts, never reused
@@ -23,6 +24,9 @@ pub(crate) enum Input {
         peer: [u8; 32],
         sender: LinkSender,
         carried: bool,
+        /// The connection's handshake hash: ledger reports on the link are
+        /// bound to it.
+        session: [u8; 32],
     },
     /// The link moved to a new connection (docs/protocol.md, "Link moves"):
     /// everything queued for it goes out on the old connection, then a
@@ -38,6 +42,13 @@ pub(crate) enum Input {
     Cell { link: LinkId, cell: Bytes },
     /// A graph frame arrived.
     Graph { link: LinkId, bytes: Bytes },
+    /// A ledger report arrived.
+    Ledger { link: LinkId, bytes: Bytes },
+    /// Bytes that are not cells to charge to ledgers: relayed links,
+    /// padding (docs/architecture.md, "Ledgers").
+    Charges(Vec<([u8; 32], Charge)>),
+    /// `umbra agreements`: every ledger.
+    Ledgers(oneshot::Sender<Value>),
     /// The node's agreements changed; these are its edges now.
     Edges(Vec<Edge>),
     /// `umbra status`: circuits and counters.

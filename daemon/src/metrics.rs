@@ -56,15 +56,57 @@ pub(crate) struct CoreFigures {
     cells_out: u64,
     circuits: Vec<(&'static str, u64)>,
     drops: Vec<(&'static str, u64)>,
+    /// Per agreement (by its local id: labels never name a key): balance,
+    /// relayed for and by the peer this period, mismatches, state.
+    ledgers: Vec<LedgerFigures>,
+    /// Circuits refused for a neighbour's ledger.
+    circuits_refused: u64,
+    /// Ledger reports dropped, by reason.
+    reports_dropped: Vec<(&'static str, u64)>,
+}
+
+/// One agreement's ledger in a scrape.
+#[derive(Debug, Clone, Default)]
+struct LedgerFigures {
+    agreement: String,
+    balance: i64,
+    relayed_for_peer: u64,
+    relayed_by_peer: u64,
+    mismatches: u64,
+    state: &'static str,
 }
 
 impl CoreFigures {
-    /// The figures of `core` now.
-    pub(crate) fn of(core: &RouterCore) -> CoreFigures {
+    /// The figures of `core` now; `ids` gives each agreement's local id by
+    /// its peer's key.
+    pub(crate) fn of(core: &RouterCore, ids: &HashMap<[u8; 32], i64>) -> CoreFigures {
         let m = core.circuit_metrics();
         let d = &m.drops;
         let r = core.counters();
+        let l = core.ledgers();
+        let rd = l.drops();
         CoreFigures {
+            ledgers: l
+                .records()
+                .into_iter()
+                .filter_map(|(peer, rec)| {
+                    Some(LedgerFigures {
+                        agreement: ids.get(&peer)?.to_string(),
+                        balance: rec.balance,
+                        relayed_for_peer: rec.relayed_for_peer,
+                        relayed_by_peer: rec.relayed_by_peer,
+                        mismatches: rec.mismatches,
+                        state: l.standing(&peer).name(),
+                    })
+                })
+                .collect(),
+            circuits_refused: m.circuits_refused,
+            reports_dropped: vec![
+                ("malformed", rd.malformed),
+                ("forged", rd.forged),
+                ("replayed", rd.replayed),
+                ("too_often", rd.too_often),
+            ],
             cells_in: m.cells_in,
             cells_out: m.cells_out,
             circuits: vec![
@@ -109,6 +151,11 @@ pub(crate) struct Metrics {
     build_seconds: Family<[Label; 1], Histogram>,
     padding_frames: Family<[Label; 2], Counter>,
     padding_bytes: Family<[Label; 2], Counter>,
+    ledger_balance: Family<[(&'static str, String); 2], Gauge>,
+    ledger_relayed: Family<[(&'static str, String); 2], Gauge>,
+    ledger_mismatches: Family<[(&'static str, String); 1], Counter>,
+    ledger_reports_dropped: Family<[Label; 1], Counter>,
+    circuits_refused: Counter,
     /// Stats of the links adopted and not yet down.
     live: Mutex<HashMap<LinkId, LinkStatsHandle>>,
     /// The sums of the links that went down.
@@ -142,6 +189,11 @@ impl Metrics {
             build_seconds: Family::new_with_constructor(build_histogram),
             padding_frames: Family::default(),
             padding_bytes: Family::default(),
+            ledger_balance: Family::default(),
+            ledger_relayed: Family::default(),
+            ledger_mismatches: Family::default(),
+            ledger_reports_dropped: Family::default(),
+            circuits_refused: Counter::default(),
             live: Mutex::default(),
             retired: Mutex::default(),
             listener: OnceLock::new(),
@@ -194,6 +246,33 @@ impl Metrics {
             "Bytes of padding frames sent and received, headers included, by kind",
             Unit::Bytes,
             m.padding_bytes.clone(),
+        );
+        r.register_with_unit(
+            "ledger_balance",
+            "Each agreement's balance: positive when the peer owes this node, by agreement id (as umbra agreements shows it) and state (ok, low_priority, cut_off)",
+            Unit::Bytes,
+            m.ledger_balance.clone(),
+        );
+        r.register_with_unit(
+            "ledger_relayed",
+            "What each agreement's two sides relayed for each other this period, by agreement id and direction (for_peer, by_peer)",
+            Unit::Bytes,
+            m.ledger_relayed.clone(),
+        );
+        r.register(
+            "ledger_mismatches",
+            "Ledger reports from each peer whose counts did not match this node's",
+            m.ledger_mismatches.clone(),
+        );
+        r.register(
+            "ledger_reports_dropped",
+            "Ledger reports dropped, by reason",
+            m.ledger_reports_dropped.clone(),
+        );
+        r.register(
+            "circuits_refused",
+            "New circuits refused for the asking neighbour's ledger (past its cutoff, or over its circuit rate)",
+            m.circuits_refused.clone(),
         );
         // Every series exists from the start, so a rate over the first
         // scrapes is not missing its zero.
@@ -286,6 +365,43 @@ impl Metrics {
             for (reason, n) in &core.drops {
                 set(&self.dropped.get_or_create(&[("reason", reason)]), *n);
             }
+            // Agreements come and go: only the current ones are shown.
+            self.ledger_balance.clear();
+            self.ledger_relayed.clear();
+            for l in &core.ledgers {
+                self.ledger_balance
+                    .get_or_create(&[
+                        ("agreement", l.agreement.clone()),
+                        ("state", l.state.to_string()),
+                    ])
+                    .set(l.balance);
+                for (dir, n) in [
+                    ("for_peer", l.relayed_for_peer),
+                    ("by_peer", l.relayed_by_peer),
+                ] {
+                    self.ledger_relayed
+                        .get_or_create(&[
+                            ("agreement", l.agreement.clone()),
+                            ("direction", dir.to_string()),
+                        ])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                set(
+                    &self
+                        .ledger_mismatches
+                        .get_or_create(&[("agreement", l.agreement.clone())]),
+                    l.mismatches,
+                );
+            }
+            for (reason, n) in &core.reports_dropped {
+                set(
+                    &self
+                        .ledger_reports_dropped
+                        .get_or_create(&[("reason", reason)]),
+                    *n,
+                );
+            }
+            set(&self.circuits_refused, core.circuits_refused);
         }
         let t = self.link_totals();
         set(
@@ -464,6 +580,15 @@ mod tests {
         let core = CoreFigures {
             cells_in: 1,
             cells_out: 3,
+            ledgers: vec![LedgerFigures {
+                agreement: "3".into(),
+                balance: -1200,
+                relayed_for_peer: 0,
+                relayed_by_peer: 1200,
+                mismatches: 0,
+                state: "ok",
+            }],
+            circuits_refused: 2,
             ..CoreFigures::default()
         };
         let states = vec![
@@ -482,6 +607,9 @@ mod tests {
             "umbra_circuit_build_seconds_count{kind=\"full\"} 1",
             "umbra_link_padding_bytes_total{direction=\"in\",kind=\"cover\"} 0",
             "umbra_link_padding_frames_total{direction=\"out\",kind=\"write\"} 0",
+            "umbra_ledger_balance_bytes{agreement=\"3\",state=\"ok\"} -1200",
+            "umbra_ledger_relayed_bytes{agreement=\"3\",direction=\"by_peer\"} 1200",
+            "umbra_circuits_refused_total 2",
         ] {
             assert!(text.contains(want), "no {want:?} in:\n{text}");
         }

@@ -88,6 +88,7 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
                         status["metrics"] = r["metrics"].clone();
                         status["reachability"] = r["reachability"].clone();
                         status["warnings"] = r["warnings"].clone();
+                        status["ledgers"] = r["ledgers"].clone();
                     }
                     Ok(status)
                 }
@@ -111,7 +112,7 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
                 )),
             }
         }
-        Request::Agreements => links.agreements_json(),
+        Request::Agreements => links.agreements_json().await,
         Request::Revoke { id } => links.revoke(id).await,
         Request::Accept { token } => links.accept(&token).await,
         Request::Invite {
@@ -211,6 +212,7 @@ async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf
         });
     }
     links.spawn_dialers();
+    links.spawn_charges();
     let metrics_task = match config.metrics.listen {
         Some(addr) => {
             let tcp = metrics::bind(addr).await?;

@@ -22,16 +22,27 @@ impl IperfServer {
     /// Starts `iperf3 -s` in `ns`, bound to `addr`, its output into `log`;
     /// with `once`, it serves one test and exits. Returns once it listens.
     pub fn start(ns: &Netns, addr: &str, log: &Path, once: bool) -> Result<IperfServer> {
+        IperfServer::start_on(ns, addr, IPERF_PORT, log, once)
+    }
+
+    /// [`IperfServer::start`] on `port`.
+    pub fn start_on(
+        ns: &Netns,
+        addr: &str,
+        port: u16,
+        log: &Path,
+        once: bool,
+    ) -> Result<IperfServer> {
         let mut c = ns.command("iperf3");
         c.arg("-s");
         if once {
             c.arg("-1");
         }
-        c.args(["-B", addr]);
+        c.args(["-B", addr, "-p", &port.to_string()]);
         let mut proc = Proc::spawn(c, log)?;
         let limit = Duration::from_secs(5);
         let deadline = Instant::now() + limit;
-        while !ns.listens_tcp(IPERF_PORT) {
+        while !ns.listens_tcp(port) {
             if let Some(status) = proc.try_wait() {
                 return Err(Error::Exited {
                     what: "the iperf3 server".into(),
@@ -41,7 +52,7 @@ impl IperfServer {
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout {
-                    what: format!("iperf3 to listen on {addr}:{IPERF_PORT}"),
+                    what: format!("iperf3 to listen on {addr}:{port}"),
                     limit,
                     detail: String::new(),
                 });
@@ -63,6 +74,10 @@ pub struct IperfOptions {
     pub interval_secs: Option<u32>,
     /// How long to try to connect, ms.
     pub connect_timeout_ms: u32,
+    /// The server's port.
+    pub port: u16,
+    /// Bytes to send (`-n`) instead of `secs`, if set.
+    pub bytes: Option<u64>,
 }
 
 impl IperfOptions {
@@ -73,6 +88,8 @@ impl IperfOptions {
             streams: 1,
             interval_secs: None,
             connect_timeout_ms: 5000,
+            port: IPERF_PORT,
+            bytes: None,
         }
     }
 }
@@ -133,7 +150,13 @@ pub fn iperf3(client: &Netns, server_addr: &str, opts: IperfOptions) -> Result<I
         opts.streams.to_string(),
         opts.connect_timeout_ms.to_string(),
     );
-    let mut args = vec!["iperf3", family, "-J", "-c", server_addr, "-t", &secs];
+    let port = opts.port.to_string();
+    let bytes = opts.bytes.map(|b| b.to_string());
+    let mut args = vec!["iperf3", family, "-J", "-c", server_addr, "-p", &port];
+    match &bytes {
+        Some(n) => args.extend(["-n", n]),
+        None => args.extend(["-t", &secs]),
+    }
     if opts.streams != 1 {
         args.extend(["-P", &streams]);
     }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use umbra_netlab::Lab;
 pub use umbra_netlab::{Daemon, Netns, Proc, UmbraConfig, Veth};
 
+pub mod overlay;
+
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {
     assert!(

@@ -5,140 +5,8 @@
 
 use std::time::Duration;
 
-use umbra_netlab::{Identity, IperfOptions, IperfServer, Links, PingOptions, UmbraConfig};
-use umbra_tests::netns::{Daemon, Netns, netns, prepare, require_root, temp_dir, wait_for};
-
-/// How long links and the graph may take to come up.
-const CONVERGE: Duration = Duration::from_secs(30);
-
-/// Real daemons with their TUN, joined by veth pairs and `[[peer]]`
-/// agreements along `edges`.
-struct Overlay {
-    // Daemons first: they stop before their namespaces go.
-    daemons: Vec<Daemon>,
-    configs: Vec<UmbraConfig>,
-    keys: Vec<String>,
-    addrs: Vec<String>,
-    ns: Vec<Netns>,
-    dir: tempfile::TempDir,
-}
-
-impl Overlay {
-    /// `extra(i, keys)` is more config for node `i`, put before `[listen]`.
-    fn build(
-        tag: &str,
-        n: usize,
-        edges: &[(usize, usize)],
-        extra: impl Fn(usize, &[String]) -> String,
-    ) -> Overlay {
-        let ns: Vec<Netns> = (0..n).map(|i| netns(&format!("{tag}{i}"))).collect();
-        let dir = temp_dir(tag);
-        let links = Links::new(&ns, edges, 40, umbra_netlab::numbered).expect("veth pairs");
-        let node_dir = |i: usize| dir.path().join(format!("n{i}"));
-        let mut daemons: Vec<Daemon> = (0..n).map(|i| prepare(&node_dir(i), "")).collect();
-        let ids: Vec<Identity> = daemons
-            .iter()
-            .map(|d| d.init().expect("umbra init"))
-            .collect();
-        let keys: Vec<String> = ids.iter().map(|id| id.key.clone()).collect();
-        let addrs: Vec<String> = ids.iter().map(|id| id.address.clone()).collect();
-        let mut configs = Vec::new();
-        for (i, d) in daemons.iter_mut().enumerate() {
-            let mut config = UmbraConfig::new(&node_dir(i));
-            config.top = format!("{}\n", extra(i, &keys));
-            config.listen = Some(links.listen_on(i, 443));
-            config.peers = links.umbra_peers(i, &keys, 443, Some("1TB/30d"));
-            d.rewrite(&config).expect("write the config");
-            d.start(&ns[i]).expect("umbra run starts");
-            configs.push(config);
-        }
-        let o = Overlay {
-            daemons,
-            configs,
-            keys,
-            addrs,
-            ns,
-            dir,
-        };
-        // Every node holds the whole graph, with every edge counted.
-        let refs: Vec<&Daemon> = o.daemons.iter().collect();
-        wait_for(CONVERGE, "the graph to converge", &refs, || {
-            o.daemons
-                .iter()
-                .all(|d| {
-                    let s = d.cli_json(&["status", "--json"]).expect("umbra cli");
-                    s["graph"]["nodes"] == n && s["graph"]["edges"] == edges.len()
-                })
-                .then_some(())
-        });
-        o
-    }
-
-    fn logs(&self) -> String {
-        self.daemons
-            .iter()
-            .map(Daemon::log_text)
-            .collect::<Vec<_>>()
-            .join("\n-----\n")
-    }
-
-    /// `ping -6` from node `from` to node `to`'s address; true if replies came.
-    fn ping(&self, from: usize, to: usize, count: usize) -> bool {
-        let opts = PingOptions {
-            wait_secs: 5,
-            ..PingOptions::new(count, 0.2)
-        };
-        umbra_netlab::ping(&self.ns[from], &self.addrs[to], opts)
-            .expect("run ping")
-            .success
-    }
-
-    /// Runs `ping -6 -n ARGS` in node `from`'s namespace.
-    fn ping_with(&self, from: usize, args: &[&str]) -> std::process::Output {
-        let mut full = vec!["ping", "-6", "-n"];
-        full.extend_from_slice(args);
-        self.ns[from].run(&full).expect("run ping")
-    }
-
-    /// The nodes (by index) of the circuit `umbra path` shows from `from` to
-    /// `to`, and its JSON.
-    fn path(&self, from: usize, to: usize) -> (Vec<usize>, serde_json::Value) {
-        let path = self.daemons[from]
-            .cli_json(&["path", &self.addrs[to], "--json"])
-            .expect("umbra cli");
-        let hops = path["hops"]
-            .as_array()
-            .expect("hops")
-            .iter()
-            .map(|h| index_of(self, h))
-            .collect();
-        (hops, path)
-    }
-
-    fn status(&self, i: usize) -> serde_json::Value {
-        self.daemons[i]
-            .cli_json(&["status", "--json"])
-            .expect("umbra cli")
-    }
-}
-
-/// Runs an iperf3 client in `ns` against `server` for `secs` seconds with
-/// 1 s intervals, and returns its JSON report.
-fn iperf3(ns: &Netns, server: &str, secs: u32) -> serde_json::Value {
-    let opts = IperfOptions {
-        interval_secs: Some(1),
-        connect_timeout_ms: 10_000,
-        ..IperfOptions::new(secs)
-    };
-    umbra_netlab::iperf3(ns, server, opts)
-        .expect("run iperf3 (is it installed? .ci/run installs it)")
-        .report
-}
-
-/// Starts a one-shot iperf3 server in `ns` on `addr`.
-fn iperf3_server(ns: &Netns, addr: &str, log: &std::path::Path) -> IperfServer {
-    IperfServer::start(ns, addr, log, true).expect("start iperf3 server")
-}
+use umbra_tests::netns::overlay::{Overlay, index_of, iperf3, iperf3_server};
+use umbra_tests::netns::{Netns, require_root, wait_for};
 
 #[test]
 fn five_node_chain_carries_ping_and_tcp() {
@@ -337,13 +205,6 @@ fn forged_source_never_reaches_the_destination() {
 }
 
 /// A node's JSON form `{key, address}` → its index in the overlay.
-fn index_of(o: &Overlay, node: &serde_json::Value) -> usize {
-    let key = node["key"].as_str().expect("key");
-    o.keys
-        .iter()
-        .position(|k| k == key)
-        .expect("a node of the overlay")
-}
 
 #[test]
 fn grid_paths_start_at_home_and_relays_see_only_neighbours() {

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hasher;
 use std::rc::Rc;
 use std::time::Instant;
@@ -13,6 +14,8 @@ use std::time::Instant;
 use umbra_routing::address::address_for_key;
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::graph::Edge;
+use umbra_routing::ledger::report::Counts;
+use umbra_routing::ledger::{Classifier, LedgerEvent, circ_id_of};
 use umbra_routing::path::Anonymity;
 use umbra_routing::router::{MessageError, Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
@@ -26,13 +29,16 @@ pub const PREFIX: u8 = address::DEFAULT_PREFIX;
 /// UDP's IPv6 next-header value.
 const UDP: u8 = 17;
 
-/// What travels on a simulated link: a cell, or a graph message.
+/// What travels on a simulated link: a cell, a graph message or a ledger
+/// report.
 #[derive(Debug)]
 pub enum RouterMsg {
     /// A 1200-byte cell.
     Cell(Box<[u8; CELL_LEN]>),
     /// An encoded graph message.
     Graph(Vec<u8>),
+    /// A signed ledger report, finished as the daemon's link writer does.
+    Ledger(Vec<u8>),
 }
 
 /// Every message that routers sharing one log sent, in the order they sent
@@ -86,6 +92,14 @@ pub struct RouterNode {
     /// ([`RouterCore::carried_link_up`]), as the daemon does for a relayed
     /// link over a circuit.
     pub carried_links: Vec<usize>,
+    /// Ledger reports from peers checked, and of those, mismatches.
+    pub ledger_checks: (u64, u64),
+    identity: Identity,
+    /// Each live link's peer and the cells written to it, by who created
+    /// their circuit (what a report says was sent before it).
+    written: HashMap<usize, (Classifier, Counts)>,
+    /// Finished reports, written before the next cells.
+    reports: VecDeque<(usize, Vec<u8>)>,
     base: Instant,
     buf: Vec<u8>,
     spare: Option<Box<[u8; CELL_LEN]>>,
@@ -120,8 +134,8 @@ impl RouterNode {
             mono: base,
             wall: to_time(SimTime::ZERO),
         };
-        let mut core =
-            RouterCore::new(identity, PREFIX, now, &edges, None, Box::new(rng)).expect("router");
+        let mut core = RouterCore::new(identity.clone(), PREFIX, now, &edges, None, Box::new(rng))
+            .expect("router");
         core.set_policy(anonymity, home);
         RouterNode {
             core,
@@ -132,6 +146,10 @@ impl RouterNode {
             messages: Vec::new(),
             read_messages: true,
             carried_links: Vec::new(),
+            ledger_checks: (0, 0),
+            identity,
+            written: HashMap::new(),
+            reports: VecDeque::new(),
             base,
             buf: vec![0u8; MAX_PACKET_LEN],
             spare: None,
@@ -188,6 +206,21 @@ impl RouterNode {
         while let Some(f) = self.core.poll_failure() {
             self.failures.push(f);
         }
+        let now = self.now(t);
+        while let Some((link, draft)) = self.core.poll_report(now) {
+            let Ok(link) = usize::try_from(link) else {
+                continue;
+            };
+            let sent = self.written.get(&link).map(|w| w.1).unwrap_or_default();
+            self.reports
+                .push_back((link, draft.finish(sent, &self.identity)));
+        }
+        while let Some(ev) = self.core.poll_ledger_event() {
+            if let LedgerEvent::Checked { agreed, .. } = ev {
+                self.ledger_checks.0 += 1;
+                self.ledger_checks.1 += u64::from(!agreed);
+            }
+        }
     }
 }
 
@@ -201,8 +234,11 @@ impl SimNode for RouterNode {
 
     fn link_up(&mut self, t: SimTime, link: usize, peer: &[u8; 32]) {
         let now = self.now(t);
+        self.written
+            .insert(link, (Classifier::new(&self.key, peer), Counts::default()));
+        self.reports.retain(|(l, _)| *l != link);
         if self.carried_links.contains(&link) {
-            self.core.carried_link_up(now, link as u64, *peer);
+            self.core.carried_link_up(now, link as u64, *peer, [0; 32]);
         } else {
             self.core.link_up(now, link as u64, *peer);
         }
@@ -211,6 +247,8 @@ impl SimNode for RouterNode {
 
     fn link_down(&mut self, t: SimTime, link: usize) {
         let now = self.now(t);
+        self.written.remove(&link);
+        self.reports.retain(|(l, _)| *l != link);
         self.core.link_down(now, link as u64);
         self.drain(t);
     }
@@ -223,11 +261,18 @@ impl SimNode for RouterNode {
                 self.spare = Some(cell);
             }
             RouterMsg::Graph(bytes) => self.core.handle_graph(now, link as u64, &bytes),
+            RouterMsg::Ledger(bytes) => self.core.handle_ledger(now, link as u64, &bytes),
         }
         self.drain(t);
     }
 
     fn poll_transmit(&mut self, _t: SimTime) -> Option<(usize, RouterMsg)> {
+        if let Some((link, report)) = self.reports.pop_front() {
+            if let Some(w) = &self.wire {
+                w.borrow_mut().record(link, &report);
+            }
+            return Some((link, RouterMsg::Ledger(report)));
+        }
         let mut cell = self
             .spare
             .take()
@@ -236,6 +281,9 @@ impl SimNode for RouterNode {
             let link = usize::try_from(link).ok()?;
             if let Some(w) = &self.wire {
                 w.borrow_mut().record(link, &cell[..]);
+            }
+            if let Some((classifier, sent)) = self.written.get_mut(&link) {
+                classifier.count(sent, circ_id_of(&cell[..]));
             }
             return Some((link, RouterMsg::Cell(cell)));
         }
@@ -267,7 +315,7 @@ impl SimNode for RouterNode {
     fn wire_len(msg: &RouterMsg) -> usize {
         match msg {
             RouterMsg::Cell(_) => CELL_LEN,
-            RouterMsg::Graph(b) => b.len(),
+            RouterMsg::Graph(b) | RouterMsg::Ledger(b) => b.len(),
         }
     }
 }

@@ -4,11 +4,12 @@
 //! readers over one channel ([`crate::events`]), and writes cells and graph
 //! messages back to the links and packets to the TUN.
 //!
-//! Cells to a link go through an unbounded per-link queue and a small task
-//! that waits on the link's own bounded queue, so the datapath never blocks on
-//! a slow link and relays never drop a cell. What such a queue
-//! can hold is bounded by the end-to-end windows of the circuits over the
-//! link (1,000 cells each), not by this code.
+//! Cells to a link go through its fair queue and writer ([`out`]); the
+//! ledgers are counted in the core, checked with the reports it drafts, and
+//! stored by [`ledgers`].
+
+mod ledgers;
+mod out;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,13 +22,15 @@ use umbra_routing::cell::CELL_LEN;
 use umbra_routing::circuit::SendError;
 use umbra_routing::circuit::{CircuitEvent, CircuitId, CircuitRole};
 use umbra_routing::graph::Time;
+use umbra_routing::ledger::Classifier;
 use umbra_routing::router::{MessageError, Now, RouteError, RouterCore};
 use umbra_routing::session::MAX_PACKET_LEN;
 use umbra_routing::{Identity, address};
-use umbra_transport::io::LinkSender;
 use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::Frame;
 use umbra_tun::Tun;
+
+use out::LinkOut;
 
 use crate::events::{Input, LinkId, MessageRefused};
 use crate::links::{Links, Policy, short_key};
@@ -63,14 +66,25 @@ pub(crate) async fn run(
     let cache = links.load_graph();
     let edges = links.edges();
     let rng = Box::new(rand_core::OsRng);
-    let mut core = match RouterCore::new(identity, prefix, now(), &edges, cache.as_deref(), rng) {
+    let mut core = match RouterCore::new(
+        identity.clone(),
+        prefix,
+        now(),
+        &edges,
+        cache.as_deref(),
+        rng,
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("routing core: {e}; no traffic will flow");
             return;
         }
     };
+    for (peer, record) in links.load_ledgers() {
+        core.restore_ledger(now(), peer, record);
+    }
     let policy = apply_policy(&mut core, &links);
+    let saver = ledgers::Saver::spawn(Arc::clone(&links));
     tracing::info!(
         anonymity = ?policy.anonymity,
         routes = policy.routes.len(),
@@ -79,7 +93,10 @@ pub(crate) async fn run(
         edges = edges.len(),
         "routing core up"
     );
-    let mut outs: HashMap<LinkId, mpsc::UnboundedSender<Frame>> = HashMap::new();
+    let mut outs = Outs {
+        links: HashMap::new(),
+        identity,
+    };
     let (mut bufs, mut sizes) = match &tun {
         Some(t) => t.batch_buffers(TUN_BATCH),
         None => (Vec::new(), Vec::new()),
@@ -97,11 +114,22 @@ pub(crate) async fn run(
         let wake = next_wake(&core, next_save);
         tokio::select! {
             input = rx.recv() => {
-                let Some(input) = input else { break };
-                handle(&mut core, &mut outs, &links, input);
-                for _ in 1..INPUT_BATCH {
+                let Some(mut input) = input else { break };
+                for i in 0..INPUT_BATCH {
+                    if let Input::Flush(reply) = input {
+                        // Everything counted so far is stored before the
+                        // answer: shutdown loses nothing.
+                        saver.flush(core.ledgers().records()).await;
+                        links.save_graph(&core.export_graph());
+                        let _ = reply.send(());
+                    } else {
+                        handle(&mut core, &mut outs, &links, input);
+                    }
+                    if i + 1 == INPUT_BATCH {
+                        break;
+                    }
                     match rx.try_recv() {
-                        Ok(input) => handle(&mut core, &mut outs, &links, input),
+                        Ok(next) => input = next,
                         Err(_) => break,
                     }
                 }
@@ -135,11 +163,31 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
-        while let Some(link) = poll_cell(&mut core, &mut cells) {
-            send(&outs, link, Frame::Cell(cells.split().freeze()));
+        while let Some((link, flow, weight)) = poll_cell(&mut core, &mut cells) {
+            let cell = cells.split().freeze();
+            // A link that just went down has no queue; the core learns of it
+            // from its reader's LinkDown and tears its circuits down.
+            if let Some(o) = outs.links.get(&link) {
+                o.cell(flow, weight, cell);
+            }
         }
         while let Some((link, msg)) = core.poll_graph() {
-            send(&outs, link, Frame::GraphRecord(msg.into()));
+            if let Some(o) = outs.links.get(&link) {
+                o.control(Frame::GraphRecord(msg.into()));
+            }
+        }
+        let now_ = now();
+        while let Some((link, draft)) = core.poll_report(now_) {
+            if let Some(o) = outs.links.get(&link) {
+                o.report(draft);
+            }
+        }
+        while let Some(ev) = core.poll_ledger_event() {
+            ledgers::log_event(&ev);
+        }
+        let dirty = core.take_dirty_ledgers();
+        if !dirty.is_empty() {
+            saver.save(dirty);
         }
         while let Some(ev) = core.poll_event() {
             time_build(&core, &metrics, &mut prefixes, &ev);
@@ -153,7 +201,24 @@ pub(crate) async fn run(
             tracing::warn!(to = %short_key(&dest), ?anonymity, "no circuit: {}", advice(&dest, &error));
         }
     }
+    saver.flush(core.ledgers().records()).await;
     links.save_graph(&core.export_graph());
+}
+
+/// The queues of the live links, and what their writers sign reports with.
+struct Outs {
+    links: HashMap<LinkId, LinkOut>,
+    identity: Identity,
+}
+
+impl Outs {
+    fn up(&mut self, link: LinkId, peer: &[u8; 32], sender: umbra_transport::io::LinkSender) {
+        let classifier = Classifier::new(&self.identity.public(), peer);
+        let out = LinkOut::new(sender, self.identity.clone(), classifier, None);
+        if let Some(old) = self.links.insert(link, out) {
+            old.finish(None);
+        }
+    }
 }
 
 async fn recv_tun(
@@ -171,18 +236,19 @@ async fn recv_tun(
 const CELL_BLOCK: usize = 64;
 
 /// Has the core write its next cell into `buf` (which holds nothing else),
-/// reserving room for [`CELL_BLOCK`] cells at a time.
-fn poll_cell(core: &mut RouterCore, buf: &mut BytesMut) -> Option<LinkId> {
+/// reserving room for [`CELL_BLOCK`] cells at a time; its link, flow and
+/// weight.
+fn poll_cell(core: &mut RouterCore, buf: &mut BytesMut) -> Option<(LinkId, [u8; 32], u32)> {
     if buf.capacity() < CELL_LEN {
         buf.reserve(CELL_LEN * CELL_BLOCK);
     }
     buf.resize(CELL_LEN, 0);
     let cell: &mut [u8; CELL_LEN] = (&mut buf[..]).try_into().ok()?;
-    let link = core.poll_cell(cell);
-    if link.is_none() {
+    let paid = core.poll_cell_paid(cell);
+    if paid.is_none() {
         buf.clear();
     }
-    link
+    paid
 }
 
 /// The earliest of the core's timers and the next graph save.
@@ -196,15 +262,6 @@ fn next_wake(core: &RouterCore, next_save: Instant) -> Instant {
         .flatten()
         .min()
         .unwrap_or(next_save)
-}
-
-/// Queues `frame` to `link`; whether it was queued.
-fn send(outs: &HashMap<LinkId, mpsc::UnboundedSender<Frame>>, link: LinkId, frame: Frame) {
-    // A link that just went down has no queue; the core learns of it from
-    // its reader's LinkDown and tears its circuits down.
-    if let Some(q) = outs.get(&link) {
-        let _ = q.send(frame);
-    }
 }
 
 /// Observes a circuit's build time when `ev` says it is built: from when
@@ -238,12 +295,7 @@ fn time_build(
     }
 }
 
-fn handle(
-    core: &mut RouterCore,
-    outs: &mut HashMap<LinkId, mpsc::UnboundedSender<Frame>>,
-    links: &Links,
-    input: Input,
-) {
+fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, input: Input) {
     let now = now();
     match input {
         Input::Cell { link, cell } => match <&[u8; CELL_LEN]>::try_from(&cell[..]) {
@@ -252,34 +304,55 @@ fn handle(
             Err(_) => tracing::debug!(link, len = cell.len(), "dropped a cell of the wrong size"),
         },
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
+        Input::Ledger { link, bytes } => core.handle_ledger(now, link, &bytes),
+        Input::Charges(charges) => {
+            for (peer, charge) in charges {
+                core.charge_ledger(now, &peer, charge);
+            }
+        }
+        Input::Ledgers(reply) => {
+            let _ = reply.send(ledgers::views(core, now));
+        }
         Input::LinkUp {
             link,
             peer,
             sender,
             carried,
+            session,
         } => {
-            outs.insert(link, forwarder(sender));
+            outs.up(link, &peer, sender);
             if let Err(e) = core.set_edges(now, &links.edges()) {
                 tracing::warn!("re-signing the node record: {e}");
             }
             apply_policy(core, links);
             if carried {
-                core.carried_link_up(now, link, peer);
+                core.carried_link_up(now, link, peer, session);
             } else {
-                core.link_up(now, link, peer);
+                core.link_up_session(now, link, peer, session);
             }
         }
         Input::LinkMoved { link, sender, hash } => {
-            // The old connection's queue gets the marker after everything
-            // queued before it; its forwarder ends once it is sent.
-            if let Some(old) = outs.insert(link, forwarder(sender)) {
-                let _ = old.send(LinkControl::Moved { to: hash }.frame());
-            }
+            // The old connection gets the marker after everything queued
+            // for it; the new one's writer starts once it is written.
+            let Some(peer) = core.link_peer(link) else {
+                return;
+            };
+            let after = outs
+                .links
+                .remove(&link)
+                .map(|old| old.finish(Some(LinkControl::Moved { to: hash }.frame())));
+            let classifier = Classifier::new(&outs.identity.public(), &peer);
+            outs.links.insert(
+                link,
+                LinkOut::new(sender, outs.identity.clone(), classifier, after),
+            );
             // A move is always to a connection of the link's own.
             core.link_uncarried(link);
         }
         Input::LinkDown { link } => {
-            outs.remove(&link);
+            if let Some(old) = outs.links.remove(&link) {
+                old.finish(None);
+            }
             core.link_down(now, link);
         }
         Input::Edges(edges) => {
@@ -294,12 +367,12 @@ fn handle(
         Input::Status(reply) => {
             let _ = reply.send(status(core));
         }
+        // Handled in the loop: it waits for the ledger saver.
         Input::Flush(reply) => {
-            links.save_graph(&core.export_graph());
             let _ = reply.send(());
         }
         Input::Metrics(reply) => {
-            let _ = reply.send(CoreFigures::of(core));
+            let _ = reply.send(CoreFigures::of(core, &links.agreement_ids()));
         }
         Input::Message { to, payload, reply } => {
             let sent = core.send_message(now, &to, &payload).map_err(|e| match e {
@@ -314,26 +387,14 @@ fn handle(
     }
 }
 
-/// The per-link queue toward a link and the task that empties it into the
-/// link's own bounded queue, so the datapath never waits on a slow link.
-fn forwarder(sender: LinkSender) -> mpsc::UnboundedSender<Frame> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if sender.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    tx
-}
-
-/// The routing core takes the links' path policy: the setting, the home
-/// node and the per-destination routes.
+/// The routing core takes the links' path policy (the setting, the home
+/// node and the per-destination routes) and the agreements' terms for
+/// their ledgers.
 fn apply_policy(core: &mut RouterCore, links: &Links) -> Policy {
     let policy = links.policy();
     core.set_policy(policy.anonymity, policy.home);
     core.set_routes(policy.routes.clone());
+    core.set_ledger_terms(now(), &links.ledger_terms());
     policy
 }
 
@@ -368,14 +429,14 @@ fn log_event(ev: &CircuitEvent) {
             circuit,
             peer,
             reason,
-        } => tracing::info!(%circuit, peer = %short_key(peer), ?reason, "circuit closed"),
+        } => tracing::info!(%circuit, peer = %short_key(peer), %reason, "circuit closed"),
         CircuitEvent::Unreachable {
             circuit,
             destination,
             failed_hop,
             reason,
         } => {
-            tracing::warn!(%circuit, to = %short_key(destination), ?failed_hop, ?reason, "circuit build failed")
+            tracing::warn!(%circuit, to = %short_key(destination), ?failed_hop, %reason, "circuit build failed")
         }
         CircuitEvent::TagFailure { circuit, role } => {
             tracing::warn!(%circuit, ?role, "end-to-end tag failure: a cell was changed on the way; circuit destroyed")
@@ -386,12 +447,32 @@ fn log_event(ev: &CircuitEvent) {
 /// `umbra path ADDRESS --json`: the circuit new flows to ADDRESS take, and
 /// what each hop on it can see (docs/cli.md).
 fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Result<Value, String> {
-    let (dest, info) = core.path_to(now, addr).map_err(|e| match &e {
-        RouteError::Path(_) => match core.node_for_address(addr) {
-            Some(dest) => advice(&dest, &e),
-            None => e.to_string(),
-        },
-        _ => e.to_string(),
+    // Nodes that refused our circuits for our ledger with them: why a path
+    // is missing or a build fails (docs/architecture.md, "Ledgers").
+    let refusals: Vec<(String, String)> = core
+        .refusals(now)
+        .into_iter()
+        .map(|(k, r)| (hex::encode(k), r.to_string()))
+        .collect();
+    let refused_text = refusals
+        .iter()
+        .map(|(k, r)| format!("{} refused our circuits: {r}", &k[..8]))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (dest, info) = core.path_to(now, addr).map_err(|e| {
+        let text = match &e {
+            RouteError::Path(_) => match core.node_for_address(addr) {
+                Some(dest) => advice(&dest, &e),
+                None => e.to_string(),
+            },
+            _ => e.to_string(),
+        };
+        if refused_text.is_empty() {
+            text
+        } else {
+            // A refusal is the reason, whatever path selection says after.
+            format!("{refused_text}. Without that hop: {text}")
+        }
     })?;
     let prefix = core.prefix();
     let me = core.graph().key().to_owned();
@@ -421,6 +502,10 @@ fn path_json(core: &mut RouterCore, now: Now, addr: &std::net::Ipv6Addr) -> Resu
         "hops_built": info.hops_built,
         "age_secs": info.created.elapsed().as_secs(),
         "hops": hops,
+        "refused_by": refusals
+            .iter()
+            .map(|(k, r)| json!({"key": k, "reason": r}))
+            .collect::<Vec<_>>(),
     }))
 }
 
@@ -491,8 +576,33 @@ fn status(core: &mut RouterCore) -> Value {
     let d = &m.drops;
     let r = core.counters();
     let g = core.graph_counters();
+    let rd = core.ledgers().drops();
+    let ledgers = json!({
+        "reports_dropped": {
+            "malformed": rd.malformed,
+            "forged": rd.forged,
+            "replayed": rd.replayed,
+            "too_often": rd.too_often,
+        },
+    });
+    let drops = json!({
+        "forged_source": d.forged_source,
+        "replayed": d.replayed,
+        "not_ipv6": d.not_ipv6,
+        "malformed": d.malformed,
+        "send_queue_full": d.send_queue_full,
+        "lost_on_close": d.lost_on_close,
+        "buffer_too_small": d.buffer_too_small,
+        "unknown_circuit_cells": m.unknown_circuit_cells,
+        "not_overlay": r.not_overlay,
+        "no_node": r.no_node,
+        "no_path": r.no_path,
+        "to_self": r.to_self,
+        "icmp_rate_limited": r.icmp_limited,
+    });
     json!({
         "circuits": circuits,
+        "ledgers": ledgers,
         "reachability": reachability,
         "warnings": warnings,
         "graph": {
@@ -509,6 +619,7 @@ fn status(core: &mut RouterCore) -> Value {
             "packet_bytes_delivered": m.packet_bytes_delivered,
             "circuits_built": m.circuits_built,
             "circuits_accepted": m.circuits_accepted,
+            "circuits_refused": m.circuits_refused,
             "circuits_closed": m.circuits_closed,
             "build_failures": m.build_failures,
             "tag_failures": m.tag_failures,
@@ -521,21 +632,7 @@ fn status(core: &mut RouterCore) -> Value {
             "pool_hits": r.pool_hits,
             "pool_misses": r.pool_misses,
             "prefixes_built": r.prefixes_built,
-            "drops": {
-                "forged_source": d.forged_source,
-                "replayed": d.replayed,
-                "not_ipv6": d.not_ipv6,
-                "malformed": d.malformed,
-                "send_queue_full": d.send_queue_full,
-                "lost_on_close": d.lost_on_close,
-                "buffer_too_small": d.buffer_too_small,
-                "unknown_circuit_cells": m.unknown_circuit_cells,
-                "not_overlay": r.not_overlay,
-                "no_node": r.no_node,
-                "no_path": r.no_path,
-                "to_self": r.to_self,
-                "icmp_rate_limited": r.icmp_limited,
-            },
+            "drops": drops,
         },
     })
 }

@@ -219,11 +219,27 @@ impl Links {
         Ok(v)
     }
 
-    /// `umbra agreements`: every agreement, in the state database's order.
-    pub(crate) fn agreements_json(&self) -> Result<Value> {
+    /// `umbra agreements`: every agreement, in the state database's order,
+    /// each with its ledger (docs/cli.md, "umbra agreements").
+    pub(crate) async fn agreements_json(&self) -> Result<Value> {
         let list = self.store().agreements()?;
+        let ledgers = self.ledger_views().await;
+        let stored = self.load_ledgers();
         Ok(Value::Array(
-            list.iter().map(|a| self.agreement_json(a)).collect(),
+            list.iter()
+                .map(|a| {
+                    let mut v = self.agreement_json(a);
+                    let key = hex::encode(a.peer_key);
+                    v["ledger"] = match &ledgers["peers"][&key] {
+                        Value::Null => stored
+                            .iter()
+                            .find(|(k, _)| *k == a.peer_key)
+                            .map_or(Value::Null, |(_, r)| stored_ledger_json(r)),
+                        live => live.clone(),
+                    };
+                    v
+                })
+                .collect(),
         ))
     }
 
@@ -239,8 +255,24 @@ impl Links {
             "created_unix": a.created_unix,
             "revision": a.revision,
             "signed_by_peer": a.peer_signature.is_some(),
-            // Ledgers come with traffic accounting.
             "ledger": Value::Null,
         })
     }
+}
+
+/// A stored ledger with no live one (a revoked agreement): its last
+/// figures, with no state against thresholds.
+fn stored_ledger_json(r: &umbra_routing::ledger::LedgerRecord) -> Value {
+    json!({
+        "relayed_for_peer": r.relayed_for_peer,
+        "relayed_by_peer": r.relayed_by_peer,
+        "balance": r.balance,
+        "state": Value::Null,
+        "agreed": r.agreed,
+        "peer_agreed": r.peer_agreed,
+        "last_check_unix": (r.last_check_unix > 0).then_some(r.last_check_unix),
+        "mismatches": r.mismatches,
+        "total_for_peer": r.total_for_peer,
+        "total_by_peer": r.total_by_peer,
+    })
 }

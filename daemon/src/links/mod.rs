@@ -7,6 +7,8 @@
 //! - `agreements`: invite, accept, list and revoke agreements;
 //! - `edges`: the edges, policy and graph cache the datapath asks for;
 //! - `padding`: link padding for `anonymity = "strong"`;
+//! - `ledger`: the ledgers' terms and records, the cell ceiling per
+//!   neighbour, and what is charged besides cells;
 //! - `traverse`: NAT traversal for partners without an endpoint, and better
 //!   links for relayed ones;
 //! - `signal`: the routes traversal messages take to a partner;
@@ -18,6 +20,7 @@ mod agreements;
 mod authorize;
 mod dial;
 mod edges;
+mod ledger;
 mod listen;
 mod padding;
 mod peers;
@@ -79,6 +82,11 @@ pub(crate) struct Links {
     signal: signal::SignalCounters,
     /// Opens envelopes sealed to this node, with their own replay cache.
     envelopes: Mutex<LinkResponder>,
+    /// Relayed-link bytes and padding to charge to ledgers.
+    charges: Mutex<ledger::PendingCharges>,
+    /// Padding each agreement's quota pays for now, bytes/s (until the
+    /// first ledger figures: the terms' average rate).
+    padding_caps: Mutex<HashMap<[u8; 32], u32>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -116,6 +124,8 @@ impl Links {
             traversal: Mutex::new(HashMap::new()),
             signal: signal::SignalCounters::default(),
             envelopes: Mutex::new(LinkResponder::new(identity.clone())),
+            charges: Mutex::new(ledger::PendingCharges::default()),
+            padding_caps: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -1,15 +1,16 @@
 //! Link padding for `anonymity = "strong"`, paid from the agreement.
 //!
 //! A strong node pads its side of every link at `[padding] rate`, capped by
-//! that link's agreement (its terms' average rate,
-//! [`Terms::average_bytes_per_sec`](umbra_config::Terms::average_bytes_per_sec)),
-//! and asks the peer with
+//! what that link's agreement has left this period, and asks the peer with
 //! [`LinkControl::Padding`] to pad toward it at the same rate. The peer
 //! pads at the asked rate, capped the same way, whatever its own
-//! `anonymity`. Until ledgers exist this cap is how "padding paid from
-//! unused agreement quota" is approximated: padding never goes above the
-//! rate the agreement allows on average, but it is not yet counted against
-//! what real traffic left unused in the period.
+//! `anonymity`.
+//!
+//! Padding is paid from unused quota (docs/architecture.md, "Ledgers"): it
+//! is charged to the ledger of the node that asked for it (or that sent it
+//! unasked), and its cap is what the period's quota has left after traffic,
+//! spread over the rest of the period. Before the first ledger figures the
+//! cap is the terms' average rate.
 
 use umbra_transport::io::{self as tio, Link};
 use umbra_transport::proto::control::LinkControl;
@@ -30,8 +31,17 @@ impl Links {
     }
 
     /// The most padding the agreement with `peer` pays for, in bytes/s each
-    /// way: its terms' average rate.
+    /// way: what its quota has left this period over the rest of the period
+    /// (before the first ledger figures, its terms' average rate).
     fn padding_cap(&self, peer: &[u8; 32]) -> u32 {
+        if let Some(&cap) = self
+            .padding_caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+        {
+            return cap;
+        }
         let rate = self.terms_for(peer).average_bytes_per_sec();
         u32::try_from(rate).unwrap_or(u32::MAX)
     }

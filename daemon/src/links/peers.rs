@@ -235,6 +235,7 @@ impl Links {
                 peer,
                 sender: link.sender.clone(),
                 carried: kind == LinkKind::Tunnelled,
+                session: link.handshake_hash,
             };
             if me.datapath.send(up).await.is_ok() {
                 Arc::clone(&me).read_link(link, link_id).await;
@@ -310,15 +311,25 @@ impl Links {
     /// datapath, link control messages are handled here.
     async fn read_link(self: Arc<Self>, mut link: Link, link_id: LinkId) {
         let peer = link.peer;
+        let mut ceiling = self.cell_ceiling(&peer);
         let reason = loop {
             match link.receiver.recv().await {
                 Ok(frame) => {
                     let input = match frame {
-                        Frame::Cell(cell) => Input::Cell {
-                            link: link_id,
-                            cell,
-                        },
+                        Frame::Cell(cell) => {
+                            if let Some(c) = ceiling.as_mut() {
+                                c.pace(&cell).await;
+                            }
+                            Input::Cell {
+                                link: link_id,
+                                cell,
+                            }
+                        }
                         Frame::GraphRecord(bytes) => Input::Graph {
+                            link: link_id,
+                            bytes,
+                        },
+                        Frame::Ledger(bytes) => Input::Ledger {
                             link: link_id,
                             bytes,
                         },

@@ -35,6 +35,8 @@ use umbra_transport::proto::relay::{
     CloseReason, RELAY_CHUNK_MAX_LEN, StreamId, decode_relay, id_parity, nth_stream_id, relay_frame,
 };
 
+use umbra_routing::ledger::bucket::TokenBucket;
+
 use super::peers::LinkKind;
 use super::{Links, short_key};
 use crate::events::LinkId;
@@ -73,44 +75,6 @@ struct RelayedPair {
     bytes: u64,
     bucket: TokenBucket,
     total_max: u64,
-}
-
-/// A token bucket in bytes.
-#[derive(Debug)]
-struct TokenBucket {
-    rate: u64,
-    burst: u64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u64, now: Instant) -> TokenBucket {
-        let burst =
-            (rate as f64 * RELAY_BURST.as_secs_f64()).max(RELAY_CHUNK_MAX_LEN as f64) as u64;
-        TokenBucket {
-            rate,
-            burst,
-            tokens: burst as f64,
-            at: now,
-        }
-    }
-
-    /// Takes `n` bytes' worth; returns how long to wait before sending them.
-    fn take(&mut self, n: usize, now: Instant) -> Duration {
-        if self.rate == 0 {
-            return Duration::ZERO;
-        }
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.burst as f64);
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate as f64)
-        }
-    }
 }
 
 /// One half of a stream this node relays: the stream on one of its two
@@ -193,7 +157,7 @@ impl Links {
             bail!("the link to {} is itself relayed", short_key(via));
         }
         let id = self.next_stream_id(link_id, via);
-        let (pipe, closed) = self.attach_stream(link_id, id, sender.clone());
+        let (pipe, closed) = self.attach_stream(link_id, id, sender.clone(), Some(*via));
         if sender
             .send(LinkControl::RelayOpen { id, to: *peer }.frame())
             .await
@@ -253,12 +217,14 @@ impl Links {
     /// Joins stream `id` on `link_id` to a local pipe: bytes in Relay frames
     /// from the link go into it, bytes written to it go out as Relay frames.
     /// Returns the pipe's other end and a receiver told why the stream
-    /// closed.
+    /// closed. `opened_via`: this node opened the stream through that relay,
+    /// so its bytes, both ways, are charged to this node's ledger with it.
     fn attach_stream(
         self: &Arc<Self>,
         link_id: LinkId,
         id: StreamId,
         sender: LinkSender,
+        opened_via: Option<[u8; 32]>,
     ) -> (tokio::io::DuplexStream, oneshot::Receiver<CloseReason>) {
         let (app, pipe) = tokio::io::duplex(RELAY_PIPE_LEN);
         let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
@@ -271,8 +237,12 @@ impl Links {
                 closed: Some(closed_tx),
             },
         );
+        let me = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(chunk) = from_link.recv().await {
+                if let Some(via) = &opened_via {
+                    me.charges().relayed_by(via, chunk.len());
+                }
                 if pipe_write.write_all(&chunk).await.is_err() {
                     break;
                 }
@@ -285,6 +255,9 @@ impl Links {
             loop {
                 match pipe_read.read(&mut buf).await {
                     Ok(n) if n > 0 => {
+                        if let Some(via) = &opened_via {
+                            me.charges().relayed_by(via, n);
+                        }
                         let Some(frame) = relay_frame(id, buf.get(..n).unwrap_or_default()) else {
                             break;
                         };
@@ -335,7 +308,7 @@ impl Links {
             let _ = sender.send(refuse(CloseReason::Closed)).await;
             return;
         };
-        let (pipe, _closed) = self.attach_stream(link_id, id, sender);
+        let (pipe, _closed) = self.attach_stream(link_id, id, sender, None);
         let (tx, mut rx) = mpsc::channel::<Link>(1);
         tokio::spawn(tio::serve_stream(pipe, (NO_ADDR, NO_ADDR), listener, tx));
         let me = Arc::clone(self);
@@ -392,7 +365,7 @@ impl Links {
             to,
             since: now,
             bytes: 0,
-            bucket: TokenBucket::new(config.nat.relay_rate.bytes_per_sec.into(), now),
+            bucket: relay_bucket(config.nat.relay_rate.bytes_per_sec.into(), now),
             total_max: config.nat.relay_total,
         }));
         let a = self.spawn_half(
@@ -447,7 +420,7 @@ impl Links {
                     let mut p = task_pair.lock().unwrap_or_else(|p| p.into_inner());
                     p.bytes += chunk.len() as u64;
                     let over = p.total_max > 0 && p.bytes > p.total_max;
-                    (p.bucket.take(chunk.len(), Instant::now()), over)
+                    (p.bucket.take(chunk.len() as u64, Instant::now()), over)
                 };
                 if over {
                     let (from, to) = {
@@ -465,6 +438,10 @@ impl Links {
                     tokio::time::sleep(wait).await;
                 }
                 links.relay().counters.bytes += chunk.len() as u64;
+                // The node that opened the stream pays for it, both ways
+                // (docs/architecture.md, "Ledgers").
+                let opener = task_pair.lock().unwrap_or_else(|p| p.into_inner()).from;
+                links.charges().relayed_for(&opener, chunk.len());
                 let Some(frame) = relay_frame(other.1, &chunk) else {
                     continue;
                 };
@@ -627,24 +604,9 @@ impl Links {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bucket_lets_a_burst_through_then_paces_at_the_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(1_000_000, t0);
-        // A quarter second's worth goes at once.
-        assert_eq!(b.take(250_000, t0), Duration::ZERO);
-        // The next 100 KB waits a tenth of a second.
-        let wait = b.take(100_000, t0);
-        assert!((wait.as_secs_f64() - 0.1).abs() < 0.001, "{wait:?}");
-        // After that wait it is even again.
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(b.take(0, t1), Duration::ZERO);
-        // No rate: no wait.
-        let mut free = TokenBucket::new(0, t0);
-        assert_eq!(free.take(10_000_000, t0), Duration::ZERO);
-    }
+/// A relayed link's token bucket: its rate, with a burst of
+/// [`RELAY_BURST`] (at least one chunk).
+fn relay_bucket(rate: u64, now: Instant) -> TokenBucket {
+    let burst = ((rate as f64 * RELAY_BURST.as_secs_f64()) as u64).max(RELAY_CHUNK_MAX_LEN as u64);
+    TokenBucket::new(rate, burst, now)
 }
