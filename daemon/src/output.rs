@@ -219,21 +219,84 @@ pub(crate) fn path(v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Prints `umbra agreements` for people.
+/// Prints `umbra agreements` for people: agreements and proposals, by id.
 pub(crate) fn agreements(v: &Value) -> Result<()> {
-    let rows = rows(
+    let mut rows = rows(
         v,
         &["id", "peer_key", "peer_address", "state", "terms", "origin"],
     );
     if rows.is_empty() {
         return line(
-            "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other",
+            "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other \
+             (or `umbra propose ADDRESS`)",
         );
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (row, item) in rows.iter_mut().zip(v.as_array().into_iter().flatten()) {
+        row.push(proposal_detail(item, now));
+    }
     table(
-        &["ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN"],
+        &[
+            "ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN", "PROPOSAL",
+        ],
         &rows,
     )
+}
+
+/// What the PROPOSAL column says of a proposal row (empty for agreements):
+/// its direction, what became of it, and its note.
+fn proposal_detail(p: &Value, now_unix: u64) -> String {
+    if p["kind"] != "proposal" {
+        return String::new();
+    }
+    let mut parts = vec![text(&p["direction"])];
+    let expires = p["expiry_unix"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(now_unix);
+    match p["state"].as_str().unwrap_or_default() {
+        "pending" => {
+            if p["direction"] == "outgoing" {
+                parts.push(if p["delivered"] == true {
+                    "delivered".into()
+                } else {
+                    "not confirmed yet".into()
+                });
+            }
+            parts.push(format!("expires in {}", format_duration(expires)));
+        }
+        "accepted" => parts.push(format!("agreement {}", text(&p["agreement_id"]))),
+        "refused" => parts.push(text(&p["reason_text"])),
+        _ => {}
+    }
+    let mut out = parts.join(", ");
+    if let Some(note) = p["note"].as_str().filter(|n| !n.is_empty()) {
+        out.push_str(&format!(": \"{note}\""));
+    }
+    out
+}
+
+/// Prints what `umbra propose` did.
+pub(crate) fn proposal_sent(p: &Value) -> Result<()> {
+    let whom = format!("{} ({})", text(&p["peer_address"]), short(&p["peer_key"]));
+    let id = text(&p["id"]);
+    let said = match p["state"].as_str().unwrap_or_default() {
+        "pending" if p["delivered"] == true => format!(
+            "its node holds it for its operator; `umbra agreements` shows the answer (ID {id})"
+        ),
+        "pending" => format!(
+            "its node has not confirmed it yet; it stays pending (ID {id}) and counts if it \
+             arrives: `umbra agreements` shows the answer"
+        ),
+        "refused" => format!("refused: {}", text(&p["reason_text"])),
+        other => format!("{other} (ID {id})"),
+    };
+    line(&format!(
+        "proposal {id} sent to {whom}, terms {}: {said}",
+        text(&p["terms"])
+    ))
 }
 
 /// `3d 4h`, `5m 2s`: the two largest units.

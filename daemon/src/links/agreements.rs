@@ -198,6 +198,11 @@ impl Links {
     /// closes the link.
     pub(crate) async fn revoke(&self, id: i64) -> Result<Value> {
         let Some(a) = self.store().revoke(id)? else {
+            if self.is_proposal(id) {
+                bail!(
+                    "{id} is a proposal, not an agreement: `umbra agreements reject {id}` answers one made to this node"
+                );
+            }
             bail!("no agreement with id {id}; see `umbra agreements`");
         };
         let sender = {
@@ -219,15 +224,24 @@ impl Links {
         Ok(v)
     }
 
-    /// `umbra agreements`: every agreement, in the state database's order.
+    /// `umbra agreements`: every agreement and proposal, by id (the two
+    /// share one id space).
     pub(crate) fn agreements_json(&self) -> Result<Value> {
         let list = self.store().agreements()?;
-        Ok(Value::Array(
-            list.iter().map(|a| self.agreement_json(a)).collect(),
-        ))
+        let mut all: Vec<Value> = list
+            .iter()
+            .map(|a| {
+                let mut v = self.agreement_json(a);
+                v["kind"] = json!("agreement");
+                v
+            })
+            .chain(self.proposal_list()?)
+            .collect();
+        all.sort_by_key(|v| v["id"].as_i64());
+        Ok(Value::Array(all))
     }
 
-    fn agreement_json(&self, a: &Agreement) -> Value {
+    pub(super) fn agreement_json(&self, a: &Agreement) -> Value {
         json!({
             "id": a.id,
             "peer_key": hex::encode(a.peer_key),

@@ -12,7 +12,9 @@
 //! - `signal`: the routes traversal messages take to a partner;
 //! - `punch`: hole punching;
 //! - `relay`: relayed links, as an end and as the relay;
-//! - `tunnel`: relayed links over a circuit, when no partner is shared.
+//! - `tunnel`: relayed links over a circuit, when no partner is shared;
+//! - `proposals`: agreements proposed over the overlay, both ways, and
+//!   `proposal_gate` the receiver's rules and rates, without I/O.
 
 mod agreements;
 mod authorize;
@@ -21,6 +23,8 @@ mod edges;
 mod listen;
 mod padding;
 mod peers;
+mod proposal_gate;
+mod proposals;
 mod punch;
 mod relay;
 mod signal;
@@ -29,6 +33,7 @@ mod tunnel;
 
 pub(crate) use edges::Policy;
 pub(crate) use peers::LinkKind;
+pub(crate) use proposals::{PROPOSAL_TTL_DEFAULT, PROPOSAL_TTL_MAX, PROPOSE_WAIT};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,6 +84,8 @@ pub(crate) struct Links {
     signal: signal::SignalCounters,
     /// Opens envelopes sealed to this node, with their own replay cache.
     envelopes: Mutex<LinkResponder>,
+    /// Proposals: the receiver's rates and ids seen, and the counts.
+    proposals: Mutex<proposal_gate::Gate>,
 }
 
 impl std::fmt::Debug for Links {
@@ -116,6 +123,7 @@ impl Links {
             traversal: Mutex::new(HashMap::new()),
             signal: signal::SignalCounters::default(),
             envelopes: Mutex::new(LinkResponder::new(identity.clone())),
+            proposals: Mutex::new(proposal_gate::Gate::new()),
         }))
     }
 
