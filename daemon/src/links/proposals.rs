@@ -416,14 +416,17 @@ impl Links {
                 return;
             }
         };
-        let me = Arc::clone(self);
-        let from = *from;
-        tokio::spawn(async move {
-            match msg {
-                ProposalMessage::Proposal(p) => me.on_proposal(from, p).await,
-                ProposalMessage::Answer(a) => me.on_answer(from, a).await,
+        match msg {
+            ProposalMessage::Proposal(p) => {
+                let me = Arc::clone(self);
+                let from = *from;
+                tokio::spawn(async move { me.on_proposal(from, p).await });
             }
-        });
+            // Settled before the next message from the same node is looked
+            // at: an accept makes the answerer a partner, and its first
+            // traversal message may come right behind it.
+            ProposalMessage::Answer(a) => self.on_answer(*from, a),
+        }
     }
 
     /// A proposal from `from`: the receiver rules of docs/protocol.md,
@@ -551,8 +554,10 @@ impl Links {
         }
     }
 
-    /// An answer from `from` to a proposal of ours.
-    async fn on_answer(self: Arc<Self>, from: [u8; 32], a: Answer) {
+    /// An answer from `from` to a proposal of ours. It runs on the datapath
+    /// task, in the order messages arrive; it writes the database only for
+    /// the first answer that settles one of our own proposals.
+    fn on_answer(self: &Arc<Self>, from: [u8; 32], a: Answer) {
         let short = short_key(&from);
         let forged = |why: &str| {
             self.gate().dropped(Dropped::Forged);
@@ -629,7 +634,8 @@ impl Links {
                 match made {
                     Ok(ag) => {
                         tracing::info!(peer = %short, id = rec.id, agreement = ag.id, terms = %rec.terms, "the proposal was accepted; linking");
-                        let _ = self.datapath.send(Input::Edges(self.edges())).await;
+                        let (datapath, edges) = (self.datapath.clone(), self.edges());
+                        tokio::spawn(async move { datapath.send(Input::Edges(edges)).await });
                         self.spawn_traversal(from);
                     }
                     Err(e) => {
