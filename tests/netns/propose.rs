@@ -185,18 +185,22 @@ fn nodes_that_share_only_a_path_make_an_agreement_by_proposal() {
         "an endpoint in a traversal message"
     );
 
-    // 1. A proposes to C by its address; C sees it pending, and rejects it.
-    let sent = a
-        .cli_json(&[
+    // A's proposals to C, by C's address, with limits that stay A's own.
+    let propose_to_c = |note: &str| {
+        a.cli_json(&[
             "propose",
             &c_addr,
             "--terms",
             "1TiB/30d, debt 100GiB",
             "--note",
-            "hello from A",
+            note,
             "--json",
         ])
-        .expect("umbra propose");
+        .expect("umbra propose")
+    };
+
+    // 1. A proposes to C; C sees it pending, and rejects it.
+    let sent = propose_to_c("hello from A");
     assert_eq!(sent["state"], "pending", "{sent}");
     assert_eq!(sent["delivered"], true, "{sent}");
     assert_eq!(sent["direction"], "outgoing", "{sent}");
@@ -261,15 +265,7 @@ fn nodes_that_share_only_a_path_make_an_agreement_by_proposal() {
     );
 
     // 2. Again, and C accepts: both record the agreement, and they link.
-    let sent = a
-        .cli_json(&[
-            "propose",
-            &c_addr,
-            "--terms",
-            "1TiB/30d, debt 100GiB",
-            "--json",
-        ])
-        .expect("umbra propose");
+    let sent = propose_to_c("again");
     assert_eq!(sent["delivered"], true, "{sent}");
     let c_id = with(c, "proposal", ka)
         .into_iter()

@@ -357,6 +357,14 @@ mod tests {
 
     const TERMS: (u64, u64) = (1 << 40, 30 * 86_400);
 
+    /// The `i`th sender's key and proposal id.
+    fn nth(i: u32) -> ([u8; 32], [u8; 16]) {
+        let (mut key, mut id) = ([0u8; 32], [0u8; 16]);
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        (key, id)
+    }
+
     #[test]
     fn the_checks_come_in_order() {
         let (a, c, x) = (
@@ -479,10 +487,7 @@ mod tests {
         let t0 = Instant::now();
         let mut admitted = 0;
         for i in 0..100u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
+            let (key, id) = nth(i);
             match g.admit(&key, &id, t0) {
                 Admit::Go => admitted += 1,
                 // A node over no limit of its own is not told.
@@ -495,10 +500,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(3600);
         let mut later = 0;
         for i in 100..200u32 {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
+            let (key, id) = nth(i);
             if g.admit(&key, &id, t1) == Admit::Go {
                 later += 1;
             }
@@ -531,10 +533,7 @@ mod tests {
         let mut g = Gate::new();
         let mut now = Instant::now();
         for i in 0..(NODES_TRACKED_MAX as u32 + 500) {
-            let mut key = [0u8; 32];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&i.to_be_bytes());
+            let (key, id) = nth(i);
             now += ALL_EVERY;
             let _ = g.admit(&key, &id, now);
         }
