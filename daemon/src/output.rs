@@ -322,8 +322,34 @@ fn format_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_duration, nat_line};
+    use super::{format_duration, nat_line, proposal_detail};
     use serde_json::json;
+
+    #[test]
+    fn a_proposal_row_says_which_way_what_became_of_it_and_the_note() {
+        let incoming = json!({"kind": "proposal", "direction": "incoming", "state": "pending",
+            "expiry_unix": 1000 + 7 * 86_400, "note": "hello from A"});
+        assert_eq!(
+            proposal_detail(&incoming, 1000),
+            "incoming, expires in 7d 0h: \"hello from A\""
+        );
+        let outgoing = json!({"kind": "proposal", "direction": "outgoing", "state": "pending",
+            "delivered": false, "expiry_unix": 4600, "note": ""});
+        assert_eq!(
+            proposal_detail(&outgoing, 1000),
+            "outgoing, not confirmed yet, expires in 1h 0m"
+        );
+        let refused = json!({"kind": "proposal", "direction": "outgoing", "state": "refused",
+            "reason_text": "that node takes no proposals", "note": ""});
+        assert_eq!(
+            proposal_detail(&refused, 1000),
+            "outgoing, that node takes no proposals"
+        );
+        let accepted = json!({"kind": "proposal", "direction": "incoming", "state": "accepted",
+            "agreement_id": 5, "note": ""});
+        assert_eq!(proposal_detail(&accepted, 1000), "incoming, agreement 5");
+        assert_eq!(proposal_detail(&json!({"kind": "agreement"}), 1000), "");
+    }
 
     #[test]
     fn nat_line_adds_the_port_mapping() {
