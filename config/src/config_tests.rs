@@ -1110,3 +1110,27 @@ fn nat_port_mapping_must_be_a_boolean() {
         &["nat must be a table ([nat]), found boolean true"],
     );
 }
+
+// ---- [agreements] ----
+
+#[test]
+fn proposals_are_taken_by_default_and_can_be_refused() {
+    assert!(parse_ok("").agreements.proposals);
+    assert!(parse_ok("[agreements]\n").agreements.proposals);
+    assert!(
+        !parse_ok("[agreements]\nproposals = false\n")
+            .agreements
+            .proposals
+    );
+    invalid(
+        "[agreements]\nproposals = \"no\"\n",
+        "agreements.proposals",
+        &["[agreements] proposals must be true or false, found string \"no\""],
+    );
+    let message = unknown(
+        "[agreements]\nproposal = false\n",
+        "[agreements]",
+        "proposal",
+    );
+    assert!(message.ends_with("expected `proposals`"), "{message}");
+}

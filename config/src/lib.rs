@@ -97,6 +97,8 @@ pub struct Config {
     pub padding: PaddingConfig,
     /// Behind a NAT, `[nat]`.
     pub nat: NatConfig,
+    /// Agreements made over the overlay, `[agreements]`.
+    pub agreements: AgreementsConfig,
 }
 
 /// The `[tun]` table.
@@ -263,6 +265,21 @@ impl Default for NatConfig {
     }
 }
 
+/// The `[agreements]` table: agreements other nodes propose over the overlay
+/// (`docs/protocol.md, "Proposals"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgreementsConfig {
+    /// Take proposals from other nodes for the operator to accept or reject (`umbra
+    /// agreements`). `false` refuses every one, and the proposer is told so.
+    pub proposals: bool,
+}
+
+impl Default for AgreementsConfig {
+    fn default() -> Self {
+        AgreementsConfig { proposals: true }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -279,6 +296,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             padding: PaddingConfig::default(),
             nat: NatConfig::default(),
+            agreements: AgreementsConfig::default(),
         }
     }
 }

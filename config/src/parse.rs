@@ -32,6 +32,7 @@ struct RawTop {
     metrics: Option<Value>,
     padding: Option<Value>,
     nat: Option<Value>,
+    agreements: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +104,12 @@ struct RawNat {
     relay_rate: Option<Value>,
     relay_total: Option<Value>,
     retry_direct: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgreements {
+    proposals: Option<Value>,
 }
 
 /// Reads TOML values for [`Reporter`], each error naming its key.
@@ -474,6 +481,12 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
             }
             config.nat.retry_direct = std::time::Duration::from_secs(secs);
         }
+    }
+
+    if let Some(agreements) = r.sub_table::<RawAgreements>("agreements", raw.agreements)?
+        && let Some(v) = agreements.proposals
+    {
+        config.agreements.proposals = r.bool(&Scope::table("agreements").key("proposals"), v)?;
     }
 
     Ok(config)

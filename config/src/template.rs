@@ -103,6 +103,12 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # relay_total = "100GiB"
 # While a link is relayed, try for a direct or punched one this long after (doubling).
 # retry_direct = "60s"
+
+[agreements]
+# Other nodes may propose an agreement over the overlay (`umbra propose`); each one
+# waits in `umbra agreements` for you to accept or reject. false refuses them all,
+# and the proposer is told so.
+# proposals = true
 "#
     )
 }
@@ -159,6 +165,7 @@ mod tests {
             "# acme_ca = \"/etc/umbra/acme-ca.pem\"",
             "# rate = \"32KiB/s\"",
             "# port_mapping = true",
+            "# proposals = true",
         ] {
             assert!(text.contains(example), "{example}");
             let edited = text.replace(example, example.trim_start_matches("# "));

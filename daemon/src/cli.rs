@@ -93,7 +93,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List agreements, or revoke one.
+    /// Propose an agreement to a node known only by its overlay address (or key); no IP is sent.
+    Propose {
+        /// The node's overlay address (or an address in its /64), or its public key (64 hex).
+        address: String,
+        /// Bytes per period each way, like 50GiB/30d; limits after it (debt, cutoff, …) stay this node's own.
+        #[arg(long)]
+        terms: Option<String>,
+        /// A line for the other operator (at most 256 bytes, no control characters).
+        #[arg(long)]
+        note: Option<String>,
+        /// How long it may be accepted, like 7d, 12h or 30m (at most 30d).
+        #[arg(long, default_value = "7d")]
+        ttl: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agreements and proposals; accept or reject a proposal; revoke an agreement.
     Agreements {
         #[command(subcommand)]
         action: Option<AgreementsAction>,
@@ -145,6 +162,16 @@ enum AgreementsAction {
     /// End an agreement: the link closes and the peer is told.
     Revoke {
         /// The agreement's id, from `umbra agreements`.
+        id: i64,
+    },
+    /// Accept a proposal made to this node: the agreement is made, and the two link.
+    Accept {
+        /// The proposal's id, from `umbra agreements`.
+        id: i64,
+    },
+    /// Reject a proposal made to this node; the proposer is told.
+    Reject {
+        /// The proposal's id, from `umbra agreements`.
         id: i64,
     },
 }
@@ -241,6 +268,52 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
                 ))
             }
         }
+        Command::Propose {
+            address,
+            terms,
+            note,
+            ttl,
+            json,
+        } => {
+            check_node_name(&address)?;
+            let ttl_secs = parse_ttl(&ttl)?;
+            let max = crate::links::PROPOSAL_TTL_MAX.as_secs();
+            if ttl_secs > max {
+                bail!(UsageError(format!(
+                    "--ttl {ttl} is longer than {} days, the most a node holds a proposal",
+                    max / 86_400
+                )));
+            }
+            let socket = control_socket(&cli.config, cli.control)?;
+            if !json {
+                eprintln!(
+                    "sending the proposal over the overlay and waiting for its node to answer…"
+                );
+            }
+            let v = control::call(
+                &socket,
+                &Request::Propose {
+                    to: address,
+                    terms,
+                    note,
+                    ttl_secs: Some(ttl_secs),
+                    wait_secs: None,
+                },
+            )?;
+            if v["state"] == "refused" {
+                bail!(
+                    "{} refused the proposal (ID {}): {}",
+                    v["peer_address"].as_str().unwrap_or_default(),
+                    v["id"],
+                    v["reason_text"].as_str().unwrap_or_default()
+                );
+            }
+            if json {
+                output::json(&v)
+            } else {
+                output::proposal_sent(&v)
+            }
+        }
         Command::Agreements { action, json } => {
             let socket = control_socket(&cli.config, cli.control)?;
             match action.unwrap_or(AgreementsAction::List) {
@@ -250,6 +323,38 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
                         output::json(&v)
                     } else {
                         output::agreements(&v)
+                    }
+                }
+                AgreementsAction::Accept { id } => {
+                    if !json {
+                        eprintln!(
+                            "accepting proposal {id}: telling the proposer and waiting for the link…"
+                        );
+                    }
+                    let v = control::call(&socket, &Request::AcceptProposal { id })?;
+                    if json {
+                        output::json(&v)
+                    } else {
+                        output::line(&format!(
+                            "agreement {} made with {} ({}), terms {}; the link is up",
+                            v["id"],
+                            v["peer_address"].as_str().unwrap_or_default(),
+                            v["peer_key"].as_str().unwrap_or_default(),
+                            v["terms"].as_str().unwrap_or_default(),
+                        ))
+                    }
+                }
+                AgreementsAction::Reject { id } => {
+                    let v = control::call(&socket, &Request::RejectProposal { id })?;
+                    if json {
+                        output::json(&v)
+                    } else {
+                        let told = if v["told"] == true {
+                            "the proposer was told"
+                        } else {
+                            "the proposer could not be told now"
+                        };
+                        output::line(&format!("proposal {id} rejected; {told}"))
                     }
                 }
                 AgreementsAction::Revoke { id } => {
@@ -361,6 +466,18 @@ fn keygen(strength: u32, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `propose`'s ADDRESS is an IPv6 address or a 64-hex key.
+fn check_node_name(text: &str) -> Result<()> {
+    let is_key = text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_key || text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{text} is neither an overlay address (like 602:959:…) nor a public key (64 hex characters)"
+    ))
+    .into())
+}
+
 /// Parses `--ttl`: a number with a unit `s`, `m`, `h` or `d`.
 fn parse_ttl(text: &str) -> Result<u64> {
     let bad = || {
@@ -386,7 +503,22 @@ fn parse_ttl(text: &str) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{check_node_name, parse_ttl};
+
+    #[test]
+    fn propose_takes_an_address_or_a_key() {
+        assert!(check_node_name("602:959:2717:2d30:6024:7e40:2ced:3826").is_ok());
+        assert!(check_node_name(&"ab".repeat(32)).is_ok());
+        for bad in [
+            "",
+            "198.18.0.1",
+            "602:zz::1",
+            &"ab".repeat(31),
+            &"g".repeat(64),
+        ] {
+            assert!(check_node_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn ttl_units() {

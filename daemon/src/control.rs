@@ -60,6 +60,35 @@ pub(crate) enum Request {
         /// Its id, from `agreements`.
         id: i64,
     },
+    /// Propose an agreement to a node over the overlay.
+    Propose {
+        /// The node: its overlay address (or one in its /64), or its public
+        /// key in hex.
+        to: String,
+        /// Terms like `50GiB/30d`; default: the default terms.
+        #[serde(default)]
+        terms: Option<String>,
+        /// Words for the other operator.
+        #[serde(default)]
+        note: Option<String>,
+        /// How long the proposal may be accepted, in seconds.
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        /// How long to wait for the receiving node's first answer, in
+        /// seconds (0: return once sent).
+        #[serde(default)]
+        wait_secs: Option<u64>,
+    },
+    /// Accept a proposal made to this node.
+    AcceptProposal {
+        /// Its id, from `agreements`.
+        id: i64,
+    },
+    /// Reject a proposal made to this node.
+    RejectProposal {
+        /// Its id, from `agreements`.
+        id: i64,
+    },
 }
 
 /// A response on the control socket.

@@ -68,6 +68,11 @@ pub(crate) enum Input {
     },
     /// A node's agreement edges in the graph (both ends listing them).
     Neighbours([u8; 32], oneshot::Sender<Vec<[u8; 32]>>),
+    /// The node an overlay address belongs to, if the graph has it
+    /// (`umbra propose ADDRESS`).
+    NodeFor(std::net::Ipv6Addr, oneshot::Sender<Option<[u8; 32]>>),
+    /// Whether the graph has a node with this key.
+    Knows([u8; 32], oneshot::Sender<bool>),
 }
 
 /// Why the routing core did not take a message.

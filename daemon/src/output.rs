@@ -219,21 +219,142 @@ pub(crate) fn path(v: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Prints `umbra agreements` for people.
+/// Prints `umbra agreements` for people: agreements and proposals, by id.
 pub(crate) fn agreements(v: &Value) -> Result<()> {
-    let rows = rows(
+    let mut rows = rows(
         v,
         &["id", "peer_key", "peer_address", "state", "terms", "origin"],
     );
     if rows.is_empty() {
         return line(
-            "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other",
+            "no agreements yet: `umbra invite` on one node, `umbra accept TOKEN` on the other \
+             (or `umbra propose ADDRESS`)",
         );
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (row, item) in rows.iter_mut().zip(v.as_array().into_iter().flatten()) {
+        row.extend(ledger_columns(&item["ledger"], now));
+        row.push(proposal_detail(item, now));
+    }
     table(
-        &["ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN"],
+        &[
+            "ID", "PEER", "ADDRESS", "STATE", "TERMS", "ORIGIN", "FOR THEM", "BY THEM", "BALANCE",
+            "STANDING", "CHECKED", "PROPOSAL",
+        ],
         &rows,
     )
+}
+
+/// An agreement's ledger in `umbra agreements`: relayed for the peer and by
+/// it this period, the balance (positive: the peer owes us), the state
+/// against the thresholds, and the last check of the peer's counts. Empty
+/// for a row without a ledger.
+fn ledger_columns(l: &Value, now_unix: u64) -> [String; 5] {
+    if l.is_null() {
+        return Default::default();
+    }
+    let bytes = |k: &str| l[k].as_i64().map_or_else(String::new, format_bytes);
+    let balance = match l["balance"].as_i64() {
+        Some(b) if b > 0 => format!("+{}", format_bytes(b)),
+        Some(b) => format_bytes(b),
+        None => String::new(),
+    };
+    let standing = l["state"].as_str().unwrap_or_default().replace('_', " ");
+    let checked = match (l["last_check_unix"].as_u64(), l["agreed"].as_bool()) {
+        (Some(at), Some(agreed)) => {
+            let ago = format_duration(now_unix.saturating_sub(at));
+            let peer = match l["peer_agreed"].as_bool() {
+                Some(false) => ", the peer disagrees",
+                _ => "",
+            };
+            if agreed {
+                format!("agreed {ago} ago{peer}")
+            } else {
+                format!("MISMATCH {ago} ago{peer}")
+            }
+        }
+        _ => "not yet".into(),
+    };
+    [
+        bytes("relayed_for_peer"),
+        bytes("relayed_by_peer"),
+        balance,
+        standing,
+        checked,
+    ]
+}
+
+/// `1.5GiB`, `12KiB`, `-300B`: bytes with a binary unit and one decimal.
+fn format_bytes(n: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n.unsigned_abs() as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let sign = if n < 0 { "-" } else { "" };
+    if unit == 0 {
+        format!("{sign}{v:.0}{}", units[unit])
+    } else {
+        format!("{sign}{v:.1}{}", units[unit])
+    }
+}
+
+/// What the PROPOSAL column says of a proposal row (empty for agreements):
+/// its direction, what became of it, and its note.
+fn proposal_detail(p: &Value, now_unix: u64) -> String {
+    if p["kind"] != "proposal" {
+        return String::new();
+    }
+    let mut parts = vec![text(&p["direction"])];
+    let expires = p["expiry_unix"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(now_unix);
+    match p["state"].as_str().unwrap_or_default() {
+        "pending" => {
+            if p["direction"] == "outgoing" {
+                parts.push(if p["delivered"] == true {
+                    "delivered".into()
+                } else {
+                    "not confirmed yet".into()
+                });
+            }
+            parts.push(format!("expires in {}", format_duration(expires)));
+        }
+        "accepted" => parts.push(format!("agreement {}", text(&p["agreement_id"]))),
+        "refused" => parts.push(text(&p["reason_text"])),
+        _ => {}
+    }
+    let mut out = parts.join(", ");
+    if let Some(note) = p["note"].as_str().filter(|n| !n.is_empty()) {
+        out.push_str(&format!(": \"{note}\""));
+    }
+    out
+}
+
+/// Prints what `umbra propose` did.
+pub(crate) fn proposal_sent(p: &Value) -> Result<()> {
+    let whom = format!("{} ({})", text(&p["peer_address"]), short(&p["peer_key"]));
+    let id = text(&p["id"]);
+    let said = match p["state"].as_str().unwrap_or_default() {
+        "pending" if p["delivered"] == true => format!(
+            "its node holds it for its operator; `umbra agreements` shows the answer (ID {id})"
+        ),
+        "pending" => format!(
+            "its node has not confirmed it yet; it stays pending (ID {id}) and counts if it \
+             arrives: `umbra agreements` shows the answer"
+        ),
+        "refused" => format!("refused: {}", text(&p["reason_text"])),
+        other => format!("{other} (ID {id})"),
+    };
+    line(&format!(
+        "proposal {id} sent to {whom}, terms {}: {said}",
+        text(&p["terms"])
+    ))
 }
 
 /// `3d 4h`, `5m 2s`: the two largest units.
@@ -259,8 +380,56 @@ fn format_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_duration, nat_line};
+    use super::{format_bytes, format_duration, ledger_columns, nat_line, proposal_detail};
     use serde_json::json;
+
+    #[test]
+    fn a_ledger_shows_what_each_side_relayed_the_balance_and_the_last_check() {
+        let l = json!({"relayed_for_peer": 1_572_864, "relayed_by_peer": 0, "balance": 1_572_864,
+            "state": "low_priority", "agreed": true, "peer_agreed": false, "last_check_unix": 990});
+        assert_eq!(
+            ledger_columns(&l, 1000),
+            [
+                "1.5MiB".to_string(),
+                "0B".into(),
+                "+1.5MiB".into(),
+                "low priority".into(),
+                "agreed 10s ago, the peer disagrees".into()
+            ]
+        );
+        let fresh = json!({"relayed_for_peer": 0, "relayed_by_peer": 2400, "balance": -2400,
+            "state": "ok", "agreed": null, "last_check_unix": null});
+        assert_eq!(ledger_columns(&fresh, 1000)[2], "-2.3KiB");
+        assert_eq!(ledger_columns(&fresh, 1000)[4], "not yet");
+        assert_eq!(ledger_columns(&json!(null), 1000), <[String; 5]>::default());
+        assert_eq!(format_bytes(i64::MIN), "-8.0EiB");
+    }
+
+    #[test]
+    fn a_proposal_row_says_which_way_what_became_of_it_and_the_note() {
+        let incoming = json!({"kind": "proposal", "direction": "incoming", "state": "pending",
+            "expiry_unix": 1000 + 7 * 86_400, "note": "hello from A"});
+        assert_eq!(
+            proposal_detail(&incoming, 1000),
+            "incoming, expires in 7d 0h: \"hello from A\""
+        );
+        let outgoing = json!({"kind": "proposal", "direction": "outgoing", "state": "pending",
+            "delivered": false, "expiry_unix": 4600, "note": ""});
+        assert_eq!(
+            proposal_detail(&outgoing, 1000),
+            "outgoing, not confirmed yet, expires in 1h 0m"
+        );
+        let refused = json!({"kind": "proposal", "direction": "outgoing", "state": "refused",
+            "reason_text": "that node takes no proposals", "note": ""});
+        assert_eq!(
+            proposal_detail(&refused, 1000),
+            "outgoing, that node takes no proposals"
+        );
+        let accepted = json!({"kind": "proposal", "direction": "incoming", "state": "accepted",
+            "agreement_id": 5, "note": ""});
+        assert_eq!(proposal_detail(&accepted, 1000), "incoming, agreement 5");
+        assert_eq!(proposal_detail(&json!({"kind": "agreement"}), 1000), "");
+    }
 
     #[test]
     fn nat_line_adds_the_port_mapping() {

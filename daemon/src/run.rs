@@ -54,6 +54,7 @@ impl NodeView {
             "nat": nat_status(&self.links, &self.port_mapping),
             "relay": self.links.relay_json(),
             "traversal": self.links.traversal_counters().json(),
+            "proposals": self.links.proposals_json(),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
@@ -115,6 +116,33 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
         Request::Agreements => links.agreements_json().await,
         Request::Revoke { id } => links.revoke(id).await,
         Request::Accept { token } => links.accept(&token).await,
+        Request::AcceptProposal { id } => links.accept_proposal(id).await,
+        Request::RejectProposal { id } => links.reject_proposal(id).await,
+        Request::Propose {
+            to,
+            terms,
+            note,
+            ttl_secs,
+            wait_secs,
+        } => {
+            let terms = match terms {
+                Some(t) => t.parse().map_err(|e| anyhow::anyhow!("--terms {t}: {e}")),
+                None => Ok(umbra_config::Terms::default()),
+            };
+            match terms {
+                Ok(terms) => {
+                    let secs = std::time::Duration::from_secs;
+                    let ttl = ttl_secs.map_or(crate::links::PROPOSAL_TTL_DEFAULT, secs);
+                    let wait = wait_secs
+                        .map_or(crate::links::PROPOSE_WAIT, secs)
+                        .min(crate::links::PROPOSE_WAIT * 3);
+                    links
+                        .propose(&to, terms, note.as_deref().unwrap_or(""), ttl, wait)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Request::Invite {
             terms,
             ttl_secs,

@@ -102,6 +102,40 @@ proptest! {
     }
 
     #[test]
+    fn proposal_message_target(data in proptest::collection::vec(any::<u8>(), 0..700)) {
+        fuzz_bodies::proposal_message(&data);
+    }
+
+    #[test]
+    fn proposal_message_target_on_message_shaped_input(
+        seed in any::<[u8; 32]>(),
+        kind in 0u8..4,
+        note in "[ -~]{0,40}",
+        flip in any::<(u16, u8)>(),
+        cut in any::<u16>(),
+    ) {
+        // Real messages, signed, then one byte changed or the end cut, so
+        // the field checks and the signature paths are reached.
+        use umbra_routing::crypto::Identity;
+        use umbra_transport::proto::proposal::{Answer, AnswerKind, Proposal, Refusal};
+        let (a, c) = (Identity::from_seed(&seed), Identity::from_seed(&[3; 32]));
+        let p = Proposal::sign(&a, &c.public(), [kind; 16], (1 << 30, 86_400), 1, 2, &note)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut data = match kind {
+            0 => p.encode(),
+            1 => Answer::sign(&c, &p, AnswerKind::Accept).encode(),
+            2 => Answer::sign(&c, &p, AnswerKind::Refuse(Refusal::Busy)).encode(),
+            _ => Answer::sign(&c, &p, AnswerKind::Received).encode(),
+        };
+        fuzz_bodies::proposal_message(&data);
+        let at = usize::from(flip.0) % data.len();
+        data[at] ^= flip.1;
+        fuzz_bodies::proposal_message(&data);
+        data.truncate(usize::from(cut) % (data.len() + 1));
+        fuzz_bodies::proposal_message(&data);
+    }
+
+    #[test]
     fn relay_frame_target(data in proptest::collection::vec(any::<u8>(), 0..17_000)) {
         fuzz_bodies::relay_frame_payload(&data);
     }

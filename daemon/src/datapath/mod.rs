@@ -384,6 +384,12 @@ fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, input: Input) {
         Input::Neighbours(key, reply) => {
             let _ = reply.send(core.graph().graph().neighbours(&key));
         }
+        Input::NodeFor(addr, reply) => {
+            let _ = reply.send(core.node_for_address(&addr));
+        }
+        Input::Knows(key, reply) => {
+            let _ = reply.send(core.graph().graph().get(&key).is_some());
+        }
     }
 }
 

@@ -198,6 +198,11 @@ impl Links {
     /// closes the link.
     pub(crate) async fn revoke(&self, id: i64) -> Result<Value> {
         let Some(a) = self.store().revoke(id)? else {
+            if self.is_proposal(id) {
+                bail!(
+                    "{id} is a proposal, not an agreement: `umbra agreements reject {id}` answers one made to this node"
+                );
+            }
             bail!("no agreement with id {id}; see `umbra agreements`");
         };
         let sender = {
@@ -219,31 +224,35 @@ impl Links {
         Ok(v)
     }
 
-    /// `umbra agreements`: every agreement, in the state database's order,
-    /// each with its ledger (docs/cli.md, "umbra agreements").
+    /// `umbra agreements`: every agreement, each with its ledger, and every
+    /// proposal, by id (the two share one id space; docs/cli.md, "umbra
+    /// agreements").
     pub(crate) async fn agreements_json(&self) -> Result<Value> {
         let list = self.store().agreements()?;
         let ledgers = self.ledger_views().await;
         let stored = self.load_ledgers();
-        Ok(Value::Array(
-            list.iter()
-                .map(|a| {
-                    let mut v = self.agreement_json(a);
-                    let key = hex::encode(a.peer_key);
-                    v["ledger"] = match &ledgers["peers"][&key] {
-                        Value::Null => stored
-                            .iter()
-                            .find(|(k, _)| *k == a.peer_key)
-                            .map_or(Value::Null, |(_, r)| stored_ledger_json(r)),
-                        live => live.clone(),
-                    };
-                    v
-                })
-                .collect(),
-        ))
+        let mut all: Vec<Value> = list
+            .iter()
+            .map(|a| {
+                let mut v = self.agreement_json(a);
+                v["kind"] = json!("agreement");
+                let key = hex::encode(a.peer_key);
+                v["ledger"] = match &ledgers["peers"][&key] {
+                    Value::Null => stored
+                        .iter()
+                        .find(|(k, _)| *k == a.peer_key)
+                        .map_or(Value::Null, |(_, r)| stored_ledger_json(r)),
+                    live => live.clone(),
+                };
+                v
+            })
+            .chain(self.proposal_list()?)
+            .collect();
+        all.sort_by_key(|v| v["id"].as_i64());
+        Ok(Value::Array(all))
     }
 
-    fn agreement_json(&self, a: &Agreement) -> Value {
+    pub(super) fn agreement_json(&self, a: &Agreement) -> Value {
         json!({
             "id": a.id,
             "peer_key": hex::encode(a.peer_key),

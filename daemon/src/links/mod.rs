@@ -14,7 +14,9 @@
 //! - `signal`: the routes traversal messages take to a partner;
 //! - `punch`: hole punching;
 //! - `relay`: relayed links, as an end and as the relay;
-//! - `tunnel`: relayed links over a circuit, when no partner is shared.
+//! - `tunnel`: relayed links over a circuit, when no partner is shared;
+//! - `proposals`: agreements proposed over the overlay, both ways, and
+//!   `proposal_gate` the receiver's rules and rates, without I/O.
 
 mod agreements;
 mod authorize;
@@ -24,6 +26,8 @@ mod ledger;
 mod listen;
 mod padding;
 mod peers;
+mod proposal_gate;
+mod proposals;
 mod punch;
 mod relay;
 mod signal;
@@ -32,6 +36,7 @@ mod tunnel;
 
 pub(crate) use edges::Policy;
 pub(crate) use peers::LinkKind;
+pub(crate) use proposals::{PROPOSAL_TTL_DEFAULT, PROPOSAL_TTL_MAX, PROPOSE_WAIT};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,6 +92,8 @@ pub(crate) struct Links {
     /// Padding each agreement's quota pays for now, bytes/s (until the
     /// first ledger figures: the terms' average rate).
     padding_caps: Mutex<HashMap<[u8; 32], u32>>,
+    /// Proposals: the receiver's rates and ids seen, and the counts.
+    proposals: Mutex<proposal_gate::Gate>,
 }
 
 impl std::fmt::Debug for Links {
@@ -126,6 +133,7 @@ impl Links {
             envelopes: Mutex::new(LinkResponder::new(identity.clone())),
             charges: Mutex::new(ledger::PendingCharges::default()),
             padding_caps: Mutex::new(HashMap::new()),
+            proposals: Mutex::new(proposal_gate::Gate::new()),
         }))
     }
 

@@ -17,6 +17,7 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use umbra_transport::proto::control::LinkControl;
+use umbra_transport::proto::proposal::APP_PROPOSAL;
 use umbra_transport::proto::relay::APP_CIRCUIT_STREAM;
 use umbra_transport::proto::traversal::{self, APP_TRAVERSAL, Traversal};
 
@@ -319,6 +320,7 @@ impl Links {
         match payload.split_first() {
             Some((&APP_TRAVERSAL, body)) => self.on_traversal(from, body, Route::Circuit),
             Some((&APP_CIRCUIT_STREAM, _)) => self.on_circuit_stream(from, payload),
+            Some((&APP_PROPOSAL, body)) => self.on_proposal_message(from, body),
             _ => {
                 self.signal.bump_malformed();
                 tracing::debug!(from = %short_key(from), "dropped a message of an unknown kind");

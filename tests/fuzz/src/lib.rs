@@ -12,6 +12,7 @@ use umbra_transport::proto::control::LinkControl;
 use umbra_transport::proto::frame::{CELL_LEN, Frame, FrameDecoder, FrameEncoder};
 use umbra_transport::proto::handshake::{LinkResponder, decode_bearer, decode_msg2};
 use umbra_transport::proto::invite::Invite;
+use umbra_transport::proto::proposal::{Answer, AnswerKind, Proposal, ProposalMessage, check_note};
 use umbra_transport::proto::relay::{
     CircuitStream, RELAY_CHUNK_MAX_LEN, decode_relay, relay_frame,
 };
@@ -131,5 +132,42 @@ pub fn relay_frame_payload(data: &[u8]) {
         assert!(!chunk.is_empty() && chunk.len() <= RELAY_CHUNK_MAX_LEN);
         let frame = relay_frame(id, &chunk);
         assert_eq!(frame.as_ref().map(|f| f.payload()), Some(data));
+    }
+}
+
+/// Agreement proposals and their answers: any bytes either fail or are a
+/// message whose encoding is exactly those bytes; a proposal's note is one
+/// that may travel; checking signatures never panics, and a fixed node's
+/// answer to a decoded proposal verifies for it.
+pub fn proposal_message(data: &[u8]) {
+    let Ok(msg) = ProposalMessage::decode(data) else {
+        return;
+    };
+    assert_eq!(msg.encode(), data);
+    assert_eq!(ProposalMessage::decode(&msg.encode()), Ok(msg.clone()));
+    let me = Identity::from_seed(&[11; 32]);
+    match msg {
+        ProposalMessage::Proposal(mut p) => {
+            assert!(check_note(&p.note).is_ok());
+            let _ = p.verify();
+            // As if it were for this node: its own answers verify for it.
+            p.target = me.public();
+            let a = Answer::sign(&me, &p, AnswerKind::Accept);
+            assert!(a.verify_for(&p));
+        }
+        ProposalMessage::Answer(a) => {
+            let p = Proposal::sign(
+                &me,
+                &a.answerer,
+                a.id,
+                (1, 1),
+                FUZZ_NOW_UNIX,
+                FUZZ_NOW_UNIX + 1,
+                "",
+            );
+            if let Ok(p) = p {
+                let _ = a.verify_for(&p);
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Sans-IO protocol parts of links: handshake, framing, padding, round-trip
 //! times, invite tokens, link control messages, the agreement asked for
 //! in the handshake, the NAT classification from observed addresses, NAT
-//! traversal messages and relayed streams.
+//! traversal messages, relayed streams, and agreement proposals over the
+//! overlay.
 //!
 //! Nothing here does I/O, reads the clock or spawns tasks: callers pass bytes,
 //! `now_unix` and random sources in, and get bytes and typed results out
@@ -19,6 +20,7 @@ pub mod handshake;
 pub mod invite;
 pub mod nat;
 pub mod padding;
+pub mod proposal;
 pub mod relay;
 pub mod rtt;
 pub mod traversal;
