@@ -26,4 +26,19 @@ proptest! {
     fn reassembly(data in proptest::collection::vec(any::<u8>(), 0..4000)) {
         fuzz_bodies::reassembly(&data);
     }
+
+    #[test]
+    fn ledger_report(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fuzz_bodies::ledger_report(&data);
+    }
+
+    #[test]
+    fn ledger_report_shaped(version in 0u8..3, verdict in 0u8..4, rest in proptest::collection::vec(any::<u8>(), 137..=137)) {
+        // Report-sized input with a likely version and verdict, so the
+        // deeper paths run.
+        let mut data = vec![version];
+        data.extend(rest);
+        data[73] = verdict;
+        fuzz_bodies::ledger_report(&data);
+    }
 }
