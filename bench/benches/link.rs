@@ -56,7 +56,6 @@ impl Bed {
                     dir: dir.path().to_path_buf(),
                 },
                 server_name: String::new(),
-                allow_tls12_for_cover: false,
             })
             .expect("TLS");
             let listener = Arc::new(LinkListener::new(ListenerConfig {

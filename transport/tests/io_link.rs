@@ -311,7 +311,7 @@ async fn garbage_and_half_hellos_do_not_stop_the_listener() {
     assert!(closed);
     assert_eq!(resp, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a]);
 
-    // A ClientHello of junk: rustls's decode_error alert, then close.
+    // A ClientHello of junk: OpenSSL's decode_error alert, then close.
     let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
     hello.extend_from_slice(&junk[..508]);
     let (resp, closed) = tcp_probe(l.addr, &hello, short).await;
@@ -350,8 +350,8 @@ async fn garbage_and_half_hellos_do_not_stop_the_listener() {
 
     let s = l.listener.stats();
     assert_eq!(s.plain_connections, 2);
-    assert_eq!(s.not_tls_closed, 2);
-    assert!(s.tls_failures >= 1);
+    // The three broken TLS probes; the half ClientHello is still waiting.
+    assert_eq!(s.tls_failures, 3);
     assert_eq!(s.links_accepted, 1);
 }
 
@@ -535,7 +535,6 @@ async fn the_self_signed_certificate_is_kept_and_reused() {
             dir: dir.path().to_path_buf(),
         },
         server_name: "notes.example.org".to_string(),
-        allow_tls12_for_cover: false,
     };
     server_tls_config(&settings).unwrap();
     let cert = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();

@@ -74,7 +74,6 @@ pub async fn start_listener(
             dir: dir.path().to_path_buf(),
         },
         server_name: String::new(),
-        allow_tls12_for_cover: false,
     })
     .unwrap();
     let identity = Identity::generate();
