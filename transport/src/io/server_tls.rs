@@ -17,8 +17,9 @@
 //!   suites and the groups left at OpenSSL's defaults (`ssl_ecdh_curve
 //!   auto`); no DH parameters;
 //! - a server-name callback that accepts every name, and an ALPN callback
-//!   that picks the first of `h2`, `http/1.1` the client offers and
-//!   otherwise ends the handshake with `no_application_protocol`;
+//!   that picks the first of `h2`, `http/1.1`, `http/1.0`, `http/0.9` the
+//!   client offers and otherwise ends the handshake with
+//!   `no_application_protocol`;
 //! - `ssl_session_cache none`: session IDs are handed out but nothing is
 //!   stored, with the session ID context `SHA-1("HTTP" ‖ SHA-1(certificate))`
 //!   and a 300 s timeout; session tickets on, with OpenSSL's own keys;
@@ -48,9 +49,10 @@ use super::pki::{
     CertSource, CertifiedKey, TlsError, load_chain, load_or_generate_self_signed, load_private_key,
 };
 
-/// The listener's ALPN protocols in nginx's wire form (with `http2` on:
-/// `h2`, then `http/1.1`), in its order of preference.
-const NGINX_ALPN: &[u8] = b"\x02h2\x08http/1.1";
+/// The listener's ALPN protocols in nginx's wire form, in its order of
+/// preference: with `http2` on, `h2`, then what its HTTP/1 module names
+/// (`http/1.1`, `http/1.0`, `http/0.9`).
+const NGINX_ALPN: &[u8] = b"\x02h2\x08http/1.1\x08http/1.0\x08http/0.9";
 
 /// nginx's default `ssl_ciphers`.
 const NGINX_CIPHERS: &str = "HIGH:!aNULL:!MD5";
