@@ -526,6 +526,52 @@ async fn refused_and_replayed_requests_look_like_the_cover() {
     assert_eq!(s.links_accepted, 0);
 }
 
+/// A link request on a TLS 1.2 connection (which the listener accepts for
+/// the cover site, as nginx does), bound to that connection's exporter
+/// (RFC 5705) and valid in every other way, never becomes a link: it gets
+/// the cover's answer to the same request without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_request_over_tls12_is_answered_by_the_cover() {
+    let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
+    let (mut client, version) =
+        H2Client::connect_with_versions(l.addr, &[&rustls::version::TLS12]).await;
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_2);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_initiator, msg1) = LinkInitiator::start(
+        &Identity::generate(),
+        &l.identity.public(),
+        &client.exporter,
+        now,
+        b"",
+    )
+    .unwrap();
+    let bearer = encode_bearer(&msg1);
+    let link = [
+        ("content-type", LINK_CONTENT_TYPE),
+        ("authorization", bearer.as_str()),
+    ];
+    let with_token = client.request("POST", LINK_PATH, &link, b"").await;
+    let without = client
+        .request(
+            "POST",
+            LINK_PATH,
+            &[("content-type", LINK_CONTENT_TYPE)],
+            b"",
+        )
+        .await;
+    assert_eq!(with_token, without);
+    let s = l.listener.stats();
+    assert_eq!(
+        (s.refused_wrong_protocol, s.links_accepted),
+        (1, 0),
+        "{s:?}"
+    );
+    assert!(l.links.try_recv().is_err(), "a link came out of TLS 1.2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_self_signed_certificate_is_kept_and_reused() {
     use umbra_transport::io::{CertSource, TlsSettings, server_tls_config};
