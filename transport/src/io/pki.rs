@@ -441,6 +441,52 @@ mod tests {
         assert_eq!(short.alt, "notes.example.org");
     }
 
+    /// What an older umbra made: ECDSA P-256, valid from midnight UTC.
+    fn old_umbra_certificate() -> (X509, PKey<Private>) {
+        use openssl::ec::{EcGroup, EcKey};
+        let made = || -> Result<(X509, PKey<Private>), openssl::error::ErrorStack> {
+            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+            let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+            let mut b = X509Builder::new()?;
+            b.set_version(2)?;
+            b.set_not_before(Asn1Time::from_unix(1_709_164_800)?.as_ref())?;
+            b.set_not_after(Asn1Time::from_unix(2_024_524_800)?.as_ref())?;
+            b.set_pubkey(&key)?;
+            b.sign(&key, MessageDigest::sha256())?;
+            Ok((b.build(), key))
+        };
+        made().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_older_umbras_certificate_is_replaced_and_a_new_one_kept() {
+        let dir = std::env::temp_dir().join(format!("umbra-pki-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let (old, old_key) = old_umbra_certificate();
+        let pem =
+            |r: Result<Vec<u8>, openssl::error::ErrorStack>| r.unwrap_or_else(|e| panic!("{e}"));
+        fs::write(dir.join(SELF_SIGNED_CERT_FILE), pem(old.to_pem()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        fs::write(
+            dir.join(SELF_SIGNED_KEY_FILE),
+            pem(old_key.private_key_to_pem_pkcs8()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let first = load_or_generate_self_signed(&dir, "notes.example.org")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.key.id(), Id::RSA);
+        assert!(!is_old_umbra_certificate(&first));
+        let again = load_or_generate_self_signed(&dir, "notes.example.org")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            pem(again.chain[0].to_der()),
+            pem(first.chain[0].to_der()),
+            "a certificate of this umbra is kept"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_generated_certificate_has_the_snakeoil_shape() {
         let names = cert_names("notes.example.org");
