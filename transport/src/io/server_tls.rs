@@ -21,15 +21,21 @@
 //!   client offers and otherwise ends the handshake with
 //!   `no_application_protocol`;
 //! - `ssl_session_cache none`: session IDs are handed out but nothing is
-//!   stored, with the session ID context `SHA-1("HTTP" ‖ SHA-1(certificate))`
-//!   and a 300 s timeout; session tickets on, with OpenSSL's own keys;
+//!   stored, with the session ID context `SHA-1("HTTP" ‖ SHA-1(certificate))`;
+//!   session tickets on, with OpenSSL's own keys;
 //! - renegotiation off on every connection.
 //!
-//! The two things OpenSSL leaves to its caller that cannot be copied are
-//! listed in docs/threat-model.md: nginx enlarges OpenSSL's handshake write
-//! buffer to 16 KiB, so a server flight longer than 4 KiB leaves in one
-//! write here and in several there; the TCP segments differ, the bytes do
-//! not.
+//! Two things nginx does cannot be copied (docs/threat-model.md, "What a
+//! prober sees"):
+//! - it sets its 300 s `ssl_session_timeout` with `SSL_CTX_set_timeout`,
+//!   which the `openssl` crate does not bind; calling it directly takes
+//!   `unsafe` code, which umbra has none of, so OpenSSL's default of 7200 s
+//!   stands, and with it the session tickets' lifetime hint: the one
+//!   difference a TLS scanner sees;
+//! - it enlarges OpenSSL's handshake write buffer to 16 KiB from an info
+//!   callback, which the crate does not bind either, so a server flight
+//!   longer than 4 KiB leaves in several writes here and in one there: the
+//!   TCP segments differ, the bytes do not.
 //!
 //! Links are served by the same context: a link request is honoured only
 //! on a TLS 1.3 connection, bound to its exporter (`listener`). ACME
@@ -63,10 +69,6 @@ const NGINX_SESSION_ID_CONTEXT: &[u8] = b"HTTP";
 /// `SSL_OP_NO_ANTI_REPLAY` of OpenSSL 3's `ssl.h`, which the `openssl`
 /// crate does not name.
 const SSL_OP_NO_ANTI_REPLAY: u64 = 1 << 24;
-
-/// nginx's default `ssl_session_timeout`, in seconds (also OpenSSL's
-/// default, so nothing is set for it).
-pub const SESSION_TIMEOUT_SECS: u64 = 300;
 
 /// The listener's TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,23 +108,6 @@ impl ServerTls {
     /// What answers ACME validation handshakes, if ACME is on.
     pub(crate) fn acme(&self) -> Option<&AcmeChallenges> {
         self.acme.as_ref()
-    }
-
-    /// The certificate chain served now, DER-encoded, leaf first.
-    pub fn certificate_chain(&self) -> Vec<Vec<u8>> {
-        let context = self.context.read().unwrap_or_else(|p| p.into_inner());
-        let mut chain: Vec<Vec<u8>> = context
-            .certificate()
-            .and_then(|c| c.to_der().ok())
-            .into_iter()
-            .collect();
-        chain.extend(
-            context
-                .extra_chain_certs()
-                .iter()
-                .filter_map(|c| c.to_der().ok()),
-        );
-        chain
     }
 }
 
