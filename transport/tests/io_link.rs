@@ -675,9 +675,14 @@ async fn tls_record_sizes_do_not_show_the_cell_size() {
         .unwrap();
     eprintln!("application-data record sizes, dialer->listener: {up:?}");
     eprintln!("application-data record sizes, listener->dialer: {down:?}");
-    // Records that carry a cell (at least 1200 bytes): the first ones must
-    // not all be one size, and the padded ones must differ from the
-    // unpadded cell record.
+    // Records that carry a cell (at least 1200 bytes) must not show its size.
+    // Every write that empties the link's queue is padded, so there is no
+    // unpadded record left to compare with (the test once took the last
+    // record for one, and failed whenever its random length matched an early
+    // one): the first records differ, the run spreads over many lengths, and
+    // the unpadded length (a cell frame, an HTTP/2 DATA header and TLS 1.3's
+    // 17 bytes) is hardly ever seen.
+    const UNPADDED: usize = CELL_LEN + 3 + 9 + 17;
     for (dir, lens) in [("dialer->listener", &up), ("listener->dialer", &down)] {
         let cells: Vec<usize> = lens.iter().copied().filter(|&n| n >= CELL_LEN).collect();
         assert!(
@@ -685,12 +690,15 @@ async fn tls_record_sizes_do_not_show_the_cell_size() {
             "{dir}: only {} cell records",
             cells.len()
         );
-        let plain = *cells.last().unwrap();
         let first: std::collections::BTreeSet<usize> = cells[..4].iter().copied().collect();
+        let all: std::collections::BTreeSet<usize> = cells.iter().copied().collect();
         assert!(
-            first.len() >= 3 && !first.contains(&plain),
-            "{dir}: the first cell records {:?} do not vary around the plain size {plain}",
-            &cells[..4]
+            first.len() >= 3 && all.len() >= cells.len() / 2,
+            "{dir}: the cell records {cells:?} do not vary"
+        );
+        assert!(
+            cells.iter().filter(|&&n| n == UNPADDED).count() <= 2,
+            "{dir}: the unpadded length {UNPADDED} repeats in {cells:?}"
         );
     }
 }
