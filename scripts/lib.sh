@@ -40,13 +40,15 @@ need_tun() {
 # The oldest Rust the workspace builds with (Cargo.toml, rust-version).
 RUST_MIN=1.89
 
-# need_cargo: a Rust toolchain of at least $RUST_MIN on PATH. Without one,
-# installs the C toolchain (apt) and stable Rust with rustup into ~/.cargo
+# need_cargo: a Rust toolchain of at least $RUST_MIN on PATH, and what the
+# build links against: the system OpenSSL's headers (libssl-dev, found with
+# pkg-config) for the listener's TLS. Without a toolchain, installs the C
+# toolchain (apt) and stable Rust with rustup into ~/.cargo
 # (the user's own, no root), as https://rustup.rs describes; Debian 12's own
 # rustc (1.63) is too old. A toolchain that is too old is an error that
 # says how to update it.
 need_cargo() {
-    apt_install build-essential curl ca-certificates
+    apt_install build-essential curl ca-certificates pkg-config libssl-dev
     if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi

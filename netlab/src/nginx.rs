@@ -36,11 +36,14 @@ impl NginxConfig {
         self
     }
 
-    /// Adds an HTTPS site on `listen` (`ip:port`): TLS 1.3 only, HTTP/2,
+    /// Adds an HTTPS site on `listen` (`ip:port`) with Debian's TLS settings
+    /// (its `nginx.conf` sets `ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
+    /// ssl_prefer_server_ciphers on;`, the rest is nginx's defaults), HTTP/2,
     /// the PEM certificate chain `cert` and its key `key`, serving `root`.
     pub fn https(mut self, listen: &str, cert: &Path, key: &Path, root: &Path) -> NginxConfig {
         self.servers.push(format!(
-            "server {{ listen {listen} ssl http2; ssl_protocols TLSv1.3;\n\
+            "server {{ listen {listen} ssl http2;\n\
+             ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_prefer_server_ciphers on;\n\
              ssl_certificate {}; ssl_certificate_key {}; root {}; }}",
             cert.display(),
             key.display(),
@@ -106,7 +109,8 @@ mod tests {
              access_log off; server_tokens off; client_body_temp_path /tmp/n/cbt;\n\
              proxy_temp_path /tmp/n/pt; fastcgi_temp_path /tmp/n/ft; uwsgi_temp_path /tmp/n/ut; scgi_temp_path /tmp/n/st;\n\
              server { listen 127.0.0.1:8080; root /www; }\n\
-             server { listen 198.18.60.3:443 ssl http2; ssl_protocols TLSv1.3;\n\
+             server { listen 198.18.60.3:443 ssl http2;\n\
+             ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; ssl_prefer_server_ciphers on;\n\
              ssl_certificate /c.pem; ssl_certificate_key /k.pem; root /www; } }\n"
         );
     }

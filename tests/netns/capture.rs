@@ -461,7 +461,6 @@ mod helper {
                 dir: dir.path().to_path_buf(),
             },
             server_name: String::new(),
-            allow_tls12_for_cover: false,
         })
         .expect("TLS config");
         let identity = Identity::generate();

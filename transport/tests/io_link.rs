@@ -311,7 +311,7 @@ async fn garbage_and_half_hellos_do_not_stop_the_listener() {
     assert!(closed);
     assert_eq!(resp, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a]);
 
-    // A ClientHello of junk: rustls's decode_error alert, then close.
+    // A ClientHello of junk: OpenSSL's decode_error alert, then close.
     let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
     hello.extend_from_slice(&junk[..508]);
     let (resp, closed) = tcp_probe(l.addr, &hello, short).await;
@@ -350,8 +350,8 @@ async fn garbage_and_half_hellos_do_not_stop_the_listener() {
 
     let s = l.listener.stats();
     assert_eq!(s.plain_connections, 2);
-    assert_eq!(s.not_tls_closed, 2);
-    assert!(s.tls_failures >= 1);
+    // The three broken TLS probes; the half ClientHello is still waiting.
+    assert_eq!(s.tls_failures, 3);
     assert_eq!(s.links_accepted, 1);
 }
 
@@ -526,6 +526,52 @@ async fn refused_and_replayed_requests_look_like_the_cover() {
     assert_eq!(s.links_accepted, 0);
 }
 
+/// A link request on a TLS 1.2 connection (which the listener accepts for
+/// the cover site, as nginx does), bound to that connection's exporter
+/// (RFC 5705) and valid in every other way, never becomes a link: it gets
+/// the cover's answer to the same request without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_request_over_tls12_is_answered_by_the_cover() {
+    let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
+    let (mut client, version) =
+        H2Client::connect_with_versions(l.addr, &[&rustls::version::TLS12]).await;
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_2);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_initiator, msg1) = LinkInitiator::start(
+        &Identity::generate(),
+        &l.identity.public(),
+        &client.exporter,
+        now,
+        b"",
+    )
+    .unwrap();
+    let bearer = encode_bearer(&msg1);
+    let link = [
+        ("content-type", LINK_CONTENT_TYPE),
+        ("authorization", bearer.as_str()),
+    ];
+    let with_token = client.request("POST", LINK_PATH, &link, b"").await;
+    let without = client
+        .request(
+            "POST",
+            LINK_PATH,
+            &[("content-type", LINK_CONTENT_TYPE)],
+            b"",
+        )
+        .await;
+    assert_eq!(with_token, without);
+    let s = l.listener.stats();
+    assert_eq!(
+        (s.refused_wrong_protocol, s.links_accepted),
+        (1, 0),
+        "{s:?}"
+    );
+    assert!(l.links.try_recv().is_err(), "a link came out of TLS 1.2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_self_signed_certificate_is_kept_and_reused() {
     use umbra_transport::io::{CertSource, TlsSettings, server_tls_config};
@@ -535,7 +581,6 @@ async fn the_self_signed_certificate_is_kept_and_reused() {
             dir: dir.path().to_path_buf(),
         },
         server_name: "notes.example.org".to_string(),
-        allow_tls12_for_cover: false,
     };
     server_tls_config(&settings).unwrap();
     let cert = std::fs::read(dir.path().join("tls-cert.pem")).unwrap();
@@ -630,9 +675,14 @@ async fn tls_record_sizes_do_not_show_the_cell_size() {
         .unwrap();
     eprintln!("application-data record sizes, dialer->listener: {up:?}");
     eprintln!("application-data record sizes, listener->dialer: {down:?}");
-    // Records that carry a cell (at least 1200 bytes): the first ones must
-    // not all be one size, and the padded ones must differ from the
-    // unpadded cell record.
+    // Records that carry a cell (at least 1200 bytes) must not show its size.
+    // Every write that empties the link's queue is padded, so there is no
+    // unpadded record left to compare with (the test once took the last
+    // record for one, and failed whenever its random length matched an early
+    // one): the first records differ, the run spreads over many lengths, and
+    // the unpadded length (a cell frame, an HTTP/2 DATA header and TLS 1.3's
+    // 17 bytes) is hardly ever seen.
+    const UNPADDED: usize = CELL_LEN + 3 + 9 + 17;
     for (dir, lens) in [("dialer->listener", &up), ("listener->dialer", &down)] {
         let cells: Vec<usize> = lens.iter().copied().filter(|&n| n >= CELL_LEN).collect();
         assert!(
@@ -640,12 +690,15 @@ async fn tls_record_sizes_do_not_show_the_cell_size() {
             "{dir}: only {} cell records",
             cells.len()
         );
-        let plain = *cells.last().unwrap();
         let first: std::collections::BTreeSet<usize> = cells[..4].iter().copied().collect();
+        let all: std::collections::BTreeSet<usize> = cells.iter().copied().collect();
         assert!(
-            first.len() >= 3 && !first.contains(&plain),
-            "{dir}: the first cell records {:?} do not vary around the plain size {plain}",
-            &cells[..4]
+            first.len() >= 3 && all.len() >= cells.len() / 2,
+            "{dir}: the cell records {cells:?} do not vary"
+        );
+        assert!(
+            cells.iter().filter(|&&n| n == UNPADDED).count() <= 2,
+            "{dir}: the unpadded length {UNPADDED} repeats in {cells:?}"
         );
     }
 }

@@ -46,7 +46,6 @@ impl Links {
         let tls = tio::server_tls_config(&TlsSettings {
             cert,
             server_name: config.listen.server_name.clone(),
-            allow_tls12_for_cover: false,
         })
         .context("TLS setup")?;
         let cover = if let Some(root) = &config.cover.root {

@@ -1,23 +1,27 @@
 //! The listener: a web server first (`docs/protocol.md, "Link setup"`;
 //! `docs/threat-model.md, "What a prober sees"`).
 //!
-//! Every TCP connection is handled as nginx 1.22 would handle it:
-//! - bytes that are not a TLS handshake record get nginx's plain-HTTP `400`
-//!   ([`super::plain`]); a record header that is not TLS (`0x16` followed by
-//!   a version byte other than 3, or a first byte of `0x80` or more, which
-//!   nginx takes for SSLv2) is closed silently, and a record whose first
-//!   message is not a ClientHello gets `unexpected_message`, as OpenSSL
-//!   does (rustls would stay silent);
-//! - a connection given up on before or during the TLS handshake is read
-//!   to the end of what has arrived before it is closed, so the close is a
-//!   FIN as from nginx, not a reset;
-//! - otherwise a TLS handshake (rustls, [`TLS_HANDSHAKE_TIMEOUT`]), then
-//!   HTTP/2 if ALPN chose `h2`, else HTTP/1.1;
+//! Every TCP connection is handled as nginx 1.22 on Debian handles it:
+//! - it looks at the first byte as nginx does: `0x16` (a TLS record) or
+//!   `0x80` and above (an SSLv2 header) go to TLS, anything else gets
+//!   nginx's plain-HTTP `400` ([`super::plain`]);
+//! - TLS is the system's OpenSSL set up as nginx's ([`super::server_tls`]),
+//!   so every ClientHello, good or broken, gets the answer a stock nginx
+//!   gives it; the first byte, the handshake and nothing else share nginx's
+//!   60 s ([`TLS_HANDSHAKE_TIMEOUT`]);
+//! - a connection whose handshake failed is read to the end of what has
+//!   arrived before it is closed, so the close is a FIN as from nginx (whose
+//!   OpenSSL reads ahead), not a reset;
+//! - then HTTP/2 if ALPN chose `h2`, else HTTP/1.1;
 //! - every request goes to the cover site unless it is a valid link
 //!   request: `POST` [`LINK_PATH`] over HTTP/2 and TLS 1.3, `content-type:
 //!   application/grpc`, `authorization: Bearer <message 1>`, whose Noise
 //!   handshake (bound to this connection's TLS exporter) succeeds and which
 //!   the daemon's [`Authorizer`] accepts.
+//!
+//! With ACME on, a ClientHello offering only `acme-tls/1` for a name whose
+//! challenge is pending goes to the ACME client's rustls instead
+//! ([`super::acme`]); the listener reads the first record itself to tell.
 //!
 //! A refused link request is answered by the cover exactly as the same
 //! request without a valid token would be; the reason goes to the debug
@@ -36,21 +40,28 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use openssl::ssl::SslVersion;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-use tokio_rustls::TlsAcceptor;
+use tokio::time::Instant;
+use tokio_openssl::SslStream;
 use umbra_routing::crypto::Identity;
 
-use super::acme::ACME_TLS_ALPN;
+use super::acme::AcmeChallenges;
 use super::body::{ChannelBody, ServerBody};
 use super::cover::{CoverSite, RequestCtx};
 use super::link::{
     BODY_QUEUE_BUFFERS, Direction, LINK_CLOSE_GRACE, Link, LinkSettings, LinkStart,
     OBSERVED_ADDR_LEN, encode_observed_addr, start_link,
 };
+use super::server_tls::ServerTls;
 use super::time::unix_secs;
-use super::tls::{ALPN_H2, link_exporter};
+use super::tls::{ALPN_H2, openssl_link_exporter};
+use super::tls_stream::ServerTlsStream;
 use crate::proto::handshake::{
     HandshakeError, LinkResponder, MSG2_APP_PAYLOAD_MAX_LEN, decode_bearer,
 };
@@ -61,9 +72,10 @@ pub const LINK_PATH: &str = "/api/v2/stream";
 /// The content type of link requests and responses (gRPC's).
 pub const LINK_CONTENT_TYPE: &str = "application/grpc";
 
-/// How long a TLS handshake may take before the connection is closed
-/// silently (nginx 1.22 closes a half ClientHello after its 60 s
-/// `client_header_timeout`, measured here).
+/// How long a connection may take from its accept to the end of the TLS
+/// handshake before it is closed silently (nginx 1.22's 60 s
+/// `client_header_timeout`, one timer from the accept through the
+/// handshake; a half ClientHello is closed after it, measured here).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an HTTP/1.1 request head may take (nginx's
@@ -78,10 +90,6 @@ pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// `http2_max_concurrent_streams` default).
 const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 
-/// How often to look again for the rest of a TLS record header that
-/// arrived in pieces.
-const PEEK_RETRY: Duration = Duration::from_millis(10);
-
 /// The TLS handshake record type, the first byte of every ClientHello.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -92,6 +100,14 @@ const TLS_RECORD_MAJOR_VERSION: u8 = 0x03;
 /// nginx gives such a connection to OpenSSL instead of answering it as
 /// plain HTTP.
 const SSL2_HEADER_BIT: u8 = 0x80;
+
+/// The length of a TLS record header.
+const TLS_RECORD_HEADER_LEN: usize = 5;
+
+/// The longest TLS record a ClientHello comes in (`SSL3_RT_MAX_PLAIN_LENGTH`);
+/// with ACME on, the listener reads a first record up to this long before
+/// choosing the TLS library.
+const TLS_RECORD_MAX_LEN: usize = 16_384;
 
 /// The most bytes read and thrown away before closing a connection the
 /// listener gives up on.
@@ -129,7 +145,7 @@ pub struct ListenerConfig {
     /// This node's identity (the Noise static key).
     pub identity: Identity,
     /// From [`super::server_tls_config`].
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: Arc<ServerTls>,
     /// What everyone without the key sees.
     pub cover: CoverSite,
     /// Decides which authenticated peers may link.
@@ -195,11 +211,11 @@ pub struct ListenerStats {
     /// Connections that did not start with a TLS record and got the
     /// plain-HTTP answer.
     pub plain_connections: u64,
-    /// Connections closed because their first record was not a TLS
-    /// ClientHello.
-    pub not_tls_closed: u64,
-    /// TLS handshakes that failed or timed out.
+    /// TLS handshakes that failed or timed out (broken or refused
+    /// ClientHellos and bytes that only looked like TLS included).
     pub tls_failures: u64,
+    /// ACME validation handshakes answered (with ACME on).
+    pub acme_validations: u64,
     /// Requests answered by the cover site (including refused link
     /// requests).
     pub cover_requests: u64,
@@ -229,8 +245,8 @@ struct Counters {
     connections: AtomicU64,
     accept_errors: AtomicU64,
     plain_connections: AtomicU64,
-    not_tls_closed: AtomicU64,
     tls_failures: AtomicU64,
+    acme_validations: AtomicU64,
     cover_requests: AtomicU64,
     links_accepted: AtomicU64,
     refused: [AtomicU64; 8],
@@ -249,7 +265,7 @@ impl RefuseReason {
 /// The listener's shared state: TLS, the cover, the link responder with its
 /// replay cache, the authorizer and the counters. One per node.
 pub struct LinkListener {
-    tls: TlsAcceptor,
+    tls: Arc<ServerTls>,
     cover: CoverSite,
     authorizer: Authorizer,
     responder: Mutex<LinkResponder>,
@@ -270,7 +286,7 @@ impl LinkListener {
     /// The listener for `config`.
     pub fn new(config: ListenerConfig) -> LinkListener {
         LinkListener {
-            tls: TlsAcceptor::from(config.tls),
+            tls: config.tls,
             cover: config.cover,
             authorizer: config.authorizer,
             responder: Mutex::new(LinkResponder::new(config.identity)),
@@ -288,8 +304,8 @@ impl LinkListener {
             connections: get(&c.connections),
             accept_errors: get(&c.accept_errors),
             plain_connections: get(&c.plain_connections),
-            not_tls_closed: get(&c.not_tls_closed),
             tls_failures: get(&c.tls_failures),
+            acme_validations: get(&c.acme_validations),
             cover_requests: get(&c.cover_requests),
             links_accepted: get(&c.links_accepted),
             refused_wrong_protocol: refused(RefuseReason::WrongProtocol),
@@ -336,210 +352,111 @@ pub async fn serve(tcp: TcpListener, listener: Arc<LinkListener>, links: mpsc::S
     }
 }
 
-/// What the first bytes of a connection say, read as OpenSSL 3 reads a
-/// server's first record (`ssl3_get_record`, with nginx's read-ahead).
+/// What the first byte of a connection says, read as nginx reads it
+/// (`ngx_http_ssl_handshake`).
 enum FirstBytes {
+    /// A TLS record or an SSLv2 header: OpenSSL's to answer.
     Tls,
+    /// Anything else: the plain-HTTP answer.
     Plain,
-    /// `0x16` and then no TLS version, or a first byte of `0x80` or more
-    /// that is no SSLv2 ClientHello header: OpenSSL closes without a word.
-    NotTls,
-    /// A TLS record whose first handshake message is not a ClientHello,
-    /// `len` bytes long after its header: OpenSSL waits for all of it and
-    /// answers `unexpected_message`; rustls would say nothing.
-    NotClientHello {
-        len: usize,
-    },
-    /// An SSLv2 ClientHello header with a record `len` bytes long: OpenSSL
-    /// waits for all of it.
-    Sslv2Hello {
-        len: usize,
-    },
-    /// A record header that OpenSSL refuses at once with this alert
-    /// (too long, or an SSLv2 record too short).
-    Refused {
-        alert: u8,
-    },
+    /// Closed, or nothing within the deadline.
     Gone,
 }
 
-/// Bytes peeked to classify a connection: the record header and the
-/// handshake message type.
-const PEEK_LEN: usize = 6;
-
-/// The length of a TLS record header.
-const TLS_RECORD_HEADER_LEN: usize = 5;
-
-/// The length of an SSLv2 record header.
-const SSL2_RECORD_HEADER_LEN: usize = 2;
-
-/// The handshake message type of a ClientHello (in TLS and SSLv2 alike).
-const CLIENT_HELLO: u8 = 0x01;
-
-/// The longest first record OpenSSL waits for, in bytes after the header
-/// (`SSL3_RT_MAX_ENCRYPTED_LENGTH`: 16384 of plaintext and 320 of
-/// encryption overhead, measured from nginx for TLS and SSLv2 headers
-/// alike); a longer one gets `record_overflow` at once.
-const OPENSSL_RECORD_MAX_LEN: usize = 16_704;
-
-/// The shortest SSLv2 ClientHello record OpenSSL reads
-/// (`MIN_SSL2_RECORD_LEN`); a shorter one gets `decode_error`.
-const SSL2_RECORD_MIN_LEN: usize = 9;
-
-/// TLS alert descriptions OpenSSL sends to a bad first record.
-const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
-const ALERT_RECORD_OVERFLOW: u8 = 22;
-const ALERT_ILLEGAL_PARAMETER: u8 = 47;
-const ALERT_DECODE_ERROR: u8 = 50;
-const ALERT_PROTOCOL_VERSION: u8 = 70;
-
-const ALERT_HANDSHAKE_FAILURE: u8 = 40;
-
-/// Versions in an SSLv2-form hello that OpenSSL answers differently.
-const SSL3_VERSION: usize = 0x0300;
-const TLS13_VERSION: usize = 0x0304;
-
-/// The longest session ID in a ClientHello, in bytes.
-const SSL_SESSION_ID_MAX_LEN: usize = 32;
-
-/// A fatal alert as OpenSSL 3 sends it before the version is negotiated
-/// (record version TLS 1.2), measured from nginx.
-fn fatal_alert(description: u8) -> [u8; 7] {
-    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
-}
-
-/// Looks at the first bytes without consuming them.
-async fn classify(stream: &TcpStream) -> FirstBytes {
-    let mut head = [0u8; PEEK_LEN];
-    let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut head)).await {
-            Ok(Ok(n)) => n,
-            _ => return FirstBytes::Gone,
-        };
-        if n == 0 {
-            return FirstBytes::Gone;
+/// Looks at the first byte without consuming it.
+async fn classify(stream: &TcpStream, deadline: Instant) -> FirstBytes {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD || first[0] & SSL2_HEADER_BIT != 0 => {
+            FirstBytes::Tls
         }
-        if let Some(first) = classify_head(&head[..n]) {
-            return first;
-        }
-        // Part of a record header so far; peek returns at once while any
-        // byte is buffered, so wait a little before looking again.
-        if tokio::time::Instant::now() >= deadline {
-            return FirstBytes::Gone;
-        }
-        tokio::time::sleep(PEEK_RETRY).await;
+        Ok(Ok(1)) => FirstBytes::Plain,
+        _ => FirstBytes::Gone,
     }
 }
 
-/// What `head` (the first bytes, at least one) says, or `None` if it takes
-/// more bytes to tell.
-fn classify_head(head: &[u8]) -> Option<FirstBytes> {
-    let first = *head.first()?;
-    if first & SSL2_HEADER_BIT != 0 {
-        if head.len() < SSL2_RECORD_HEADER_LEN + 1 {
-            return None;
+/// Reads a connection's first TLS record (with ACME on, to see whether it
+/// is a CA's validation hello before choosing the TLS library): its header
+/// and then the whole record if the header announces a handshake record
+/// OpenSSL would read whole; stops early at the end of the stream or the
+/// deadline. Whatever was read is given back, to be read again.
+async fn read_first_record(stream: &mut TcpStream, deadline: Instant) -> Vec<u8> {
+    let mut first = Vec::with_capacity(TLS_RECORD_HEADER_LEN);
+    let mut want = TLS_RECORD_HEADER_LEN;
+    let mut chunk = [0u8; 4096];
+    while first.len() < want {
+        let room = (want - first.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await {
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
+            _ => break,
         }
-        if head[2] != CLIENT_HELLO {
-            return Some(FirstBytes::NotTls);
-        }
-        let len = usize::from(first & !SSL2_HEADER_BIT) << 8 | usize::from(head[1]);
-        return Some(if len > OPENSSL_RECORD_MAX_LEN {
-            FirstBytes::Refused {
-                alert: ALERT_RECORD_OVERFLOW,
+        if first.len() == TLS_RECORD_HEADER_LEN && want == TLS_RECORD_HEADER_LEN {
+            let len = usize::from(first[3]) << 8 | usize::from(first[4]);
+            if first[0] != TLS_HANDSHAKE_RECORD
+                || first[1] != TLS_RECORD_MAJOR_VERSION
+                || len > TLS_RECORD_MAX_LEN
+            {
+                break;
             }
-        } else if len < SSL2_RECORD_MIN_LEN {
-            FirstBytes::Refused {
-                alert: ALERT_DECODE_ERROR,
-            }
-        } else {
-            FirstBytes::Sslv2Hello { len }
-        });
+            want += len;
+        }
     }
-    if first != TLS_HANDSHAKE_RECORD {
-        return Some(FirstBytes::Plain);
-    }
-    if head.len() >= 2 && head[1] != TLS_RECORD_MAJOR_VERSION {
-        return Some(FirstBytes::NotTls);
-    }
-    if head.len() < TLS_RECORD_HEADER_LEN {
-        return None;
-    }
-    let len = usize::from(head[3]) << 8 | usize::from(head[4]);
-    if len > OPENSSL_RECORD_MAX_LEN {
-        return Some(FirstBytes::Refused {
-            alert: ALERT_RECORD_OVERFLOW,
-        });
-    }
-    match head.get(5) {
-        None if len > 0 => None,
-        Some(&CLIENT_HELLO) => Some(FirstBytes::Tls),
-        _ => Some(FirstBytes::NotClientHello { len }),
+    first
+}
+
+/// A stream that gives back `prefix` (bytes already read from `inner`)
+/// before reading on from `inner`; writes go to `inner`.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let n = (this.prefix.len() - this.read).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-/// Reads the first `len` bytes of `stream` (a whole first record, at most
-/// [`OPENSSL_RECORD_MAX_LEN`] and its header); `None` if the client closed
-/// or [`TLS_HANDSHAKE_TIMEOUT`] passed first.
-async fn read_record(stream: &mut TcpStream, len: usize) -> Option<Vec<u8>> {
-    let mut record = vec![0u8; len];
-    let read = tokio::io::AsyncReadExt::read_exact(stream, &mut record);
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
-        Ok(Ok(_)) => Some(record),
-        _ => None,
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
-}
 
-/// The alert OpenSSL 3 (TLS 1.3 only, as the listener) sends to a whole
-/// SSLv2 ClientHello, `body` being the record after its 2-byte header.
-/// The checks of `tls_process_client_hello` come first, then version
-/// negotiation, which no SSLv2 hello passes; its alert carries the
-/// hello's version as record version. Measured from nginx.
-fn sslv2_hello_alert(body: &[u8]) -> [u8; 7] {
-    let u16_at = |i: usize| {
-        body.get(i..i + 2)
-            .map_or(0, |b| usize::from(b[0]) << 8 | usize::from(b[1]))
-    };
-    if body.len() < SSL2_RECORD_MIN_LEN {
-        return fatal_alert(ALERT_DECODE_ERROR);
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
-    let (version, ciphers, session_id, challenge) = (u16_at(1), u16_at(3), u16_at(5), u16_at(7));
-    if session_id > SSL_SESSION_ID_MAX_LEN {
-        return fatal_alert(ALERT_ILLEGAL_PARAMETER);
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    if SSL2_RECORD_MIN_LEN + ciphers + session_id + challenge != body.len() {
-        return fatal_alert(ALERT_DECODE_ERROR);
-    }
-    let mut alert = fatal_alert(ALERT_PROTOCOL_VERSION);
-    match version {
-        SSL3_VERSION => {
-            alert[1..3].copy_from_slice(&[0x03, 0x00]);
-            alert[6] = ALERT_HANDSHAKE_FAILURE;
-        }
-        TLS13_VERSION => {}
-        v if v >> 8 == usize::from(TLS_RECORD_MAJOR_VERSION) => {
-            alert[2] = (v & 0xff) as u8;
-        }
-        _ => {}
-    }
-    alert
 }
 
 /// Reads and throws away what the client has sent so far (at most
 /// [`DRAIN_MAX_LEN`] bytes, until nothing more arrives for
-/// [`DRAIN_IDLE`]), then drops the connection. Closing a socket with
-/// unread bytes sends a reset; nginx has read them all by the time it
-/// gives up (OpenSSL reads ahead), so its close is a FIN.
-async fn drain(mut stream: TcpStream) {
+/// [`DRAIN_IDLE`]). Closing a socket with unread bytes sends a reset;
+/// nginx has read them all by the time it gives up (OpenSSL reads ahead),
+/// so its close is a FIN.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut buf = [0u8; 4096];
     let mut drained = 0;
     while drained < DRAIN_MAX_LEN {
-        match tokio::time::timeout(
-            DRAIN_IDLE,
-            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
-        )
-        .await
-        {
+        match tokio::time::timeout(DRAIN_IDLE, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => break,
         }
@@ -580,16 +497,18 @@ pub async fn serve_connection(
 }
 
 async fn handle_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     remote: SocketAddr,
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
 ) {
+    // nginx's one timer from the accept to the end of the handshake.
+    let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
     super::socket::tune(&stream);
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443)));
-    match classify(&stream).await {
+    match classify(&stream, deadline).await {
         FirstBytes::Tls => {}
         FirstBytes::Plain => {
             bump(&listener.counters.plain_connections);
@@ -597,72 +516,104 @@ async fn handle_connection(
             super::plain::serve_plain(stream).await;
             return;
         }
-        FirstBytes::NotTls => {
-            bump(&listener.counters.not_tls_closed);
-            tracing::debug!(%remote, "not a TLS record: closed");
-            drain(stream).await;
-            return;
-        }
-        FirstBytes::NotClientHello { len } => {
-            bump(&listener.counters.not_tls_closed);
-            tracing::debug!(%remote, "TLS record is not a ClientHello: alert and close");
-            let mut stream = stream;
-            if read_record(&mut stream, TLS_RECORD_HEADER_LEN + len)
-                .await
-                .is_some()
-            {
-                let alert = fatal_alert(ALERT_UNEXPECTED_MESSAGE);
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &alert).await;
-            }
-            drain(stream).await;
-            return;
-        }
-        FirstBytes::Sslv2Hello { len } => {
-            bump(&listener.counters.not_tls_closed);
-            tracing::debug!(%remote, "SSLv2 ClientHello: alert and close");
-            let mut stream = stream;
-            if let Some(record) = read_record(&mut stream, SSL2_RECORD_HEADER_LEN + len).await {
-                let alert = sslv2_hello_alert(&record[SSL2_RECORD_HEADER_LEN..]);
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &alert).await;
-            }
-            drain(stream).await;
-            return;
-        }
-        FirstBytes::Refused { alert } => {
-            bump(&listener.counters.not_tls_closed);
-            tracing::debug!(%remote, alert, "first record refused: alert and close");
-            let mut stream = stream;
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &fatal_alert(alert)).await;
-            drain(stream).await;
-            return;
-        }
         FirstBytes::Gone => {
-            drain(stream).await;
+            drain(&mut stream).await;
             return;
         }
     }
-    let accept = listener.tls.accept(stream).into_fallible();
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err((e, stream))) => {
+    let stream = match listener.tls.acme() {
+        None => Prefixed {
+            prefix: Vec::new(),
+            read: 0,
+            inner: stream,
+        },
+        Some(acme) => {
+            let first = read_first_record(&mut stream, deadline).await;
+            let stream = Prefixed {
+                prefix: first,
+                read: 0,
+                inner: stream,
+            };
+            if acme.is_pending_challenge(&stream.prefix) {
+                answer_acme_validation(acme, stream, remote, &listener, deadline).await;
+                return;
+            }
+            stream
+        }
+    };
+    let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
+        return;
+    };
+    serve_tls(tls, local, remote, listener, links).await;
+}
+
+/// The TLS handshake with OpenSSL, by `deadline`; on failure the connection
+/// is drained and closed (a timeout closes it at once), and `None`.
+async fn accept_tls<S>(
+    stream: S,
+    remote: SocketAddr,
+    listener: &LinkListener,
+    deadline: Instant,
+) -> Option<SslStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut tls = match listener
+        .tls
+        .ssl()
+        .and_then(|ssl| SslStream::new(ssl, stream))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            bump(&listener.counters.tls_failures);
+            tracing::warn!(%remote, error = %e, "OpenSSL could not start a connection");
+            return None;
+        }
+    };
+    match tokio::time::timeout_at(deadline, Pin::new(&mut tls).accept()).await {
+        Ok(Ok(())) => Some(tls),
+        Ok(Err(e)) => {
             bump(&listener.counters.tls_failures);
             tracing::debug!(%remote, error = %e, "TLS handshake failed");
-            drain(stream).await;
-            return;
+            drain(tls.get_mut()).await;
+            None
         }
         Err(_) => {
             bump(&listener.counters.tls_failures);
             tracing::debug!(%remote, "TLS handshake timed out");
-            return;
+            None
         }
-    };
-    serve_tls(tls, local, remote, listener, links).await;
+    }
+}
+
+/// A CA validating TLS-ALPN-01: the handshake (rustls, the challenge
+/// certificate) is the answer (RFC 8737); then the connection closes.
+async fn answer_acme_validation<S>(
+    acme: &AcmeChallenges,
+    stream: S,
+    remote: SocketAddr,
+    listener: &LinkListener,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout_at(deadline, acme.acceptor().accept(stream)).await {
+        Ok(Ok(mut tls)) => {
+            bump(&listener.counters.acme_validations);
+            tracing::debug!(%remote, "ACME validation handshake: closed");
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        }
+        _ => {
+            bump(&listener.counters.tls_failures);
+            tracing::debug!(%remote, "ACME validation handshake failed");
+        }
+    }
 }
 
 /// Serves an already connected stream that was not accepted from a listening
 /// socket: a relayed stream a partner opened through another
 /// (`docs/protocol.md, "Relayed links"`). It takes the same path as a TCP
-/// connection after its first bytes were found to be TLS: the TLS handshake,
+/// connection after its first byte was found to be TLS: the TLS handshake,
 /// then HTTP, where only a valid link request becomes a link (sent to
 /// `links`) and anything else gets the cover site. `local` and `remote` are
 /// what an accepted link reports as its two ends.
@@ -675,19 +626,9 @@ pub async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     bump(&listener.counters.connections);
-    let accept = listener.tls.accept(stream);
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            bump(&listener.counters.tls_failures);
-            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            bump(&listener.counters.tls_failures);
-            tracing::debug!(%remote, "TLS handshake timed out");
-            return;
-        }
+    let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+    let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
+        return;
     };
     serve_tls(tls, local, remote, listener, links).await;
 }
@@ -695,7 +636,7 @@ pub async fn serve_stream<S>(
 /// Serves one connection whose TLS handshake is done: HTTP/2 or HTTP/1.1 as
 /// ALPN chose, with every request going to the link handshake or the cover.
 async fn serve_tls<S>(
-    tls: tokio_rustls::server::TlsStream<S>,
+    tls: SslStream<S>,
     local: SocketAddr,
     remote: SocketAddr,
     listener: Arc<LinkListener>,
@@ -704,21 +645,12 @@ async fn serve_tls<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let local_port = local.port();
-    // Send the session tickets that rustls queued at the end of the
-    // handshake now, as OpenSSL does, not with the first response: an HTTP/1
-    // client that sends nothing would otherwise see none (an nginx tells).
-    let mut tls = tls;
-    let _ = tokio::io::AsyncWriteExt::flush(&mut tls).await;
-    let (_, conn) = tls.get_ref();
-    if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
-        // A CA validating TLS-ALPN-01: the handshake was the answer (RFC 8737).
-        tracing::debug!(%remote, "ACME validation handshake: closed");
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-        return;
-    }
-    let h2 = conn.alpn_protocol() == Some(ALPN_H2);
-    let binding = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-        link_exporter(conn).ok()
+    let tls = ServerTlsStream::new(tls);
+    let ssl = tls.ssl();
+    let h2 = ssl.selected_alpn_protocol() == Some(ALPN_H2);
+    // Links are TLS 1.3 only: no binding, no link on anything older.
+    let binding = if ssl.version2() == Some(SslVersion::TLS1_3) {
+        openssl_link_exporter(ssl).ok()
     } else {
         None
     };

@@ -1,5 +1,6 @@
 //! The tokio side of links (`docs/protocol.md, "Link setup"`): the TLS
-//! listener that is a web server first, the cover site, the dialer, and the
+//! listener that is a web server first (OpenSSL set up as nginx's), the
+//! cover site, the dialer (rustls), and the
 //! per-link reader and writer tasks. The protocol itself (handshake,
 //! framing) is in [`crate::proto`]; this module only moves bytes and keeps
 //! time.
@@ -24,9 +25,11 @@ mod pki;
 mod plain;
 mod port;
 mod punch;
+mod server_tls;
 mod socket;
 mod time;
 mod tls;
+mod tls_stream;
 
 pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, LETS_ENCRYPT_DIRECTORY};
 pub use cover::{
@@ -48,13 +51,14 @@ pub use listener::{
 };
 pub use pki::{
     AcmeSettings, CertSource, DEFAULT_SERVER_NAME, SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE,
-    SELF_SIGNED_VALIDITY_DAYS, TlsError,
+    SELF_SIGNED_RSA_BITS, SELF_SIGNED_VALIDITY_DAYS, TlsError,
 };
 pub use plain::PLAIN_HEADER_TIMEOUT;
 pub use port::bind_listener;
 pub use punch::{Punch, PunchError, simultaneous_open};
 pub use socket::NOTSENT_LOWAT;
+pub use server_tls::{ServerTls, TlsSettings, server_tls_config};
 pub use tls::{
-    ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification, TlsSettings,
-    client_tls_config, server_tls_config,
+    ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification,
+    client_tls_config,
 };

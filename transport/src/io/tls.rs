@@ -1,16 +1,15 @@
-//! TLS for links (docs/protocol.md, "Link setup"): the rustls configs of
-//! the listener and the dialer, with the aws-lc-rs provider, TLS 1.3 and
-//! ALPN `h2` and `http/1.1`. Where the certificate comes from is `pki`.
+//! The dialer's TLS (docs/protocol.md, "Link setup"): rustls with the
+//! aws-lc-rs provider, TLS 1.3 only, ALPN `h2` and `http/1.1`, no CA
+//! check ([`NoCaVerification`]); and the exporter value both ends bind the
+//! link handshake to. The listener's TLS is OpenSSL set up as nginx's
+//! (`server_tls`); where certificates come from is `pki`.
 //!
-//! **Why TLS 1.3 only.** Links are TLS 1.3 and nothing else (docs/protocol.md, "Link setup"),
-//! and the Noise prologue is the TLS 1.3 exporter. The cost is one probe: a
-//! ClientHello that offers only TLS 1.2 gets a `protocol_version` alert,
-//! where most web servers would answer with TLS 1.2 (Debian's packaged
-//! nginx 1.22 enables TLS 1.0–1.3; a bare nginx 1.22 with no
-//! `ssl_protocols` line even offers only TLS 1.0–1.2, measured here).
-//! [`TlsSettings::allow_tls12_for_cover`] turns TLS 1.2 on for the cover
-//! site only: link requests on a TLS 1.2 connection are always answered by
-//! the cover, so links stay TLS 1.3.
+//! **Why the dialer stays on rustls.** A scanner meets the listener, never
+//! the dialer, so the dialer's TLS stack does not decide what a scan lists;
+//! what the dialer needs is TLS 1.3, the exporter and a certificate
+//! verifier that checks only the handshake signature, which rustls gives
+//! safely. The RFC 8446 exporter is the same in every TLS 1.3 library, so
+//! a rustls dialer and an OpenSSL listener compute the same binding.
 
 use std::sync::Arc;
 
@@ -19,10 +18,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::acme::{ACME_TLS_ALPN, acme_resolver};
-use super::pki::{
-    CertSource, TlsError, load_certs, load_key, load_or_generate_self_signed, provider,
-};
+use super::pki::{TlsError, provider};
 
 /// The ALPN protocols the listener offers, in its order of preference
 /// (as a stock nginx with `http2` on: `h2`, then `http/1.1`).
@@ -30,70 +26,15 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The HTTP/1.1 ALPN protocol id.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// [`LINK_EXPORTER_LABEL`] as text (OpenSSL takes the label as a string).
+const LINK_EXPORTER_LABEL_STR: &str = "EXPORTER-umbra-link";
+
 /// The TLS exporter label whose output is the Noise prologue binding
 /// (RFC 8446 §7.5). No context is used.
-pub const LINK_EXPORTER_LABEL: &[u8] = b"EXPORTER-umbra-link";
+pub const LINK_EXPORTER_LABEL: &[u8] = LINK_EXPORTER_LABEL_STR.as_bytes();
 
 /// Length of the TLS exporter output used as the Noise prologue, in bytes.
 pub const LINK_EXPORTER_LEN: usize = 32;
-
-/// The listener's TLS settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// Where the certificate comes from.
-    pub cert: CertSource,
-    /// The name a generated certificate is made for (config `server_name`);
-    /// empty means [`DEFAULT_SERVER_NAME`](super::DEFAULT_SERVER_NAME). Ignored for
-    /// [`CertSource::Files`]; for [`CertSource::Acme`], the domain to get a
-    /// certificate for, which must not be empty.
-    pub server_name: String,
-    /// Also accept TLS 1.2, for the cover site only (see the module docs).
-    pub allow_tls12_for_cover: bool,
-}
-
-/// Builds the listener's rustls config: the certificate from `settings`,
-/// TLS 1.3 (and 1.2 if allowed), ALPN `h2` then `http/1.1`.
-///
-/// With [`CertSource::Acme`] it also offers ALPN `acme-tls/1` (chosen only
-/// by a client that offers nothing else, as a validating CA does) and
-/// starts the ACME client on the current tokio runtime; the client stops
-/// when the returned config is dropped.
-pub fn server_tls_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let versions: &[&rustls::SupportedProtocolVersion] = if settings.allow_tls12_for_cover {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth();
-    let mut alpn = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
-    let mut config = match &settings.cert {
-        CertSource::SelfSigned { dir } => {
-            let (certs, key) = load_or_generate_self_signed(dir, &settings.server_name)?;
-            builder.with_single_cert(certs, key)?
-        }
-        CertSource::Files { cert, key } => {
-            builder.with_single_cert(load_certs(cert)?, load_key(key)?)?
-        }
-        CertSource::Acme(acme) => {
-            let domain = settings.server_name.trim();
-            if domain.is_empty() {
-                return Err(TlsError::Acme {
-                    domain: String::new(),
-                    what: "no domain: set server_name".to_string(),
-                });
-            }
-            let (certs, key) = load_or_generate_self_signed(&acme.state_dir, domain)?;
-            let key = provider().key_provider.load_private_key(key)?;
-            let fallback = Arc::new(rustls::sign::CertifiedKey::new(certs, key));
-            alpn.push(ACME_TLS_ALPN.to_vec());
-            builder.with_cert_resolver(acme_resolver(acme, domain, fallback)?)
-        }
-    };
-    config.alpn_protocols = alpn;
-    Ok(Arc::new(config))
-}
 
 /// Builds the dialer's rustls config: TLS 1.3 only, ALPN `h2` then
 /// `http/1.1` (what curl and browsers offer; the dialer then insists on
@@ -119,6 +60,15 @@ pub(crate) fn link_exporter<D>(
     conn: &rustls::ConnectionCommon<D>,
 ) -> Result<[u8; LINK_EXPORTER_LEN], rustls::Error> {
     conn.export_keying_material([0u8; LINK_EXPORTER_LEN], LINK_EXPORTER_LABEL, None)
+}
+
+/// [`link_exporter`] on the listener's OpenSSL side of a connection.
+pub(crate) fn openssl_link_exporter(
+    ssl: &openssl::ssl::SslRef,
+) -> Result<[u8; LINK_EXPORTER_LEN], openssl::error::ErrorStack> {
+    let mut out = [0u8; LINK_EXPORTER_LEN];
+    ssl.export_keying_material(&mut out, LINK_EXPORTER_LABEL_STR, None)?;
+    Ok(out)
 }
 
 /// Accepts any server certificate, but still checks the TLS 1.3

@@ -74,7 +74,6 @@ pub async fn start_listener(
             dir: dir.path().to_path_buf(),
         },
         server_name: String::new(),
-        allow_tls12_for_cover: false,
     })
     .unwrap();
     let identity = Identity::generate();
@@ -116,6 +115,48 @@ pub async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> (TlsStream<TcpStre
     (tls, exporter)
 }
 
+/// A certificate verifier that takes any certificate and signature: a
+/// client that only wants to reach the listener.
+#[derive(Debug)]
+pub struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// What a client saw of one response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -147,6 +188,37 @@ pub struct H2Client {
 impl H2Client {
     pub async fn connect(addr: SocketAddr) -> H2Client {
         let (tls, exporter) = tls_connect(addr, &[b"h2", b"http/1.1"]).await;
+        H2Client::over(tls, exporter).await
+    }
+
+    /// An HTTP/2 client on a TLS connection of one of `versions`, which
+    /// checks no certificate, and the version the server chose.
+    pub async fn connect_with_versions(
+        addr: SocketAddr,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (H2Client, rustls::ProtocolVersion) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        let conn = tls.get_ref().1;
+        let version = conn.protocol_version().unwrap();
+        let exporter = conn
+            .export_keying_material([0u8; LINK_EXPORTER_LEN], LINK_EXPORTER_LABEL, None)
+            .unwrap();
+        (H2Client::over(tls, exporter).await, version)
+    }
+
+    async fn over(tls: TlsStream<TcpStream>, exporter: [u8; 32]) -> H2Client {
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(tls))

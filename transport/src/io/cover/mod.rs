@@ -36,7 +36,11 @@
 //!   `multipart/byteranges`);
 //! - HTTP/2 `SETTINGS` values, window updates and HPACK encoding are the
 //!   `h2` crate's, not nginx's;
-//! - idle keep-alive connections are not closed after nginx's 75 s.
+//! - idle keep-alive connections are not closed after nginx's 75 s;
+//! - a connection whose ALPN chose `http/0.9` is served as HTTP/1.x.
+//!
+//! The TLS below the cover is OpenSSL set up as nginx's (`server_tls`); its
+//! remaining differences are in docs/threat-model.md ("What a prober sees").
 //!
 //! The parts: [`site`] finds what a path names (built-in files, an
 //! operator's directory), [`nginx`] answers as nginx does (status lines,
