@@ -429,7 +429,10 @@ fn hole_punching_through_each_kind_of_nat() {
             // B's router: both are refused. The rate is shown, not
             // asserted; each attempt connects (at once, or a second later
             // when B's SYN came while A's connect() still ran and A's
-            // SYN-ACK left with the primer's TTL) or both are refused.
+            // SYN-ACK left with the primer's TTL) or fails. How it fails is
+            // the same race again (both refused, or one side's SYN lost
+            // while the other's retransmission times out), so only a
+            // connection that forms is checked.
             let tries = repeat(
                 &format!("{what} (rate not asserted)"),
                 reflector,
@@ -438,14 +441,8 @@ fn hole_punching_through_each_kind_of_nat() {
                 0,
                 runs(),
             );
-            for t in &tries {
-                if t.ok() {
-                    t.assert_exchanged(&format!("{what}, skew 0 ms"));
-                } else {
-                    for o in [&t.a, &t.b] {
-                        assert_eq!(o.kind.as_deref(), Some("Refused"), "{}", t.show());
-                    }
-                }
+            for t in tries.iter().filter(|t| t.ok()) {
+                t.assert_exchanged(&format!("{what}, skew 0 ms"));
             }
             // A primer on both sides takes the order out of it: neither SYN
             // reaches the other's router, and the first retransmission (1 s
