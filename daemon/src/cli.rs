@@ -21,9 +21,9 @@ const MAX_KEYGEN_STRENGTH: u32 = 32;
 #[derive(Debug, Parser)]
 #[command(name = "umbra", version, about, long_about = None)]
 pub(crate) struct Cli {
-    /// The config file.
-    #[arg(long, global = true, env = "UMBRA_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-    config: PathBuf,
+    /// The config file [default: /etc/umbra/umbra.toml, which alone may be missing].
+    #[arg(long, global = true, env = "UMBRA_CONFIG")]
+    config: Option<PathBuf>,
     /// The control socket (default: the config's `control_socket`).
     #[arg(long, global = true)]
     control: Option<PathBuf>,
@@ -176,16 +176,53 @@ enum AgreementsAction {
     },
 }
 
+/// Where the config is, and whether the user named it (`--config` or
+/// `UMBRA_CONFIG`). Only the default path may be missing, and then the
+/// defaults apply; a named file must exist, so a mistyped path never runs
+/// the wrong node (`umbra init` alone writes a missing one).
+#[derive(Debug, Clone)]
+pub(crate) struct ConfigPath {
+    pub(crate) path: PathBuf,
+    pub(crate) named: bool,
+}
+
+impl ConfigPath {
+    fn new(flag: Option<PathBuf>) -> ConfigPath {
+        match flag {
+            Some(path) => ConfigPath { path, named: true },
+            None => ConfigPath {
+                path: PathBuf::from(DEFAULT_CONFIG_PATH),
+                named: false,
+            },
+        }
+    }
+
+    /// Loads the config; any problem with it is a usage error (exit 2).
+    pub(crate) fn load(&self) -> Result<Config> {
+        if self.named && !self.path.exists() {
+            return Err(UsageError(format!(
+                "the config file {} does not exist (only the default, {DEFAULT_CONFIG_PATH}, \
+                 may be missing; `umbra init --config {}` writes one)",
+                self.path.display(),
+                self.path.display()
+            ))
+            .into());
+        }
+        Config::load(&self.path).map_err(|e| UsageError(e.to_string()).into())
+    }
+}
+
 /// Runs the parsed command line.
 pub(crate) fn dispatch(cli: Cli) -> Result<()> {
+    let config_path = ConfigPath::new(cli.config);
     match cli.command {
-        Command::Init { state_dir, json } => init(&cli.config, state_dir, json),
+        Command::Init { state_dir, json } => init(&config_path.path, state_dir, json),
         Command::Run => {
-            let config = load_config(&cli.config)?;
-            crate::run::run(config, cli.config.clone(), cli.control)
+            let config = config_path.load()?;
+            crate::run::run(config, config_path, cli.control)
         }
         Command::Address { json } => {
-            let config = load_config(&cli.config)?;
+            let config = config_path.load()?;
             let id = state_dir::require_identity(&config)?;
             let addr = address::address_for_key(&id.public(), config.address_prefix);
             if json {
@@ -195,7 +232,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Status { json } => {
-            let socket = control_socket(&cli.config, cli.control)?;
+            let socket = control_socket(&config_path, cli.control)?;
             let status = control::call(&socket, &Request::Status)?;
             if json {
                 output::json(&status)
@@ -205,11 +242,11 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Keygen { strength, json } => keygen(strength, json),
         Command::Demo => crate::demo::run(),
-        Command::Doctor { json } => crate::doctor::run(&cli.config, cli.control, json),
+        Command::Doctor { json } => crate::doctor::run(&config_path.path, cli.control, json),
         Command::Completions { shell } => crate::assets::completions(shell),
         Command::Manpage { dir } => crate::assets::manpages(&dir),
         Command::Peers { json } => {
-            let v = control::call(&control_socket(&cli.config, cli.control)?, &Request::Peers)?;
+            let v = control::call(&control_socket(&config_path, cli.control)?, &Request::Peers)?;
             if json {
                 output::json(&v)
             } else {
@@ -218,7 +255,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Path { address, json } => {
             let v = control::call(
-                &control_socket(&cli.config, cli.control)?,
+                &control_socket(&config_path, cli.control)?,
                 &Request::Path { address },
             )?;
             if json {
@@ -235,7 +272,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let ttl_secs = parse_ttl(&ttl)?;
             let v = control::call(
-                &control_socket(&cli.config, cli.control)?,
+                &control_socket(&config_path, cli.control)?,
                 &Request::Invite {
                     terms,
                     ttl_secs: Some(ttl_secs),
@@ -252,7 +289,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Accept { token, json } => {
-            let socket = control_socket(&cli.config, cli.control)?;
+            let socket = control_socket(&config_path, cli.control)?;
             if !json {
                 eprintln!("dialing the inviter and waiting for the link…");
             }
@@ -284,7 +321,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
                     max / 86_400
                 )));
             }
-            let socket = control_socket(&cli.config, cli.control)?;
+            let socket = control_socket(&config_path, cli.control)?;
             if !json {
                 eprintln!(
                     "sending the proposal over the overlay and waiting for its node to answer…"
@@ -315,7 +352,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Agreements { action, json } => {
-            let socket = control_socket(&cli.config, cli.control)?;
+            let socket = control_socket(&config_path, cli.control)?;
             match action.unwrap_or(AgreementsAction::List) {
                 AgreementsAction::List => {
                     let v = control::call(&socket, &Request::Agreements)?;
@@ -374,20 +411,15 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-/// Loads the config; any problem with it is a usage error (exit 2).
-pub(crate) fn load_config(path: &Path) -> Result<Config> {
-    Config::load(path).map_err(|e| UsageError(e.to_string()).into())
-}
-
-fn control_socket(config_path: &Path, flag: Option<PathBuf>) -> Result<PathBuf> {
+fn control_socket(config_path: &ConfigPath, flag: Option<PathBuf>) -> Result<PathBuf> {
     match flag {
         Some(p) => Ok(p),
-        None => Ok(load_config(config_path)?.control_socket),
+        None => Ok(config_path.load()?.control_socket),
     }
 }
 
 fn init(config_path: &Path, state_dir: Option<PathBuf>, json_out: bool) -> Result<()> {
-    let mut config = load_config(config_path)?;
+    let mut config = Config::load(config_path).map_err(|e| UsageError(e.to_string()))?;
     if let Some(dir) = state_dir {
         if !dir.is_absolute() {
             return Err(UsageError(format!(

@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use umbra_config::Config;
 use umbra_routing::address;
 
+use crate::cli::ConfigPath;
 use crate::control::{self, Request, Response};
 use crate::datapath;
 use crate::db::Store;
@@ -175,7 +176,7 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub(crate) fn run(config: Config, config_path: PathBuf, control: Option<PathBuf>) -> Result<()> {
+pub(crate) fn run(config: Config, config_path: ConfigPath, control: Option<PathBuf>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("umbra")
@@ -184,7 +185,7 @@ pub(crate) fn run(config: Config, config_path: PathBuf, control: Option<PathBuf>
     rt.block_on(run_async(config, config_path, control))
 }
 
-async fn run_async(config: Config, config_path: PathBuf, control: Option<PathBuf>) -> Result<()> {
+async fn run_async(config: Config, config_path: ConfigPath, control: Option<PathBuf>) -> Result<()> {
     state_dir::ensure_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
     let (identity, created) = state_dir::load_or_create_identity(&config)?;
@@ -341,7 +342,7 @@ fn overlay_route(prefix: u8) -> std::net::Ipv6Addr {
 async fn serve(
     listener: &tokio::net::UnixListener,
     view: &Arc<RwLock<NodeView>>,
-    config_path: &std::path::Path,
+    config_path: &ConfigPath,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -369,9 +370,9 @@ async fn serve(
 
 /// SIGHUP: re-reads the config. A bad config is logged and the running one
 /// is kept. Settings that need a restart are named.
-fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
+fn reload(view: &Arc<RwLock<NodeView>>, config_path: &ConfigPath) {
     notify(&[sd_notify::NotifyState::Reloading]);
-    match Config::load(config_path) {
+    match config_path.load() {
         Err(e) => tracing::error!("SIGHUP: keeping the running config: {e}"),
         Ok(new) => {
             let Ok(mut v) = view.write() else { return };
@@ -396,10 +397,10 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &std::path::Path) {
                 needs_restart.push("[nat] port_mapping");
             }
             if needs_restart.is_empty() {
-                tracing::info!(path = %config_path.display(), "SIGHUP: config reloaded");
+                tracing::info!(path = %config_path.path.display(), "SIGHUP: config reloaded");
             } else {
                 tracing::warn!(
-                    path = %config_path.display(),
+                    path = %config_path.path.display(),
                     "SIGHUP: config reloaded; {} change only on restart",
                     needs_restart.join(", ")
                 );

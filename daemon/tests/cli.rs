@@ -65,6 +65,45 @@ fn bad_config_exits_2_with_one_line_naming_file_and_key() {
 }
 
 #[test]
+fn a_named_config_that_does_not_exist_exits_2_for_every_command_but_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such.toml");
+    for args in [
+        &["run"][..],
+        &["address"],
+        &["status"],
+        &["peers"],
+        &["invite"],
+        &["agreements"],
+    ] {
+        let out = umbra(&missing, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&missing.display().to_string()) && err.contains("does not exist"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same through UMBRA_CONFIG.
+    let out = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .arg("address")
+        .env("UMBRA_CONFIG", &missing)
+        .output()
+        .expect("run umbra");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Nothing was made in its place, and no state directory either.
+    assert!(!missing.exists());
+    assert_eq!(fs::read_dir(dir.path()).expect("read dir").count(), 0);
+    // `init` writes the named file.
+    let out = umbra(
+        &missing,
+        &["init", "--state-dir", &dir.path().join("state").display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(missing.exists());
+}
+
+#[test]
 fn init_creates_then_never_overwrites() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("etc/umbra.toml");
