@@ -270,7 +270,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             endpoints,
             json,
         } => {
-            let ttl_secs = parse_ttl(&ttl)?;
+            let ttl_secs = parse_ttl(&ttl, crate::links::INVITE_TTL_MAX, "a token works")?;
             let v = control::call(
                 &control_socket(&config_path, cli.control)?,
                 &Request::Invite {
@@ -313,14 +313,11 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => {
             check_node_name(&address)?;
-            let ttl_secs = parse_ttl(&ttl)?;
-            let max = crate::links::PROPOSAL_TTL_MAX.as_secs();
-            if ttl_secs > max {
-                bail!(UsageError(format!(
-                    "--ttl {ttl} is longer than {} days, the most a node holds a proposal",
-                    max / 86_400
-                )));
-            }
+            let ttl_secs = parse_ttl(
+                &ttl,
+                crate::links::PROPOSAL_TTL_MAX,
+                "a node holds a proposal",
+            )?;
             let socket = control_socket(&config_path, cli.control)?;
             if !json {
                 eprintln!(
@@ -510,8 +507,9 @@ fn check_node_name(text: &str) -> Result<()> {
     .into())
 }
 
-/// Parses `--ttl`: a number with a unit `s`, `m`, `h` or `d`.
-fn parse_ttl(text: &str) -> Result<u64> {
+/// Parses `--ttl`: a number with a unit `s`, `m`, `h` or `d`, at most
+/// `max` (the most, in `what`'s words, the daemon accepts).
+fn parse_ttl(text: &str, max: std::time::Duration, what: &str) -> Result<u64> {
     let bad = || {
         UsageError(format!(
             "--ttl {text}: expected a number and a unit (s, m, h, d), like 24h"
@@ -529,6 +527,11 @@ fn parse_ttl(text: &str) -> Result<u64> {
     };
     match n.checked_mul(unit_secs) {
         Some(0) | None => Err(bad().into()),
+        Some(s) if s > max.as_secs() => Err(UsageError(format!(
+            "--ttl {text} is longer than {} days, the most {what}",
+            max.as_secs() / 86_400
+        ))
+        .into()),
         Some(s) => Ok(s),
     }
 }
@@ -554,10 +557,26 @@ mod tests {
 
     #[test]
     fn ttl_units() {
-        assert_eq!(parse_ttl("24h").expect("24h"), 86_400);
-        assert_eq!(parse_ttl("90s").expect("90s"), 90);
-        for bad in ["", "h", "10", "0h", "5y", "-1h", "99999999999999999999d"] {
-            assert!(parse_ttl(bad).is_err(), "{bad}");
+        let max = std::time::Duration::from_secs(30 * 86_400);
+        let ttl = |t: &str| parse_ttl(t, max, "test");
+        assert_eq!(ttl("24h").expect("24h"), 86_400);
+        assert_eq!(ttl("90s").expect("90s"), 90);
+        assert_eq!(ttl("30d").expect("30d"), 30 * 86_400);
+        for bad in [
+            "",
+            "h",
+            "10",
+            "0h",
+            "5y",
+            "-1h",
+            "99999999999999999999d",
+            "18446744073709551615s",
+            "100000000000d",
+            "31d",
+            "2592001s",
+        ] {
+            let e = ttl(bad).expect_err(bad);
+            assert!(e.downcast_ref::<crate::UsageError>().is_some(), "{bad}");
         }
     }
 }

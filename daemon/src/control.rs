@@ -203,6 +203,10 @@ where
             }
         };
         let (response, last) = if n > MAX_REQUEST_BYTES {
+            // Read the rest of the line without keeping it, so the client
+            // gets the answer: closing on unread bytes would reset the
+            // connection and lose it.
+            let _ = tokio::time::timeout(OVERLONG_DRAIN, skip_line(&mut reader)).await;
             (
                 Response::error(format!(
                     "request longer than {MAX_REQUEST_BYTES} bytes; closing"
@@ -237,6 +241,31 @@ where
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// How long the rest of an over-long request is read (and dropped) before
+/// its answer.
+const OVERLONG_DRAIN: Duration = Duration::from_secs(2);
+
+/// Reads up to and including the next newline (or the end), keeping
+/// nothing.
+async fn skip_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let len = buf.len();
+                reader.consume(len);
+            }
+        }
+    }
+}
 
 /// Sends one request to the daemon and returns its result, or its error as
 /// an `Err`.

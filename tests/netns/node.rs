@@ -63,8 +63,31 @@ fn node_runs_in_a_namespace() {
             "answer to {bad:?}: {answer}"
         );
     }
+    // Absurd numbers are refused with the bound, not wrapped or stored.
+    for (bad, says) in [
+        (
+            "{\"cmd\":\"invite\",\"ttl_secs\":18446744073709551615}",
+            "90 days",
+        ),
+        ("{\"cmd\":\"invite\",\"ttl_secs\":0}", "90 days"),
+        (
+            "{\"cmd\":\"propose\",\"to\":\"602::1\",\"ttl_secs\":8640000000}",
+            "30 days",
+        ),
+        ("{\"cmd\":\"invite\",\"ttl_secs\":-1}", "bad request"),
+        ("{\"cmd\":\"revoke\",\"id\":1e300}", "bad request"),
+    ] {
+        let answer = d.request(bad).expect("an answer to an absurd request");
+        assert!(
+            answer.contains("\"ok\":false") && answer.contains(says),
+            "answer to {bad}: {answer}"
+        );
+    }
+    // A request over the stated limit (64 KiB) is answered with the limit,
+    // and the connection closed.
     let long = "x".repeat(100_000);
-    let _ = d.request(&long);
+    let answer = d.request(&long).unwrap_or_default();
+    assert!(answer.contains("longer than 65536 bytes"), "{answer}");
     assert!(
         d.try_wait().is_none(),
         "daemon died on bad input:\n{}",

@@ -18,6 +18,9 @@ use crate::db::{Agreement, Origin};
 use crate::events::Input;
 use umbra_transport::proto::traversal::Traversal;
 
+/// The longest an invite token works (`umbra invite --ttl`): a token is a
+/// secret, and one that outlives a season is one nobody remembers handing out.
+pub(crate) const INVITE_TTL_MAX: Duration = Duration::from_secs(90 * 86_400);
 /// How long `umbra accept` of a token without endpoints waits for the link.
 const ACCEPT_OVER_OVERLAY_WAIT: Duration = Duration::from_secs(60);
 /// How often it tells the inviter again until the link is up.
@@ -46,6 +49,12 @@ impl Links {
         ttl: Duration,
         endpoints: Vec<String>,
     ) -> Result<(String, u64, Vec<String>)> {
+        if ttl.is_zero() || ttl > INVITE_TTL_MAX {
+            bail!(
+                "--ttl must be from 1s to {} days",
+                INVITE_TTL_MAX.as_secs() / 86_400
+            );
+        }
         let mut endpoints = endpoints;
         if endpoints.is_empty() {
             endpoints = self
@@ -57,7 +66,7 @@ impl Links {
                 .collect();
             endpoints.truncate(umbra_transport::proto::invite::INVITE_MAX_ENDPOINTS);
         }
-        let expiry = now_unix() + ttl.as_secs();
+        let expiry = now_unix().saturating_add(ttl.as_secs());
         let secret = Invite::random_secret();
         let invite = Invite::new(
             self.identity.public(),

@@ -36,6 +36,7 @@ mod tunnel;
 
 pub(crate) use edges::Policy;
 pub(crate) use peers::LinkKind;
+pub(crate) use agreements::INVITE_TTL_MAX;
 pub(crate) use proposals::{PROPOSAL_TTL_DEFAULT, PROPOSAL_TTL_MAX, PROPOSE_WAIT};
 
 use std::collections::HashMap;
