@@ -15,6 +15,7 @@ mod output;
 mod portmap;
 mod run;
 mod state_dir;
+mod vital;
 
 use std::process::ExitCode;
 

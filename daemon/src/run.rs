@@ -21,6 +21,7 @@ use crate::links::Links;
 use crate::metrics::{self, Metrics};
 use crate::portmap::{PortMap, PortMapStatus};
 use crate::state_dir::{self, StateLock};
+use crate::vital::{Deaths, Vital};
 
 /// How long an invite works unless `--ttl` says otherwise.
 const DEFAULT_INVITE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -223,38 +224,46 @@ async fn run_async(config: Config, config_path: ConfigPath, control: Option<Path
         Arc::clone(&metrics),
     )?;
     let tun = tun.map(Arc::new);
-    let datapath_task = tokio::spawn(datapath::run(
-        identity.clone(),
-        prefix,
-        Arc::clone(&links),
-        tun.clone(),
-        datapath_rx,
-    ));
+    let (vital, deaths) = Vital::new();
+    let datapath_task = vital.spawn(
+        "datapath",
+        datapath::run(
+            identity.clone(),
+            prefix,
+            Arc::clone(&links),
+            tun.clone(),
+            datapath_rx,
+        ),
+    );
     let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
-    links.start_listeners(links_tx).await?;
-    {
+    links.start_listeners(links_tx, &vital).await?;
+    // With no listener there is nothing to adopt (and the channel is
+    // closed at once); with some, it ends only after they all have.
+    if !config.listen.https.is_empty() {
         let links = Arc::clone(&links);
-        tokio::spawn(async move {
+        vital.spawn("link adopter", async move {
             while let Some(link) = links_rx.recv().await {
                 links.adopt(link, crate::links::LinkKind::Direct);
             }
+            Ok(())
         });
     }
     links.spawn_dialers();
-    links.spawn_charges();
+    links.spawn_charges(&vital);
     let metrics_task = match config.metrics.listen {
         Some(addr) => {
             let tcp = metrics::bind(addr).await?;
             tracing::info!(addr = %addr, path = metrics::METRICS_PATH, "metrics ready");
             let states = Arc::clone(&links);
-            Some(tokio::spawn(metrics::serve(
-                tcp,
-                metrics::Sources {
-                    metrics,
-                    datapath: datapath_tx.clone(),
-                    link_states: Arc::new(move || states.link_states()),
-                },
-            )))
+            let sources = metrics::Sources {
+                metrics,
+                datapath: datapath_tx.clone(),
+                link_states: Arc::new(move || states.link_states()),
+            };
+            Some(vital.spawn("metrics server", async move {
+                metrics::serve(tcp, sources).await;
+                Ok(())
+            }))
         }
         None => None,
     };
@@ -279,7 +288,7 @@ async fn run_async(config: Config, config_path: ConfigPath, control: Option<Path
         port_mapping: port_map.as_ref().map(PortMap::status).unwrap_or_default(),
     }));
 
-    let result = serve(&listener, &view, &config_path).await;
+    let result = serve(&listener, &view, &config_path, deaths).await;
 
     // Clean shutdown: tell systemd, then take down what we set up.
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -295,10 +304,9 @@ async fn run_async(config: Config, config_path: ConfigPath, control: Option<Path
         let _ = done_rx.await;
     }
     if let Some(t) = metrics_task {
-        t.abort();
+        t.stop().await;
     }
-    datapath_task.abort();
-    let _ = datapath_task.await;
+    datapath_task.stop().await;
     if let Some(tun) = tun.and_then(|t| Arc::try_unwrap(t).ok()) {
         tun.remove().await?;
         tracing::info!("TUN removed");
@@ -343,6 +351,7 @@ async fn serve(
     listener: &tokio::net::UnixListener,
     view: &Arc<RwLock<NodeView>>,
     config_path: &ConfigPath,
+    mut deaths: Deaths,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -354,6 +363,10 @@ async fn serve(
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => reload(view, config_path),
+            Some(death) = deaths.recv() => {
+                tracing::error!("{death}: the node cannot work without it; shutting down to be restarted");
+                return Err(anyhow::anyhow!("{death}"));
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let view = Arc::clone(view);

@@ -193,3 +193,28 @@ fn tells_systemd_ready_reloading_stopping() {
     assert!(next().contains("STOPPING=1"));
     assert!(d.wait(Duration::from_secs(10)).expect("exits").success());
 }
+
+/// A task the node cannot work without dies (here the datapath, because its
+/// TUN was deleted under it): the daemon says why and exits 1, so systemd
+/// restarts it, instead of answering `status` while it routes nothing.
+#[test]
+fn a_dead_datapath_takes_the_daemon_down_loudly() {
+    require_root();
+    let ns = netns("vital");
+    let dir = temp_dir("vital");
+    let mut d = prepare(dir.path(), "[tun]\nname = \"vital0\"\n[listen]\nhttps = []\n");
+    d.start(&ns).expect("umbra run starts");
+    assert!(d.cli_json(&["status", "--json"]).is_ok());
+    ns.exec(&["ip", "link", "del", "vital0"])
+        .expect("delete the TUN");
+    let status = d
+        .wait(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the daemon stayed up without its TUN:\n{}", d.log_text()));
+    let log = d.log_text();
+    assert_eq!(status.code(), Some(1), "exit status {status}; log:\n{log}");
+    assert!(
+        log.contains("the datapath task failed: reading the TUN has failed for 2 s"),
+        "log:\n{log}"
+    );
+    assert!(!d.socket.exists(), "control socket left behind");
+}

@@ -32,9 +32,13 @@ impl Saver {
         Saver { tx }
     }
 
-    /// Stores these records soon.
-    pub(super) fn save(&self, rows: Rows) {
-        let _ = self.tx.send(Msg::Save(rows));
+    /// Stores these records soon; an error if the saver is gone (it
+    /// panicked), which leaves the ledgers unstored: the datapath ends on
+    /// it, and so does the daemon.
+    pub(super) fn save(&self, rows: Rows) -> anyhow::Result<()> {
+        self.tx
+            .send(Msg::Save(rows))
+            .map_err(|_| anyhow::anyhow!("the ledger saver has stopped"))
     }
 
     /// Stores these records after everything queued before, and returns

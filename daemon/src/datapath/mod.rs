@@ -40,6 +40,10 @@ use crate::metrics::{CoreFigures, Metrics};
 const GRAPH_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// Packets read from the TUN per batch.
 const TUN_BATCH: usize = 32;
+/// How long reads of the TUN may fail without one success before the
+/// datapath gives up (the interface was deleted, say): a node that cannot
+/// read its TUN carries nothing, so it exits to be restarted.
+const TUN_FAILING_LIMIT: Duration = Duration::from_secs(2);
 /// Inputs handled before the datapath writes what they produced.
 const INPUT_BATCH: usize = 256;
 /// `umbra status` warns when circuits reach fewer nodes than this (and not
@@ -55,14 +59,16 @@ fn now() -> Now {
     }
 }
 
-/// Runs the datapath until its input channel closes.
+/// Runs the datapath until its input channel closes; an error is one the
+/// node cannot route past (a routing core that will not start, a TUN that
+/// keeps failing).
 pub(crate) async fn run(
     identity: Identity,
     prefix: u8,
     links: Arc<Links>,
     tun: Option<Arc<Tun>>,
     mut rx: mpsc::Receiver<Input>,
-) {
+) -> anyhow::Result<()> {
     let cache = links.load_graph();
     let edges = links.edges();
     let rng = Box::new(rand_core::OsRng);
@@ -75,10 +81,7 @@ pub(crate) async fn run(
         rng,
     ) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("routing core: {e}; no traffic will flow");
-            return;
-        }
+        Err(e) => anyhow::bail!("starting the routing core: {e}"),
     };
     for (peer, record) in links.load_ledgers() {
         core.restore_ledger(now(), peer, record);
@@ -110,6 +113,8 @@ pub(crate) async fn run(
     // Pooled prefixes built: their extension to a destination is not
     // timed as a build of its own (docs/architecture.md, "Metrics").
     let mut prefixes: HashSet<CircuitId> = HashSet::new();
+    // When the TUN's reads began failing without a success since.
+    let mut tun_failing: Option<Instant> = None;
     loop {
         let wake = next_wake(&core, next_save);
         tokio::select! {
@@ -136,12 +141,20 @@ pub(crate) async fn run(
             }
             read = recv_tun(tun.as_deref(), &mut bufs, &mut sizes) => match read {
                 Ok(n) => {
+                    tun_failing = None;
                     let now = now();
                     for (buf, &len) in bufs.iter().zip(&sizes).take(n) {
                         core.send_packet(now, &buf[..len]);
                     }
                 }
                 Err(e) => {
+                    let since = *tun_failing.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= TUN_FAILING_LIMIT {
+                        anyhow::bail!(
+                            "reading the TUN has failed for {} s: {e}",
+                            TUN_FAILING_LIMIT.as_secs()
+                        );
+                    }
                     tracing::error!("reading the TUN: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -187,7 +200,7 @@ pub(crate) async fn run(
         }
         let dirty = core.take_dirty_ledgers();
         if !dirty.is_empty() {
-            saver.save(dirty);
+            saver.save(dirty)?;
         }
         while let Some(ev) = core.poll_event() {
             time_build(&core, &metrics, &mut prefixes, &ev);
@@ -203,6 +216,7 @@ pub(crate) async fn run(
     }
     saver.flush(core.ledgers().records()).await;
     links.save_graph(&core.export_graph());
+    Ok(())
 }
 
 /// The queues of the live links, and what their writers sign reports with.

@@ -20,6 +20,7 @@ use umbra_routing::ledger::{
 use super::Links;
 use crate::db::AgreementState;
 use crate::events::Input;
+use crate::vital::Vital;
 
 /// How often relayed-link bytes and padding are charged, and padding caps
 /// recomputed.
@@ -155,16 +156,16 @@ impl Links {
     /// (to the node that opened the stream) and padding (to the node that
     /// asked for it, or that sent it unasked); and caps padding at what the
     /// quota has left this period.
-    pub(crate) fn spawn_charges(self: &Arc<Self>) {
+    pub(crate) fn spawn_charges(self: &Arc<Self>, vital: &Vital) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
+        vital.spawn("ledger charges", async move {
             let mut tick = tokio::time::interval(CHARGE_EVERY);
             let mut caps_at = Instant::now();
             loop {
                 tick.tick().await;
                 let charges = me.take_charges();
                 if !charges.is_empty() && me.datapath.send(Input::Charges(charges)).await.is_err() {
-                    return;
+                    return Ok(());
                 }
                 if caps_at.elapsed() >= 10 * CHARGE_EVERY {
                     caps_at = Instant::now();

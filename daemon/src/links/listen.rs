@@ -13,6 +13,7 @@ use umbra_transport::io::{
 };
 
 use super::Links;
+use crate::vital::Vital;
 
 impl Links {
     /// Binds every `[listen] https` address and serves it. The listener is
@@ -21,6 +22,7 @@ impl Links {
     pub(crate) async fn start_listeners(
         self: &Arc<Self>,
         links_tx: mpsc::Sender<Link>,
+        vital: &Vital,
     ) -> Result<()> {
         let config = self.config();
         let cert = match (&config.listen.cert, &config.listen.key) {
@@ -81,7 +83,11 @@ impl Links {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(local);
-            tokio::spawn(tio::serve(tcp, Arc::clone(&listener), links_tx.clone()));
+            let (listener, links_tx) = (Arc::clone(&listener), links_tx.clone());
+            vital.spawn("link listener", async move {
+                tio::serve(tcp, listener, links_tx).await;
+                Ok(())
+            });
         }
         Ok(())
     }
