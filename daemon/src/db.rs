@@ -107,17 +107,44 @@ pub(crate) struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database and migrates its schema.
+    /// A database it cannot read (corrupt, not SQLite, of a newer schema)
+    /// or write is an error that says so, and the file is left as it is.
     pub(crate) fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)
-            .with_context(|| format!("opening state database {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let leave = || {
+            format!(
+                "the state database {} cannot be used; umbra leaves it untouched (move it \
+                 aside to start without agreements and ledgers, or restore a backup)",
+                path.display()
+            )
+        };
+        let conn = Connection::open(path).with_context(leave)?;
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            bail!(
+                "the state database {} is not writable here: run umbra as the user that owns \
+                 it (`ls -l {}`)",
+                path.display(),
+                path.display()
+            );
+        }
+        // Reading the schema version first is what fails on a file that is
+        // not a database, before any pragma could write to it.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .with_context(leave)?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "the state database {} has schema version {version}, newer than this umbra \
+                 ({SCHEMA_VERSION}); upgrade umbra (the database is left untouched)",
+                path.display()
+            );
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(leave)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let store = Store { conn };
-        store
-            .migrate()
-            .with_context(|| format!("preparing state database {}", path.display()))?;
+        store.migrate().with_context(leave)?;
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));

@@ -71,6 +71,7 @@ impl StateLock {
             .truncate(false)
             .write(true)
             .open(&path)
+            .map_err(|e| not_writable(state_dir, e))
             .with_context(|| format!("opening lock file {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).ok();
         match file.try_lock() {
@@ -84,5 +85,22 @@ impl StateLock {
                 Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
+    }
+}
+
+/// Says what to do when the state directory refuses a write: the daemon
+/// runs as a user who does not own it, or it is on a read-only mount.
+fn not_writable(dir: &Path, e: std::io::Error) -> anyhow::Error {
+    /// `EROFS`.
+    const READ_ONLY_FS: i32 = 30;
+    if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(READ_ONLY_FS) {
+        anyhow::anyhow!(
+            "the state directory {} is not writable here ({e}): run umbra as the user that \
+             owns it (`ls -ld {}`), or point state_dir at a writable directory",
+            dir.display(),
+            dir.display()
+        )
+    } else {
+        e.into()
     }
 }

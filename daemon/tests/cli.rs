@@ -271,3 +271,92 @@ fn doctor_prints_its_checks_and_exits_1_on_a_failure() {
     assert!(text.starts_with("FAIL  config"), "{text}");
     assert!(text.contains("fix: "), "{text}");
 }
+
+/// A config for `umbra run` without a TUN or listeners, so it needs no root.
+fn offline_node(dir: &Path) -> std::path::PathBuf {
+    let cfg = config_in(dir, "[tun]\nenabled = false\n[listen]\nhttps = []\n");
+    let out = umbra(&cfg, &["init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    cfg
+}
+
+fn run_briefly(cfg: &Path) -> Output {
+    Command::new("timeout")
+        .args(["10"])
+        .arg(env!("CARGO_BIN_EXE_umbra"))
+        .arg("--config")
+        .arg(cfg)
+        .arg("run")
+        .env_remove("UMBRA_CONFIG")
+        .output()
+        .expect("run umbra")
+}
+
+#[test]
+fn a_corrupt_or_newer_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = offline_node(dir.path());
+    let db = dir.path().join("state/umbra.db");
+
+    fs::write(&db, b"not a database, but someone's ledgers once").expect("write");
+    let before = fs::read(&db).expect("read");
+    let out = run_briefly(&cfg);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&db.display().to_string())
+            && err.contains("untouched")
+            && err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&db).expect("read"), before, "the file was changed");
+    assert!(!dir.path().join("state/umbra.db-wal").exists());
+
+    fs::remove_file(&db).expect("rm");
+    let c = rusqlite::Connection::open(&db).expect("sqlite");
+    c.execute_batch("PRAGMA user_version = 99; CREATE TABLE future (x);")
+        .expect("a newer schema");
+    drop(c);
+    let before = fs::read(&db).expect("read");
+    let out = run_briefly(&cfg);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("schema version 99, newer than this umbra") && err.contains("upgrade umbra"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&db).expect("read"), before, "the file was changed");
+}
+
+#[test]
+fn a_state_directory_this_user_cannot_write_is_named() {
+    let uid = fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    if uid != "0" {
+        eprintln!("skipped: needs root to run umbra as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = offline_node(dir.path());
+    let state = dir.path().join("state");
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(env!("CARGO_BIN_EXE_umbra"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("UMBRA_CONFIG")
+        .output()
+        .expect("runuser");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the state directory {} is not writable", state.display())),
+        "{err}"
+    );
+}
