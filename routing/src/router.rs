@@ -430,6 +430,7 @@ impl RouterCore {
         self.links.insert(link, peer);
         self.circuits.link_up(now.mono, link, peer);
         self.graph.link_up(now.wall, LinkId(link), peer);
+        self.stop_avoiding(&peer);
         self.prefer_link_to(peer);
         if Some(peer) == self.home {
             self.pool_retry_at = now.mono;
@@ -595,9 +596,23 @@ impl RouterCore {
         v
     }
 
-    /// A graph message arrived on `link`.
+    /// A graph message arrived on `link`. A newer record from a node that
+    /// builds were avoiding lifts the avoidance: it is alive again.
     pub fn handle_graph(&mut self, now: Now, link: u64, bytes: &[u8]) {
         self.graph.handle_message(now.wall, LinkId(link), bytes);
+        for key in self.graph.take_fresh() {
+            self.stop_avoiding(&key);
+        }
+    }
+
+    /// New paths may use `node`, and the edges to and from it, again.
+    fn stop_avoiding(&mut self, node: &[u8; KEY_LEN]) {
+        if self.avoid_nodes.remove(node).is_some() | remove_edges_of(&mut self.avoid_edges, node) {
+            // Destinations that found no path may find one now.
+            for d in self.dests.values_mut() {
+                d.failed_until = None;
+            }
+        }
     }
 
     /// An IPv6 packet from the TUN, to send into the overlay. Packets that
@@ -1347,6 +1362,17 @@ pub fn flow_hash(packet: &[u8]) -> u64 {
         h = (h ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// Removes every avoided edge that starts or ends at `node`; whether there
+/// was one.
+fn remove_edges_of(
+    edges: &mut HashMap<([u8; KEY_LEN], [u8; KEY_LEN]), Instant>,
+    node: &[u8; KEY_LEN],
+) -> bool {
+    let before = edges.len();
+    edges.retain(|(a, b), _| a != node && b != node);
+    edges.len() != before
 }
 
 /// Path selection's "avoid for now" test over the router's tables: the node

@@ -205,7 +205,14 @@ pub struct GraphCore {
     transmit: VecDeque<(LinkId, GraphMessage)>,
     verifier: Arc<dyn RecordVerifier>,
     counters: GraphCounters,
+    /// Keys of other nodes' records accepted since [`Self::take_fresh`],
+    /// at most [`FRESH_MAX`].
+    fresh: Vec<[u8; KEY_LEN]>,
 }
+
+/// Fresh-record keys kept for [`GraphCore::take_fresh`]; past this, newer
+/// ones are not noted (the router drains them after every message).
+const FRESH_MAX: usize = 256;
 
 impl std::fmt::Debug for GraphCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -252,6 +259,7 @@ impl GraphCore {
             transmit: VecDeque::new(),
             verifier: Arc::new(Ed25519Verifier),
             counters: GraphCounters::default(),
+            fresh: Vec::new(),
         })
     }
 
@@ -368,6 +376,12 @@ impl GraphCore {
             self.features = features;
             self.install_own(now, rec);
         }
+    }
+
+    /// The keys of other nodes whose newer records were accepted since the
+    /// last call: each is a sign of life from that node.
+    pub fn take_fresh(&mut self) -> Vec<[u8; KEY_LEN]> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// A link to `peer` came up. The core sends it a summary of its records.
@@ -566,6 +580,9 @@ impl GraphCore {
                 match self.graph.insert(rec, now, self.verifier.as_ref()) {
                     Ok(inserted) => {
                         self.counters.accepted += 1;
+                        if self.fresh.len() < FRESH_MAX {
+                            self.fresh.push(key);
+                        }
                         self.flood(now, inserted.slot(), Some(link));
                     }
                     Err(reason) => self.counters.count(reason),
