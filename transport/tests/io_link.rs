@@ -13,9 +13,10 @@ use bytes::Bytes;
 use io_support::*;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
-    DialError, DialTarget, Dialer, Direction, LINK_CONTENT_TYPE, LINK_PATH, Link, LinkEnded,
-    LinkSettings,
+    AdmissionLimits, DialError, DialTarget, Dialer, Direction, LINK_CONTENT_TYPE, LINK_PATH, Link,
+    LinkEnded, LinkSettings,
 };
+use umbra_transport::proto::liveness::{PROBE_AFTER, PROBE_WAIT_MIN};
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
 use umbra_transport::proto::handshake::{LinkInitiator, encode_bearer};
 
@@ -234,6 +235,113 @@ async fn a_peer_that_stops_sending_times_out() {
         "timed out after {waited:?}, expected about {:?}",
         fast.dead_after()
     );
+}
+
+/// A link sending to a peer that never answers (its network drops
+/// everything, say) ends within a probe, long before the keepalive
+/// timeout (`proto::liveness`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_link_to_a_silent_peer_ends_after_an_unanswered_probe() {
+    let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
+    let (tls, exporter) = tls_connect(l.addr, &[b"h2"]).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let me = Identity::generate();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_init, msg1) =
+        LinkInitiator::start(&me, &l.identity.public(), &exporter, now, b"").unwrap();
+    let req = hyper::Request::post(format!("https://x{LINK_PATH}"))
+        .header("content-type", LINK_CONTENT_TYPE)
+        .header("authorization", encode_bearer(&msg1))
+        .body(SilentBody)
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The response is never read either: nothing the listener sends is
+    // answered.
+    let mut inb = next_link(&mut l).await;
+    // Idle, the link waits for keepalives (75 s): it is not probed.
+    let idle = tokio::time::timeout(Duration::from_secs(4), inb.receiver.recv()).await;
+    assert!(idle.is_err(), "an idle link ended: {idle:?}");
+    let t = Instant::now();
+    inb.sender.send(cell(1)).await.unwrap();
+    let end = tokio::time::timeout(STEP, inb.receiver.recv())
+        .await
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(end, Err(LinkEnded::Unresponsive(PROBE_WAIT_MIN)));
+    let expected = PROBE_AFTER + PROBE_WAIT_MIN;
+    eprintln!("a busy link to a silent peer ended after {waited:?} (expected {expected:?})");
+    assert!(
+        waited >= expected && waited < expected * 2,
+        "ended after {waited:?}, expected about {expected:?}"
+    );
+}
+
+/// Connections that are not links are capped per source and in all; a
+/// link gives its slot back (`io::admission`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_capped_per_source_and_links_hold_no_slot() {
+    let limits = AdmissionLimits {
+        total: 16,
+        per_source: 4,
+    };
+    let mut l = start_listener_with(
+        built_in_cover(),
+        accept_all(b""),
+        LinkSettings::default(),
+        limits,
+    )
+    .await;
+    // Four silent connections from 127.0.0.1 hold its four slots.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(l.addr).await.unwrap());
+    }
+    let listener = l.listener.clone();
+    let wait_for = |want: u64| {
+        let listener = listener.clone();
+        async move {
+            tokio::time::timeout(STEP, async {
+                while listener.stats().unauthenticated != want {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never {want} unauthenticated: {:?}", listener.stats()));
+        }
+    };
+    wait_for(4).await;
+    // The fifth is closed at once, with nothing sent.
+    let mut fifth = tokio::net::TcpStream::connect(l.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read(&mut fifth, &mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the refused connection got bytes");
+    assert_eq!(l.listener.stats().refused_per_source, 1);
+    // With one closed, a link dial from the same source gets its slot.
+    drop(held.pop());
+    wait_for(3).await;
+    let dialer = Dialer::new(Identity::generate(), LinkSettings::default()).unwrap();
+    let out = dialer.dial(&target(&l), b"").await.unwrap();
+    let _inb = next_link(&mut l).await;
+    // The link gave its slot back.
+    wait_for(3).await;
+    drop(held);
+    wait_for(0).await;
+    drop(out);
 }
 
 /// A request body that stays open and never sends a byte.

@@ -10,12 +10,15 @@
 //!   jittered intervals (the first within [`FIRST_PING_MAX`]) and answers
 //!   the peer's pings with pongs, and, when the daemon sets a rate with
 //!   [`LinkSender::set_padding`], tops cell frames up to that rate with
-//!   cell-sized padding frames ([`PaddingPacer`]);
+//!   cell-sized padding frames ([`PaddingPacer`]); and, when it has been
+//!   sending without hearing anything back, probes with a ping and ends the
+//!   link if that goes unanswered too ([`Liveness`]);
 //! - the **reader** decodes the peer's frames, drops keepalives and
 //!   padding (counting the peer's cell-sized padding), hands the peer's
 //!   pings to the writer and times its pongs ([`RttEstimator`]), and ends
-//!   the link when the stream ends, breaks, or goes silent for
-//!   [`LinkSettings::dead_after`].
+//!   the link when the stream ends, breaks, goes silent for
+//!   [`LinkSettings::dead_after`], or the writer found the peer
+//!   unresponsive.
 //!
 //! Both count the bytes of the frame stream they write and read, every
 //! frame with its header: cells, control, padding, keepalives, pings and
@@ -48,6 +51,7 @@ use crate::proto::frame::{
     FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN, PingToken,
 };
 use crate::proto::padding::PaddingPacer;
+use crate::proto::liveness::{Liveness, Verdict};
 use crate::proto::rtt::RttEstimator;
 
 /// The latest the first ping goes out after a link starts, so the link has a
@@ -194,6 +198,10 @@ pub enum LinkEnded {
     /// Nothing arrived for [`LinkSettings::dead_after`].
     #[error("no keepalive from the peer for {0:?}")]
     KeepaliveTimeout(Duration),
+    /// The link was sending, heard nothing back, and its probe went
+    /// unanswered for this long (`proto::liveness`).
+    #[error("the peer stopped answering while the link was busy (no answer to a probe for {0:?})")]
+    Unresponsive(Duration),
     /// The TCP, TLS or HTTP/2 stream broke.
     #[error("link transport failed: {0}")]
     Transport(String),
@@ -240,11 +248,17 @@ struct Shared {
     bytes_in: AtomicU64,
     /// The outstanding ping and the round-trip times.
     rtt: Mutex<RttEstimator>,
+    /// Whether the busy link still hears the peer.
+    liveness: Mutex<Liveness>,
 }
 
 impl Shared {
     fn rtt(&self) -> std::sync::MutexGuard<'_, RttEstimator> {
         self.rtt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -459,6 +473,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
     let (frame_tx, frame_rx) = mpsc::channel(settings.send_queue_frames.max(1));
     let (recv_tx, recv_rx) = mpsc::channel(settings.receive_queue_frames.max(1));
     let stop_writer = Arc::new(Notify::new());
+    let unresponsive = Arc::new(Notify::new());
     let (rate_tx, rate_rx) = watch::channel(0);
     let (pong_tx, pong_rx) = mpsc::channel(PONG_QUEUE);
     let shared = Arc::new(Shared::default());
@@ -468,6 +483,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
             pongs: pong_rx,
             stop: stop_writer.clone(),
             padding_rate: rate_rx,
+            unresponsive: unresponsive.clone(),
         },
         start.outgoing,
         settings.clone(),
@@ -482,7 +498,10 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
             shared: shared.clone(),
         },
         settings.dead_after(),
-        stop_writer,
+        Stops {
+            writer: stop_writer,
+            unresponsive,
+        },
         start.close_connection,
     ));
     Link {
@@ -515,6 +534,16 @@ struct Inputs {
     stop: Arc<Notify>,
     /// The padding rate [`LinkSender::set_padding`] sets.
     padding_rate: watch::Receiver<u32>,
+    /// Told when the peer stopped answering (the reader ends the link).
+    unresponsive: Arc<Notify>,
+}
+
+/// How the reader and writer stop each other.
+struct Stops {
+    /// The reader tells the writer the link is over.
+    writer: Arc<Notify>,
+    /// The writer tells the reader the peer stopped answering.
+    unresponsive: Arc<Notify>,
 }
 
 /// Coalesces queued frames into writes, sends a ping as the keepalive at
@@ -539,6 +568,10 @@ async fn writer(
         let pad_at = pacer
             .as_ref()
             .map_or(next_keepalive, |p| Instant::from_std(p.poll_timeout()));
+        let check_at = {
+            let srtt = shared.rtt().smoothed();
+            shared.liveness().next_check(srtt).map(Instant::from_std)
+        };
         tokio::select! {
             biased;
             () = out.closed() => return,
@@ -549,6 +582,7 @@ async fn writer(
             },
             frame = inputs.frames.recv() => {
                 let Some(frame) = frame else { return };
+                shared.liveness().sent(Instant::now().into_std());
                 queue(&mut enc, &frame, pacer.as_mut());
                 while enc.pending_len() < COALESCE_MAX_LEN {
                     match inputs.frames.try_recv() {
@@ -575,6 +609,21 @@ async fn writer(
                     rng.fill_bytes(&mut pad);
                     if enc.queue(FrameType::Padding, &pad).is_ok() {
                         shared.cover_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(check_at.unwrap_or(next_keepalive)), if check_at.is_some() => {
+                let now = Instant::now().into_std();
+                let srtt = shared.rtt().smoothed();
+                match shared.liveness().poll(now, srtt) {
+                    Verdict::Fine => {}
+                    Verdict::Probe => {
+                        let token = shared.rtt().ping(now, &mut rng);
+                        queue(&mut enc, &Frame::Ping(token), None);
+                    }
+                    Verdict::Dead => {
+                        inputs.unresponsive.notify_one();
+                        return;
                     }
                 }
             }
@@ -637,7 +686,7 @@ async fn reader(
     already_read: Bytes,
     feed: Feed,
     dead_after: Duration,
-    stop_writer: Arc<Notify>,
+    stops: Stops,
     close_connection: CloseConnection,
 ) {
     let mut dec = FrameDecoder::new();
@@ -649,6 +698,10 @@ async fn reader(
                 frame = incoming.frame() => frame,
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(LinkEnded::KeepaliveTimeout(dead_after));
+                }
+                () = stops.unresponsive.notified() => {
+                    let srtt = feed.shared.rtt().smoothed();
+                    return Err(LinkEnded::Unresponsive(Liveness::probe_wait(srtt)));
                 }
             };
             match frame {
@@ -667,7 +720,7 @@ async fn reader(
     let Err(reason) = end;
     tracing::debug!(%reason, "link ended");
     let _ = feed.out.send(Err(reason)).await;
-    stop_writer.notify_one();
+    stops.writer.notify_one();
     close_connection();
 }
 
@@ -682,6 +735,7 @@ impl Feed {
         shared
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        shared.liveness().heard();
         // Chunks this size always fit the decoder once it is drained.
         for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
             dec.push(chunk).map_err(LinkEnded::Protocol)?;

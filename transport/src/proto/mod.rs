@@ -1,5 +1,5 @@
 //! Sans-IO protocol parts of links: handshake, framing, padding, round-trip
-//! times, invite tokens, link control messages, the agreement asked for
+//! times, liveness under load, invite tokens, link control messages, the agreement asked for
 //! in the handshake, the NAT classification from observed addresses, NAT
 //! traversal messages, relayed streams, and agreement proposals over the
 //! overlay.
@@ -18,6 +18,7 @@ pub mod control;
 pub mod frame;
 pub mod handshake;
 pub mod invite;
+pub mod liveness;
 pub mod nat;
 pub mod padding;
 pub mod proposal;
