@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use umbra_routing::Identity;
 use umbra_transport::io::{
-    CertSource, CoverSite, DialTarget, Dialer, Link, LinkListener, LinkSettings, ListenerConfig,
+    AdmissionLimits, CertSource, CoverSite, DialTarget, Dialer, Link, LinkListener, LinkSettings,
+    ListenerConfig,
     TlsSettings, probe, serve, server_tls_config,
 };
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
@@ -64,6 +65,7 @@ impl Bed {
                 cover: CoverSite::built_in("bench.example.org", SystemTime::UNIX_EPOCH),
                 authorizer: Arc::new(|_| Some(Vec::new())),
                 link: LinkSettings::default(),
+                admission: AdmissionLimits::default(),
             }));
             let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = tcp.local_addr().expect("addr");

@@ -156,6 +156,8 @@ pub(crate) struct Metrics {
     ledger_mismatches: Family<[(&'static str, String); 1], Counter>,
     ledger_reports_dropped: Family<[Label; 1], Counter>,
     circuits_refused: Counter,
+    listener_unauthenticated: Gauge,
+    listener_limited: Family<[Label; 1], Counter>,
     /// Stats of the links adopted and not yet down.
     live: Mutex<HashMap<LinkId, LinkStatsHandle>>,
     /// The sums of the links that went down.
@@ -194,6 +196,8 @@ impl Metrics {
             ledger_mismatches: Family::default(),
             ledger_reports_dropped: Family::default(),
             circuits_refused: Counter::default(),
+            listener_unauthenticated: Gauge::default(),
+            listener_limited: Family::default(),
             live: Mutex::default(),
             retired: Mutex::default(),
             listener: OnceLock::new(),
@@ -224,6 +228,16 @@ impl Metrics {
             "dropped",
             "Packets and cells dropped, by reason",
             m.dropped.clone(),
+        );
+        r.register(
+            "listener_unauthenticated_connections",
+            "Connections to the link listener that are not links (yet)",
+            m.listener_unauthenticated.clone(),
+        );
+        r.register(
+            "listener_limited",
+            "Times the link listener hit a limit on connections that are not links, by limit",
+            m.listener_limited.clone(),
         );
         r.register(
             "link_handshakes",
@@ -443,6 +457,14 @@ impl Metrics {
         }
         if let Some(l) = self.listener.get() {
             let s = l.stats();
+            self.listener_unauthenticated
+                .set(i64::try_from(s.unauthenticated).unwrap_or(i64::MAX));
+            for (limit, n) in [
+                ("total", s.accept_paused),
+                ("per_source", s.refused_per_source),
+            ] {
+                set(&self.listener_limited.get_or_create(&[("limit", limit)]), n);
+            }
             for (result, n) in [
                 ("ok", s.links_accepted),
                 ("refused_wrong_protocol", s.refused_wrong_protocol),

@@ -49,6 +49,7 @@ impl NodeView {
             "public_key": hex::encode(key),
             "uptime_secs": self.started.elapsed().as_secs(),
             "listeners": self.links.listeners(),
+            "listener": self.links.listener_json(),
             "links_up": links_up,
             "links_total": links_total,
             "circuits": 0,

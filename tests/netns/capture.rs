@@ -470,6 +470,7 @@ mod helper {
             cover: CoverSite::built_in("notes.example.org", SystemTime::now()),
             authorizer: Arc::new(|_| Some(Vec::new())),
             link: settings(),
+            admission: umbra_transport::io::AdmissionLimits::default(),
         }));
         let tcp = tokio::net::TcpListener::bind(env("UMBRA_CAPTURE_ENDPOINT"))
             .await

@@ -17,7 +17,8 @@ use tokio_rustls::TlsConnector;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
     ACME_CACHE_DIR, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11, AcmeSettings, CertSource, LinkListener,
-    LinkSettings, ListenerConfig, SELF_SIGNED_CERT_FILE, TlsError, TlsSettings, client_tls_config,
+    AdmissionLimits, LinkSettings, ListenerConfig, SELF_SIGNED_CERT_FILE, TlsError, TlsSettings,
+    client_tls_config,
     serve, server_tls_config,
 };
 
@@ -83,6 +84,7 @@ async fn before_issuance_the_self_signed_certificate_is_served() {
         cover: built_in_cover(),
         authorizer: refuse_all(),
         link: LinkSettings::default(),
+        admission: AdmissionLimits::default(),
     }));
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();

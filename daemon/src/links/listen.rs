@@ -8,7 +8,8 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use umbra_transport::io::{
-    self as tio, CertSource, CoverSite, IncomingLinkInfo, Link, LinkListener, LinkSettings,
+    self as tio, AdmissionLimits, CertSource, CoverSite, IncomingLinkInfo, Link, LinkListener,
+    LinkSettings,
     ListenerConfig, TlsSettings,
 };
 
@@ -72,6 +73,7 @@ impl Links {
             cover,
             authorizer: Arc::new(move |info: &IncomingLinkInfo<'_>| me.authorize(info)),
             link: LinkSettings::default(),
+            admission: AdmissionLimits::default(),
         }));
         self.metrics.set_listener(Arc::clone(&listener));
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&listener));

@@ -215,6 +215,26 @@ impl Links {
             .and_then(PortMapStatus::external)
     }
 
+    /// `status`'s `listener`: connections accepted, those that are not
+    /// links now, and what the limits on them and the TLS handshake
+    /// turned away (docs/threat-model.md).
+    pub(crate) fn listener_json(&self) -> serde_json::Value {
+        match self.link_listener() {
+            None => serde_json::Value::Null,
+            Some(l) => {
+                let s = l.stats();
+                serde_json::json!({
+                    "connections": s.connections,
+                    "unauthenticated": s.unauthenticated,
+                    "refused_per_source": s.refused_per_source,
+                    "accept_paused": s.accept_paused,
+                    "tls_failures": s.tls_failures,
+                    "links_accepted": s.links_accepted,
+                })
+            }
+        }
+    }
+
     pub(crate) fn listeners(&self) -> Vec<String> {
         self.listeners
             .lock()

@@ -52,6 +52,7 @@ use tokio_openssl::SslStream;
 use umbra_routing::crypto::Identity;
 
 use super::acme::AcmeChallenges;
+use super::admission::{Admission, AdmissionLimits, Ticket};
 use super::body::{ChannelBody, ServerBody};
 use super::cover::{CoverSite, RequestCtx};
 use super::link::{
@@ -152,6 +153,8 @@ pub struct ListenerConfig {
     pub authorizer: Authorizer,
     /// Tunables of accepted links.
     pub link: LinkSettings,
+    /// Limits on connections that are not links.
+    pub admission: AdmissionLimits,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -208,6 +211,13 @@ pub struct ListenerStats {
     pub connections: u64,
     /// `accept` calls that failed.
     pub accept_errors: u64,
+    /// Times the listener stopped accepting because every slot for
+    /// connections that are not links was held.
+    pub accept_paused: u64,
+    /// Connections closed at once: their source held its limit.
+    pub refused_per_source: u64,
+    /// Connections that are not links, now.
+    pub unauthenticated: u64,
     /// Connections that did not start with a TLS record and got the
     /// plain-HTTP answer.
     pub plain_connections: u64,
@@ -244,6 +254,8 @@ pub struct ListenerStats {
 struct Counters {
     connections: AtomicU64,
     accept_errors: AtomicU64,
+    accept_paused: AtomicU64,
+    refused_per_source: AtomicU64,
     plain_connections: AtomicU64,
     tls_failures: AtomicU64,
     acme_validations: AtomicU64,
@@ -270,6 +282,7 @@ pub struct LinkListener {
     authorizer: Authorizer,
     responder: Mutex<LinkResponder>,
     link: LinkSettings,
+    admission: Admission,
     counters: Counters,
 }
 
@@ -291,6 +304,7 @@ impl LinkListener {
             authorizer: config.authorizer,
             responder: Mutex::new(LinkResponder::new(config.identity)),
             link: config.link,
+            admission: Admission::new(config.admission),
             counters: Counters::default(),
         }
     }
@@ -303,6 +317,9 @@ impl LinkListener {
         ListenerStats {
             connections: get(&c.connections),
             accept_errors: get(&c.accept_errors),
+            accept_paused: get(&c.accept_paused),
+            refused_per_source: get(&c.refused_per_source),
+            unauthenticated: self.admission.held() as u64,
             plain_connections: get(&c.plain_connections),
             tls_failures: get(&c.tls_failures),
             acme_validations: get(&c.acme_validations),
@@ -334,13 +351,25 @@ impl LinkListener {
 /// on. Abort its task to stop listening (live links keep running).
 pub async fn serve(tcp: TcpListener, listener: Arc<LinkListener>, links: mpsc::Sender<Link>) {
     loop {
+        // With every slot held, stop accepting until one is free
+        // (`admission`).
+        let (slot, waited) = listener.admission.slot().await;
+        if waited {
+            bump(&listener.counters.accept_paused);
+        }
         match tcp.accept().await {
             Ok((stream, remote)) => {
                 bump(&listener.counters.connections);
+                let Some(ticket) = listener.admission.admit(slot, remote.ip()) else {
+                    bump(&listener.counters.refused_per_source);
+                    tracing::debug!(%remote, "its source holds its limit of connections: closed");
+                    drop(stream);
+                    continue;
+                };
                 let listener = listener.clone();
                 let links = links.clone();
                 tokio::spawn(async move {
-                    handle_connection(stream, remote, listener, links).await;
+                    handle_connection(stream, remote, listener, links, Some(ticket)).await;
                 });
             }
             Err(e) => {
@@ -478,6 +507,8 @@ struct ConnState {
     has_link: AtomicBool,
     /// Fired when a link on this connection ends: closes the connection.
     close: Arc<Notify>,
+    /// The admission slot, given back when the connection becomes a link.
+    ticket: Mutex<Option<Ticket>>,
 }
 
 /// Serves one TCP connection as a web server first: what a listening socket
@@ -493,14 +524,16 @@ pub async fn serve_connection(
         Err(_) => return,
     };
     bump(&listener.counters.connections);
-    handle_connection(stream, remote, listener, links).await;
+    handle_connection(stream, remote, listener, links, None).await;
 }
 
+/// `ticket` holds the connection's admission slot until it becomes a link.
 async fn handle_connection(
     mut stream: TcpStream,
     remote: SocketAddr,
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
+    ticket: Option<Ticket>,
 ) {
     // nginx's one timer from the accept to the end of the handshake.
     let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
@@ -544,7 +577,7 @@ async fn handle_connection(
     let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
         return;
     };
-    serve_tls(tls, local, remote, listener, links).await;
+    serve_tls(tls, local, remote, listener, links, ticket).await;
 }
 
 /// The TLS handshake with OpenSSL, by `deadline`; on failure the connection
@@ -630,7 +663,7 @@ pub async fn serve_stream<S>(
     let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
         return;
     };
-    serve_tls(tls, local, remote, listener, links).await;
+    serve_tls(tls, local, remote, listener, links, None).await;
 }
 
 /// Serves one connection whose TLS handshake is done: HTTP/2 or HTTP/1.1 as
@@ -641,6 +674,7 @@ async fn serve_tls<S>(
     remote: SocketAddr,
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
+    ticket: Option<Ticket>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -664,6 +698,7 @@ async fn serve_tls<S>(
         h2,
         has_link: AtomicBool::new(false),
         close: Arc::new(Notify::new()),
+        ticket: Mutex::new(ticket),
     });
     let close = state.close.clone();
     let service = service_fn(move |req| {
@@ -802,6 +837,7 @@ async fn accept_link(
         Err(_) => return refuse(RefuseReason::Internal, req),
     };
     state.has_link.store(true, Ordering::Relaxed);
+    drop(state.ticket.lock().map(|mut t| t.take()));
 
     let (out_tx, body) = ChannelBody::new(BODY_QUEUE_BUFFERS);
     // Capacity is at least one, so message 2 always fits.

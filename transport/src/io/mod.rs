@@ -16,6 +16,7 @@
 //!   handshake payload, a [`LinkSender`] and a [`LinkReceiver`].
 
 mod acme;
+mod admission;
 mod body;
 mod cover;
 mod dialer;
@@ -32,6 +33,7 @@ mod tls;
 mod tls_stream;
 
 pub use acme::{ACME_CACHE_DIR, ACME_TLS_ALPN, LETS_ENCRYPT_DIRECTORY};
+pub use admission::{AdmissionLimits, MAX_PER_SOURCE, MAX_UNAUTHENTICATED};
 pub use cover::{
     CoverError, CoverSite, SERVER_HEADER, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT,
 };

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
-    Authorizer, CertSource, CoverSite, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, Link, LinkListener,
+    AdmissionLimits, Authorizer, CertSource, CoverSite, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, Link, LinkListener,
     LinkSettings, ListenerConfig, TlsSettings, client_tls_config, serve, server_tls_config,
 };
 
@@ -68,6 +68,16 @@ pub async fn start_listener(
     authorizer: Authorizer,
     link: LinkSettings,
 ) -> TestListener {
+    start_listener_with(cover, authorizer, link, AdmissionLimits::default()).await
+}
+
+/// [`start_listener`] with limits on connections that are not links.
+pub async fn start_listener_with(
+    cover: CoverSite,
+    authorizer: Authorizer,
+    link: LinkSettings,
+    admission: AdmissionLimits,
+) -> TestListener {
     let dir = tempfile::tempdir().unwrap();
     let tls = server_tls_config(&TlsSettings {
         cert: CertSource::SelfSigned {
@@ -83,6 +93,7 @@ pub async fn start_listener(
         cover,
         authorizer,
         link,
+        admission,
     }));
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
