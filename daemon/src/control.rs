@@ -328,6 +328,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any line, and any JSON object with a known command and fields of
+        /// any type, parses or is refused with a sentence: never a panic.
+        #[test]
+        fn any_request_line_parses_or_is_refused(line in ".{0,300}") {
+            let _ = parse_request(&line);
+        }
+
+        #[test]
+        fn known_commands_with_odd_fields_are_refused_or_parsed(
+            cmd in proptest::sample::select(vec![
+                "status", "peers", "invite", "accept", "path", "agreements", "revoke",
+                "propose", "accept_proposal", "reject_proposal",
+            ]),
+            field in proptest::sample::select(vec![
+                "ttl_secs", "wait_secs", "id", "terms", "note", "to", "token", "address",
+                "endpoints",
+            ]),
+            value in proptest::sample::select(vec![
+                "-1", "0", "1e300", "18446744073709551616", "\"x\"", "null", "[]", "{}",
+                "[\"a\",1]", "true", "\"602::1\"",
+            ]),
+        ) {
+            let line = format!("{{\"cmd\":\"{cmd}\",\"{field}\":{value}}}");
+            match parse_request(&line) {
+                Ok(_) => {}
+                Err(e) => proptest::prop_assert!(e.starts_with("bad request"), "{}", e),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn socket_survives_garbage_and_answers_after() {
         let dir = tempfile::tempdir().expect("tempdir");
