@@ -40,7 +40,7 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
     assert!(o.ping(0, 2, 3), "ping 0 → 2 failed; logs:\n{}", o.logs());
     // The attacker reaches the relay's link address on the edge to 0.
     let attacker = netns("abx");
-    let (_, attacker_ip) = veth(&o.ns[1], &attacker, 200);
+    veth(&o.ns[1], &attacker, 200);
     attacker
         .exec(&["ip", "route", "add", "198.18.0.0/15", "via", "198.18.200.1"])
         .expect("route");
