@@ -17,8 +17,7 @@ use tokio::sync::mpsc;
 use umbra_routing::Identity;
 use umbra_transport::io::{
     AdmissionLimits, CertSource, CoverSite, DialTarget, Dialer, Link, LinkListener, LinkSettings,
-    ListenerConfig,
-    TlsSettings, probe, serve, server_tls_config,
+    ListenerConfig, TlsSettings, probe, serve, server_tls_config,
 };
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
 

@@ -6,6 +6,8 @@
 //! malformed request gets an error response; the connection and the daemon
 //! go on.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

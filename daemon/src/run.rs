@@ -187,7 +187,11 @@ pub(crate) fn run(config: Config, config_path: ConfigPath, control: Option<PathB
     rt.block_on(run_async(config, config_path, control))
 }
 
-async fn run_async(config: Config, config_path: ConfigPath, control: Option<PathBuf>) -> Result<()> {
+async fn run_async(
+    config: Config,
+    config_path: ConfigPath,
+    control: Option<PathBuf>,
+) -> Result<()> {
     state_dir::ensure_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
     let (identity, created) = state_dir::load_or_create_identity(&config)?;

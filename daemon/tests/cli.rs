@@ -97,7 +97,11 @@ fn a_named_config_that_does_not_exist_exits_2_for_every_command_but_init() {
     // `init` writes the named file.
     let out = umbra(
         &missing,
-        &["init", "--state-dir", &dir.path().join("state").display().to_string()],
+        &[
+            "init",
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(missing.exists());
@@ -356,7 +360,10 @@ fn a_state_directory_this_user_cannot_write_is_named() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("the state directory {} is not writable", state.display())),
+        err.contains(&format!(
+            "the state directory {} is not writable",
+            state.display()
+        )),
         "{err}"
     );
 }

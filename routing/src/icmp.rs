@@ -2,6 +2,8 @@
 //! packet's addresses, and writing an ICMPv6 "destination unreachable" back to
 //! the app (RFC 4443 §3.1) when the overlay cannot reach an address.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::net::Ipv6Addr;
 
 use crate::session::IPV6_HEADER_LEN;
@@ -20,11 +22,12 @@ const ICMP_HEADER_LEN: usize = 8;
 /// The source and destination of an IPv6 packet, or `None` if `packet` is
 /// not one.
 pub fn ipv6_addresses(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr)> {
-    if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
+    let header = packet.get(..IPV6_HEADER_LEN)?;
+    if header.first()? >> 4 != 6 {
         return None;
     }
-    let src: [u8; 16] = packet[8..24].try_into().ok()?;
-    let dst: [u8; 16] = packet[24..40].try_into().ok()?;
+    let src: [u8; 16] = header.get(8..24)?.try_into().ok()?;
+    let dst: [u8; 16] = header.get(24..40)?.try_into().ok()?;
     Some((src.into(), dst.into()))
 }
 
@@ -37,7 +40,7 @@ fn may_answer(packet: &[u8], src: &Ipv6Addr) -> bool {
     // Only a directly following ICMPv6 header is checked; an error behind
     // extension headers is answered, which is harmless.
     let is_icmp_error =
-        packet[6] == ICMPV6 && packet.get(IPV6_HEADER_LEN).is_some_and(|&t| t < 128);
+        packet.get(6) == Some(&ICMPV6) && packet.get(IPV6_HEADER_LEN).is_some_and(|&t| t < 128);
     !is_icmp_error
 }
 
@@ -64,9 +67,11 @@ pub fn destination_unreachable(packet: &[u8], from: Ipv6Addr, code: u8, out: &mu
     out.extend_from_slice(&from.octets());
     out.extend_from_slice(&src.octets());
     out.extend_from_slice(&[DEST_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&packet[..quoted]);
-    let sum = checksum(&from, &src, &out[IPV6_HEADER_LEN..]);
-    out[IPV6_HEADER_LEN + 2..IPV6_HEADER_LEN + 4].copy_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(packet.get(..quoted).unwrap_or(packet));
+    let sum = checksum(&from, &src, out.get(IPV6_HEADER_LEN..).unwrap_or_default());
+    if let Some(field) = out.get_mut(IPV6_HEADER_LEN + 2..IPV6_HEADER_LEN + 4) {
+        field.copy_from_slice(&sum.to_be_bytes());
+    }
     true
 }
 
@@ -76,7 +81,7 @@ pub fn checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
     let mut sum: u64 = 0;
     let mut add = |bytes: &[u8]| {
         for pair in bytes.chunks(2) {
-            let hi = u64::from(pair[0]) << 8;
+            let hi = pair.first().copied().map_or(0, u64::from) << 8;
             let lo = pair.get(1).copied().map_or(0, u64::from);
             sum += hi | lo;
         }

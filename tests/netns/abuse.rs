@@ -61,7 +61,12 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
             let count = CONNECTIONS.to_string();
             attacker
                 .run(&[
-                    "prlimit", "--nofile=8192", SLOWLORIS, &target, &count, &hold,
+                    "prlimit",
+                    "--nofile=8192",
+                    SLOWLORIS,
+                    &target,
+                    &count,
+                    &hold,
                 ])
                 .expect("run slowloris")
         });
@@ -73,25 +78,31 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
             ..umbra_netlab::PingOptions::new(60, 0.1)
         };
         let pings = umbra_netlab::ping(&ns[0], &addrs[2], opts).expect("run ping");
-        let during = daemons[1].cli_json(&["status", "--json"]).expect("umbra cli");
+        let during = daemons[1]
+            .cli_json(&["status", "--json"])
+            .expect("umbra cli");
         daemons[2].signal("KILL").expect("SIGKILL node 2");
         let _ = daemons[2].wait(Duration::from_secs(5));
         daemons[2].start(&ns[2]).expect("node 2 starts again");
         let refs: Vec<&umbra_tests::netns::Daemon> = daemons.iter().collect();
-        wait_for(Duration::from_secs(10), "node 2 to relink under the attack", &refs, || {
-            let s = daemons[2].cli_json(&["status", "--json"]).ok()?;
-            (s["links_up"] == 1).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "node 2 to relink under the attack",
+            &refs,
+            || {
+                let s = daemons[2].cli_json(&["status", "--json"]).ok()?;
+                (s["links_up"] == 1).then_some(())
+            },
+        );
         let rss_during = rss_kib(pid);
         let out = attack.join().expect("slowloris thread");
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-                panic!(
-                    "slowloris said: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "slowloris said: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (report, (during, rss_during), pings)
     });
     let (during, rss_during) = during;

@@ -202,7 +202,10 @@ fn a_dead_datapath_takes_the_daemon_down_loudly() {
     require_root();
     let ns = netns("vital");
     let dir = temp_dir("vital");
-    let mut d = prepare(dir.path(), "[tun]\nname = \"vital0\"\n[listen]\nhttps = []\n");
+    let mut d = prepare(
+        dir.path(),
+        "[tun]\nname = \"vital0\"\n[listen]\nhttps = []\n",
+    );
     d.start(&ns).expect("umbra run starts");
     assert!(d.cli_json(&["status", "--json"]).is_ok());
     ns.exec(&["ip", "link", "del", "vital0"])

@@ -112,7 +112,9 @@ fn a_killed_relay_with_a_detour_costs_under_two_seconds_and_no_reset() {
 fn a_restarted_relay_on_the_only_path_carries_traffic_within_five_seconds() {
     require_root();
     // 0 - 1 - 2 - 3 - 4: every path from 0 to 4 crosses 2.
-    let mut o = Overlay::build("rr", 5, &[(0, 1), (1, 2), (2, 3), (3, 4)], |_, _| String::new());
+    let mut o = Overlay::build("rr", 5, &[(0, 1), (1, 2), (2, 3), (3, 4)], |_, _| {
+        String::new()
+    });
     assert!(o.ping(0, 4, 3), "ping 0 → 4 failed; logs:\n{}", o.logs());
     let Overlay {
         daemons, ns, addrs, ..

@@ -100,10 +100,15 @@ fn soak(length: Duration) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| unix_now() as u64 | 1);
-    eprintln!("soak: {} s, seed {seed} (UMBRA_SOAK_SEED replays it)", length.as_secs());
+    eprintln!(
+        "soak: {} s, seed {seed} (UMBRA_SOAK_SEED replays it)",
+        length.as_secs()
+    );
     let mut rng = Rng(seed);
     let edges = edges();
-    let mut o = Overlay::build("sk", NODES, &edges, |_, _| "anonymity = \"fast\"".to_string());
+    let mut o = Overlay::build("sk", NODES, &edges, |_, _| {
+        "anonymity = \"fast\"".to_string()
+    });
     let agreements_before: Vec<usize> = (0..NODES).map(|i| agreements(&o, i)).collect();
     let touchable: Vec<usize> = (0..NODES)
         .filter(|i| ![IPERF.0, IPERF.1, PING.0, PING.1].contains(i))
@@ -123,7 +128,11 @@ fn soak(length: Duration) {
                  add rule inet loss in iifname \"{dev}\" numgen random mod 100 < 3 drop"
             );
             let out = o.ns[x].run(&["nft", &rules]).expect("nft");
-            assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let mut server = IperfServer::start(
@@ -155,8 +164,19 @@ fn soak(length: Duration) {
                 let began = unix_now();
                 let out = ins
                     .run(&[
-                        "iperf3", "-6", "-J", "-c", &iaddr, "-t", &secs, "-i", "1", "-b", "10M",
-                        "--connect-timeout", "3000",
+                        "iperf3",
+                        "-6",
+                        "-J",
+                        "-c",
+                        &iaddr,
+                        "-t",
+                        &secs,
+                        "-i",
+                        "1",
+                        "-b",
+                        "10M",
+                        "--connect-timeout",
+                        "3000",
                     ])
                     .expect("run iperf3");
                 let report: serde_json::Value =
@@ -204,28 +224,41 @@ fn soak(length: Duration) {
                 daemons[i].signal("KILL").expect("SIGKILL a node");
                 let _ = daemons[i].wait(Duration::from_secs(5));
                 let secs = 5 + rng.below(10) as u64;
-                events.push(format!("{:.0} s: node {i} killed for {secs} s", unix_now() - start));
+                events.push(format!(
+                    "{:.0} s: node {i} killed for {secs} s",
+                    unix_now() - start
+                ));
                 down = Some((i, now + Duration::from_secs(secs)));
             }
             if let Some(((a, b), back_at)) = cut
                 && now >= back_at
             {
                 let dev = umbra_netlab::numbered(a, b).0;
-                ns[a].exec(&["ip", "link", "set", &dev, "up"]).expect("restore a link");
-                events.push(format!("{:.0} s: link {a}-{b} restored", unix_now() - start));
+                ns[a]
+                    .exec(&["ip", "link", "set", &dev, "up"])
+                    .expect("restore a link");
+                events.push(format!(
+                    "{:.0} s: link {a}-{b} restored",
+                    unix_now() - start
+                ));
                 cut = None;
             } else if cut.is_none() && tick % 25 == 12 && now + Duration::from_secs(25) < deadline {
                 let (a, b) = edges[rng.below(edges.len())];
                 let dev = umbra_netlab::numbered(a, b).0;
-                ns[a].exec(&["ip", "link", "set", &dev, "down"]).expect("cut a link");
+                ns[a]
+                    .exec(&["ip", "link", "set", &dev, "down"])
+                    .expect("cut a link");
                 let secs = 10 + rng.below(10) as u64;
-                events.push(format!("{:.0} s: link {a}-{b} cut for {secs} s", unix_now() - start));
+                events.push(format!(
+                    "{:.0} s: link {a}-{b} cut for {secs} s",
+                    unix_now() - start
+                ));
                 cut = Some(((a, b), now + Duration::from_secs(secs)));
             }
             if tick % 60 == 30 {
                 daemons[RELOADS].signal("HUP").expect("SIGHUP");
             }
-            if tick % 10 == 0 {
+            if tick.is_multiple_of(10) {
                 for (i, d) in daemons.iter().enumerate() {
                     if down.is_none_or(|(k, _)| k != i)
                         && let Some(pid) = d.pid()
@@ -240,7 +273,9 @@ fn soak(length: Duration) {
         }
         if let Some(((a, b), _)) = cut {
             let dev = umbra_netlab::numbered(a, b).0;
-            ns[a].exec(&["ip", "link", "set", &dev, "up"]).expect("restore a link");
+            ns[a]
+                .exec(&["ip", "link", "set", &dev, "up"])
+                .expect("restore a link");
         }
         (
             iperf.join().expect("iperf3 thread"),
@@ -255,7 +290,11 @@ fn soak(length: Duration) {
     // restarted daemon answers.
     std::thread::sleep(Duration::from_secs(2));
     let agreements_after: Vec<usize> = (0..NODES).map(|i| agreements(&o, i)).collect();
-    panics_seen += o.daemons.iter().map(|d| panics(&d.log_text())).sum::<usize>();
+    panics_seen += o
+        .daemons
+        .iter()
+        .map(|d| panics(&d.log_text()))
+        .sum::<usize>();
     // Growth: the last third of each node's samples against the first third.
     let mut growth = Vec::new();
     for (i, s) in &samples {

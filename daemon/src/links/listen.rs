@@ -9,8 +9,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use umbra_transport::io::{
     self as tio, AdmissionLimits, CertSource, CoverSite, IncomingLinkInfo, Link, LinkListener,
-    LinkSettings,
-    ListenerConfig, TlsSettings,
+    LinkSettings, ListenerConfig, TlsSettings,
 };
 
 use super::Links;

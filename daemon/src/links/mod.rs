@@ -34,9 +34,9 @@ mod signal;
 mod traverse;
 mod tunnel;
 
+pub(crate) use agreements::INVITE_TTL_MAX;
 pub(crate) use edges::Policy;
 pub(crate) use peers::LinkKind;
-pub(crate) use agreements::INVITE_TTL_MAX;
 pub(crate) use proposals::{PROPOSAL_TTL_DEFAULT, PROPOSAL_TTL_MAX, PROPOSE_WAIT};
 
 use std::collections::HashMap;

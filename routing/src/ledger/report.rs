@@ -18,6 +18,8 @@
 //! report before the signature`, so a report copied from another link or an
 //! earlier connection does not verify.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use crate::crypto::{self, Identity, KEY_LEN, SIGNATURE_LEN};
 
 /// The report version this code writes and reads.
@@ -165,19 +167,31 @@ impl Report {
         let Ok(b) = <&[u8; REPORT_LEN]>::try_from(bytes) else {
             return Err(ReportError::Length(bytes.len()));
         };
-        if b[0] != REPORT_VERSION {
-            return Err(ReportError::Version(b[0]));
-        }
-        let u = |i: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&b[1 + 8 * i..9 + 8 * i]);
-            x
+        let Some((&[version], rest)) = b.split_first_chunk::<1>() else {
+            return Err(ReportError::Length(bytes.len()));
         };
-        let n = |i: usize| u64::from_be_bytes(u(i));
-        let verdict_at = 1 + 9 * 8;
-        let verdict = Verdict::from_u8(b[verdict_at]).ok_or(ReportError::Verdict(b[verdict_at]))?;
-        let mut sig = [0u8; SIGNATURE_LEN];
-        sig.copy_from_slice(&b[verdict_at + 1..]);
+        if version != REPORT_VERSION {
+            return Err(ReportError::Version(version));
+        }
+        let mut fields = [[0u8; 8]; 9];
+        let mut rest = rest;
+        for f in &mut fields {
+            let Some((x, tail)) = rest.split_first_chunk::<8>() else {
+                return Err(ReportError::Length(bytes.len()));
+            };
+            *f = *x;
+            rest = tail;
+        }
+        let n = |i: usize| fields.get(i).map_or(0, |x| u64::from_be_bytes(*x));
+        let (Some((&[v], sig_bytes)), Some(balance)) =
+            (rest.split_first_chunk::<1>(), fields.get(8))
+        else {
+            return Err(ReportError::Length(bytes.len()));
+        };
+        let verdict = Verdict::from_u8(v).ok_or(ReportError::Verdict(v))?;
+        let sig: [u8; SIGNATURE_LEN] = sig_bytes
+            .try_into()
+            .map_err(|_| ReportError::Length(bytes.len()))?;
         Ok((
             Report {
                 seq: n(0),
@@ -192,7 +206,7 @@ impl Report {
                 },
                 for_peer: n(6),
                 by_peer: n(7),
-                balance: i64::from_be_bytes(u(8)),
+                balance: i64::from_be_bytes(*balance),
                 verdict,
             },
             sig,
@@ -208,7 +222,8 @@ impl Report {
         session: &[u8; 32],
     ) -> Result<Report, ReportError> {
         let (report, sig) = Report::parse(bytes)?;
-        let body = &bytes[..REPORT_LEN - SIGNATURE_LEN];
+        // `parse` checked the length.
+        let body = bytes.get(..REPORT_LEN - SIGNATURE_LEN).unwrap_or_default();
         if !crypto::verify(
             sender,
             &signed_message(sender, receiver, session, body),

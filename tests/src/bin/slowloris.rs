@@ -67,9 +67,7 @@ async fn main() {
         std::process::exit(2);
     };
     let hold = Duration::from_secs(hold);
-    let tasks: Vec<_> = (0..count)
-        .map(|_| tokio::spawn(one(addr, hold)))
-        .collect();
+    let tasks: Vec<_> = (0..count).map(|_| tokio::spawn(one(addr, hold))).collect();
     let mut fates = Vec::with_capacity(count);
     for t in tasks {
         fates.push(t.await.unwrap_or(Fate::ConnectFailed));
