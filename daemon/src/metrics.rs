@@ -327,6 +327,12 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// `n` cells dropped by the datapath itself for `reason` (a circuit
+    /// that overran its queue, or shed when the node's queues were full).
+    pub(crate) fn count_drop(&self, reason: &'static str, n: u64) {
+        self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
+    }
+
     /// The listener whose counters give the inbound handshakes (set once).
     pub(crate) fn set_listener(&self, listener: Arc<LinkListener>) {
         let _ = self.listener.set(listener);

@@ -498,6 +498,16 @@ impl RouterCore {
         }
     }
 
+    /// Closes the circuit whose leg on `link` has id `circ_id` because its
+    /// cells overran the queue toward that link (or it held the most when
+    /// the node's queues were full): DESTROY both ways, and an origin
+    /// builds anew. Returns whether it existed.
+    pub fn close_overrun(&mut self, now: Now, link: u64, circ_id: u32) -> bool {
+        let closed = self.circuits.close_leg(link, circ_id);
+        self.drain_events(now);
+        closed
+    }
+
     /// A link went down: its circuits are torn down (and rebuilt elsewhere
     /// on the next packet).
     pub fn link_down(&mut self, now: Now, link: u64) {

@@ -16,10 +16,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
-    ACME_CACHE_DIR, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11, AcmeSettings, CertSource, LinkListener,
-    AdmissionLimits, LinkSettings, ListenerConfig, SELF_SIGNED_CERT_FILE, TlsError, TlsSettings,
-    client_tls_config,
-    serve, server_tls_config,
+    ACME_CACHE_DIR, ACME_TLS_ALPN, ALPN_H2, ALPN_HTTP11, AcmeSettings, AdmissionLimits, CertSource,
+    LinkListener, LinkSettings, ListenerConfig, SELF_SIGNED_CERT_FILE, TlsError, TlsSettings,
+    client_tls_config, serve, server_tls_config,
 };
 
 const DOMAIN: &str = "notes.example.org";

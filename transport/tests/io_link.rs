@@ -16,9 +16,9 @@ use umbra_transport::io::{
     AdmissionLimits, DialError, DialTarget, Dialer, Direction, LINK_CONTENT_TYPE, LINK_PATH, Link,
     LinkEnded, LinkSettings,
 };
-use umbra_transport::proto::liveness::{PROBE_AFTER, PROBE_WAIT_MIN};
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
 use umbra_transport::proto::handshake::{LinkInitiator, encode_bearer};
+use umbra_transport::proto::liveness::{PROBE_AFTER, PROBE_WAIT_MIN};
 
 fn target(l: &TestListener) -> DialTarget {
     DialTarget {

@@ -13,6 +13,7 @@ mod out;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -99,6 +100,7 @@ pub(crate) async fn run(
     let mut outs = Outs {
         links: HashMap::new(),
         identity,
+        queued: Arc::new(AtomicUsize::new(0)),
     };
     let (mut bufs, mut sizes) = match &tun {
         Some(t) => t.batch_buffers(TUN_BATCH),
@@ -176,14 +178,22 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
+        let mut overruns = Vec::new();
         while let Some((link, flow, weight)) = poll_cell(&mut core, &mut cells) {
             let cell = cells.split().freeze();
             // A link that just went down has no queue; the core learns of it
             // from its reader's LinkDown and tears its circuits down.
-            if let Some(o) = outs.links.get(&link) {
-                o.cell(flow, weight, cell);
+            if let Some(o) = outs.links.get(&link)
+                && let out::Queued::Overrun(circ) = o.cell(flow, weight, cell)
+                && !overruns.contains(&(link, circ))
+            {
+                overruns.push((link, circ));
             }
         }
+        for (link, circ) in overruns {
+            outs.close_overrun(&mut core, &metrics, link, circ, "circuit_queue_full");
+        }
+        outs.shed(&mut core, &metrics);
         while let Some((link, msg)) = core.poll_graph() {
             if let Some(o) = outs.links.get(&link) {
                 o.control(Frame::GraphRecord(msg.into()));
@@ -223,14 +233,71 @@ pub(crate) async fn run(
 struct Outs {
     links: HashMap<LinkId, LinkOut>,
     identity: Identity,
+    /// Cells waiting on every link.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Outs {
     fn up(&mut self, link: LinkId, peer: &[u8; 32], sender: umbra_transport::io::LinkSender) {
-        let classifier = Classifier::new(&self.identity.public(), peer);
-        let out = LinkOut::new(sender, self.identity.clone(), classifier, None);
+        let out = self.new_out(peer, sender, None);
         if let Some(old) = self.links.insert(link, out) {
             old.finish(None);
+        }
+    }
+
+    fn new_out(
+        &self,
+        peer: &[u8; 32],
+        sender: umbra_transport::io::LinkSender,
+        after: Option<tokio::task::JoinHandle<umbra_routing::ledger::report::Counts>>,
+    ) -> LinkOut {
+        let classifier = Classifier::new(&self.identity.public(), peer);
+        LinkOut::new(
+            sender,
+            self.identity.clone(),
+            classifier,
+            after,
+            Arc::clone(&self.queued),
+        )
+    }
+
+    /// Closes circuit `circ` of `link`, whose cells overran its queue or
+    /// held the most when all queues were full, and drops its waiting
+    /// cells; the drops are counted as `reason`.
+    fn close_overrun(
+        &self,
+        core: &mut RouterCore,
+        metrics: &Metrics,
+        link: LinkId,
+        circ: u32,
+        reason: &'static str,
+    ) {
+        let now = now();
+        core.close_overrun(now, link, circ);
+        let dropped = self.links.get(&link).map_or(0, |o| o.drop_circuit(circ));
+        metrics.count_drop(reason, dropped as u64 + 1);
+        tracing::warn!(
+            link,
+            circ,
+            dropped,
+            "closed a circuit whose cells overran their queue ({reason})"
+        );
+    }
+
+    /// While the node's queues hold more than [`out::MAX_QUEUED_CELLS`],
+    /// closes the circuit holding the most, as Tor's out-of-memory handler
+    /// does.
+    fn shed(&self, core: &mut RouterCore, metrics: &Metrics) {
+        while self.queued.load(Ordering::Relaxed) > out::MAX_QUEUED_CELLS {
+            let largest = self
+                .links
+                .iter()
+                .filter_map(|(&l, o)| o.largest().map(|(c, n)| (n, l, c)))
+                .max();
+            let Some((_, link, circ)) = largest else {
+                return;
+            };
+            self.close_overrun(core, metrics, link, circ, "queues_full");
         }
     }
 }
@@ -355,11 +422,8 @@ fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, input: Input) {
                 .links
                 .remove(&link)
                 .map(|old| old.finish(Some(LinkControl::Moved { to: hash }.frame())));
-            let classifier = Classifier::new(&outs.identity.public(), &peer);
-            outs.links.insert(
-                link,
-                LinkOut::new(sender, outs.identity.clone(), classifier, after),
-            );
+            let out = outs.new_out(&peer, sender, after);
+            outs.links.insert(link, out);
             // A move is always to a connection of the link's own.
             core.link_uncarried(link);
         }

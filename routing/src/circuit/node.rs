@@ -403,6 +403,20 @@ impl CircuitCore {
         }
     }
 
+    /// Closes the circuit whose leg on `link` has id `circ_id`: its cells
+    /// overran what an honest end can queue there (docs/architecture.md,
+    /// "Faults"). DESTROY goes both ways with [`Reason::Protocol`] (a window
+    /// overrun). Returns whether it existed.
+    pub fn close_leg(&mut self, link: LinkId, circ_id: u32) -> bool {
+        match self.legs.get(&(link, circ_id)) {
+            Some(&(id, _)) => {
+                self.close(id, Reason::Protocol, None);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Takes one cell that arrived on `link`.
     ///
     /// Relays switch every cell they are given; they never drop one for lack

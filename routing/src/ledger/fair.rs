@@ -132,6 +132,27 @@ impl<T> FairQueue<T> {
         }
         last
     }
+
+    /// Drops every cell (not control items) for which `drop` says so, and
+    /// returns how many went: a circuit closed while its cells wait.
+    pub fn remove_cells(&mut self, mut drop: impl FnMut(&T) -> bool) -> usize {
+        let mut removed = 0;
+        for q in self.flows.values_mut() {
+            let before = q.items.len();
+            q.items.retain(|item| !drop(item));
+            removed += before - q.items.len();
+        }
+        // Emptied flows leave the turn order.
+        let flows = &self.flows;
+        self.active
+            .retain(|f| flows.get(f).is_some_and(|q| !q.items.is_empty()));
+        self.flows.retain(|_, q| !q.items.is_empty());
+        if self.active.front().is_none() {
+            self.turn_left = 0;
+        }
+        self.len -= removed;
+        removed
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +162,24 @@ mod tests {
 
     const F: Flow = [1; 32];
     const G: Flow = [2; 32];
+
+    #[test]
+    fn removed_cells_leave_the_rest_in_order() {
+        let mut q = FairQueue::default();
+        for i in 0..10 {
+            q.push(F, 1, ('f', i));
+            q.push(G, 1, ('g', i));
+        }
+        q.push_control(('c', 0));
+        assert_eq!(q.remove_cells(|&(k, _)| k == 'g'), 10);
+        assert_eq!(q.remove_cells(|&(k, _)| k == 'c'), 0, "control items stay");
+        assert_eq!(q.len(), 11);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        let mut want = vec![('c', 0)];
+        want.extend((0..10).map(|i| ('f', i)));
+        assert_eq!(order, want);
+        assert!(q.is_empty());
+    }
 
     #[test]
     fn a_busy_queue_serves_flows_by_weight() {

@@ -180,7 +180,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "no slot is free");
         drop(t1);
-        assert!(waiter.await.expect("waiter"), "it waited, then got the slot");
+        assert!(
+            waiter.await.expect("waiter"),
+            "it waited, then got the slot"
+        );
     }
 
     #[test]

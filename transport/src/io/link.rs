@@ -50,8 +50,8 @@ use crate::proto::frame::{
     CELL_LEN, FRAME_PAYLOAD_MAX_LEN, FRAME_WIRE_MAX_LEN, Frame, FrameDecoder, FrameEncoder,
     FrameError, FrameType, LINK_KEEPALIVE_MAX, LINK_KEEPALIVE_MIN, PingToken,
 };
-use crate::proto::padding::PaddingPacer;
 use crate::proto::liveness::{Liveness, Verdict};
+use crate::proto::padding::PaddingPacer;
 use crate::proto::rtt::RttEstimator;
 
 /// The latest the first ping goes out after a link starts, so the link has a

@@ -20,8 +20,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
-    AdmissionLimits, Authorizer, CertSource, CoverSite, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, Link, LinkListener,
-    LinkSettings, ListenerConfig, TlsSettings, client_tls_config, serve, server_tls_config,
+    AdmissionLimits, Authorizer, CertSource, CoverSite, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN,
+    Link, LinkListener, LinkSettings, ListenerConfig, TlsSettings, client_tls_config, serve,
+    server_tls_config,
 };
 
 /// How long any single test step may take before the test fails.
