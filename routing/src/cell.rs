@@ -151,7 +151,8 @@ pub enum Reason {
     /// "Ledgers").
     CutOff,
     /// The hop refused a new circuit: the neighbour that asked opened more
-    /// than its agreement's circuit rate.
+    /// than its agreement's circuit rate, or holds its share of open
+    /// circuits already.
     TooManyCircuits,
     /// A reason byte this version does not know.
     Other(u8),

@@ -125,6 +125,10 @@ pub const CIRCUIT_BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_PATH_HOPS: usize = 8;
 /// Default bound on circuits (of all roles) one node holds.
 pub const MAX_CIRCUITS: usize = 65_536;
+/// Default bound on circuits one neighbour holds open through this node
+/// (those it created on its links here): an eighth of [`MAX_CIRCUITS`], so
+/// no one neighbour takes the node's whole table.
+pub const MAX_CIRCUITS_PER_NEIGHBOUR: usize = MAX_CIRCUITS / 8;
 /// Relay crypto version 1: ChaCha20 layers and a Poly1305 end-to-end tag.
 pub const RELAY_CRYPTO_V1: u8 = 1;
 
@@ -139,6 +143,9 @@ pub struct CircuitConfig {
     /// Circuits (of all roles) this node holds at most; past it CREATE is
     /// refused.
     pub max_circuits: usize,
+    /// Circuits one neighbour may hold open that it created here; past it
+    /// its CREATE is refused with [`Reason::TooManyCircuits`].
+    pub max_circuits_per_neighbour: usize,
     /// Messages received and not yet taken that the node keeps, at most;
     /// past it a message is dropped and counted
     /// ([`MessageCounters::inbox_full`]).
@@ -153,6 +160,7 @@ impl Default for CircuitConfig {
             send_queue_bytes: SEND_QUEUE_BYTES,
             build_timeout: CIRCUIT_BUILD_TIMEOUT,
             max_circuits: MAX_CIRCUITS,
+            max_circuits_per_neighbour: MAX_CIRCUITS_PER_NEIGHBOUR,
             inbox_messages: MAX_INBOX_MESSAGES,
             inbox_bytes: MAX_INBOX_BYTES,
         }

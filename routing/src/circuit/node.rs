@@ -88,6 +88,8 @@ pub struct CircuitCore {
     peers: HashMap<[u8; KEY_LEN], LinkId>,
     /// The switching table: `(link, circ_id)` → circuit and side.
     legs: HashMap<Leg, (CircuitId, Side)>,
+    /// Circuits each link's neighbour created here and holds open.
+    opened_on: HashMap<LinkId, u32>,
     circuits: HashMap<CircuitId, Circuit>,
     next_circuit: u64,
     next_circ_id: u32,
@@ -129,6 +131,7 @@ impl CircuitCore {
             links: HashMap::new(),
             peers: HashMap::new(),
             legs: HashMap::new(),
+            opened_on: HashMap::new(),
             circuits: HashMap::new(),
             next_circuit: 0,
             next_circ_id: 0,
@@ -488,6 +491,21 @@ impl CircuitCore {
             && !self.legs.contains_key(&(link, circ_id))
     }
 
+    /// Circuits the neighbour on `link` created here and holds open.
+    pub fn opened_by(&self, link: LinkId) -> usize {
+        self.opened_on.get(&link).map_or(0, |&n| n as usize)
+    }
+
+    /// One circuit the neighbour on `link` created here closed.
+    fn closed_on(&mut self, link: LinkId) {
+        if let Some(n) = self.opened_on.get_mut(&link) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.opened_on.remove(&link);
+            }
+        }
+    }
+
     /// Refuses a fresh CREATE ([`Self::create_is_fresh`]) with `reason`,
     /// which the origin hears.
     pub fn refuse_create(&mut self, link: LinkId, circ_id: u32, reason: Reason) {
@@ -747,6 +765,10 @@ impl CircuitCore {
             self.send_destroy(leg, Reason::Refused);
             return;
         }
+        if self.opened_by(link) >= self.config.max_circuits_per_neighbour {
+            self.refuse_create(link, circ_id, Reason::TooManyCircuits);
+            return;
+        }
         let pattern = pattern_of(handshake_type);
         let mut payload = [0u8; HANDSHAKE_BUF_LEN];
         let Ok((resp, n)) = HandshakeResponder::read_msg1(
@@ -835,6 +857,7 @@ impl CircuitCore {
             },
         );
         self.legs.insert(leg, (id, Side::In));
+        *self.opened_on.entry(link).or_insert(0) += 1;
         self.metrics.circuits_accepted += 1;
         self.push_cell(
             link,
@@ -1363,7 +1386,9 @@ impl CircuitCore {
             return;
         }
         for leg in c.legs().into_iter().flatten() {
-            self.legs.remove(&leg);
+            if let Some((_, Side::In)) = self.legs.remove(&leg) {
+                self.closed_on(leg.0);
+            }
             if Some(leg) != from && self.links.contains_key(&leg.0) {
                 self.send_destroy(leg, reason);
             }

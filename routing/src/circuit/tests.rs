@@ -1019,3 +1019,44 @@ proptest::proptest! {
         proptest::prop_assert_eq!(net.messages(0), vec![(net.keys[1], payload)]);
     }
 }
+
+#[test]
+fn a_neighbour_holds_at_most_its_share_of_open_circuits() {
+    let mut net = Net::new(3);
+    net.nodes[1] = CircuitCore::new(
+        Identity::from_seed(&[2; 32]),
+        DEFAULT_PREFIX,
+        CircuitConfig {
+            max_circuits_per_neighbour: 2,
+            ..CircuitConfig::default()
+        },
+        Box::new(ChaCha20Rng::seed_from_u64(1)),
+    );
+    let first = net.link(0, 1);
+    net.link(1, 2);
+    let (a, _) = net.build(0, &[1, 2]);
+    net.build(0, &[1, 2]);
+    assert_eq!(net.nodes[1].opened_by(first), 2);
+    let id = net.nodes[0]
+        .build_circuit(net.now, &[net.keys[1], net.keys[2]])
+        .expect("build");
+    net.pump();
+    assert_eq!(
+        net.events(0),
+        vec![CircuitEvent::Unreachable {
+            circuit: id,
+            destination: net.keys[2],
+            failed_hop: Some(0),
+            reason: Reason::TooManyCircuits
+        }]
+    );
+    assert_eq!(net.nodes[1].metrics().circuits_refused, 1);
+    // One closed, the next builds.
+    assert!(net.nodes[0].close_circuit(net.now, a));
+    net.pump();
+    let _ = net.events(0);
+    let _ = net.events(2);
+    assert_eq!(net.nodes[1].opened_by(first), 1);
+    net.build(0, &[1, 2]);
+    assert_eq!(net.nodes[1].opened_by(first), 2);
+}
