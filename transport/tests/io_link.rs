@@ -195,35 +195,8 @@ async fn a_peer_that_stops_sending_times_out() {
         ..LinkSettings::default()
     };
     let mut l = start_listener(built_in_cover(), accept_all(b""), fast.clone()).await;
-
-    // Handshake by hand over HTTP/2 with a request body that stays open and
-    // silent: no frames, no keepalives.
-    let (tls, exporter) = tls_connect(l.addr, &[b"h2"]).await;
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let me = Identity::generate();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (_init, msg1) =
-        LinkInitiator::start(&me, &l.identity.public(), &exporter, now, b"").unwrap();
-    let body = SilentBody;
-    let req = hyper::Request::post(format!("https://x{LINK_PATH}"))
-        .header("content-type", LINK_CONTENT_TYPE)
-        .header("authorization", encode_bearer(&msg1))
-        .body(body)
-        .unwrap();
-    let resp = tokio::time::timeout(STEP, send.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut inb = next_link(&mut l).await;
+    // No frames and no keepalives from the peer.
+    let (mut inb, _client) = silent_peer_link(&mut l).await;
     let t = Instant::now();
     let end = tokio::time::timeout(STEP, inb.receiver.recv())
         .await
@@ -243,33 +216,8 @@ async fn a_peer_that_stops_sending_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_link_to_a_silent_peer_ends_after_an_unanswered_probe() {
     let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
-    let (tls, exporter) = tls_connect(l.addr, &[b"h2"]).await;
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let me = Identity::generate();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (_init, msg1) =
-        LinkInitiator::start(&me, &l.identity.public(), &exporter, now, b"").unwrap();
-    let req = hyper::Request::post(format!("https://x{LINK_PATH}"))
-        .header("content-type", LINK_CONTENT_TYPE)
-        .header("authorization", encode_bearer(&msg1))
-        .body(SilentBody)
-        .unwrap();
-    let resp = tokio::time::timeout(STEP, send.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    // The response is never read either: nothing the listener sends is
-    // answered.
-    let mut inb = next_link(&mut l).await;
+    // Nothing the listener sends is ever answered.
+    let (mut inb, _client) = silent_peer_link(&mut l).await;
     // Idle, the link waits for keepalives (75 s): it is not probed.
     let idle = tokio::time::timeout(Duration::from_secs(4), inb.receiver.recv()).await;
     assert!(idle.is_err(), "an idle link ended: {idle:?}");
@@ -342,6 +290,40 @@ async fn silent_connections_are_capped_per_source_and_links_hold_no_slot() {
     drop(held);
     wait_for(0).await;
     drop(out);
+}
+
+/// A link accepted from a client that does the handshake by hand over
+/// HTTP/2 and then stays silent: its request body never sends a byte, and
+/// it never reads the response. Returns the listener's end, and the
+/// client's request handle to keep the connection open.
+async fn silent_peer_link(
+    l: &mut TestListener,
+) -> (Link, hyper::client::conn::http2::SendRequest<SilentBody>) {
+    let (tls, exporter) = tls_connect(l.addr, &[b"h2"]).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let me = Identity::generate();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_init, msg1) =
+        LinkInitiator::start(&me, &l.identity.public(), &exporter, now, b"").unwrap();
+    let req = hyper::Request::post(format!("https://x{LINK_PATH}"))
+        .header("content-type", LINK_CONTENT_TYPE)
+        .header("authorization", encode_bearer(&msg1))
+        .body(SilentBody)
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    (next_link(l).await, send)
 }
 
 /// A request body that stays open and never sends a byte.

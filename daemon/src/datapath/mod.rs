@@ -178,20 +178,24 @@ pub(crate) async fn run(
                 tracing::warn!("writing to the TUN: {e}");
             }
         }
-        let mut overruns = Vec::new();
+        // Circuits that overran their queue this turn, with the cells they
+        // were refused.
+        let mut overruns: Vec<((LinkId, u32), u64)> = Vec::new();
         while let Some((link, flow, weight)) = poll_cell(&mut core, &mut cells) {
             let cell = cells.split().freeze();
             // A link that just went down has no queue; the core learns of it
             // from its reader's LinkDown and tears its circuits down.
             if let Some(o) = outs.links.get(&link)
                 && let out::Queued::Overrun(circ) = o.cell(flow, weight, cell)
-                && !overruns.contains(&(link, circ))
             {
-                overruns.push((link, circ));
+                match overruns.iter_mut().find(|(k, _)| *k == (link, circ)) {
+                    Some((_, n)) => *n += 1,
+                    None => overruns.push(((link, circ), 1)),
+                }
             }
         }
-        for (link, circ) in overruns {
-            outs.close_overrun(&mut core, &metrics, link, circ, "circuit_queue_full");
+        for (leg, refused) in overruns {
+            outs.close_overrun(&mut core, &metrics, leg, refused, "circuit_queue_full");
         }
         outs.shed(&mut core, &metrics);
         while let Some((link, msg)) = core.poll_graph() {
@@ -263,19 +267,19 @@ impl Outs {
 
     /// Closes circuit `circ` of `link`, whose cells overran its queue or
     /// held the most when all queues were full, and drops its waiting
-    /// cells; the drops are counted as `reason`.
+    /// cells; they and `refused` (cells it was refused before) are counted
+    /// as `reason`.
     fn close_overrun(
         &self,
         core: &mut RouterCore,
         metrics: &Metrics,
-        link: LinkId,
-        circ: u32,
+        (link, circ): (LinkId, u32),
+        refused: u64,
         reason: &'static str,
     ) {
-        let now = now();
-        core.close_overrun(now, link, circ);
+        core.close_overrun(now(), link, circ);
         let dropped = self.links.get(&link).map_or(0, |o| o.drop_circuit(circ));
-        metrics.count_drop(reason, dropped as u64 + 1);
+        metrics.count_drop(reason, dropped as u64 + refused);
         tracing::warn!(
             link,
             circ,
@@ -297,7 +301,7 @@ impl Outs {
             let Some((_, link, circ)) = largest else {
                 return;
             };
-            self.close_overrun(core, metrics, link, circ, "queues_full");
+            self.close_overrun(core, metrics, (link, circ), 0, "queues_full");
         }
     }
 }
