@@ -1134,3 +1134,63 @@ fn proposals_are_taken_by_default_and_can_be_refused() {
     );
     assert!(message.ends_with("expected `proposals`"), "{message}");
 }
+
+// ---- [dns] and [names] ----
+
+#[test]
+fn dns_and_names_parse() {
+    let c = parse_ok(&format!(
+        "[dns]\nlisten = \"127.0.0.1:5353\"\nsrv = {{ \"_xmpp-server._tcp\" = 5269, \"_matrix._tcp\" = 8448 }}\n\
+         [names]\nchat = \"{}\"\nmy-relay2 = \"{}\"\n",
+        hex_key(1),
+        hex_key(2)
+    ));
+    assert_eq!(c.dns.listen, Some("127.0.0.1:5353".parse().expect("addr")));
+    assert_eq!(c.dns.srv.get("_xmpp-server._tcp"), Some(&5269));
+    assert_eq!(c.dns.srv.get("_matrix._tcp"), Some(&8448));
+    assert_eq!(c.names.get("chat"), Some(&PublicKey([1; 32])));
+    assert_eq!(c.names.len(), 2);
+    let off = parse_ok("");
+    assert_eq!(off.dns.listen, None);
+    assert!(off.names.is_empty());
+}
+
+#[test]
+fn dns_and_names_errors_name_the_key() {
+    invalid(
+        "[dns]\nlisten = \"0.0.0.0:53\"\n",
+        "dns.listen",
+        &["[dns] listen = \"0.0.0.0:53\" is not a loopback address"],
+    );
+    invalid(
+        "[dns]\nsrv = { \"xmpp\" = 5269 }\n",
+        "dns.srv.xmpp",
+        &["is not a service", "_xmpp-server._tcp"],
+    );
+    invalid(
+        "[dns]\nsrv = { \"_xmpp._tcp\" = 0 }\n",
+        "dns.srv._xmpp._tcp",
+        &["is not a port"],
+    );
+    invalid(
+        "[dns]\nsrv = { \"_xmpp._tcp\" = 70000 }\n",
+        "dns.srv._xmpp._tcp",
+        &["is not a port"],
+    );
+    invalid(
+        &format!("[names]\nChat = \"{}\"\n", hex_key(1)),
+        "names.Chat",
+        &["lowercase"],
+    );
+    let long = "a".repeat(55);
+    invalid(
+        &format!("[names]\n{long} = \"{}\"\n", hex_key(1)),
+        &format!("names.{long}"),
+        &["the length of a node's own name"],
+    );
+    invalid(
+        "[names]\nchat = \"not a key\"\n",
+        "names.chat",
+        &["is not a public key"],
+    );
+}

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -22,6 +23,7 @@ pub use error::ConfigError;
 pub use rate::ByteRate;
 pub use template::default_config_text;
 pub use terms::Terms;
+pub use validate::KEY_LABEL_LEN as NAME_KEY_LABEL_LEN;
 pub use values::{Anonymity, PUBLIC_KEY_LEN, ParseError, PublicKey};
 
 /// Where the daemon and the CLI look for the config file unless told otherwise.
@@ -99,6 +101,22 @@ pub struct Config {
     pub nat: NatConfig,
     /// Agreements made over the overlay, `[agreements]`.
     pub agreements: AgreementsConfig,
+    /// The `.umbra` DNS responder, `[dns]`.
+    pub dns: DnsConfig,
+    /// The operator's petnames, `[names]`: `<label>.umbra` stands for the key
+    /// on this node only.
+    pub names: BTreeMap<String, PublicKey>,
+}
+
+/// The `[dns]` table: the responder for `.umbra` names (`docs/architecture.md`,
+/// "Names").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// Loopback address to answer DNS on (UDP); `None` turns the responder off.
+    pub listen: Option<SocketAddr>,
+    /// Services whose SRV records are answered for every node name:
+    /// `_service._tcp` (or `._udp`) → port.
+    pub srv: BTreeMap<String, u16>,
 }
 
 /// The `[tun]` table.
@@ -297,6 +315,8 @@ impl Default for Config {
             padding: PaddingConfig::default(),
             nat: NatConfig::default(),
             agreements: AgreementsConfig::default(),
+            dns: DnsConfig::default(),
+            names: BTreeMap::new(),
         }
     }
 }

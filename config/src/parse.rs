@@ -33,6 +33,15 @@ struct RawTop {
     padding: Option<Value>,
     nat: Option<Value>,
     agreements: Option<Value>,
+    dns: Option<Value>,
+    names: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Option<Value>,
+    srv: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -487,6 +496,47 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         && let Some(v) = agreements.proposals
     {
         config.agreements.proposals = r.bool(&Scope::table("agreements").key("proposals"), v)?;
+    }
+
+    if let Some(dns) = r.sub_table::<RawDns>("dns", raw.dns)? {
+        let scope = Scope::table("dns");
+        if let Some(v) = dns.listen {
+            let key = scope.key("listen");
+            let text = r.string(&key, v)?;
+            config.dns.listen = Some(r.socket_addr(&key, &text, "\"127.0.0.1:53\"")?);
+        }
+        if let Some(v) = dns.srv {
+            let key = scope.key("srv");
+            let Value::Table(t) = v else {
+                return Err(r.wrong_type(
+                    &key,
+                    "a table of services and ports, such as { \"_xmpp-server._tcp\" = 5269 }",
+                    &v,
+                ));
+            };
+            for (service, port) in t {
+                let entry = Scope::table("dns.srv").key(&service);
+                let n = r.integer(&entry, port)?;
+                let port = u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
+                    r.invalid(
+                        &entry,
+                        format!("{} = {n} is not a port (1 to 65535)", entry.shown),
+                    )
+                })?;
+                config.dns.srv.insert(service, port);
+            }
+        }
+    }
+
+    if let Some(v) = raw.names {
+        let key = top.key("names");
+        let Value::Table(t) = v else {
+            return Err(r.wrong_type(&key, "a table ([names]) of names and keys", &v));
+        };
+        for (label, value) in t {
+            let entry = Scope::table("names").key(&label);
+            config.names.insert(label, r.public_key(&entry, value)?);
+        }
     }
 
     Ok(config)

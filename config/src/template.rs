@@ -85,6 +85,17 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # Prometheus text on a loopback address; unset means no metrics.
 # listen = "127.0.0.1:9477"
 
+[dns]
+# Answer .umbra names (AAAA, and SRV below) on a loopback address, over UDP; unset
+# means no responder. Everything outside .umbra is refused.
+# listen = "127.0.0.1:53"
+# SRV records answered for every .umbra name, pointing at that name itself:
+# srv = {{ "_xmpp-server._tcp" = 5269, "_matrix._tcp" = 8448 }}
+
+[names]
+# Petnames: chat.umbra stands for this key, on this node only.
+# chat = "<64 hex characters: a node's public key>"
+
 [padding]
 # With anonymity = "strong": cover cells each way on every link, so an idle link looks
 # busy. Cells with traffic count toward the rate; padding fills the rest. It is paid

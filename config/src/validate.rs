@@ -75,6 +75,8 @@ impl Config {
             ));
         }
 
+        self.validate_names(&r)?;
+
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
         {
@@ -85,6 +87,43 @@ impl Config {
                          local scraping, so use 127.0.0.1 or [::1], such as \"127.0.0.1:9477\""
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// `[dns]` and `[names]`: a loopback responder, well-formed services,
+    /// petnames that are DNS labels and never look like a key's name.
+    fn validate_names(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        if let Some(addr) = self.dns.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(r.invalid(
+                &Scope::table("dns").key("listen"),
+                format!(
+                    "[dns] listen = \"{addr}\" is not a loopback address; the responder answers \
+                     this host's programs only, so use 127.0.0.1 or [::1], such as \"127.0.0.1:53\""
+                ),
+            ));
+        }
+        for service in self.dns.srv.keys() {
+            if !is_service(service) {
+                return Err(r.invalid(
+                    &Scope::table("dns.srv").key(service),
+                    format!(
+                        "[dns.srv] {} is not a service: write _name._tcp or _name._udp, such as \
+                         \"_xmpp-server._tcp\"",
+                        crate::error::quote(service)
+                    ),
+                ));
+            }
+        }
+        for label in self.names.keys() {
+            if let Some(why) = petname_problem(label) {
+                return Err(r.invalid(
+                    &Scope::table("names").key(label),
+                    format!("[names] {} {why}", crate::error::quote(label)),
+                ));
+            }
         }
         Ok(())
     }
@@ -413,4 +452,42 @@ mod tests {
             assert!(problem.contains(why), "{bad}: {problem}");
         }
     }
+}
+
+/// Length of a node's own name label (its key and checksum in base32): a
+/// petname may not have it, so the two never collide.
+pub const KEY_LABEL_LEN: usize = 55;
+
+/// Why `label` cannot be a petname, if it cannot: it must be a DNS label of
+/// 1 to 63 lowercase letters, digits and hyphens, not starting or ending with
+/// a hyphen, and not [`KEY_LABEL_LEN`] long.
+pub(crate) fn petname_problem(label: &str) -> Option<&'static str> {
+    let b = label.as_bytes();
+    if b.is_empty() || b.len() > 63 {
+        return Some("must be 1 to 63 characters");
+    }
+    if b.len() == KEY_LABEL_LEN {
+        return Some("has the length of a node's own name (55); pick a shorter or longer one");
+    }
+    if !b
+        .iter()
+        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Some("may hold only lowercase letters, digits and hyphens");
+    }
+    if b.first() == Some(&b'-') || b.last() == Some(&b'-') {
+        return Some("may not start or end with a hyphen");
+    }
+    None
+}
+
+/// Whether `s` is `_name._tcp` or `_name._udp` with a DNS label for a name.
+fn is_service(s: &str) -> bool {
+    let Some((name, proto)) = s.split_once('.') else {
+        return false;
+    };
+    let Some(name) = name.strip_prefix('_') else {
+        return false;
+    };
+    matches!(proto, "_tcp" | "_udp") && petname_problem(name).is_none()
 }

@@ -46,7 +46,10 @@ enum Command {
     Run,
     /// Print the node's /128 address (works offline).
     Address {
-        /// Print JSON.
+        /// Print the node's name (`<label>.umbra`) instead.
+        #[arg(long)]
+        name: bool,
+        /// Print JSON (the address and the name).
         #[arg(long)]
         json: bool,
     },
@@ -221,12 +224,15 @@ pub(crate) fn dispatch(cli: Cli) -> Result<()> {
             let config = config_path.load()?;
             crate::run::run(config, config_path, cli.control)
         }
-        Command::Address { json } => {
+        Command::Address { name, json } => {
             let config = config_path.load()?;
             let id = state_dir::require_identity(&config)?;
             let addr = address::address_for_key(&id.public(), config.address_prefix);
+            let node_name = umbra_routing::name::name_for_key(&id.public());
             if json {
-                output::json(&json!({ "address": addr.to_string() }))
+                output::json(&json!({ "address": addr.to_string(), "name": node_name }))
+            } else if name {
+                output::line(&node_name)
             } else {
                 output::line(&addr.to_string())
             }

@@ -7,6 +7,7 @@ mod control;
 mod datapath;
 mod db;
 mod demo;
+mod dns;
 mod doctor;
 mod events;
 mod links;

@@ -59,6 +59,7 @@ pub(crate) fn status(s: &Value) -> Result<()> {
     let nat = nat_line(&s["nat"]);
     kv(&[
         ("address", &text(&s["address"])),
+        ("name", &text(&s["name"])),
         ("subnet", &text(&s["subnet"])),
         ("public key", &text(&s["public_key"])),
         ("uptime", &uptime),

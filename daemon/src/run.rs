@@ -37,6 +37,8 @@ struct NodeView {
     links: Arc<Links>,
     datapath: DatapathTx,
     port_mapping: PortMapStatus,
+    /// The DNS responder's counters, when `[dns] listen` is set.
+    dns: Option<Arc<crate::dns::DnsCounters>>,
 }
 
 impl NodeView {
@@ -47,6 +49,7 @@ impl NodeView {
             "address": address::address_for_key(&key, self.prefix).to_string(),
             "subnet": format!("{}/{}", address::subnet_for_key(&key, self.prefix), address::SUBNET_PREFIX_LEN),
             "public_key": hex::encode(key),
+            "name": umbra_routing::name::name_for_key(&key),
             "uptime_secs": self.started.elapsed().as_secs(),
             "listeners": self.links.listeners(),
             "listener": self.links.listener_json(),
@@ -58,6 +61,10 @@ impl NodeView {
             "relay": self.links.relay_json(),
             "traversal": self.links.traversal_counters().json(),
             "proposals": self.links.proposals_json(),
+            "dns": match (&self.dns, self.config.dns.listen) {
+                (Some(c), Some(listen)) => c.json(listen),
+                _ => Value::Null,
+            },
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
@@ -273,6 +280,19 @@ async fn run_async(
         None => None,
     };
 
+    let dns = match config.dns.listen {
+        Some(addr) => {
+            let socket = crate::dns::bind(addr).await?;
+            tracing::info!(%addr, "DNS responder for .umbra ready");
+            let counters = Arc::new(crate::dns::DnsCounters::default());
+            let zone = crate::dns::zone(&config);
+            let c = Arc::clone(&counters);
+            vital.spawn("DNS responder", crate::dns::serve(socket, zone, c));
+            Some(counters)
+        }
+        None => None,
+    };
+
     let port_map = start_port_mapping(&config, &links);
     if let Some(p) = &port_map {
         links.set_port_mapping(p.status());
@@ -291,6 +311,7 @@ async fn run_async(
         links: Arc::clone(&links),
         datapath: datapath_tx.clone(),
         port_mapping: port_map.as_ref().map(PortMap::status).unwrap_or_default(),
+        dns,
     }));
 
     let result = serve(&listener, &view, &config_path, deaths).await;

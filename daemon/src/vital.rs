@@ -1,6 +1,7 @@
 //! Tasks the daemon cannot work without (docs/architecture.md, "The
 //! service"): the datapath (the routing core), the link listeners, the task
-//! that adopts their links, the ledger charges, the metrics server (the
+//! that adopts their links, the ledger charges, the metrics server, the DNS
+//! responder (the
 //! datapath's own helpers, like the ledgers' saver, end it when they die). If one of them ends, fails or panics, the node would stay up and
 //! answer `status` while it routes nothing; instead the daemon is told, logs
 //! why, shuts down what it set up and exits 1, so systemd

@@ -367,3 +367,105 @@ fn a_state_directory_this_user_cannot_write_is_named() {
         "{err}"
     );
 }
+
+/// A free UDP port on loopback (bound and released: a race, but only with
+/// other tests of this machine).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn dig(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig (bind9-dnsutils; scripts/test installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `.umbra` DNS responder of a running node, asked by `dig`: its own
+/// name, a petname, SRV for an enabled service, NXDOMAIN for a typo,
+/// REFUSED outside `.umbra`, and a packet that is not DNS dropped and
+/// counted. `umbra address --name` and `status` agree with it.
+#[test]
+fn the_dns_responder_answers_umbra_names_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let pet = "a".repeat(64);
+    let cfg = config_in(
+        dir.path(),
+        &format!(
+            "[tun]\nenabled = false\n[listen]\nhttps = []\n[dns]\nlisten = \"127.0.0.1:{port}\"\n\
+             srv = {{ \"_xmpp-server._tcp\" = 5269 }}\n[names]\nchat = \"{pet}\"\n"
+        ),
+    );
+    assert_eq!(umbra(&cfg, &["init"]).status.code(), Some(0));
+    let name = String::from_utf8_lossy(&umbra(&cfg, &["address", "--name"]).stdout)
+        .trim()
+        .to_string();
+    let addr = String::from_utf8_lossy(&umbra(&cfg, &["address"]).stdout)
+        .trim()
+        .to_string();
+    assert!(name.ends_with(".umbra") && name.len() == 55 + 6, "{name}");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env_remove("UMBRA_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("umbra run");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut daemon);
+    let mut answer = String::new();
+    for _ in 0..100 {
+        // Until the daemon is up, dig reports a refused connection.
+        answer = dig(port, &["+short", &name, "AAAA"]);
+        if !answer.trim().is_empty() && !answer.contains(";;") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(answer.trim(), addr, "AAAA of its own name");
+    let upper = dig(port, &["+short", &name.to_ascii_uppercase(), "AAAA"]);
+    assert_eq!(upper.trim(), addr, "names are case-insensitive");
+    let pet_addr = dig(port, &["+short", "chat.umbra", "AAAA"]);
+    assert!(pet_addr.trim().starts_with('6'), "petname: {pet_addr}");
+    let srv = dig(
+        port,
+        &["+short", &format!("_xmpp-server._tcp.{name}"), "SRV"],
+    );
+    assert_eq!(srv.trim(), format!("0 0 5269 {name}."), "SRV");
+    let mut typo = name.clone();
+    typo.replace_range(0..1, if name.starts_with('a') { "b" } else { "a" });
+    assert!(dig(port, &[&typo, "AAAA"]).contains("status: NXDOMAIN"));
+    assert!(dig(port, &["example.com", "AAAA"]).contains("status: REFUSED"));
+    // Not DNS: dropped, counted, and the responder answers on.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    s.send_to(b"\x01\x02 not dns at all", ("127.0.0.1", port))
+        .expect("send");
+    assert_eq!(dig(port, &["+short", &name, "AAAA"]).trim(), addr);
+    let status = Command::new(env!("CARGO_BIN_EXE_umbra"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["status", "--json"])
+        .output()
+        .expect("umbra status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["name"], name.as_str());
+    let d = &status["dns"];
+    assert_eq!(d["dropped"], 1, "{d}");
+    assert_eq!(d["nxdomain"], 1, "{d}");
+    assert_eq!(d["refused"], 1, "{d}");
+    assert!(d["answered"].as_u64() >= Some(5), "{d}");
+}

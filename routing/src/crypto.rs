@@ -111,6 +111,18 @@ pub fn x25519_public(ed_public: &[u8; KEY_LEN]) -> Option<[u8; KEY_LEN]> {
     Some(vk.to_montgomery().to_bytes())
 }
 
+/// The 2-byte checksum a node's name carries after its key
+/// (`crate::name`): BLAKE2s-256 of a domain string and the key, first two
+/// bytes. It catches a mistyped name, it is not a secret.
+pub fn name_checksum(key: &[u8; KEY_LEN]) -> [u8; 2] {
+    use blake2::Digest;
+    let mut h = blake2::Blake2s256::new();
+    h.update(b"umbra name v1");
+    h.update(key);
+    let d = h.finalize();
+    [d[0], d[1]]
+}
+
 /// Whether `sig` is `key`'s signature of `msg`.
 pub fn verify(key: &[u8; KEY_LEN], msg: &[u8], sig: &[u8; SIGNATURE_LEN]) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(key) else {

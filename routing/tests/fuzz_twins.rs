@@ -28,6 +28,26 @@ proptest! {
     }
 
     #[test]
+    fn dns_query(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fuzz_bodies::dns_query(&data);
+    }
+
+    #[test]
+    fn dns_query_shaped(id in any::<u16>(), qtype in any::<u16>(), name in "([a-z2-7]{1,60}\\.){0,3}umbra") {
+        // A well-formed one-question query, so the answering paths run.
+        let mut data = id.to_be_bytes().to_vec();
+        data.extend([1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            data.push(label.len() as u8);
+            data.extend(label.as_bytes());
+        }
+        data.push(0);
+        data.extend(qtype.to_be_bytes());
+        data.extend([0, 1]);
+        fuzz_bodies::dns_query(&data);
+    }
+
+    #[test]
     fn ledger_report(data in proptest::collection::vec(any::<u8>(), 0..300)) {
         fuzz_bodies::ledger_report(&data);
     }

@@ -1,5 +1,5 @@
 //! The bodies of the routing fuzz targets (`tests/fuzz/fuzz_targets/
-//! {cell_parser,reassembly,ledger_report}.rs`, cargo-fuzz). Each takes arbitrary bytes and
+//! {cell_parser,reassembly,ledger_report,dns_query}.rs`, cargo-fuzz). Each takes arbitrary bytes and
 //! panics only if an invariant breaks. `routing/tests/fuzz_twins.rs` runs the
 //! same bodies as property tests in the normal suite.
 
@@ -76,5 +76,25 @@ pub(crate) fn ledger_report(data: &[u8]) {
         let id = umbra_routing::Identity::from_seed(&[9; 32]);
         let again = report.encode(&id, &[2; 32], &[3; 32]);
         assert_eq!(Report::parse(&again).map(|(r, _)| r), Ok(report));
+    }
+}
+
+/// DNS queries to the `.umbra` responder: any bytes are answered or
+/// dropped, and an answer is itself a well-formed DNS message with the
+/// query's id.
+pub(crate) fn dns_query(data: &[u8]) {
+    use hickory_proto::op::Message;
+    use umbra_routing::dns::Zone;
+    let zone = Zone {
+        prefix: 0x06,
+        petnames: [("chat".to_string(), [6u8; 32])].into(),
+        srv: [("_xmpp-server._tcp".to_string(), 5269)].into(),
+    };
+    if let Some((reply, _)) = zone.answer(data) {
+        let Ok(m) = Message::from_vec(&reply) else {
+            panic!("the reply does not parse");
+        };
+        let id = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+        assert_eq!(Some(m.id()), id);
     }
 }
