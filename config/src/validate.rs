@@ -423,37 +423,6 @@ fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_accept_addresses_and_names() {
-        for ok in [
-            "198.18.0.1:443",
-            "[2001:db8::1]:443",
-            "relay.example.org:443",
-            "localhost:8443",
-        ] {
-            assert_eq!(endpoint_problem(ok), None, "{ok}");
-        }
-        for (bad, why) in [
-            ("198.18.0.1", "no port"),
-            (":443", "no host"),
-            ("2001:db8::1:443", "brackets"),
-            ("[2001:db8::1]", "brackets"),
-            ("host:99999", "not a number"),
-            ("host:https", "not a number"),
-            ("host:0", "port 0"),
-            ("1.2.3.4:0", "port 0"),
-            ("bad host:443", "not an IP address or a DNS name"),
-        ] {
-            let problem = endpoint_problem(bad).unwrap_or_default();
-            assert!(problem.contains(why), "{bad}: {problem}");
-        }
-    }
-}
-
 /// Length of a node's own name label (its key and checksum in base32): a
 /// petname may not have it, so the two never collide.
 pub const KEY_LABEL_LEN: usize = 55;
@@ -490,4 +459,36 @@ fn is_service(s: &str) -> bool {
         return false;
     };
     matches!(proto, "_tcp" | "_udp") && petname_problem(name).is_none()
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_addresses_and_names() {
+        for ok in [
+            "198.18.0.1:443",
+            "[2001:db8::1]:443",
+            "relay.example.org:443",
+            "localhost:8443",
+        ] {
+            assert_eq!(endpoint_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("198.18.0.1", "no port"),
+            (":443", "no host"),
+            ("2001:db8::1:443", "brackets"),
+            ("[2001:db8::1]", "brackets"),
+            ("host:99999", "not a number"),
+            ("host:https", "not a number"),
+            ("host:0", "port 0"),
+            ("1.2.3.4:0", "port 0"),
+            ("bad host:443", "not an IP address or a DNS name"),
+        ] {
+            let problem = endpoint_problem(bad).unwrap_or_default();
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
+    }
 }

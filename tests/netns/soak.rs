@@ -71,15 +71,21 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
     (rss, fds)
 }
 
-/// The longest time in `[start, end]` without a progress mark.
-fn longest_gap(marks: &[f64], start: f64, end: f64) -> f64 {
+/// The longest time in `[start, end]` without a progress mark, and when it
+/// began.
+fn longest_gap(marks: &[f64], start: f64, end: f64) -> (f64, f64) {
     let mut prev = start;
-    let mut longest: f64 = 0.0;
+    let mut longest = (0.0, start);
     for &t in marks.iter().filter(|&&t| t >= start && t <= end) {
-        longest = longest.max(t - prev);
+        if t - prev > longest.0 {
+            longest = (t - prev, prev);
+        }
         prev = t;
     }
-    longest.max(end - prev)
+    if end - prev > longest.0 {
+        longest = (end - prev, prev);
+    }
+    longest
 }
 
 fn agreements(o: &Overlay, i: usize) -> usize {
@@ -151,10 +157,11 @@ fn soak(length: Duration) {
     let Overlay {
         daemons, ns, addrs, ..
     } = &mut o;
-    let (iperf_marks, ping_marks) = std::thread::scope(|s| {
+    let ((iperf_marks, iperf_failures), ping_marks) = std::thread::scope(|s| {
         let (ins, iaddr) = (&ns[IPERF.0], addrs[IPERF.1].clone());
         let iperf = s.spawn(move || {
             let mut marks = Vec::new();
+            let mut failures = Vec::new();
             while Instant::now() + Duration::from_secs(5) < deadline {
                 let secs = deadline
                     .saturating_duration_since(Instant::now())
@@ -187,10 +194,15 @@ fn soak(length: Duration) {
                     }
                 }
                 if !out.status.success() {
+                    failures.push(format!(
+                        "{:.0} s: iperf3 failed: {}",
+                        began - start,
+                        report["error"].as_str().unwrap_or("(no report)")
+                    ));
                     std::thread::sleep(Duration::from_millis(500));
                 }
             }
-            marks
+            (marks, failures)
         });
         let (pns, paddr) = (&ns[PING.0], addrs[PING.1].clone());
         let count = (length.as_secs() * 5) as usize;
@@ -284,8 +296,9 @@ fn soak(length: Duration) {
     });
     let _ = server.proc.kill();
     let end = start + length.as_secs_f64() - 5.0;
-    let iperf_stall = longest_gap(&iperf_marks, start + 5.0, end);
-    let ping_stall = longest_gap(&ping_marks, start + 5.0, end);
+    let (iperf_stall, iperf_stall_at) = longest_gap(&iperf_marks, start + 5.0, end);
+    let (ping_stall, ping_stall_at) = longest_gap(&ping_marks, start + 5.0, end);
+    events.extend(iperf_failures);
     // Agreements are stored: every node still has each of its own once its
     // restarted daemon answers.
     std::thread::sleep(Duration::from_secs(2));
@@ -307,11 +320,14 @@ fn soak(length: Duration) {
         let fds = (avg(first, |x| x.1 as f64), avg(last, |x| x.1 as f64));
         growth.push((*i, rss, fds));
     }
+    events.sort_by_key(|e| e.split(' ').next().and_then(|n| n.parse::<u64>().ok()));
     eprintln!("soak events:\n  {}", events.join("\n  "));
     eprintln!(
-        "soak: longest stall iperf3 {iperf_stall:.1} s, ping {ping_stall:.1} s ({} and {} progress \
-         marks); agreements before {agreements_before:?}, after {agreements_after:?}; panics \
-         {panics_seen}",
+        "soak: longest stall iperf3 {iperf_stall:.1} s from {:.0} s, ping {ping_stall:.1} s from \
+         {:.0} s ({} and {} progress marks); agreements before {agreements_before:?}, after \
+         {agreements_after:?}; panics {panics_seen}",
+        iperf_stall_at - start,
+        ping_stall_at - start,
         iperf_marks.len(),
         ping_marks.len()
     );
@@ -326,10 +342,24 @@ fn soak(length: Duration) {
             samples[i].len()
         );
     }
+    // The flows' ends are never restarted: their logs are whole.
+    let warnings = |i: usize| -> String {
+        o.daemons[i]
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         iperf_stall <= STALL && ping_stall <= STALL,
-        "a flow stalled: iperf3 {iperf_stall:.1} s, ping {ping_stall:.1} s; events:\n{}",
-        events.join("\n")
+        "a flow stalled: iperf3 {iperf_stall:.1} s, ping {ping_stall:.1} s; events:\n{}\n\
+         warnings of node {} (iperf3 client):\n{}\nwarnings of node {} (server):\n{}",
+        events.join("\n"),
+        IPERF.0,
+        warnings(IPERF.0),
+        IPERF.1,
+        warnings(IPERF.1)
     );
     assert_eq!(agreements_after, agreements_before, "agreements lost");
     assert_eq!(panics_seen, 0, "panics in the logs:\n{}", o.logs());
