@@ -461,7 +461,6 @@ fn is_service(s: &str) -> bool {
     matches!(proto, "_tcp" | "_udp") && petname_problem(name).is_none()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,6 +268,7 @@ impl Dialer {
             }
         };
         super::socket::tune(&stream);
+        super::socket::tune_link(socket2::SockRef::from(&stream));
         let remote = stream.peer_addr().map_err(|source| DialError::Connect {
             endpoint: endpoint.clone(),
             source,

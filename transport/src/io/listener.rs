@@ -509,6 +509,8 @@ struct ConnState {
     close: Arc<Notify>,
     /// The admission slot, given back when the connection becomes a link.
     ticket: Mutex<Option<Ticket>>,
+    /// The TCP socket, when there is one, for the options of a link.
+    socket: Option<socket2::Socket>,
 }
 
 /// Serves one TCP connection as a web server first: what a listening socket
@@ -538,6 +540,11 @@ async fn handle_connection(
     // nginx's one timer from the accept to the end of the handshake.
     let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
     super::socket::tune(&stream);
+    // A second handle on the socket, to make it a link's once it is one.
+    let socket = std::os::fd::AsFd::as_fd(&stream)
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from);
     let local = stream
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 443)));
@@ -577,7 +584,7 @@ async fn handle_connection(
     let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
         return;
     };
-    serve_tls(tls, local, remote, listener, links, ticket).await;
+    serve_tls(tls, local, remote, listener, links, (ticket, socket)).await;
 }
 
 /// The TLS handshake with OpenSSL, by `deadline`; on failure the connection
@@ -663,7 +670,7 @@ pub async fn serve_stream<S>(
     let Some(tls) = accept_tls(stream, remote, &listener, deadline).await else {
         return;
     };
-    serve_tls(tls, local, remote, listener, links, None).await;
+    serve_tls(tls, local, remote, listener, links, (None, None)).await;
 }
 
 /// Serves one connection whose TLS handshake is done: HTTP/2 or HTTP/1.1 as
@@ -674,7 +681,7 @@ async fn serve_tls<S>(
     remote: SocketAddr,
     listener: Arc<LinkListener>,
     links: mpsc::Sender<Link>,
-    ticket: Option<Ticket>,
+    (ticket, socket): (Option<Ticket>, Option<socket2::Socket>),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -699,6 +706,7 @@ async fn serve_tls<S>(
         has_link: AtomicBool::new(false),
         close: Arc::new(Notify::new()),
         ticket: Mutex::new(ticket),
+        socket,
     });
     let close = state.close.clone();
     let service = service_fn(move |req| {
@@ -838,6 +846,9 @@ async fn accept_link(
     };
     state.has_link.store(true, Ordering::Relaxed);
     drop(state.ticket.lock().map(|mut t| t.take()));
+    if let Some(s) = &state.socket {
+        super::socket::tune_link(socket2::SockRef::from(s));
+    }
 
     let (out_tx, body) = ChannelBody::new(BODY_QUEUE_BUFFERS);
     // Capacity is at least one, so message 2 always fits.

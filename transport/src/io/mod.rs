@@ -59,7 +59,7 @@ pub use plain::PLAIN_HEADER_TIMEOUT;
 pub use port::bind_listener;
 pub use punch::{Punch, PunchError, simultaneous_open};
 pub use server_tls::{ServerTls, TlsSettings, server_tls_config};
-pub use socket::NOTSENT_LOWAT;
+pub use socket::{LINK_USER_TIMEOUT, NOTSENT_LOWAT};
 pub use tls::{
     ALPN_H2, ALPN_HTTP11, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN, NoCaVerification,
     client_tls_config,

@@ -227,6 +227,8 @@ async fn wait_connected(
                 .set_linger(None)
                 .map_err(PunchError::Io)?;
             super::socket::tune(&stream);
+            // Only partners reach a punched connection: it is for a link.
+            super::socket::tune_link(socket2::SockRef::from(&stream));
             // Without the stale mark of an error report (below).
             return if soft.is_none() {
                 Ok(stream)
