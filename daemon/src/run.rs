@@ -432,6 +432,12 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &ConfigPath) {
             if new.metrics != old.metrics {
                 needs_restart.push("[metrics]");
             }
+            if new.dns != old.dns {
+                needs_restart.push("[dns]");
+            }
+            if new.names != old.names {
+                needs_restart.push("[names]");
+            }
             if new.nat.port_mapping != old.nat.port_mapping {
                 needs_restart.push("[nat] port_mapping");
             }
