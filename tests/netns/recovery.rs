@@ -143,93 +143,44 @@ fn a_restarted_relay_on_the_only_path_carries_traffic_within_five_seconds() {
 fn a_relay_that_silently_stops_forwarding_is_routed_around_within_five_seconds() {
     require_root();
     let o = diamond("rb");
-    blackhole_under_traffic(&o, false);
+    blackhole_under_traffic(&o, None);
 }
 
-/// The same under a bulk TCP transfer, which keeps the link's writer
-/// waiting on a full pipe, where its own probe cannot go out: the kernel's
-/// `TCP_USER_TIMEOUT` on link sockets ends the link then.
+/// The same beside an unpaced bulk TCP transfer.
 #[test]
 fn a_relay_that_silently_stops_forwarding_under_a_bulk_transfer_is_routed_around() {
     require_root();
     let o = diamond("rbb");
-    blackhole_under_traffic(&o, true);
+    blackhole_under_traffic(&o, Some(&[]));
 }
 
 /// The origin's own link to its first hop goes down on its side (`ip link
 /// set down`: no FIN, no reset reach the relay, and the origin's kernel
-/// sends nothing more) under a bulk transfer, as the soak does to links.
+/// sends nothing more) under a transfer paced as the soak paces it (the
+/// link busy, not saturated), as the soak does to links.
 #[test]
 fn a_link_cut_under_a_bulk_transfer_is_routed_around() {
     require_root();
     let o = diamond("rcb");
-    let mut server = iperf3_server(&o.ns[3], &o.addrs[3], &o.dir.path().join("iperf3.log"));
-    let (ns, addr) = (&o.ns[0], o.addrs[3].as_str());
-    let (first, cut_at, replies) = std::thread::scope(|s| {
-        let pings = s.spawn(|| ping_for(ns, addr, 14));
-        // Paced as the soak paces it: the link is busy, not saturated.
-        let iperf = s.spawn(|| {
-            let _ = ns.run(&[
-                "iperf3",
-                "-6",
-                "-c",
-                addr,
-                "-t",
-                "13",
-                "-b",
-                "10M",
-                "--connect-timeout",
-                "3000",
-            ]);
-        });
-        std::thread::sleep(Duration::from_secs(3));
-        let first = first_hop(&o, 0, 3);
+    let (first, outage) = outage_under_traffic(&o, Some(&["-b", "10M"]), |first| {
         let dev = umbra_netlab::numbered(0, first).0;
-        let cut_at = unix_now();
-        ns.exec(&["ip", "link", "set", &dev, "down"])
+        o.ns[0]
+            .exec(&["ip", "link", "set", &dev, "down"])
             .expect("cut the link");
-        let _ = iperf.join();
-        (first, cut_at, pings.join().expect("ping thread"))
     });
-    let _ = server.proc.kill();
-    let outage = outage_after(&replies, cut_at);
     eprintln!(
-        "link 0-{first} cut at the origin under pings and a bulk transfer: pings stopped for \
+        "link 0-{first} cut at the origin under pings and a paced transfer: pings stopped for \
          {outage:.2} s (goal 5 s)"
     );
     assert!(outage < 10.0, "outage {outage:.2} s; logs:\n{}", o.logs());
 }
 
-/// Pings 0 → 3 for 14 s, with an iperf3 transfer beside them if `bulk`,
-/// blackholes the relay the circuit leaves through after 3 s, and checks
-/// the pings' outage.
-fn blackhole_under_traffic(o: &Overlay, bulk: bool) {
-    let mut server =
-        bulk.then(|| iperf3_server(&o.ns[3], &o.addrs[3], &o.dir.path().join("iperf3.log")));
-    let (ns, addr) = (&o.ns[0], o.addrs[3].as_str());
-    let (middle, blackhole_at, replies) = std::thread::scope(|s| {
-        let pings = s.spawn(|| ping_for(ns, addr, 14));
-        let iperf = bulk.then(|| {
-            s.spawn(|| {
-                // Ends with an error when the blackhole breaks its path for
-                // long: only the pings are measured.
-                let _ = ns.run(&[
-                    "iperf3",
-                    "-6",
-                    "-c",
-                    addr,
-                    "-t",
-                    "13",
-                    "--connect-timeout",
-                    "3000",
-                ]);
-            })
-        });
-        std::thread::sleep(Duration::from_secs(3));
-        let middle = first_hop(o, 0, 3);
-        // Every packet in and out of the relay's namespace is dropped: no
-        // FIN, no reset, the daemon itself runs on.
-        let blackhole_at = unix_now();
+/// Blackholes the relay the circuit from 0 to 3 leaves through (every packet
+/// in and out of its namespace dropped: no FIN, no reset, the daemon itself
+/// runs on) under pings, and an iperf3 transfer with `iperf` if given, and
+/// checks the pings' outage.
+fn blackhole_under_traffic(o: &Overlay, iperf: Option<&[&str]>) {
+    let (middle, outage) = outage_under_traffic(o, iperf, |middle| {
         let out = o.ns[middle]
             .run(&[
                 "nft",
@@ -243,16 +194,12 @@ fn blackhole_under_traffic(o: &Overlay, bulk: bool) {
             "nft: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if let Some(t) = iperf {
-            let _ = t.join();
-        }
-        (middle, blackhole_at, pings.join().expect("ping thread"))
     });
-    if let Some(server) = server.as_mut() {
-        let _ = server.proc.kill();
-    }
-    let outage = outage_after(&replies, blackhole_at);
-    let load = if bulk { " and a bulk transfer" } else { "" };
+    let load = if iperf.is_some() {
+        " and a bulk transfer"
+    } else {
+        ""
+    };
     eprintln!(
         "relay {middle} blackholed under pings{load}: pings stopped for {outage:.2} s (goal 5 s)"
     );
@@ -261,4 +208,50 @@ fn blackhole_under_traffic(o: &Overlay, bulk: bool) {
         "the blackholed relay itself kept running"
     );
     assert!(outage < 10.0, "outage {outage:.2} s; logs:\n{}", o.logs());
+}
+
+/// Pings 0 → 3 for 14 s, with an iperf3 transfer beside them (these extra
+/// arguments) if `iperf` is given, applies `fault` to the circuit's first
+/// hop after 3 s, and returns that hop and how long the pings stopped.
+fn outage_under_traffic(
+    o: &Overlay,
+    iperf: Option<&[&str]>,
+    fault: impl FnOnce(usize),
+) -> (usize, f64) {
+    let mut server =
+        iperf.map(|_| iperf3_server(&o.ns[3], &o.addrs[3], &o.dir.path().join("iperf3.log")));
+    let (ns, addr) = (&o.ns[0], o.addrs[3].as_str());
+    let (first, fault_at, replies) = std::thread::scope(|s| {
+        let pings = s.spawn(|| ping_for(ns, addr, 14));
+        let transfer = iperf.map(|extra| {
+            s.spawn(move || {
+                // It may end with an error when the fault breaks its path for
+                // long: only the pings are measured.
+                let mut args = vec![
+                    "iperf3",
+                    "-6",
+                    "-c",
+                    addr,
+                    "-t",
+                    "13",
+                    "--connect-timeout",
+                    "3000",
+                ];
+                args.extend_from_slice(extra);
+                let _ = ns.run(&args);
+            })
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let first = first_hop(o, 0, 3);
+        let fault_at = unix_now();
+        fault(first);
+        if let Some(t) = transfer {
+            let _ = t.join();
+        }
+        (first, fault_at, pings.join().expect("ping thread"))
+    });
+    if let Some(server) = server.as_mut() {
+        let _ = server.proc.kill();
+    }
+    (first, outage_after(&replies, fault_at))
 }

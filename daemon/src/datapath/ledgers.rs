@@ -130,29 +130,16 @@ pub(super) fn views(core: &mut RouterCore, now: Now) -> Value {
         let Some(v) = core.ledger_view(now, &peer) else {
             continue;
         };
-        let r = &v.record;
-        out.insert(
-            hex::encode(peer),
-            json!({
-                "relayed_for_peer": r.relayed_for_peer,
-                "relayed_by_peer": r.relayed_by_peer,
-                "balance": r.balance,
-                "state": v.standing.name(),
-                "agreed": r.agreed,
-                "peer_agreed": r.peer_agreed,
-                "last_check_unix": (r.last_check_unix > 0).then_some(r.last_check_unix),
-                "mismatches": r.mismatches,
-                "total_for_peer": r.total_for_peer,
-                "total_by_peer": r.total_by_peer,
-                "period_end_unix": v.period_end_unix,
-                "debt_limit": v.terms.debt,
-                "cutoff": v.terms.cutoff,
-                "refused": {
-                    "cut_off": v.refusals.cut_off,
-                    "too_many_circuits": v.refusals.too_many_circuits,
-                },
-            }),
-        );
+        let mut j = record_json(&v.record);
+        j["state"] = json!(v.standing.name());
+        j["period_end_unix"] = json!(v.period_end_unix);
+        j["debt_limit"] = json!(v.terms.debt);
+        j["cutoff"] = json!(v.terms.cutoff);
+        j["refused"] = json!({
+            "cut_off": v.refusals.cut_off,
+            "too_many_circuits": v.refusals.too_many_circuits,
+        });
+        out.insert(hex::encode(peer), j);
     }
     let d = core.ledgers().drops();
     json!({
@@ -163,5 +150,22 @@ pub(super) fn views(core: &mut RouterCore, now: Now) -> Value {
             "replayed": d.replayed,
             "too_often": d.too_often,
         },
+    })
+}
+
+/// A ledger's stored fields as `umbra agreements` shows them; `state` is
+/// null until a live standing fills it in.
+pub(crate) fn record_json(r: &LedgerRecord) -> Value {
+    json!({
+        "relayed_for_peer": r.relayed_for_peer,
+        "relayed_by_peer": r.relayed_by_peer,
+        "balance": r.balance,
+        "state": Value::Null,
+        "agreed": r.agreed,
+        "peer_agreed": r.peer_agreed,
+        "last_check_unix": (r.last_check_unix > 0).then_some(r.last_check_unix),
+        "mismatches": r.mismatches,
+        "total_for_peer": r.total_for_peer,
+        "total_by_peer": r.total_by_peer,
     })
 }

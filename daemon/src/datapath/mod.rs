@@ -9,6 +9,7 @@
 //! stored by [`ledgers`].
 
 mod ledgers;
+pub(crate) use ledgers::record_json;
 mod out;
 
 use std::collections::{HashMap, HashSet};

@@ -250,7 +250,7 @@ impl Links {
                     Value::Null => stored
                         .iter()
                         .find(|(k, _)| *k == a.peer_key)
-                        .map_or(Value::Null, |(_, r)| stored_ledger_json(r)),
+                        .map_or(Value::Null, |(_, r)| crate::datapath::record_json(r)),
                     live => live.clone(),
                 };
                 v
@@ -276,21 +276,4 @@ impl Links {
             "ledger": Value::Null,
         })
     }
-}
-
-/// A stored ledger with no live one (a revoked agreement): its last
-/// figures, with no state against thresholds.
-fn stored_ledger_json(r: &umbra_routing::ledger::LedgerRecord) -> Value {
-    json!({
-        "relayed_for_peer": r.relayed_for_peer,
-        "relayed_by_peer": r.relayed_by_peer,
-        "balance": r.balance,
-        "state": Value::Null,
-        "agreed": r.agreed,
-        "peer_agreed": r.peer_agreed,
-        "last_check_unix": (r.last_check_unix > 0).then_some(r.last_check_unix),
-        "mismatches": r.mismatches,
-        "total_for_peer": r.total_for_peer,
-        "total_by_peer": r.total_by_peer,
-    })
 }
