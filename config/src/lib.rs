@@ -11,6 +11,7 @@ use std::time::Duration;
 #[cfg(test)]
 mod config_tests;
 mod error;
+pub mod control;
 pub mod keyfile;
 mod parse;
 mod rate;
