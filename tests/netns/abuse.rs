@@ -1,14 +1,23 @@
 //! Abuse from the network is bounded (docs/threat-model.md, "What umbra
-//! does not protect against"): a slowloris of 2,000 half-open TLS
-//! connections against a relay's port 443 while traffic crosses the relay
-//! and a neighbour links to it again. The relay keeps forwarding, the
-//! neighbour's new link forms, its memory stays bounded, and its counters
-//! show what the listener turned away.
+//! does not protect against"):
+//! - a slowloris of 2,000 half-open TLS connections against a relay's port
+//!   443 while traffic crosses the relay and a neighbour links to it again.
+//!   The relay keeps forwarding, the neighbour's new link forms, its memory
+//!   stays bounded, and its counters show what the listener turned away;
+//! - a neighbour that sends on a circuit past its window and never reads
+//!   (this test binary, speaking the link and circuit protocols as a helper
+//!   in its own namespace). The relay closes that circuit and counts the
+//!   drops, another neighbour's traffic over the same link keeps flowing,
+//!   and memory stays bounded.
+//!
+//! The circuit flood (CREATEs as fast as a neighbour can send them) is in
+//! `ledger.rs`, beside the terms that set its rate.
 
 use std::time::Duration;
 
+use umbra_netlab::Peer;
 use umbra_tests::netns::overlay::Overlay;
-use umbra_tests::netns::{netns, require_root, veth, wait_for};
+use umbra_tests::netns::{netns, prepare, require_root, veth, wait_for};
 
 const SLOWLORIS: &str = env!("CARGO_BIN_EXE_slowloris");
 
@@ -19,16 +28,6 @@ const HOLD_SECS: u64 = 25;
 /// The relay's resident memory may grow by at most this much under the
 /// attack (measured: see the test's output).
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
-
-/// Resident memory of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
@@ -50,7 +49,7 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
         .map(|(_, ip)| format!("{ip}:443"))
         .expect("node 1's address on the edge to 0");
     let pid = o.daemons[1].pid().expect("relay pid");
-    let rss_before = rss_kib(pid);
+    let rss_before = umbra_tests::netns::rss_kib(pid);
 
     let Overlay {
         daemons, ns, addrs, ..
@@ -94,7 +93,7 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
                 (s["links_up"] == 1).then_some(())
             },
         );
-        let rss_during = rss_kib(pid);
+        let rss_during = umbra_tests::netns::rss_kib(pid);
         let out = attack.join().expect("slowloris thread");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
@@ -137,4 +136,230 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
         "RSS {rss_before} → {rss_during} KiB"
     );
     assert!(o.ping(0, 2, 3), "ping 0 → 2 after the attack failed");
+}
+
+/// The window flooder's identity seed: the test and its helper make the
+/// same key.
+const WINDOW_FLOODER_SEED: [u8; 32] = [0x5f; 32];
+/// Circuits the window flooder floods, one after the other, and the cells
+/// it sends on each past its window.
+const ROUNDS: u64 = 5;
+const PAST_WINDOW_CELLS: u64 = 20_000;
+/// The victim's link onward to the circuit's destination, Mbit/s: slower
+/// than the flood, so cells wait at the victim.
+const ONWARD_MBIT: u32 = 5;
+
+/// A neighbour F builds a circuit through the victim R to G, then sends
+/// as fast as it can and never reads: a full window of real cells, then
+/// cells past it (R cannot tell them from real ones: it only strips its
+/// layer). R's link onward to G is slower than the flood, so the cells
+/// wait at R. R closes the circuit once 2,000 wait, drops what is queued
+/// and counts it, and drops what F sends after as cells of an unknown
+/// circuit. Meanwhile G's traffic with R keeps flowing over that same slow
+/// link, and R's memory stays bounded.
+#[test]
+fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
+    if let Some(role) = umbra_tests::netns::test_role() {
+        window_flooder::run(&role);
+        return;
+    }
+    require_root();
+    let dir = umbra_tests::netns::temp_dir("abuse-window");
+    let (nr, ng, nf) = (netns("awr"), netns("awg"), netns("awf"));
+    let onward = umbra_tests::netns::Veth::internet(&nr, &ng, 1).expect("veth R – G");
+    let (r_ip, g_ip) = (onward.a.ip.to_string(), onward.b.ip.to_string());
+    let (r_ip2, _) = veth(&nr, &nf, 2);
+    let (r_dir, g_dir) = (dir.path().join("r"), dir.path().join("g"));
+    let r_key = prepare(&r_dir, "").init().expect("init").key;
+    let g_key = prepare(&g_dir, "").init().expect("init").key;
+    let flooder = hex::encode(
+        umbra_routing::crypto::Identity::from_seed(&WINDOW_FLOODER_SEED).public(),
+    );
+    let listen = |ips: &[&str]| {
+        let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}:443\"")).collect();
+        format!("anonymity = \"fast\"\n[listen]\nhttps = [{}]\n", list.join(", "))
+    };
+    let r_conf = format!(
+        "{}{}{}",
+        listen(&[&r_ip, &r_ip2]),
+        Peer::new(&g_key, format!("{g_ip}:443"), Some("1TB/30d")).toml(),
+        Peer::unreachable(&flooder, Some("1TB/30d")).toml(),
+    );
+    let g_conf = format!(
+        "{}{}",
+        listen(&[&g_ip]),
+        Peer::new(&r_key, format!("{r_ip}:443"), Some("1TB/30d")).toml()
+    );
+    let mut r = prepare(&r_dir, &r_conf);
+    r.start(&nr).expect("R starts");
+    let mut g = prepare(&g_dir, &g_conf);
+    g.start(&ng).expect("G starts");
+    wait_for(Duration::from_secs(20), "G linked to R", &[&r, &g], || {
+        r.link_up_to(&g_key).then_some(())
+    });
+    let r_addr = r.status().expect("status")["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let rate = format!("{ONWARD_MBIT}mbit");
+    let tc = nr
+        .run(&[
+            "tc", "qdisc", "replace", "dev", &onward.a.iface, "root", "tbf", "rate", &rate,
+            "burst", "64kb", "latency", "50ms",
+        ])
+        .expect("run tc");
+    assert!(tc.status.success(), "tc: {}", String::from_utf8_lossy(&tc.stderr));
+
+    let pid = r.pid().expect("R's pid");
+    let rss_before = umbra_tests::netns::rss_kib(pid);
+    let log = dir.path().join("window-flooder.log");
+    let endpoint = format!("{r_ip2}:443");
+    let env = [
+        ("UMBRA_ABUSE_R", endpoint.as_str()),
+        ("UMBRA_ABUSE_R_KEY", r_key.as_str()),
+        ("UMBRA_ABUSE_G_KEY", g_key.as_str()),
+    ];
+    let test = "a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit";
+    let mut helper = umbra_tests::netns::spawn_test_helper(&nf, test, "window-flooder", &env, &log);
+    // Sample R's memory while G pings R over the link the flood fills.
+    let sampling = std::sync::atomic::AtomicBool::new(true);
+    let (pings, rss_peak) = std::thread::scope(|s| {
+        let peak = s.spawn(|| {
+            let mut peak = rss_before;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(umbra_tests::netns::rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let opts = umbra_netlab::PingOptions {
+            wait_secs: 2,
+            ..umbra_netlab::PingOptions::new(60, 0.1)
+        };
+        let pings = umbra_netlab::ping(&ng, &r_addr, opts).expect("run ping");
+        let ok = umbra_tests::netns::succeeds_within(&mut helper, Duration::from_secs(60));
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("{said}");
+        assert!(ok, "the window flooder failed:\n{said}\nR:\n{}", r.log_text());
+        (pings, peak.join().expect("sampler"))
+    });
+    let status = r.status().expect("status");
+    let drops = &status["metrics"]["drops"];
+    eprintln!(
+        "R under the window flood: RSS {rss_before} → peak {rss_peak} KiB; G's pings to R {}/{}; \
+         drops {drops}",
+        pings.received(),
+        pings.sent
+    );
+    // Each circuit is closed with its 2,000 waiting cells (some may have
+    // left for G meanwhile).
+    assert!(
+        drops["circuit_queue_full"].as_u64() >= Some(ROUNDS * 1000),
+        "R did not close the flooded circuits: {status}\nR:\n{}",
+        r.log_text()
+    );
+    assert!(
+        pings.received() * 10 >= pings.sent * 9,
+        "G's pings to R: {}\nR:\n{}",
+        pings.output,
+        r.log_text()
+    );
+    assert!(
+        rss_peak.saturating_sub(rss_before) < RSS_GROWTH_BOUND_KIB,
+        "RSS {rss_before} → {rss_peak} KiB"
+    );
+    assert!(r.answers(), "R must still run");
+    assert!(
+        umbra_netlab::ping(&ng, &r_addr, umbra_netlab::PingOptions::new(3, 0.2))
+            .expect("ping")
+            .success,
+        "G lost R after the flood"
+    );
+}
+
+/// The window flooder: links with R, builds a circuit through R to G,
+/// then sends and never reads.
+mod window_flooder {
+    use std::time::{Duration, Instant};
+
+    use umbra_routing::cell::CELL_LEN;
+    use umbra_routing::circuit::{CIRCUIT_WINDOW_CELLS, CircuitEvent};
+    use umbra_tests::netns::hostile::Hostile;
+
+    use super::{PAST_WINDOW_CELLS, ROUNDS, WINDOW_FLOODER_SEED};
+
+    fn key(name: &str) -> [u8; 32] {
+        let hex = std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+        hex::decode(hex)
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    pub(super) fn run(role: &str) {
+        assert_eq!(role, "window-flooder");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(flood());
+    }
+
+    /// Builds a circuit through `r` to `g` (reading only until it is
+    /// built), then floods it without reading: a full window of real cells,
+    /// then [`PAST_WINDOW_CELLS`] past it. Returns the cells sent.
+    async fn flood_one_circuit(h: &mut Hostile, r: [u8; 32], g: [u8; 32]) -> u64 {
+        let circuit = h.core.build_circuit(Instant::now(), &[r, g]).expect("build");
+        h.flush().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        'built: loop {
+            assert!(h.read_until(deadline).await.is_some(), "no circuit to G");
+            h.flush().await;
+            while let Some(ev) = h.core.poll_event() {
+                if matches!(ev, CircuitEvent::Built { circuit: c, .. } if c == circuit) {
+                    break 'built;
+                }
+            }
+        }
+        let packet = [0x60u8; 1000];
+        let mut template = None;
+        let mut sent = 0u64;
+        while sent < u64::from(CIRCUIT_WINDOW_CELLS) {
+            if h.core.send_packet(Instant::now(), circuit, &packet).is_err() {
+                break; // the window is shut and the queue full
+            }
+            let (last, n) = h.flush().await;
+            template = last.or(template);
+            sent += n;
+        }
+        // Then cells past the window: the last real one with its body
+        // changed, which R forwards as it would any other.
+        let mut cell: [u8; CELL_LEN] = template.expect("a data cell went");
+        for i in 0..PAST_WINDOW_CELLS {
+            cell[CELL_LEN - 8..].copy_from_slice(&i.to_be_bytes());
+            h.send_cell(&cell).await;
+            sent += 1;
+        }
+        sent
+    }
+
+    async fn flood() {
+        let (r, g) = (key("UMBRA_ABUSE_R_KEY"), key("UMBRA_ABUSE_G_KEY"));
+        let endpoint = std::env::var("UMBRA_ABUSE_R").expect("UMBRA_ABUSE_R");
+        let mut h = Hostile::link(&WINDOW_FLOODER_SEED, r, &endpoint).await;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        for _ in 0..ROUNDS {
+            sent += flood_one_circuit(&mut h, r, g).await;
+        }
+        eprintln!(
+            "window flooder: {sent} cells in {:?} on {ROUNDS} circuits through R to G, \
+             none read but the CREATEDs",
+            start.elapsed()
+        );
+        // Hold the link, unread, while R deals with it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
 }

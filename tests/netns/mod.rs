@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use umbra_netlab::Lab;
 pub use umbra_netlab::{Daemon, Netns, Proc, UmbraConfig, Veth};
 
+pub mod hostile;
 pub mod overlay;
 
 /// Fails the test with a clear message unless it runs as root.
@@ -240,6 +241,16 @@ pub fn spawn_test_helper(
         .env("UMBRA_TEST_ROLE", role)
         .envs(env.iter().copied());
     Proc::spawn(cmd, log).expect("spawn test helper")
+}
+
+/// Resident memory of process `pid` (VmRSS), KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether `p` exited successfully within `limit`.

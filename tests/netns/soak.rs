@@ -61,12 +61,7 @@ impl Rng {
 
 /// Resident memory (KiB) and open files of `pid`.
 fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = umbra_tests::netns::rss_kib(pid);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     (rss, fds)
 }

@@ -102,6 +102,7 @@ pub(crate) async fn run(
         links: HashMap::new(),
         identity,
         queued: Arc::new(AtomicUsize::new(0)),
+        dropped: QueueDrops::default(),
     };
     let (mut bufs, mut sizes) = match &tun {
         Some(t) => t.batch_buffers(TUN_BATCH),
@@ -196,7 +197,7 @@ pub(crate) async fn run(
             }
         }
         for (leg, refused) in overruns {
-            outs.close_overrun(&mut core, &metrics, leg, refused, "circuit_queue_full");
+            outs.close_overrun(&mut core, &metrics, leg, refused, CIRCUIT_QUEUE_FULL);
         }
         outs.shed(&mut core, &metrics);
         while let Some((link, msg)) = core.poll_graph() {
@@ -234,12 +235,26 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Why the link queues drop cells, as `umbra_dropped_total` labels them.
+const CIRCUIT_QUEUE_FULL: &str = "circuit_queue_full";
+const QUEUES_FULL: &str = "queues_full";
+
 /// The queues of the live links, and what their writers sign reports with.
 struct Outs {
     links: HashMap<LinkId, LinkOut>,
     identity: Identity,
     /// Cells waiting on every link.
     queued: Arc<AtomicUsize>,
+    /// Cells the queues dropped, for `umbra status`.
+    dropped: QueueDrops,
+}
+
+/// Cells dropped from the link queues, by reason (the same figures as
+/// `umbra_dropped_total`'s `circuit_queue_full` and `queues_full`).
+#[derive(Default)]
+struct QueueDrops {
+    circuit_queue_full: u64,
+    queues_full: u64,
 }
 
 impl Outs {
@@ -271,7 +286,7 @@ impl Outs {
     /// cells; they and `refused` (cells it was refused before) are counted
     /// as `reason`.
     fn close_overrun(
-        &self,
+        &mut self,
         core: &mut RouterCore,
         metrics: &Metrics,
         (link, circ): (LinkId, u32),
@@ -280,7 +295,12 @@ impl Outs {
     ) {
         core.close_overrun(now(), link, circ);
         let dropped = self.links.get(&link).map_or(0, |o| o.drop_circuit(circ));
-        metrics.count_drop(reason, dropped as u64 + refused);
+        let n = dropped as u64 + refused;
+        metrics.count_drop(reason, n);
+        match reason {
+            QUEUES_FULL => self.dropped.queues_full += n,
+            _ => self.dropped.circuit_queue_full += n,
+        }
         tracing::warn!(
             link,
             circ,
@@ -292,7 +312,7 @@ impl Outs {
     /// While the node's queues hold more than [`out::MAX_QUEUED_CELLS`],
     /// closes the circuit holding the most, as Tor's out-of-memory handler
     /// does.
-    fn shed(&self, core: &mut RouterCore, metrics: &Metrics) {
+    fn shed(&mut self, core: &mut RouterCore, metrics: &Metrics) {
         while self.queued.load(Ordering::Relaxed) > out::MAX_QUEUED_CELLS {
             let largest = self
                 .links
@@ -302,7 +322,7 @@ impl Outs {
             let Some((_, link, circ)) = largest else {
                 return;
             };
-            self.close_overrun(core, metrics, (link, circ), 0, "queues_full");
+            self.close_overrun(core, metrics, (link, circ), 0, QUEUES_FULL);
         }
     }
 }
@@ -448,7 +468,7 @@ fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, input: Input) {
             let _ = reply.send(path_json(core, now, &addr));
         }
         Input::Status(reply) => {
-            let _ = reply.send(status(core));
+            let _ = reply.send(status(core, &outs.dropped));
         }
         // Handled in the loop: it waits for the ledger saver.
         Input::Flush(reply) => {
@@ -636,7 +656,7 @@ fn warnings(core: &mut RouterCore) -> (Value, Vec<String>) {
 }
 
 /// The datapath's part of `umbra status --json`.
-fn status(core: &mut RouterCore) -> Value {
+fn status(core: &mut RouterCore, queues: &QueueDrops) -> Value {
     let (reachability, warnings) = warnings(core);
     let prefix_of = |k: &[u8; 32]| json!({"key": hex::encode(k), "address": address::address_for_key(k, core.prefix()).to_string()});
     let circuits: Vec<Value> = core
@@ -688,6 +708,8 @@ fn status(core: &mut RouterCore) -> Value {
         "no_path": r.no_path,
         "to_self": r.to_self,
         "icmp_rate_limited": r.icmp_limited,
+        "circuit_queue_full": queues.circuit_queue_full,
+        "queues_full": queues.queues_full,
     });
     json!({
         "circuits": circuits,
