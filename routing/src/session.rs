@@ -26,6 +26,8 @@
 //! completed message back at once, without the source-address check: its
 //! sender is the session's peer, whom the handshake authenticated.
 
+#![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
+
 use std::collections::VecDeque;
 use std::net::Ipv6Addr;
 
@@ -273,10 +275,9 @@ impl SessionTx {
             if start {
                 self.head_is_message = self.bytes.front() == Some(&MESSAGE_TYPE_BYTE);
             }
-            let (a, b) = self.bytes.as_slices();
-            let from_a = n.min(a.len());
-            area[..from_a].copy_from_slice(&a[..from_a]);
-            area[from_a..].copy_from_slice(&b[..n - from_a]);
+            if !copy_front(&self.bytes, area) {
+                break;
+            }
             self.bytes.drain(..n);
             wrote = true;
             if start {
@@ -565,15 +566,10 @@ impl Reassembler {
     pub fn pop(&mut self, out: &mut [u8]) -> Option<Result<usize, usize>> {
         let len = self.complete.pop_front()? as usize;
         self.released += len as u64;
-        let result = if let Some(dst) = out.get_mut(..len) {
-            let (a, b) = self.buf.as_slices();
-            let from_a = len.min(a.len());
-            dst[..from_a].copy_from_slice(&a[..from_a]);
-            dst[from_a..].copy_from_slice(&b[..len - from_a]);
-            Ok(len)
-        } else {
-            Err(len)
-        };
+        let copied = out
+            .get_mut(..len)
+            .is_some_and(|dst| copy_front(&self.buf, dst));
+        let result = if copied { Ok(len) } else { Err(len) };
         self.buf.drain(..len);
         Some(result)
     }
@@ -721,6 +717,23 @@ impl SessionRx {
     /// Pops the oldest complete packet; see [`Reassembler::pop`].
     pub fn pop(&mut self, out: &mut [u8]) -> Option<Result<usize, usize>> {
         self.reassembler.pop(out)
+    }
+}
+
+
+/// Copies the first `dst.len()` bytes of `q` into `dst`; false (and `dst`
+/// untouched) if `q` holds fewer.
+fn copy_front(q: &VecDeque<u8>, dst: &mut [u8]) -> bool {
+    let (a, b) = q.as_slices();
+    let from_a = dst.len().min(a.len());
+    let (dst_a, dst_b) = dst.split_at_mut(from_a);
+    match (a.get(..from_a), b.get(..dst_b.len())) {
+        (Some(src_a), Some(src_b)) => {
+            dst_a.copy_from_slice(src_a);
+            dst_b.copy_from_slice(src_b);
+            true
+        }
+        _ => false,
     }
 }
 
