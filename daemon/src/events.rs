@@ -38,8 +38,8 @@ pub(crate) enum Input {
     },
     /// The link ended.
     LinkDown { link: LinkId },
-    /// A cell frame arrived.
-    Cell { link: LinkId, cell: Bytes },
+    /// Cell frames arrived, in order ([`CELL_BATCH`] at most).
+    Cells { link: LinkId, cells: Vec<Bytes> },
     /// A graph frame arrived.
     Graph { link: LinkId, bytes: Bytes },
     /// A ledger report arrived.
@@ -96,8 +96,16 @@ impl std::fmt::Display for MessageRefused {
 /// The handle the rest of the daemon sends to the datapath with.
 pub(crate) type DatapathTx = mpsc::Sender<Input>;
 
+/// Cells a link reader hands the datapath in one [`Input::Cells`]: what
+/// the link had decoded when the reader woke, up to this.
+pub(crate) const CELL_BATCH: usize = 32;
+
+/// Inputs the datapath's channel holds: with [`CELL_BATCH`], at most 4,096
+/// cells (4.9 MB) wait for the datapath.
+const INPUTS_QUEUED: usize = 128;
+
 /// The channel that feeds the datapath. Link readers wait when it is full,
 /// which is back-pressure on the links.
 pub(crate) fn channel() -> (DatapathTx, mpsc::Receiver<Input>) {
-    mpsc::channel(1024)
+    mpsc::channel(INPUTS_QUEUED)
 }

@@ -377,6 +377,7 @@ pub const RELAY_TAG_LEN: usize = 16;
 const LAYER_KEY_LEN: usize = 32;
 /// ChaCha20 block length; layers start at block 1, as the AEAD's ciphertext
 /// does (RFC 8439 §2.8), so a hop's layer and its AEAD use one keystream.
+#[cfg(test)]
 const CHACHA_BLOCK_LEN: u64 = 64;
 
 /// One hop's key for one direction of relay crypto version 1.
@@ -393,6 +394,8 @@ const CHACHA_BLOCK_LEN: u64 = 64;
 /// Nonces are the implicit 64-bit cell counter of this hop and direction, so
 /// links must deliver cells in order (TLS over TCP does).
 pub(crate) struct LayerKey {
+    /// The raw key, kept for the test against a reference ChaCha20.
+    #[cfg(test)]
     key: [u8; LAYER_KEY_LEN],
     aead: aws_lc_rs::aead::LessSafeKey,
 }
@@ -414,6 +417,7 @@ impl LayerKey {
         let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::CHACHA20_POLY1305, &key)
             .map_err(|_| CryptoError::Internal)?;
         Ok(LayerKey {
+            #[cfg(test)]
             key,
             aead: aws_lc_rs::aead::LessSafeKey::new(unbound),
         })
@@ -421,12 +425,18 @@ impl LayerKey {
 
     /// Adds or strips this layer (XOR with the ChaCha20 keystream for
     /// `counter`, from block 1 on).
+    ///
+    /// That keystream is exactly what the AEAD encrypts with, so the layer
+    /// is the AEAD's ciphertext with its tag thrown away: aws-lc's
+    /// assembly does ChaCha20 and Poly1305 in one pass faster than a
+    /// portable ChaCha20 alone (a relay switched a cell in 731 ns rather
+    /// than 818, bench/benches/cell.rs).
     pub(crate) fn apply_layer(&self, counter: u64, data: &mut [u8]) {
-        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-        let nonce = counter_nonce(counter);
-        let mut c = chacha20::ChaCha20::new(&self.key.into(), &nonce.into());
-        c.seek(CHACHA_BLOCK_LEN);
-        c.apply_keystream(data);
+        let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(counter_nonce(counter));
+        // Sealing fails only for inputs over 256 GiB; a cell is 1,200 bytes.
+        let _tag = self
+            .aead
+            .seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), data);
     }
 
     /// Encrypts `data` in place as the terminating layer and returns its tag.
@@ -585,15 +595,23 @@ mod tests {
     }
 
     #[test]
-    fn layer_is_the_aead_keystream() {
-        // A hop's plain layer and its AEAD share one keystream (block 1 on),
-        // so a hop that terminates a cell does one pass, not two.
+    fn layer_is_chacha20_from_block_1() {
+        // The wire format: a layer is RFC 8439 ChaCha20 with the hop's key,
+        // the counter as nonce, from block 1 on (the AEAD's keystream),
+        // checked against an independent ChaCha20.
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
         let keys = derive_hop_keys(&[9u8; 32], &[3u8; 32]).expect("keys");
-        let mut a = [0x5au8; 300];
-        let mut b = a;
-        let _ = keys.forward.seal(42, &mut a).expect("seal");
-        keys.forward.apply_layer(42, &mut b);
-        assert_eq!(a, b);
+        let mut ours = [0x5au8; 1200];
+        let mut reference = ours;
+        keys.forward.apply_layer(42, &mut ours);
+        let mut c = chacha20::ChaCha20::new(&keys.forward.key.into(), &counter_nonce(42).into());
+        c.seek(CHACHA_BLOCK_LEN);
+        c.apply_keystream(&mut reference);
+        assert_eq!(ours, reference);
+        // And the AEAD's ciphertext is the same bytes.
+        let mut sealed = [0x5au8; 1200];
+        let _ = keys.forward.seal(42, &mut sealed).expect("seal");
+        assert_eq!(ours, sealed);
     }
 
     #[test]

@@ -46,8 +46,10 @@ const TUN_BATCH: usize = 32;
 /// datapath gives up (the interface was deleted, say): a node that cannot
 /// read its TUN carries nothing, so it exits to be restarted.
 const TUN_FAILING_LIMIT: Duration = Duration::from_secs(2);
-/// Inputs handled before the datapath writes what they produced.
-const INPUT_BATCH: usize = 256;
+/// Inputs handled before the datapath writes what they produced: with
+/// link readers' batches of cells ([`crate::events::CELL_BATCH`]), up to
+/// 256 cells.
+const INPUT_BATCH: usize = 8;
 /// `umbra status` warns when circuits reach fewer nodes than this (and not
 /// every node known).
 const FEW_REACHABLE: usize = 5;
@@ -124,6 +126,8 @@ pub(crate) async fn run(
         tokio::select! {
             input = rx.recv() => {
                 let Some(mut input) = input else { break };
+                // One clock reading for the batch.
+                let now = now();
                 for i in 0..INPUT_BATCH {
                     if let Input::Flush(reply) = input {
                         // Everything counted so far is stored before the
@@ -132,7 +136,7 @@ pub(crate) async fn run(
                         links.save_graph(&core.export_graph());
                         let _ = reply.send(());
                     } else {
-                        handle(&mut core, &mut outs, &links, input);
+                        handle(&mut core, &mut outs, &links, now, input);
                     }
                     if i + 1 == INPUT_BATCH {
                         break;
@@ -401,14 +405,19 @@ fn time_build(
     }
 }
 
-fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, input: Input) {
-    let now = now();
+fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, now: Now, input: Input) {
     match input {
-        Input::Cell { link, cell } => match <&[u8; CELL_LEN]>::try_from(&cell[..]) {
-            Ok(c) => core.handle_cell(now, link, c),
-            // The link layer checks cell lengths; this cannot happen.
-            Err(_) => tracing::debug!(link, len = cell.len(), "dropped a cell of the wrong size"),
-        },
+        Input::Cells { link, cells } => {
+            for cell in cells {
+                match <&[u8; CELL_LEN]>::try_from(&cell[..]) {
+                    Ok(c) => core.handle_cell(now, link, c),
+                    // The link layer checks cell lengths; this cannot happen.
+                    Err(_) => {
+                        tracing::debug!(link, len = cell.len(), "dropped a cell of the wrong size")
+                    }
+                }
+            }
+        }
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
         Input::Ledger { link, bytes } => core.handle_ledger(now, link, &bytes),
         Input::Charges(charges) => {

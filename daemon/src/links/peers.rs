@@ -9,11 +9,13 @@
 //! reader reads the old connection up to the peer's marker before it
 //! switches (docs/protocol.md, "Link moves").
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 use umbra_routing::address;
 use umbra_transport::io::{self as tio, Direction, Link};
@@ -22,7 +24,7 @@ use umbra_transport::proto::frame::Frame;
 use umbra_transport::proto::nat;
 
 use super::{Links, short_key};
-use crate::events::{Input, LinkId};
+use crate::events::{CELL_BATCH, Input, LinkId};
 
 /// How long a reader waits, after the peer moved the link to a new
 /// connection, for that connection to be adopted here too.
@@ -312,19 +314,41 @@ impl Links {
     async fn read_link(self: Arc<Self>, mut link: Link, link_id: LinkId) {
         let peer = link.peer;
         let mut ceiling = self.cell_ceiling(&peer);
+        // Frames taken from the link and not yet handled, and cells not
+        // yet handed on: cells go to the datapath in batches, each sent
+        // before anything that came after it, and before the reader waits.
+        let mut unread: VecDeque<Frame> = VecDeque::with_capacity(CELL_BATCH);
+        let mut cells: Vec<Bytes> = Vec::with_capacity(CELL_BATCH);
         let reason = loop {
-            match link.receiver.recv().await {
+            let next = match unread.pop_front() {
+                Some(frame) => Ok(frame),
+                None => {
+                    if !self.send_cells(link_id, &mut cells).await {
+                        break "the node is stopping".to_string();
+                    }
+                    match link.receiver.recv_many(&mut unread, CELL_BATCH).await {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match next {
                 Ok(frame) => {
-                    let input = match frame {
-                        Frame::Cell(cell) => {
-                            if let Some(c) = ceiling.as_mut() {
-                                c.pace(&cell).await;
-                            }
-                            Input::Cell {
-                                link: link_id,
-                                cell,
-                            }
+                    if let Frame::Cell(cell) = frame {
+                        if let Some(c) = ceiling.as_mut() {
+                            c.pace(&cell).await;
                         }
+                        cells.push(cell);
+                        if cells.len() == CELL_BATCH && !self.send_cells(link_id, &mut cells).await {
+                            break "the node is stopping".to_string();
+                        }
+                        continue;
+                    }
+                    if !self.send_cells(link_id, &mut cells).await {
+                        break "the node is stopping".to_string();
+                    }
+                    let input = match frame {
+                        Frame::Cell(_) => continue,
                         Frame::GraphRecord(bytes) => Input::Graph {
                             link: link_id,
                             bytes,
@@ -432,6 +456,22 @@ impl Links {
             tracing::info!(peer = %short_key(&peer), %reason, "link down");
             self.changed.notify_waiters();
         }
+    }
+
+    /// Hands `cells` (from `link_id`, in order) to the datapath, if any;
+    /// false once the datapath is gone.
+    async fn send_cells(&self, link_id: LinkId, cells: &mut Vec<Bytes>) -> bool {
+        if cells.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(cells, Vec::with_capacity(CELL_BATCH));
+        self.datapath
+            .send(Input::Cells {
+                link: link_id,
+                cells: batch,
+            })
+            .await
+            .is_ok()
     }
 
     /// Runs `f` on the peer's entry if `link_id` is still its link.

@@ -430,6 +430,29 @@ impl LinkReceiver {
         self.ended = Some(end.clone());
         Err(end)
     }
+
+    /// Waits for the next frame like [`Self::recv`], then takes every frame
+    /// already decoded as well, up to `limit` in all, onto the end of
+    /// `frames`: one wakeup for a batch. Frames that came before the link
+    /// ended are yielded first; the reason comes on the call after.
+    pub async fn recv_many(
+        &mut self,
+        frames: &mut std::collections::VecDeque<Frame>,
+        limit: usize,
+    ) -> Result<(), LinkEnded> {
+        frames.push_back(self.recv().await?);
+        while frames.len() < limit {
+            match self.rx.try_recv() {
+                Ok(Ok(frame)) => frames.push_back(frame),
+                Ok(Err(e)) => {
+                    self.ended = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Encodes the address a connection was observed from (`proto::addr`).
