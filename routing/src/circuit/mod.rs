@@ -72,10 +72,13 @@
 //! A message that finds that queue full is dropped and counted; it does not
 //! hold up the packets behind it. Relays cannot tell messages from packets.
 //!
-//! **Relays never drop a cell**: they switch every cell they get. Back-pressure
-//! between links is the driver's job: when the write queue of a link is full,
-//! the driver stops reading the links that feed it (and stops reading the TUN),
-//! and TCP pushes back hop by hop to the origin.
+//! **Relays never drop a cell**: they switch every cell they get. What waits
+//! for a slow link is the driver's to hold, and the windows bound it: an
+//! honest end keeps at most [`CIRCUIT_WINDOW_CELLS`] cells of a circuit in
+//! flight, so no more of them can wait at any relay. The driver holds each
+//! link's cells in a queue of its own, so a slow link does not stall
+//! circuits on other links, and closes a whole circuit whose end ignores its
+//! window (docs/architecture.md, "Tasks and data flow").
 
 mod node;
 mod state;

@@ -423,8 +423,8 @@ impl CircuitCore {
     /// Takes one cell that arrived on `link`.
     ///
     /// Relays switch every cell they are given; they never drop one for lack
-    /// of room. The driver applies back-pressure instead: it stops reading a
-    /// link while the write queue of the link its cells go to is full.
+    /// of room. The end-to-end windows bound what can wait for a slow link
+    /// (see the module's "Flow control and back-pressure").
     pub fn handle_cell(&mut self, now: Instant, link: LinkId, cell: &[u8; CELL_LEN]) {
         self.metrics.cells_in += 1;
         let Some(&peer) = self.links.get(&link) else {

@@ -40,7 +40,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use rand_core::{OsRng, RngCore};
+use rand_chacha::ChaCha12Rng;
+use rand_core::{OsRng, RngCore, SeedableRng as _};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, watch};
@@ -580,7 +581,9 @@ async fn writer(
     settings: LinkSettings,
     shared: Arc<Shared>,
 ) {
-    let mut rng = OsRng;
+    // Flush sizes, padding and ping tokens draw from a ChaCha stream seeded
+    // once from the OS, not from a getrandom call each (several per flush).
+    let mut rng = ChaCha12Rng::from_rng(OsRng).unwrap_or_else(|_| ChaCha12Rng::from_entropy());
     let mut enc = FrameEncoder::new(&mut rng);
     let mut next_keepalive = Instant::now() + settings.first_ping();
     let mut pacer: Option<PaddingPacer> = None;
