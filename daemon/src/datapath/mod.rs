@@ -170,7 +170,10 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(wake.into()) => {
                 core.handle_timeout(now());
                 if Instant::now() >= next_save {
-                    links.save_graph(&core.export_graph());
+                    // SQLite off the cell path: the save runs on the
+                    // blocking pool while cells go on.
+                    let (records, links) = (core.export_graph(), Arc::clone(&links));
+                    tokio::task::spawn_blocking(move || links.save_graph(&records));
                     next_save = Instant::now() + GRAPH_SAVE_EVERY;
                 }
             }
