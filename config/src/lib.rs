@@ -10,8 +10,8 @@ use std::time::Duration;
 
 #[cfg(test)]
 mod config_tests;
-mod error;
 pub mod control;
+mod error;
 pub mod keyfile;
 mod parse;
 mod rate;

@@ -720,7 +720,6 @@ impl SessionRx {
     }
 }
 
-
 /// Copies the first `dst.len()` bytes of `q` into `dst`; false (and `dst`
 /// untouched) if `q` holds fewer.
 fn copy_front(q: &VecDeque<u8>, dst: &mut [u8]) -> bool {

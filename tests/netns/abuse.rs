@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use umbra_netlab::Peer;
+use umbra_tests::netns::hostile::Victim;
 use umbra_tests::netns::overlay::Overlay;
-use umbra_tests::netns::{netns, prepare, require_root, veth, wait_for};
+use umbra_tests::netns::{netns, require_root, veth, wait_for};
 
 const SLOWLORIS: &str = env!("CARGO_BIN_EXE_slowloris");
 
@@ -164,63 +164,42 @@ fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
         return;
     }
     require_root();
-    let dir = umbra_tests::netns::temp_dir("abuse-window");
-    let (nr, ng, nf) = (netns("awr"), netns("awg"), netns("awf"));
-    let onward = umbra_tests::netns::Veth::internet(&nr, &ng, 1).expect("veth R – G");
-    let (r_ip, g_ip) = (onward.a.ip.to_string(), onward.b.ip.to_string());
-    let (r_ip2, _) = veth(&nr, &nf, 2);
-    let (r_dir, g_dir) = (dir.path().join("r"), dir.path().join("g"));
-    let r_key = prepare(&r_dir, "").init().expect("init").key;
-    let g_key = prepare(&g_dir, "").init().expect("init").key;
-    let flooder = hex::encode(
-        umbra_routing::crypto::Identity::from_seed(&WINDOW_FLOODER_SEED).public(),
-    );
-    let listen = |ips: &[&str]| {
-        let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}:443\"")).collect();
-        format!("anonymity = \"fast\"\n[listen]\nhttps = [{}]\n", list.join(", "))
-    };
-    let r_conf = format!(
-        "{}{}{}",
-        listen(&[&r_ip, &r_ip2]),
-        Peer::new(&g_key, format!("{g_ip}:443"), Some("1TB/30d")).toml(),
-        Peer::unreachable(&flooder, Some("1TB/30d")).toml(),
-    );
-    let g_conf = format!(
-        "{}{}",
-        listen(&[&g_ip]),
-        Peer::new(&r_key, format!("{r_ip}:443"), Some("1TB/30d")).toml()
-    );
-    let mut r = prepare(&r_dir, &r_conf);
-    r.start(&nr).expect("R starts");
-    let mut g = prepare(&g_dir, &g_conf);
-    g.start(&ng).expect("G starts");
-    wait_for(Duration::from_secs(20), "G linked to R", &[&r, &g], || {
-        r.link_up_to(&g_key).then_some(())
-    });
-    let r_addr = r.status().expect("status")["address"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let v = Victim::start("aw", &WINDOW_FLOODER_SEED, "1TB/30d");
+    let Victim { r, nr, ng, nh, .. } = &v;
     let rate = format!("{ONWARD_MBIT}mbit");
     let tc = nr
         .run(&[
-            "tc", "qdisc", "replace", "dev", &onward.a.iface, "root", "tbf", "rate", &rate,
-            "burst", "64kb", "latency", "50ms",
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &v.onward.a.iface,
+            "root",
+            "tbf",
+            "rate",
+            &rate,
+            "burst",
+            "64kb",
+            "latency",
+            "50ms",
         ])
         .expect("run tc");
-    assert!(tc.status.success(), "tc: {}", String::from_utf8_lossy(&tc.stderr));
+    assert!(
+        tc.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&tc.stderr)
+    );
 
     let pid = r.pid().expect("R's pid");
     let rss_before = umbra_tests::netns::rss_kib(pid);
-    let log = dir.path().join("window-flooder.log");
-    let endpoint = format!("{r_ip2}:443");
+    let log = v.dir.path().join("window-flooder.log");
     let env = [
-        ("UMBRA_ABUSE_R", endpoint.as_str()),
-        ("UMBRA_ABUSE_R_KEY", r_key.as_str()),
-        ("UMBRA_ABUSE_G_KEY", g_key.as_str()),
+        ("UMBRA_ABUSE_R", v.endpoint.as_str()),
+        ("UMBRA_ABUSE_R_KEY", v.r_key.as_str()),
+        ("UMBRA_ABUSE_G_KEY", v.g_key.as_str()),
     ];
     let test = "a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit";
-    let mut helper = umbra_tests::netns::spawn_test_helper(&nf, test, "window-flooder", &env, &log);
+    let mut helper = umbra_tests::netns::spawn_test_helper(nh, test, "window-flooder", &env, &log);
     // Sample R's memory while G pings R over the link the flood fills.
     let sampling = std::sync::atomic::AtomicBool::new(true);
     let (pings, rss_peak) = std::thread::scope(|s| {
@@ -236,12 +215,16 @@ fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
             wait_secs: 2,
             ..umbra_netlab::PingOptions::new(60, 0.1)
         };
-        let pings = umbra_netlab::ping(&ng, &r_addr, opts).expect("run ping");
+        let pings = umbra_netlab::ping(ng, &v.r_addr, opts).expect("run ping");
         let ok = umbra_tests::netns::succeeds_within(&mut helper, Duration::from_secs(60));
         sampling.store(false, std::sync::atomic::Ordering::Relaxed);
         let said = std::fs::read_to_string(&log).unwrap_or_default();
         eprintln!("{said}");
-        assert!(ok, "the window flooder failed:\n{said}\nR:\n{}", r.log_text());
+        assert!(
+            ok,
+            "the window flooder failed:\n{said}\nR:\n{}",
+            r.log_text()
+        );
         (pings, peak.join().expect("sampler"))
     });
     let status = r.status().expect("status");
@@ -271,7 +254,7 @@ fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
     );
     assert!(r.answers(), "R must still run");
     assert!(
-        umbra_netlab::ping(&ng, &r_addr, umbra_netlab::PingOptions::new(3, 0.2))
+        umbra_netlab::ping(ng, &v.r_addr, umbra_netlab::PingOptions::new(3, 0.2))
             .expect("ping")
             .success,
         "G lost R after the flood"
@@ -291,10 +274,7 @@ mod window_flooder {
 
     fn key(name: &str) -> [u8; 32] {
         let hex = std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
-        hex::decode(hex)
-            .expect("hex")
-            .try_into()
-            .expect("32 bytes")
+        hex::decode(hex).expect("hex").try_into().expect("32 bytes")
     }
 
     pub(super) fn run(role: &str) {
@@ -311,7 +291,10 @@ mod window_flooder {
     /// built), then floods it without reading: a full window of real cells,
     /// then [`PAST_WINDOW_CELLS`] past it. Returns the cells sent.
     async fn flood_one_circuit(h: &mut Hostile, r: [u8; 32], g: [u8; 32]) -> u64 {
-        let circuit = h.core.build_circuit(Instant::now(), &[r, g]).expect("build");
+        let circuit = h
+            .core
+            .build_circuit(Instant::now(), &[r, g])
+            .expect("build");
         h.flush().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         'built: loop {
@@ -327,7 +310,10 @@ mod window_flooder {
         let mut template = None;
         let mut sent = 0u64;
         while sent < u64::from(CIRCUIT_WINDOW_CELLS) {
-            if h.core.send_packet(Instant::now(), circuit, &packet).is_err() {
+            if h.core
+                .send_packet(Instant::now(), circuit, &packet)
+                .is_err()
+            {
                 break; // the window is shut and the queue full
             }
             let (last, n) = h.flush().await;

@@ -4,7 +4,9 @@
 //! CREATEs, ignore its window, never read). Run it as a test helper in a
 //! namespace of its own ([`super::spawn_test_helper`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use umbra_netlab::Peer;
 
 use umbra_routing::cell::CELL_LEN;
 use umbra_routing::circuit::{CircuitConfig, CircuitCore, LinkId};
@@ -12,6 +14,8 @@ use umbra_routing::crypto::Identity;
 use umbra_transport::io::{DialTarget, Dialer, Link, LinkSettings};
 use umbra_transport::proto::agreement::{Ask, LinkAsk, statement};
 use umbra_transport::proto::frame::Frame;
+
+use super::{Daemon, Netns, Veth, netns, prepare, temp_dir, veth, wait_for};
 
 /// The link id the neighbour's core knows the victim's link by.
 pub const VICTIM_LINK: LinkId = 1;
@@ -95,9 +99,99 @@ impl Hostile {
         if let Frame::Cell(c) = frame
             && let Ok(cell) = <[u8; CELL_LEN]>::try_from(&c[..])
         {
-            self.core
-                .handle_cell(Instant::now(), VICTIM_LINK, &cell);
+            self.core.handle_cell(Instant::now(), VICTIM_LINK, &cell);
         }
         Some(())
+    }
+}
+
+/// A relay R under attack, with an honest neighbour G (linked, on the
+/// veth `onward`) and a namespace `nh` for a hostile neighbour whose
+/// agreement R lists. The daemons and namespaces go when it drops.
+pub struct Victim {
+    /// The relay under attack.
+    pub r: Daemon,
+    /// The honest neighbour.
+    pub g: Daemon,
+    /// R's namespace.
+    pub nr: Netns,
+    /// G's namespace.
+    pub ng: Netns,
+    /// The hostile neighbour's namespace.
+    pub nh: Netns,
+    /// R's key, hex.
+    pub r_key: String,
+    /// G's key, hex.
+    pub g_key: String,
+    /// R's overlay address.
+    pub r_addr: String,
+    /// Where the hostile neighbour dials R, `IP:443`.
+    pub endpoint: String,
+    /// The veth between R (end `a`) and G.
+    pub onward: Veth,
+    /// The daemons' state and the test's logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Victim {
+    /// Starts R and G (namespaces `<tag>r`, `<tag>g`, `<tag>h`), R listing
+    /// the neighbour of `hostile_seed` under `hostile_terms`, and waits for
+    /// G's link.
+    pub fn start(tag: &str, hostile_seed: &[u8; 32], hostile_terms: &str) -> Victim {
+        let dir = temp_dir(tag);
+        let (nr, ng, nh) = (
+            netns(&format!("{tag}r")),
+            netns(&format!("{tag}g")),
+            netns(&format!("{tag}h")),
+        );
+        let onward = Veth::internet(&nr, &ng, 1).expect("veth R – G");
+        let (r_ip, g_ip) = (onward.a.ip.to_string(), onward.b.ip.to_string());
+        let (r_ip2, _) = veth(&nr, &nh, 2);
+        let (r_dir, g_dir) = (dir.path().join("r"), dir.path().join("g"));
+        let r_key = prepare(&r_dir, "").init().expect("init").key;
+        let g_key = prepare(&g_dir, "").init().expect("init").key;
+        let hostile = hex::encode(Identity::from_seed(hostile_seed).public());
+        let listen = |ips: &[&str]| {
+            let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}:443\"")).collect();
+            format!(
+                "anonymity = \"fast\"\n[listen]\nhttps = [{}]\n",
+                list.join(", ")
+            )
+        };
+        let r_conf = format!(
+            "{}{}{}",
+            listen(&[&r_ip, &r_ip2]),
+            Peer::new(&g_key, format!("{g_ip}:443"), Some("1TB/30d")).toml(),
+            Peer::unreachable(&hostile, Some(hostile_terms)).toml(),
+        );
+        let g_conf = format!(
+            "{}{}",
+            listen(&[&g_ip]),
+            Peer::new(&r_key, format!("{r_ip}:443"), Some("1TB/30d")).toml()
+        );
+        let mut r = prepare(&r_dir, &r_conf);
+        r.start(&nr).expect("R starts");
+        let mut g = prepare(&g_dir, &g_conf);
+        g.start(&ng).expect("G starts");
+        wait_for(Duration::from_secs(20), "G linked to R", &[&r, &g], || {
+            r.link_up_to(&g_key).then_some(())
+        });
+        let r_addr = r.status().expect("status")["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Victim {
+            r,
+            g,
+            nr,
+            ng,
+            nh,
+            r_key,
+            g_key,
+            r_addr,
+            endpoint: format!("{r_ip2}:443"),
+            onward,
+            dir,
+        }
     }
 }

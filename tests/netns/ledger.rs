@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use umbra_netlab::{IperfOptions, IperfServer, Links, Peer};
+use umbra_netlab::{IperfOptions, IperfServer, Links};
+use umbra_tests::netns::hostile::Victim;
 use umbra_tests::netns::overlay::Overlay;
 use umbra_tests::netns::{
-    Netns, netns, prepare, require_root, spawn_test_helper, succeeds_within, temp_dir, test_role,
-    veth, wait_for,
+    Netns, require_root, spawn_test_helper, succeeds_within, test_role, wait_for,
 };
 
 /// A ledger report is due this long after traffic stops (the routing
@@ -295,57 +295,24 @@ fn a_circuit_flood_is_cut_at_its_rate_and_bad_reports_are_dropped() {
         return;
     }
     require_root();
-    let dir = temp_dir("ledger-flood");
-    let (nr, ng, na) = (netns("r"), netns("g"), netns("a"));
-    let (r_ip, g_ip) = veth(&nr, &ng, 1);
-    let (r_ip2, a_ip) = veth(&nr, &na, 2);
-    let _ = a_ip;
-    let (r_dir, g_dir) = (dir.path().join("r"), dir.path().join("g"));
-    let r_key = prepare(&r_dir, "").init().expect("init").key;
-    let g_id = prepare(&g_dir, "").init().expect("init");
-    let flooder = hex::encode(umbra_routing::crypto::Identity::from_seed(&FLOODER_SEED).public());
-    let listen = |ips: &[&str]| {
-        let list: Vec<String> = ips.iter().map(|ip| format!("\"{ip}:443\"")).collect();
-        format!(
-            "anonymity = \"fast\"\n[listen]\nhttps = [{}]\n",
-            list.join(", ")
-        )
-    };
-    let r_conf = format!(
-        "{}{}{}",
-        listen(&[&r_ip, &r_ip2]),
-        Peer::new(&g_id.key, format!("{g_ip}:443"), Some("1TB/30d")).toml(),
-        Peer::unreachable(&flooder, Some(&format!("1TB/30d, circuits {FLOOD_RATE}/s"))).toml(),
+    let v = Victim::start(
+        "lf",
+        &FLOODER_SEED,
+        &format!("1TB/30d, circuits {FLOOD_RATE}/s"),
     );
-    let g_conf = format!(
-        "{}{}",
-        listen(&[&g_ip]),
-        Peer::new(&r_key, format!("{r_ip}:443"), Some("1TB/30d")).toml()
-    );
-    let mut r = prepare(&r_dir, &r_conf);
-    r.start(&nr).expect("R starts");
-    let mut g = prepare(&g_dir, &g_conf);
-    g.start(&ng).expect("G starts");
-    wait_for(Duration::from_secs(20), "G linked to R", &[&r, &g], || {
-        r.link_up_to(&g_id.key).then_some(())
-    });
-    let log = dir.path().join("flooder.log");
-    let endpoint = format!("{r_ip2}:443");
+    let Victim { r, ng, nh, .. } = &v;
+    let log = v.dir.path().join("flooder.log");
     let env = [
-        ("UMBRA_LEDGER_R", endpoint.as_str()),
-        ("UMBRA_LEDGER_R_KEY", r_key.as_str()),
+        ("UMBRA_LEDGER_R", v.endpoint.as_str()),
+        ("UMBRA_LEDGER_R_KEY", v.r_key.as_str()),
     ];
     let test = "a_circuit_flood_is_cut_at_its_rate_and_bad_reports_are_dropped";
-    let mut helper = spawn_test_helper(&na, test, "flooder", &env, &log);
+    let mut helper = spawn_test_helper(nh, test, "flooder", &env, &log);
     // While the flood runs, G's circuits through R still build.
-    let r_addr = r.status().expect("status")["address"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     let pid = r.pid().expect("R's pid");
     let rss_before = umbra_tests::netns::rss_kib(pid);
     let g_ping =
-        umbra_netlab::ping(&ng, &r_addr, umbra_netlab::PingOptions::new(20, 0.1)).expect("ping");
+        umbra_netlab::ping(ng, &v.r_addr, umbra_netlab::PingOptions::new(20, 0.1)).expect("ping");
     let ok = succeeds_within(&mut helper, Duration::from_secs(60));
     let rss_after = umbra_tests::netns::rss_kib(pid);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
@@ -471,7 +438,10 @@ mod helper {
         let real = good.encode(&h.me, &r, &session);
         sender.send(send(real.clone())).await.expect("send");
         sender.send(send(real)).await.expect("send");
-        sender.send(send(b"no report".to_vec())).await.expect("send");
+        sender
+            .send(send(b"no report".to_vec()))
+            .await
+            .expect("send");
         // Let R read them before the link closes.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = SystemTime::now()

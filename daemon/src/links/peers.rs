@@ -339,7 +339,8 @@ impl Links {
                             c.pace(&cell).await;
                         }
                         cells.push(cell);
-                        if cells.len() == CELL_BATCH && !self.send_cells(link_id, &mut cells).await {
+                        if cells.len() == CELL_BATCH && !self.send_cells(link_id, &mut cells).await
+                        {
                             break "the node is stopping".to_string();
                         }
                         continue;
