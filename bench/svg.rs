@@ -72,6 +72,25 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// The series a panel draws: those with a value in any of its groups (a
+/// system that lacks the measure gets no slot), or every series if none
+/// has one.
+fn shown_series(panel: &Panel, series: usize) -> Vec<usize> {
+    let shown: Vec<usize> = (0..series)
+        .filter(|&si| {
+            panel
+                .groups
+                .iter()
+                .any(|g| g.values.get(si).is_some_and(Option::is_some))
+        })
+        .collect();
+    if shown.is_empty() {
+        (0..series).collect()
+    } else {
+        shown
+    }
+}
+
 impl Chart {
     /// The chart as a standalone SVG document.
     pub fn render(&self) -> String {
@@ -148,13 +167,14 @@ impl Chart {
         );
         let n = panel.groups.len().max(1) as f64;
         let group_w = plot_w / n;
-        let nseries = self.series.len().max(1) as f64;
+        let shown = shown_series(panel, self.series.len());
+        let nseries = shown.len().max(1) as f64;
         let bar_w = (group_w * 0.8 / nseries).min(40.0);
         for (gi, g) in panel.groups.iter().enumerate() {
             let gx = left + gi as f64 * group_w + (group_w - bar_w * nseries) / 2.0;
-            for (si, v) in g.values.iter().enumerate() {
-                let bx = gx + si as f64 * bar_w;
-                match v {
+            for (slot, &si) in shown.iter().enumerate() {
+                let bx = gx + slot as f64 * bar_w;
+                match g.values.get(si).copied().flatten().as_ref() {
                     Some(v) => {
                         let h = plot_h * (v / top_val).clamp(0.0, 1.0);
                         let _ = writeln!(
@@ -163,7 +183,7 @@ impl Chart {
                             top + plot_h - h,
                             bar_w - 2.0,
                             COLOURS[si % COLOURS.len()],
-                            escape(&self.series[si.min(self.series.len() - 1)]),
+                            escape(&self.series[si]),
                             fmt_value(*v),
                             bx + (bar_w - 2.0) / 2.0,
                             top + plot_h - h - 3.0,
@@ -231,5 +251,26 @@ mod tests {
         assert!(svg.contains("a &lt;b&gt; &amp; c"));
         assert_eq!(svg.matches("<title>").count(), 3);
         assert!(svg.contains("n/a"));
+    }
+
+    #[test]
+    fn a_series_without_values_gets_no_slot() {
+        let panel = Panel {
+            title: "rtt".into(),
+            unit: "ms".into(),
+            groups: vec![Group {
+                label: "direct".into(),
+                values: vec![Some(1.0), None, None],
+            }],
+        };
+        assert_eq!(shown_series(&panel, 3), vec![0]);
+        let empty = Panel {
+            groups: vec![Group {
+                label: "direct".into(),
+                values: vec![None, None],
+            }],
+            ..panel
+        };
+        assert_eq!(shown_series(&empty, 2), vec![0, 1]);
     }
 }

@@ -1,18 +1,20 @@
-//! `netbench`: the side-by-side network benchmark of umbra and Yggdrasil
-//! 0.4.7 (docs/architecture.md, "Performance"). See bench/README.md.
+//! `netbench`: the side-by-side network benchmark of umbra, Yggdrasil
+//! 0.4.7 and Tor (docs/architecture.md, "Performance"). See bench/README.md.
 //!
-//! It needs root (network namespaces), iperf3, ping, ss and Debian's
-//! `yggdrasil`. It prints one table to stdout, and writes JSON and an SVG
-//! chart.
+//! It needs root (network namespaces), iperf3, ping, ss, curl, nginx and
+//! Debian's `yggdrasil` and `tor`. It prints one table to stdout, and writes
+//! JSON and an SVG chart.
 
 // The table is this program's output.
 #![allow(clippy::print_stdout)]
 
+mod http;
 mod measure;
 mod nat;
 mod overlay;
 mod profile;
 mod report;
+mod tor;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +25,7 @@ use umbra_netlab::{Lab, Veth};
 
 use crate::measure::{FirstPacket, PingResult, TcpRun};
 use crate::overlay::{Binaries, Overlay, System};
+use crate::tor::TorResult;
 
 /// Errors are one line of text naming what failed.
 pub(crate) type R<T> = Result<T, String>;
@@ -37,14 +40,17 @@ pub(crate) fn lab() -> &'static Lab {
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "netbench",
-    about = "The side-by-side network benchmark of umbra and Yggdrasil.",
+    about = "The side-by-side network benchmark of umbra, Yggdrasil and Tor.",
     long_about = "Builds the same network-namespace topologies (2 nodes direct; a 5-node chain) \
                   for umbra and for Yggdrasil, and measures iperf3 TCP throughput (1 and 4 \
-                  streams), ping RTT, daemon CPU seconds per GB, resident memory, and the first \
-                  packet to a new destination. Needs root."
+                  streams), ping RTT, daemon CPU seconds per GB, resident memory, the first \
+                  packet to a new destination, and on the chain the time to first byte of an \
+                  HTTP fetch. Then a private Tor network (3 authority relays, 1 exit) measured \
+                  through its SOCKS port over 3 hops: throughput, time to first byte, circuit \
+                  build, CPU per GB, with stock tor (KIST) and with Schedulers Vanilla. Needs root."
 )]
 struct Args {
-    /// 2 nodes only, 2 s iperf3, 20 pings, 1 run (for CI)
+    /// 2 nodes only, 2 s iperf3, 20 pings, 1 run, no Tor (for CI)
     #[arg(long)]
     quick: bool,
     /// iperf3 seconds per run (default 10)
@@ -72,6 +78,9 @@ struct Args {
     /// run one system only (no ratios)
     #[arg(long, value_enum, value_name = "SYSTEM")]
     only: Option<Only>,
+    /// skip the Tor network (about 3 minutes of the full run)
+    #[arg(long, conflicts_with = "only")]
+    no_tor: bool,
     /// keep the daemons' logs and configs
     #[arg(long)]
     keep: bool,
@@ -91,6 +100,8 @@ struct Args {
 enum Only {
     Umbra,
     Yggdrasil,
+    /// The private Tor network alone.
+    Tor,
 }
 
 /// What the run does.
@@ -104,6 +115,8 @@ pub(crate) struct Options {
     pub(crate) bins: Binaries,
     pub(crate) out: PathBuf,
     pub(crate) systems: Vec<System>,
+    /// Whether the Tor network is measured.
+    pub(crate) tor: bool,
     pub(crate) keep: bool,
     pub(crate) profile: bool,
     pub(crate) nat: bool,
@@ -127,6 +140,7 @@ fn parse_args() -> R<Options> {
         yggdrasil: ygg,
         out,
         only,
+        no_tor,
         keep,
         profile,
         nat,
@@ -134,7 +148,16 @@ fn parse_args() -> R<Options> {
     let systems = match only {
         Some(Only::Umbra) => vec![System::Umbra],
         Some(Only::Yggdrasil) => vec![System::Yggdrasil],
+        Some(Only::Tor) => vec![],
         None => vec![System::Umbra, System::Yggdrasil],
+    };
+    let tor = match only {
+        Some(Only::Tor) if quick || profile || nat => {
+            return Err("Tor is not part of --quick, --profile or --nat".into());
+        }
+        Some(Only::Tor) => true,
+        Some(_) => false,
+        None => !(no_tor || quick || profile || nat),
     };
     let umbra = match umbra {
         Some(p) => p,
@@ -160,6 +183,7 @@ fn parse_args() -> R<Options> {
         bins: Binaries { umbra, yggdrasil },
         out,
         systems,
+        tor,
         keep,
         profile,
         nat,
@@ -211,6 +235,26 @@ fn preflight(o: &Options) -> R<()> {
             o.bins.yggdrasil.display()
         ));
     }
+    // The time to first byte (on the chain, so not with --quick) and every
+    // Tor measure fetch from nginx with curl.
+    let mut http: Vec<(&str, &str)> = Vec::new();
+    if o.tor || (!o.quick && !o.systems.is_empty()) {
+        http.extend([
+            ("curl", "apt-get install -y curl"),
+            ("nginx", "apt-get install -y nginx-light"),
+        ]);
+    }
+    if o.tor {
+        http.extend([
+            ("tor", "apt-get install -y tor (or --no-tor)"),
+            ("tor-gencert", "apt-get install -y tor (or --no-tor)"),
+        ]);
+    }
+    for (tool, fix) in http {
+        if !umbra_netlab::has_tool(tool) {
+            return Err(format!("{tool} is not installed: {fix}"));
+        }
+    }
     Ok(())
 }
 
@@ -225,6 +269,9 @@ pub(crate) struct TopoResult {
     pub(crate) rss_idle_anon_kib: Vec<u64>,
     /// Runs with 1 stream, then with 4.
     pub(crate) tcp: [Vec<TcpRun>; 2],
+    /// Time to first byte of a small HTTP fetch from the last node, warm,
+    /// ms (the chain only).
+    pub(crate) ttfb_ms: Vec<f64>,
 }
 
 /// iperf3 stream counts measured.
@@ -263,6 +310,15 @@ impl TopoResult {
     pub(crate) fn builds(&self) -> Vec<f64> {
         self.first.iter().filter_map(|f| f.build_ms).collect()
     }
+    /// Circuit builds of the pairs at the chain's two ends (every other
+    /// node in between): the umbra counterpart of a 3-relay Tor circuit.
+    pub(crate) fn end_to_end_builds(&self) -> Vec<f64> {
+        self.first
+            .iter()
+            .filter(|f| f.to.abs_diff(f.from) + 1 == self.nodes)
+            .filter_map(|f| f.build_ms)
+            .collect()
+    }
 
     fn json(&self) -> Value {
         let tcp = |s: usize| {
@@ -289,6 +345,11 @@ impl TopoResult {
             "rss_load_max_mib": self.rss_load_max_mib(),
             "tcp_1": tcp(0),
             "tcp_4": tcp(1),
+            "time_to_first_byte": {
+                "median_ms": median(&self.ttfb_ms),
+                "p90_ms": percentile(&self.ttfb_ms, 90.0),
+                "samples_ms": self.ttfb_ms,
+            },
             "first_packet": {
                 "samples": self.first.iter().map(FirstPacket::json).collect::<Vec<_>>(),
                 "first_rtt_median_ms": median(&firsts),
@@ -353,6 +414,22 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
             tcp[s].push(r);
         }
     }
+    let ttfb_ms = if n > 2 {
+        let web = http::HttpServer::start(
+            &o.ns[last],
+            &o.addrs[last],
+            &dir.join(format!("http-{}-{n}", system.key())),
+        )?;
+        let t = http::ttfb_series(&o.ns[0], &web, http::Via::Direct, 20, 0.1)?;
+        eprintln!(
+            "netbench:   time to first byte median {:.2} ms p90 {:.2} ms",
+            median(&t).unwrap_or(f64::NAN),
+            percentile(&t, 90.0).unwrap_or(f64::NAN)
+        );
+        t
+    } else {
+        Vec::new()
+    };
     Ok(TopoResult {
         nodes: n,
         first,
@@ -360,6 +437,7 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
         rss_idle_kib,
         rss_idle_anon_kib,
         tcp,
+        ttfb_ms,
     })
 }
 
@@ -430,12 +508,16 @@ fn run(opts: &Options) -> R<()> {
         return nat::run(opts, &work);
     }
     let mut results: Vec<(System, usize, TopoResult)> = Vec::new();
+    let mut tor: Option<TorResult> = None;
     let outcome = (|| -> R<Value> {
         let base = baseline(opts)?;
         for &n in topologies {
             for &system in &opts.systems {
                 results.push((system, n, measure(opts, system, n, &work)?));
             }
+        }
+        if opts.tor {
+            tor = Some(tor::measure(opts, &work)?);
         }
         Ok(base)
     })();
@@ -453,6 +535,7 @@ fn run(opts: &Options) -> R<()> {
     let report = report::Report {
         opts,
         results: &results,
+        tor: tor.as_ref(),
         baseline,
         load: [load_before, load_after],
         elapsed_s: started.elapsed().as_secs_f64(),

@@ -8,12 +8,15 @@ use umbra_bench::stats::{median, percentile};
 use umbra_bench::svg::{Chart, Group, Panel};
 
 use crate::overlay::System;
+use crate::tor::{TorResult, TorSample};
 use crate::{Options, R, STREAMS, TopoResult};
 
 /// Everything one run measured.
 pub(crate) struct Report<'a> {
     pub(crate) opts: &'a Options,
     pub(crate) results: &'a [(System, usize, TopoResult)],
+    /// The private Tor network, unless skipped.
+    pub(crate) tor: Option<&'a TorResult>,
     pub(crate) baseline: Value,
     /// Load averages before and after.
     pub(crate) load: [Option<[f64; 3]>; 2],
@@ -34,16 +37,75 @@ struct Row {
     better: Better,
     umbra: Option<f64>,
     ygg: Option<f64>,
+    /// Stock tor (KIST) over 3 relays, where Tor has this measure.
+    tor: Option<f64>,
+    /// Tor with `Schedulers Vanilla`.
+    tor_vanilla: Option<f64>,
+}
+
+/// `a / b` when both are there and `b` is positive.
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
 }
 
 impl Row {
+    /// umbra / Yggdrasil.
     fn ratio(&self) -> Option<f64> {
-        match (self.umbra, self.ygg) {
-            (Some(u), Some(y)) if y > 0.0 => Some(u / y),
-            _ => None,
-        }
+        quotient(self.umbra, self.ygg)
+    }
+    /// umbra / stock Tor.
+    fn ratio_tor(&self) -> Option<f64> {
+        quotient(self.umbra, self.tor)
     }
 }
+
+/// A Tor measure, of one scheduler's sample.
+type TorMeasure = fn(&TorSample) -> Option<f64>;
+
+/// The measures both the chain and Tor have: (name, unit, better, the
+/// overlays' value, Tor's value).
+type Shared = (
+    &'static str,
+    &'static str,
+    Better,
+    fn(&TopoResult) -> Option<f64>,
+    TorMeasure,
+);
+
+/// Time to first byte and circuit build through 3 relays.
+const SHARED: [Shared; 4] = [
+    (
+        "time to first byte, warm, median",
+        "ms",
+        Better::Lower,
+        |r| median(&r.ttfb_ms),
+        |t| median(&t.ttfb_ms),
+    ),
+    (
+        "time to first byte, warm, p90",
+        "ms",
+        Better::Lower,
+        |r| percentile(&r.ttfb_ms, 90.0),
+        |t| percentile(&t.ttfb_ms, 90.0),
+    ),
+    (
+        "circuit build through 3 relays, median",
+        "ms",
+        Better::Lower,
+        |r| median(&r.end_to_end_builds()),
+        |t| median(&t.builds_ms),
+    ),
+    (
+        "circuit build through 3 relays, p90",
+        "ms",
+        Better::Lower,
+        |r| percentile(&r.end_to_end_builds(), 90.0),
+        |t| percentile(&t.builds_ms, 90.0),
+    ),
+];
 
 fn topo_name(n: usize) -> String {
     match n {
@@ -120,15 +182,28 @@ impl Report<'_> {
                 self.get(System::Yggdrasil, n).and_then(f),
             )
         };
+        let chain = self.chain();
+        let tor = |f: TorMeasure| {
+            (
+                self.tor.and_then(|t| f(&t.kist)),
+                self.tor.and_then(|t| f(&t.vanilla)),
+            )
+        };
+        let none: (Option<f64>, Option<f64>) = (None, None);
         for n in self.topologies() {
             let t = topo_name(n);
-            let mut push = |name: String, unit, better, (umbra, ygg)| {
+            // Tor's figures sit beside the chain's (3 relays between the
+            // ends in both).
+            let on_chain = |f: TorMeasure| if Some(n) == chain { tor(f) } else { none };
+            let mut push = |name: String, unit, better, (umbra, ygg), (tor, tor_vanilla)| {
                 rows.push(Row {
                     name,
                     unit,
                     better,
                     umbra,
                     ygg,
+                    tor,
+                    tor_vanilla,
                 })
             };
             for (s, streams) in STREAMS.iter().enumerate() {
@@ -137,6 +212,11 @@ impl Report<'_> {
                     "Mbit/s",
                     Better::Higher,
                     pick(n, &|r| r.mbps(s)),
+                    if s == 0 {
+                        on_chain(TorSample::mbps)
+                    } else {
+                        none
+                    },
                 );
             }
             push(
@@ -144,12 +224,14 @@ impl Report<'_> {
                 "ms",
                 Better::Lower,
                 pick(n, &|r| r.ping.avg()),
+                none,
             );
             push(
                 format!("{t}: RTT p99"),
                 "ms",
                 Better::Lower,
                 pick(n, &|r| r.ping.p99()),
+                none,
             );
             for (s, streams) in STREAMS.iter().enumerate() {
                 push(
@@ -157,6 +239,11 @@ impl Report<'_> {
                     "s/GB",
                     Better::Lower,
                     pick(n, &|r| r.cpu_per_gb(s)),
+                    if s == 0 {
+                        on_chain(TorSample::cpu_per_gb)
+                    } else {
+                        none
+                    },
                 );
             }
             push(
@@ -164,37 +251,78 @@ impl Report<'_> {
                 "MiB",
                 Better::Lower,
                 pick(n, &|r| r.rss_idle_mib()),
+                none,
             );
             push(
                 format!("{t}: memory per node, idle, anonymous"),
                 "MiB",
                 Better::Lower,
                 pick(n, &|r| r.rss_idle_anon_mib()),
+                none,
             );
             push(
                 format!("{t}: memory, busiest node, load"),
                 "MiB",
                 Better::Lower,
                 pick(n, &|r| r.rss_load_max_mib()),
+                none,
             );
             push(
                 format!("{t}: first packet to new dest, median"),
                 "ms",
                 Better::Lower,
                 pick(n, &|r| median(&r.first_rtts())),
+                none,
             );
             push(
                 format!("{t}: circuit build, median"),
                 "ms",
                 Better::Lower,
                 pick(n, &|r| median(&r.builds())),
+                none,
             );
             push(
                 format!("{t}: circuit build, p90"),
                 "ms",
                 Better::Lower,
                 pick(n, &|r| percentile(&r.builds(), 90.0)),
+                none,
             );
+            if Some(n) == chain {
+                for (name, unit, better, f, tf) in SHARED {
+                    push(format!("{t}: {name}"), unit, better, pick(n, &f), tor(tf));
+                }
+            }
+        }
+        if chain.is_none() && self.tor.is_some() {
+            // Tor alone (`--only tor`).
+            let t = "Tor, 3 relays";
+            let mut push = |name: String, unit, better, (tor, tor_vanilla)| {
+                rows.push(Row {
+                    name,
+                    unit,
+                    better,
+                    umbra: None,
+                    ygg: None,
+                    tor,
+                    tor_vanilla,
+                })
+            };
+            push(
+                format!("{t}: TCP, 1 stream(s)"),
+                "Mbit/s",
+                Better::Higher,
+                tor(TorSample::mbps),
+            );
+            push(
+                format!("{t}: CPU per GB, 1 stream(s)"),
+                "s/GB",
+                Better::Lower,
+                tor(TorSample::cpu_per_gb),
+            );
+            for (name, unit, better, _, tf) in SHARED {
+                push(format!("{t}: {name}"), unit, better, tor(tf));
+            }
         }
         if self.topologies().len() > 1 {
             rows.push(Row {
@@ -203,9 +331,16 @@ impl Report<'_> {
                 better: Better::Lower,
                 umbra: self.rtt_per_hop(System::Umbra),
                 ygg: self.rtt_per_hop(System::Yggdrasil),
+                tor: None,
+                tor_vanilla: None,
             });
         }
         rows
+    }
+
+    /// The chain's node count, if the run had one.
+    fn chain(&self) -> Option<usize> {
+        self.topologies().into_iter().find(|&n| n > 2)
     }
 
     /// The targets (ratios to Yggdrasil the benchmark is held to): (what,
@@ -255,6 +390,24 @@ impl Report<'_> {
             mem.map(|(u, y)| u / y),
             mem.map(|(u, y)| u <= y),
         ));
+        if let Some(tor) = self.tor {
+            let chain = self.chain().and_then(|n| self.get(System::Umbra, n));
+            let thr = quotient(chain.and_then(|r| r.mbps(0)), tor.kist.mbps());
+            t.push((
+                "chain throughput >= 20x stock Tor's (3 relays)".into(),
+                thr,
+                thr.map(|r| r >= 20.0),
+            ));
+            let ttfb = quotient(
+                chain.and_then(|r| median(&r.ttfb_ms)),
+                median(&tor.kist.ttfb_ms),
+            );
+            t.push((
+                "time to first byte <= 0.2x stock Tor's".into(),
+                ttfb,
+                ttfb.map(|r| r <= 0.2),
+            ));
+        }
         t
     }
 
@@ -284,12 +437,17 @@ impl Report<'_> {
             Some(v) => format!("{v:.3}"),
             None => "-".into(),
         };
+        let times = |v: Option<f64>| match v {
+            Some(x) if x >= 10.0 => format!("{x:.1}x"),
+            Some(x) => format!("{x:.2}x"),
+            None => "-".into(),
+        };
         let mut s = String::new();
-        let _ = writeln!(s, "\numbra vs Yggdrasil 0.4.7 — {}", self.subtitle());
+        let _ = writeln!(s, "\n{} — {}", self.title(), self.subtitle());
         let _ = writeln!(
             s,
-            "{:<50} {:>7} {:>10} {:>10} {:>7}",
-            "measure", "unit", "umbra", "yggdrasil", "ratio"
+            "{:<56} {:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
+            "measure", "unit", "umbra", "yggdrasil", "u/y", "tor", "tor-van", "u/tor"
         );
         for r in self.rows() {
             let arrow = match r.better {
@@ -298,12 +456,23 @@ impl Report<'_> {
             };
             let _ = writeln!(
                 s,
-                "{:<50} {:>7} {:>10} {:>10} {:>7}",
+                "{:<56} {:>6} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
                 format!("{} {arrow}", r.name),
                 r.unit,
                 fmt(r.umbra),
                 fmt(r.ygg),
-                r.ratio().map(|x| format!("{x:.2}x")).unwrap_or("-".into())
+                times(r.ratio()),
+                fmt(r.tor),
+                fmt(r.tor_vanilla),
+                times(r.ratio_tor()),
+            );
+        }
+        if let Some(t) = self.tor {
+            let _ = writeln!(
+                s,
+                "tor: stock = KIST scheduler, tor-van = Schedulers Vanilla; bootstrap {:.0} s, \
+                 first fetch {:.0} s, the Tor part {:.0} s",
+                t.bootstrap_s, t.ready_s, t.elapsed_s
             );
         }
         if let Some(v) = self.baseline["tcp_1_mbps"].as_f64() {
@@ -319,7 +488,7 @@ impl Report<'_> {
                 s,
                 "  {:<48} {:>7}  {}",
                 what,
-                ratio.map(|r| format!("{r:.2}x")).unwrap_or("-".into()),
+                times(ratio),
                 match met {
                     Some(true) => "met",
                     Some(false) => "MISSED",
@@ -330,11 +499,32 @@ impl Report<'_> {
         s
     }
 
+    /// The heading, naming the systems the run measured.
+    fn title(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        if self.results.iter().any(|(s, _, _)| *s == System::Umbra) {
+            names.push("umbra");
+        }
+        if self.results.iter().any(|(s, _, _)| *s == System::Yggdrasil) {
+            names.push("Yggdrasil 0.4.7");
+        }
+        let tor = self
+            .tor
+            .map(|_| crate::tor::tor_version().unwrap_or_else(|| "Tor".into()));
+        if let Some(t) = &tor {
+            names.push(t);
+        }
+        names.join(" vs ")
+    }
+
     fn json(&self) -> Value {
         let mut systems = serde_json::Map::new();
         for (system, n, r) in self.results {
             let entry = systems.entry(system.key()).or_insert_with(|| json!({}));
             entry[topo_name(*n)] = r.json();
+        }
+        if let Some(t) = self.tor {
+            systems.insert("tor".into(), t.json());
         }
         json!({
             "date": cmd_line(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]),
@@ -352,6 +542,7 @@ impl Report<'_> {
                 "umbra_binary": self.opts.bins.umbra.display().to_string(),
                 "umbra_release_build": self.opts.bins.umbra.to_string_lossy().contains("/release/"),
                 "yggdrasil": cmd_line(&["dpkg-query", "-W", "-f", "${Version}", "yggdrasil"]),
+                "tor": self.tor.and_then(|_| cmd_line(&["dpkg-query", "-W", "-f", "${Version}", "tor"])),
             },
             "baseline_veth": self.baseline,
             "results": systems,
@@ -359,6 +550,7 @@ impl Report<'_> {
                 "measure": r.name, "unit": r.unit,
                 "better": if r.better == Better::Higher { "higher" } else { "lower" },
                 "umbra": r.umbra, "yggdrasil": r.ygg, "ratio": r.ratio(),
+                "tor": r.tor, "tor_vanilla": r.tor_vanilla, "ratio_tor": r.ratio_tor(),
             })).collect::<Vec<_>>(),
             "targets": self.targets().iter().map(|(what, ratio, met)| json!({
                 "target": what, "ratio": ratio, "met": met,
@@ -368,54 +560,96 @@ impl Report<'_> {
 
     fn chart(&self) -> Chart {
         let topos = self.topologies();
-        let group = |label: String, f: &dyn Fn(&TopoResult) -> Option<f64>, n: usize| Group {
+        let chain = self.chain();
+        let tor_values = |f: Option<TorMeasure>| {
+            let f = f.and_then(|f| self.tor.map(|t| (f(&t.kist), f(&t.vanilla))));
+            let (k, v) = f.unwrap_or((None, None));
+            [k, v]
+        };
+        // umbra, Yggdrasil, then Tor where `tf` gives it a value.
+        let group = |label: String,
+                     f: &dyn Fn(&TopoResult) -> Option<f64>,
+                     n: Option<usize>,
+                     tf: Option<TorMeasure>| Group {
             label,
             values: [System::Umbra, System::Yggdrasil]
                 .iter()
-                .map(|&s| self.get(s, n).and_then(f))
+                .map(|&s| n.and_then(|n| self.get(s, n)).and_then(f))
+                .chain(tor_values(tf))
                 .collect(),
         };
-        let per_topo = |f: &dyn Fn(&TopoResult, usize) -> Option<f64>, with_streams: bool| {
+        let per_topo = |f: &dyn Fn(&TopoResult, usize) -> Option<f64>,
+                        with_streams: bool,
+                        tf: Option<TorMeasure>| {
             let mut g = Vec::new();
             for &n in &topos {
+                // Tor sits beside the chain's single stream.
+                let t = |s: usize| tf.filter(|_| Some(n) == chain && s == 0);
                 if with_streams {
                     for (s, streams) in STREAMS.iter().enumerate() {
                         g.push(group(
                             format!("{} -P {streams}", short_topo(n)),
                             &|r| f(r, s),
-                            n,
+                            Some(n),
+                            t(s),
                         ));
                     }
                 } else {
-                    g.push(group(topo_name(n), &|r| f(r, 0), n));
+                    g.push(group(topo_name(n), &|r| f(r, 0), Some(n), t(0)));
                 }
+            }
+            if chain.is_none() && tf.is_some() && self.tor.is_some() {
+                g.push(group("Tor, 3 relays".into(), &|_| None, None, tf));
             }
             g
         };
+        let shared = |from: usize| {
+            SHARED[from..from + 2]
+                .iter()
+                .map(|(name, _, _, f, tf)| {
+                    let label = name.rsplit(", ").next().unwrap_or(name).to_string();
+                    group(label, f, chain, Some(*tf))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut series = vec!["umbra".to_string(), "Yggdrasil 0.4.7".to_string()];
+        if self.tor.is_some() {
+            series.extend(["Tor (KIST)".to_string(), "Tor (Vanilla)".to_string()]);
+        }
         Chart {
-            title: "umbra vs Yggdrasil 0.4.7 in network namespaces".into(),
+            title: format!("{} in network namespaces", self.title()),
             subtitle: self.subtitle(),
-            series: vec!["umbra".into(), "Yggdrasil 0.4.7".into()],
+            series,
             panels: vec![
                 Panel {
-                    title: "iperf3 TCP throughput, median (higher is better)".into(),
+                    title: "TCP throughput, median (higher is better)".into(),
                     unit: "Mbit/s".into(),
-                    groups: per_topo(&|r, s| r.mbps(s), true),
+                    groups: per_topo(&|r, s| r.mbps(s), true, Some(TorSample::mbps)),
                 },
                 Panel {
                     title: "ping RTT avg (lower is better)".into(),
                     unit: "ms".into(),
-                    groups: per_topo(&|r, _| r.ping.avg(), false),
+                    groups: per_topo(&|r, _| r.ping.avg(), false, None),
                 },
                 Panel {
                     title: "daemon CPU per GB moved (lower is better)".into(),
                     unit: "CPU s/GB".into(),
-                    groups: per_topo(&|r, s| r.cpu_per_gb(s), true),
+                    groups: per_topo(&|r, s| r.cpu_per_gb(s), true, Some(TorSample::cpu_per_gb)),
                 },
                 Panel {
                     title: "memory per node, idle (lower is better)".into(),
                     unit: "MiB".into(),
-                    groups: per_topo(&|r, _| r.rss_idle_mib(), false),
+                    groups: per_topo(&|r, _| r.rss_idle_mib(), false, None),
+                },
+                Panel {
+                    title: "time to first byte, 3 relays, warm (lower is better)".into(),
+                    unit: "ms".into(),
+                    groups: shared(0),
+                },
+                Panel {
+                    title: "circuit build through 3 relays (lower is better)".into(),
+                    unit: "ms".into(),
+                    groups: shared(2),
                 },
             ],
         }
