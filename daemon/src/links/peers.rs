@@ -339,8 +339,10 @@ impl Links {
                             c.pace(&cell).await;
                         }
                         cells.push(cell);
-                        if cells.len() == CELL_BATCH && !self.send_cells(link_id, &mut cells).await
-                        {
+                        // A paced neighbour's cells go one by one, so none
+                        // waits in the batch while the pacer sleeps.
+                        let full = cells.len() == CELL_BATCH || ceiling.is_some();
+                        if full && !self.send_cells(link_id, &mut cells).await {
                             break "the node is stopping".to_string();
                         }
                         continue;
