@@ -268,23 +268,13 @@ mod window_flooder {
 
     use umbra_routing::cell::CELL_LEN;
     use umbra_routing::circuit::{CIRCUIT_WINDOW_CELLS, CircuitEvent};
-    use umbra_tests::netns::hostile::Hostile;
+    use umbra_tests::netns::hostile::{self, Hostile};
 
     use super::{PAST_WINDOW_CELLS, ROUNDS, WINDOW_FLOODER_SEED};
 
-    fn key(name: &str) -> [u8; 32] {
-        let hex = std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
-        hex::decode(hex).expect("hex").try_into().expect("32 bytes")
-    }
-
     pub(super) fn run(role: &str) {
         assert_eq!(role, "window-flooder");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(flood());
+        hostile::block_on(flood());
     }
 
     /// Builds a circuit through `r` to `g` (reading only until it is
@@ -332,7 +322,10 @@ mod window_flooder {
     }
 
     async fn flood() {
-        let (r, g) = (key("UMBRA_ABUSE_R_KEY"), key("UMBRA_ABUSE_G_KEY"));
+        let (r, g) = (
+            hostile::key_from_env("UMBRA_ABUSE_R_KEY"),
+            hostile::key_from_env("UMBRA_ABUSE_G_KEY"),
+        );
         let endpoint = std::env::var("UMBRA_ABUSE_R").expect("UMBRA_ABUSE_R");
         let mut h = Hostile::link(&WINDOW_FLOODER_SEED, r, &endpoint).await;
         let start = Instant::now();

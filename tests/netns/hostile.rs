@@ -17,6 +17,24 @@ use umbra_transport::proto::frame::Frame;
 
 use super::{Daemon, Netns, Veth, netns, prepare, temp_dir, veth, wait_for};
 
+/// Runs a hostile neighbour's `body` in a runtime of its own (a test
+/// helper's process has none).
+pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body)
+}
+
+/// The 32-byte key in hex in the environment variable `name`, which the
+/// test set for its helper.
+pub fn key_from_env(name: &str) -> [u8; 32] {
+    let hex = std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    hex::decode(hex).expect("hex").try_into().expect("32 bytes")
+}
+
 /// The link id the neighbour's core knows the victim's link by.
 pub const VICTIM_LINK: LinkId = 1;
 

@@ -355,7 +355,7 @@ mod helper {
     use umbra_routing::circuit::CircuitEvent;
     use umbra_routing::crypto::Identity;
     use umbra_routing::ledger::report::{Counts, Report};
-    use umbra_tests::netns::hostile::Hostile;
+    use umbra_tests::netns::hostile::{self, Hostile};
     use umbra_transport::proto::frame::Frame;
 
     use super::{FLOOD, FLOOD_RATE, FLOODER_SEED};
@@ -366,19 +366,11 @@ mod helper {
 
     pub(super) fn run(role: &str) {
         assert_eq!(role, "flooder");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(flood());
+        hostile::block_on(flood());
     }
 
     async fn flood() {
-        let r: [u8; 32] = hex::decode(env("UMBRA_LEDGER_R_KEY"))
-            .expect("hex")
-            .try_into()
-            .expect("32 bytes");
+        let r = hostile::key_from_env("UMBRA_LEDGER_R_KEY");
         let mut h = Hostile::link(&FLOODER_SEED, r, &env("UMBRA_LEDGER_R")).await;
         let session = h.link.handshake_hash;
         let start = Instant::now();
