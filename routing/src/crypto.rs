@@ -433,10 +433,16 @@ impl LayerKey {
     /// than 818, bench/benches/cell.rs).
     pub(crate) fn apply_layer(&self, counter: u64, data: &mut [u8]) {
         let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(counter_nonce(counter));
-        // Sealing fails only for inputs over 256 GiB; a cell is 1,200 bytes.
-        let _tag = self
+        // Sealing fails only for inputs over 256 GiB (a cell is 1,200
+        // bytes); should it ever fail, the data must not go on without its
+        // layer, so it is wiped (the end's tag check then drops it).
+        if self
             .aead
-            .seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), data);
+            .seal_in_place_separate_tag(nonce, aws_lc_rs::aead::Aad::empty(), data)
+            .is_err()
+        {
+            data.fill(0);
+        }
     }
 
     /// Encrypts `data` in place as the terminating layer and returns its tag.
