@@ -204,7 +204,13 @@ pub(crate) async fn run(
             }
         }
         for (leg, refused) in overruns {
-            outs.close_overrun(&mut core, &metrics, leg, refused, CIRCUIT_QUEUE_FULL);
+            outs.close_overrun(
+                &mut core,
+                &metrics,
+                leg,
+                refused,
+                QueueDrop::CircuitQueueFull,
+            );
         }
         outs.shed(&mut core, &metrics);
         while let Some((link, msg)) = core.poll_graph() {
@@ -242,9 +248,26 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Why the link queues drop cells, as `umbra_dropped_total` labels them.
-const CIRCUIT_QUEUE_FULL: &str = "circuit_queue_full";
-const QUEUES_FULL: &str = "queues_full";
+/// Why the link queues drop cells (and close the circuit they belong to).
+#[derive(Debug, Clone, Copy)]
+enum QueueDrop {
+    /// The circuit had [`out::MAX_QUEUED_PER_CIRCUIT`] cells waiting.
+    CircuitQueueFull,
+    /// The node's queues held more than [`out::MAX_QUEUED_CELLS`], and the
+    /// circuit held the most.
+    QueuesFull,
+}
+
+impl QueueDrop {
+    /// The `reason` label of `umbra_dropped_total`, and the key in `umbra
+    /// status`'s `drops`.
+    fn label(self) -> &'static str {
+        match self {
+            QueueDrop::CircuitQueueFull => "circuit_queue_full",
+            QueueDrop::QueuesFull => "queues_full",
+        }
+    }
+}
 
 /// The queues of the live links, and what their writers sign reports with.
 struct Outs {
@@ -298,21 +321,22 @@ impl Outs {
         metrics: &Metrics,
         (link, circ): (LinkId, u32),
         refused: u64,
-        reason: &'static str,
+        reason: QueueDrop,
     ) {
         core.close_overrun(now(), link, circ);
         let dropped = self.links.get(&link).map_or(0, |o| o.drop_circuit(circ));
         let n = dropped as u64 + refused;
-        metrics.count_drop(reason, n);
-        match reason {
-            QUEUES_FULL => self.dropped.queues_full += n,
-            _ => self.dropped.circuit_queue_full += n,
-        }
+        metrics.count_drop(reason.label(), n);
+        *match reason {
+            QueueDrop::CircuitQueueFull => &mut self.dropped.circuit_queue_full,
+            QueueDrop::QueuesFull => &mut self.dropped.queues_full,
+        } += n;
         tracing::warn!(
             link,
             circ,
             dropped,
-            "closed a circuit whose cells overran their queue ({reason})"
+            "closed a circuit whose cells overran their queue ({})",
+            reason.label()
         );
     }
 
@@ -329,7 +353,7 @@ impl Outs {
             let Some((_, link, circ)) = largest else {
                 return;
             };
-            self.close_overrun(core, metrics, (link, circ), 0, QUEUES_FULL);
+            self.close_overrun(core, metrics, (link, circ), 0, QueueDrop::QueuesFull);
         }
     }
 }
@@ -720,8 +744,8 @@ fn status(core: &mut RouterCore, queues: &QueueDrops) -> Value {
         "no_path": r.no_path,
         "to_self": r.to_self,
         "icmp_rate_limited": r.icmp_limited,
-        "circuit_queue_full": queues.circuit_queue_full,
-        "queues_full": queues.queues_full,
+        QueueDrop::CircuitQueueFull.label(): queues.circuit_queue_full,
+        QueueDrop::QueuesFull.label(): queues.queues_full,
     });
     json!({
         "circuits": circuits,

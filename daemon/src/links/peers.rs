@@ -334,24 +334,26 @@ impl Links {
             };
             match next {
                 Ok(frame) => {
-                    if let Frame::Cell(cell) = frame {
-                        if let Some(c) = ceiling.as_mut() {
-                            c.pace(&cell).await;
-                        }
-                        cells.push(cell);
-                        // A paced neighbour's cells go one by one, so none
-                        // waits in the batch while the pacer sleeps.
-                        let full = cells.len() == CELL_BATCH || ceiling.is_some();
-                        if full && !self.send_cells(link_id, &mut cells).await {
-                            break "the node is stopping".to_string();
-                        }
-                        continue;
-                    }
-                    if !self.send_cells(link_id, &mut cells).await {
+                    // Anything but a cell goes after the cells before it.
+                    if !matches!(frame, Frame::Cell(_))
+                        && !self.send_cells(link_id, &mut cells).await
+                    {
                         break "the node is stopping".to_string();
                     }
                     let input = match frame {
-                        Frame::Cell(_) => continue,
+                        Frame::Cell(cell) => {
+                            if let Some(c) = ceiling.as_mut() {
+                                c.pace(&cell).await;
+                            }
+                            cells.push(cell);
+                            // A paced neighbour's cells go one by one, so none
+                            // waits in the batch while the pacer sleeps.
+                            let full = cells.len() == CELL_BATCH || ceiling.is_some();
+                            if full && !self.send_cells(link_id, &mut cells).await {
+                                break "the node is stopping".to_string();
+                            }
+                            continue;
+                        }
                         Frame::GraphRecord(bytes) => Input::Graph {
                             link: link_id,
                             bytes,
