@@ -36,16 +36,8 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     parse_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
-/// The `VmRSS` line of a `/proc/<pid>/status` text, in KiB.
-pub fn parse_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
+// Resident memory (`VmRSS`) is the lab's, which the tests read too.
+pub use umbra_netlab::{parse_rss_kib, rss_kib};
 
 /// The `RssAnon` line of a `/proc/<pid>/status` text, in KiB: resident
 /// memory that is the process's own (heap, stacks), not file pages such as
@@ -63,11 +55,6 @@ pub fn parse_rss_anon_kib(status: &str) -> Option<u64> {
 /// Anonymous resident memory of process `pid`, in KiB.
 pub fn rss_anon_kib(pid: u32) -> Option<u64> {
     parse_rss_anon_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
-/// Resident memory of process `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    parse_rss_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
 /// The 1-minute load average.

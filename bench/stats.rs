@@ -33,6 +33,11 @@ pub fn mean(samples: &[f64]) -> Option<f64> {
     (!samples.is_empty()).then(|| samples.iter().sum::<f64>() / samples.len() as f64)
 }
 
+/// CPU seconds per gigabyte (10⁹ bytes) moved; `None` if nothing moved.
+pub fn cpu_s_per_gb(cpu_s: f64, bytes: u64) -> Option<f64> {
+    (bytes > 0).then(|| cpu_s / (bytes as f64 / 1e9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

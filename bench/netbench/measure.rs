@@ -163,7 +163,7 @@ pub(crate) struct TcpRun {
 impl TcpRun {
     /// CPU seconds per gigabyte (10⁹ bytes) moved.
     pub(crate) fn cpu_s_per_gb(&self) -> Option<f64> {
-        (self.bytes > 0).then(|| self.cpu_s / (self.bytes as f64 / 1e9))
+        umbra_bench::stats::cpu_s_per_gb(self.cpu_s, self.bytes)
     }
 }
 

@@ -476,7 +476,7 @@ pub(crate) struct BulkRun {
 impl BulkRun {
     /// CPU seconds per 10⁹ bytes received.
     pub(crate) fn cpu_s_per_gb(&self) -> Option<f64> {
-        (self.bytes > 0).then(|| self.cpu_s / (self.bytes as f64 / 1e9))
+        umbra_bench::stats::cpu_s_per_gb(self.cpu_s, self.bytes)
     }
 }
 

@@ -37,6 +37,23 @@ pub fn signal(pid: u32, sig: &str) -> Result<()> {
     sh(&["kill", &format!("-{sig}"), &pid.to_string()]).map(drop)
 }
 
+/// The `VmRSS` line of a `/proc/<pid>/status` text, in KiB.
+pub fn parse_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Resident memory (`VmRSS`) of process `pid`, in KiB; `None` once it is
+/// gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    parse_rss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
 /// Whether this process runs as root (effective uid 0, from
 /// /proc/self/status: no libc call needed).
 pub fn is_root() -> bool {

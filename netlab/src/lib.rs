@@ -30,7 +30,10 @@ mod upnp;
 mod veth;
 mod wait;
 
-pub use cmd::{exited, has_tool, has_tun, is_root, require_tools, run, sh, signal, tail};
+pub use cmd::{
+    exited, has_tool, has_tun, is_root, parse_rss_kib, require_tools, rss_kib, run, sh, signal,
+    tail,
+};
 pub use config::{Peer, UmbraConfig};
 pub use daemon::{Daemon, Identity, START_TIMEOUT};
 pub use error::{Error, Result};

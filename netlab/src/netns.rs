@@ -48,6 +48,17 @@ impl Netns {
         cmd::run(&full)
     }
 
+    /// Limits what leaves interface `dev` inside to `mbit` Mbit/s (a token
+    /// bucket filter: the lab's slow link, as this kernel has no `netem`).
+    pub fn limit_egress(&self, dev: &str, mbit: u32) -> Result<()> {
+        let rate = format!("{mbit}mbit");
+        self.exec(&[
+            "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst", "64kb",
+            "latency", "50ms",
+        ])
+        .map(drop)
+    }
+
     /// A `Command` for `program` inside. `ip netns exec` execs the program
     /// in place, so the child's pid is the program's.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {

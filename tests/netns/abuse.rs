@@ -49,7 +49,7 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
         .map(|(_, ip)| format!("{ip}:443"))
         .expect("node 1's address on the edge to 0");
     let pid = o.daemons[1].pid().expect("relay pid");
-    let rss_before = umbra_tests::netns::rss_kib(pid);
+    let rss_before = umbra_netlab::rss_kib(pid).unwrap_or(0);
 
     let Overlay {
         daemons, ns, addrs, ..
@@ -93,7 +93,7 @@ fn a_slowloris_of_2000_half_open_connections_leaves_links_and_traffic_alone() {
                 (s["links_up"] == 1).then_some(())
             },
         );
-        let rss_during = umbra_tests::netns::rss_kib(pid);
+        let rss_during = umbra_netlab::rss_kib(pid).unwrap_or(0);
         let out = attack.join().expect("slowloris thread");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!(
@@ -166,32 +166,11 @@ fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
     require_root();
     let v = Victim::start("aw", &WINDOW_FLOODER_SEED, "1TB/30d");
     let Victim { r, nr, ng, nh, .. } = &v;
-    let rate = format!("{ONWARD_MBIT}mbit");
-    let tc = nr
-        .run(&[
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            &v.onward.a.iface,
-            "root",
-            "tbf",
-            "rate",
-            &rate,
-            "burst",
-            "64kb",
-            "latency",
-            "50ms",
-        ])
-        .expect("run tc");
-    assert!(
-        tc.status.success(),
-        "tc: {}",
-        String::from_utf8_lossy(&tc.stderr)
-    );
+    nr.limit_egress(&v.onward.a.iface, ONWARD_MBIT)
+        .expect("limit R's link to G");
 
     let pid = r.pid().expect("R's pid");
-    let rss_before = umbra_tests::netns::rss_kib(pid);
+    let rss_before = umbra_netlab::rss_kib(pid).unwrap_or(0);
     let log = v.dir.path().join("window-flooder.log");
     let env = [
         ("UMBRA_ABUSE_R", v.endpoint.as_str()),
@@ -206,7 +185,7 @@ fn a_neighbour_that_ignores_its_window_and_never_reads_loses_its_circuit() {
         let peak = s.spawn(|| {
             let mut peak = rss_before;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(umbra_tests::netns::rss_kib(pid));
+                peak = peak.max(umbra_netlab::rss_kib(pid).unwrap_or(0));
                 std::thread::sleep(Duration::from_millis(50));
             }
             peak

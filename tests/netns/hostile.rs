@@ -36,7 +36,7 @@ pub fn key_from_env(name: &str) -> [u8; 32] {
 }
 
 /// The link id the neighbour's core knows the victim's link by.
-pub const VICTIM_LINK: LinkId = 1;
+const VICTIM_LINK: LinkId = 1;
 
 /// The terms the neighbour asks for: 1 TB per 30 days (what the tests'
 /// victims list for it).
@@ -47,8 +47,6 @@ const ASK_SECS: u64 = 30 * 86_400;
 pub struct Hostile {
     /// Its identity.
     pub me: Identity,
-    /// The victim's key.
-    pub victim: [u8; 32],
     /// The link to the victim.
     pub link: Link,
     /// Its own circuit core, with the victim's link up as [`VICTIM_LINK`].
@@ -79,12 +77,7 @@ impl Hostile {
         let rng: umbra_routing::crypto::CoreRng = Box::new(rand_core::OsRng);
         let mut core = CircuitCore::new(me.clone(), 0x02, CircuitConfig::default(), rng);
         core.link_up(Instant::now(), VICTIM_LINK, victim);
-        Hostile {
-            me,
-            victim,
-            link,
-            core,
-        }
+        Hostile { me, link, core }
     }
 
     /// Sends every cell the core has to send; returns the last one sent,

@@ -310,11 +310,11 @@ fn a_circuit_flood_is_cut_at_its_rate_and_bad_reports_are_dropped() {
     let mut helper = spawn_test_helper(nh, test, "flooder", &env, &log);
     // While the flood runs, G's circuits through R still build.
     let pid = r.pid().expect("R's pid");
-    let rss_before = umbra_tests::netns::rss_kib(pid);
+    let rss_before = umbra_netlab::rss_kib(pid).unwrap_or(0);
     let g_ping =
         umbra_netlab::ping(ng, &v.r_addr, umbra_netlab::PingOptions::new(20, 0.1)).expect("ping");
     let ok = succeeds_within(&mut helper, Duration::from_secs(60));
-    let rss_after = umbra_tests::netns::rss_kib(pid);
+    let rss_after = umbra_netlab::rss_kib(pid).unwrap_or(0);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!("{said}");
     assert!(ok, "the flooder failed:\n{said}\nR:\n{}", r.log_text());

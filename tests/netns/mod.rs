@@ -243,16 +243,6 @@ pub fn spawn_test_helper(
     Proc::spawn(cmd, log).expect("spawn test helper")
 }
 
-/// Resident memory of process `pid` (VmRSS), KiB; 0 once it is gone.
-pub fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Whether `p` exited successfully within `limit`.
 pub fn succeeds_within(p: &mut Proc, limit: Duration) -> bool {
     p.wait(limit).is_some_and(|s| s.success())

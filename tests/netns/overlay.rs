@@ -156,18 +156,7 @@ impl Overlay {
     /// Mbit/s (a token bucket filter on `i`'s side).
     pub fn limit(&self, i: usize, j: usize, mbit: u32) {
         let dev = umbra_netlab::numbered(i, j).0;
-        let rate = format!("{mbit}mbit");
-        let out = self.ns[i]
-            .run(&[
-                "tc", "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", &rate, "burst",
-                "64kb", "latency", "50ms",
-            ])
-            .expect("run tc");
-        assert!(
-            out.status.success(),
-            "tc: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.ns[i].limit_egress(&dev, mbit).expect("tc");
     }
 
     /// `umbra status --json` of node `i`.

@@ -61,7 +61,7 @@ impl Rng {
 
 /// Resident memory (KiB) and open files of `pid`.
 fn rss_and_fds(pid: u32) -> (u64, usize) {
-    let rss = umbra_tests::netns::rss_kib(pid);
+    let rss = umbra_netlab::rss_kib(pid).unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     (rss, fds)
 }
