@@ -672,8 +672,10 @@ impl RouterCore {
     /// Errs at once when it cannot go: the payload is too long, `to` is this
     /// node or not in the graph, no path for the setting (or none within
     /// [`RETRY_AFTER`] of a failure), or the circuit's queue is full. Once
-    /// queued, a message the circuit loses (its build fails, it closes) is
-    /// counted in [`CircuitMetrics::messages`] and not sent again.
+    /// queued, a message the circuit loses is counted in
+    /// [`CircuitMetrics::messages`] and not sent again: it closed, or its
+    /// build failed and no other could start (a build started at once takes
+    /// over what waited).
     pub fn send_message(
         &mut self,
         now: Now,
@@ -928,7 +930,16 @@ impl RouterCore {
     fn forget_circuit(&mut self, id: CircuitId) -> Option<[u8; KEY_LEN]> {
         self.incoming.retain(|_, c| *c != id);
         self.pool.retain(|p| p.id != id);
-        let o = self.origin_of.remove(&id)?;
+        let Some(o) = self.origin_of.remove(&id) else {
+            // A circuit another node built: the reply flows it carried
+            // forget it, so their next packet in rides the circuit that node
+            // builds next (not a build of our own, which would lose the
+            // answer that started it if that build failed).
+            for d in self.dests.values_mut() {
+                d.flows.retain(|_, (c, _)| *c != id);
+            }
+            return None;
+        };
         let d = self.dests.get_mut(&o.dest)?;
         if d.current.is_some_and(|(c, _)| c == id) {
             d.current = d.next.take();
@@ -1095,10 +1106,15 @@ impl RouterCore {
                     let d = self.dests.entry(*destination).or_default();
                     d.error = Some(error);
                     self.rebuild_if_used(now, *destination);
+                    // What waited on the failed build goes on the next one.
+                    if let Some((next, _)) = self.dests.get(destination).and_then(|d| d.current) {
+                        self.circuits.requeue_unsent(*circuit, next);
+                    }
                 }
             }
             self.events.push_back(ev);
         }
+        self.circuits.drop_unsent();
     }
 
     /// The node that `addr` (a /128 or an address in a /64) belongs to, if

@@ -260,34 +260,134 @@ fn icmp_errors_are_rate_limited() {
 /// Three routers in a line, 0 - 1 - 2, each the other's home: too small
 /// for a balanced path anywhere.
 fn line_of_three(seed: u64) -> (Sim<RouterNode>, Vec<[u8; 32]>) {
+    small_network(seed, 3, &[(0, 1), (1, 2)], Anonymity::Balanced)
+}
+
+/// Nodes 0 and 3 joined through relays 1 and 2, every node fast (one
+/// relay between ends).
+fn diamond(seed: u64) -> (Sim<RouterNode>, Vec<[u8; 32]>) {
+    small_network(seed, 4, &[(0, 1), (0, 2), (1, 3), (2, 3)], Anonymity::Fast)
+}
+
+/// `n` routers joined along `edges` with `anonymity`, each node's home its
+/// first neighbour; links up and the graph converged.
+fn small_network(
+    seed: u64,
+    n: usize,
+    edges: &[(usize, usize)],
+    anonymity: Anonymity,
+) -> (Sim<RouterNode>, Vec<[u8; 32]>) {
     let mut sim = Sim::new(seed);
     let mut rng = Rng::new(seed);
-    let ids: Vec<Identity> = (0..3)
+    let ids: Vec<Identity> = (0..n)
         .map(|_| Identity::from_seed(&rng.bytes32()))
         .collect();
     let keys: Vec<[u8; 32]> = ids.iter().map(Identity::public).collect();
+    let adj = neighbours(n, edges);
     let base = Instant::now();
     for (i, id) in ids.into_iter().enumerate() {
-        let peers: Vec<[u8; 32]> = match i {
-            1 => vec![keys[0], keys[2]],
-            _ => vec![keys[1]],
-        };
-        let home = Some(peers[0]);
+        let peers: Vec<[u8; 32]> = adj[i].iter().map(|&j| keys[j]).collect();
+        let home = peers.first().copied();
         sim.add_node(RouterNode::new(
             id,
             &peers,
-            Anonymity::Balanced,
+            anonymity,
             home,
             rng.fork(),
             base,
         ));
     }
-    for (a, b) in [(0, 1), (1, 2)] {
+    for &(a, b) in edges {
         let l = sim.add_link(a, b, LinkParams::default());
         sim.set_link_up(l);
     }
     assert!(sim.run_until_quiet(Duration::from_secs(1), Duration::from_secs(60)));
     (sim, keys)
+}
+
+/// Node `from` sends a UDP packet tagged `tag` to node `to` (ports 9 to 9,
+/// one flow both ways) and the simulation runs for a second.
+fn send_udp(sim: &mut Sim<RouterNode>, keys: &[[u8; 32]], from: usize, to: usize, tag: u64) {
+    let p = udp_packet(&keys[from], &keys[to], (9, 9), tag);
+    sim.with_node(from, |node, t| node.send(t, &p));
+    sim.run_for(Duration::from_secs(1));
+}
+
+/// The link between nodes `a` and `b`.
+fn link_between(sim: &Sim<RouterNode>, a: usize, b: usize) -> usize {
+    *sim.links_of(a)
+        .iter()
+        .find(|&&l| sim.link_ends(l).is_some_and(|(x, y)| x == b || y == b))
+        .expect("a link")
+}
+
+/// A node answers a flow over the circuit the flow came in on. When that
+/// circuit breaks and the other end builds another, the answers take the
+/// new one: the node does not start a build of its own (whose failure
+/// would lose the answer that started it: in a soak with churn that cost a
+/// TCP transfer a doubled retransmission timeout, an 11 s stall).
+#[test]
+fn answers_follow_the_circuit_the_other_end_rebuilt() {
+    let (mut sim, keys) = diamond(seed(0xd1a3));
+    send_udp(&mut sim, &keys, 0, 3, 1);
+    send_udp(&mut sim, &keys, 3, 0, 2);
+    assert!(
+        arrival(&sim, 3, 1).is_some() && arrival(&sim, 0, 2).is_some(),
+        "{}",
+        sim.context()
+    );
+    let relay_of = |sim: &Sim<RouterNode>| -> [u8; 32] {
+        sim.node(0)
+            .expect("node 0")
+            .core
+            .circuits()
+            .find(|c| c.role == CircuitRole::Origin && c.peer == Some(keys[3]))
+            .expect("node 0's circuit to node 3")
+            .path[0]
+    };
+    let relay = keys
+        .iter()
+        .position(|k| *k == relay_of(&sim))
+        .expect("a relay");
+    sim.set_link_down(link_between(&sim, relay, 3));
+    sim.run_for(Duration::from_secs(1));
+    assert_ne!(relay_of(&sim), keys[relay], "node 0 built around the break");
+    send_udp(&mut sim, &keys, 0, 3, 3);
+    send_udp(&mut sim, &keys, 3, 0, 4);
+    assert!(
+        arrival(&sim, 3, 3).is_some() && arrival(&sim, 0, 4).is_some(),
+        "{}",
+        sim.context()
+    );
+    assert_eq!(
+        sim.node(3).expect("node 3").core.counters().builds,
+        0,
+        "node 3 answered only over node 0's circuits"
+    );
+}
+
+/// A packet that waits on a build that fails (a relay has lost its link to
+/// the destination, and the origin has not heard yet) goes on the build the
+/// router starts at once around the failure, instead of being lost.
+#[test]
+fn a_packet_waiting_on_a_failed_build_goes_on_the_next() {
+    let mut failed = 0;
+    for i in 0..6 {
+        let (mut sim, keys) = diamond(seed(0xfa11) + i);
+        // Relay 1 loses node 3; node 0 learns of it through the graph only
+        // after its build has asked relay 1 to extend there (or not, when
+        // the build happens to take relay 2).
+        sim.set_link_down(link_between(&sim, 1, 3));
+        send_udp(&mut sim, &keys, 0, 3, 1);
+        let core = &sim.node(0).expect("node 0").core;
+        failed += core.circuit_metrics().build_failures;
+        assert!(arrival(&sim, 3, 1).is_some(), "seed {i}: {}", sim.context());
+        assert_eq!(core.circuit_metrics().drops.lost_on_close, 0);
+    }
+    assert!(
+        failed > 0,
+        "no seed made a build fail: the test proves nothing"
+    );
 }
 
 #[test]

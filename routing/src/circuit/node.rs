@@ -19,7 +19,7 @@ use crate::crypto::{
     self, CoreRng, CryptoError, HOP_SECRET_LEN, HandshakeInitiator, HandshakePattern,
     HandshakeResponder, Identity, KEY_LEN,
 };
-use crate::session::{QueueError, Received, RxDrop};
+use crate::session::{QueueError, Received, RxDrop, SessionTx};
 
 /// Relay-crypto versions this node offers and accepts, as a bitmask (bit
 /// `v - 1` for version `v`).
@@ -109,8 +109,16 @@ pub struct CircuitCore {
     inbox_bytes: usize,
     /// Origin circuits still building (few; scanned for timeouts).
     building: Vec<CircuitId>,
+    /// What builds that failed had queued, none of it sent, with the
+    /// destination: for [`Self::requeue_unsent`] (at most
+    /// [`MAX_UNSENT`]; [`Self::drop_unsent`] empties it).
+    unsent: VecDeque<(CircuitId, [u8; KEY_LEN], SessionTx)>,
     metrics: CircuitMetrics,
 }
+
+/// Failed builds whose queues wait for [`CircuitCore::requeue_unsent`]; past
+/// this the oldest is dropped (and counted lost).
+const MAX_UNSENT: usize = 64;
 
 impl CircuitCore {
     /// A circuit layer for the node `identity`, whose addresses use
@@ -142,6 +150,7 @@ impl CircuitCore {
             inbox: VecDeque::new(),
             inbox_bytes: 0,
             building: Vec::new(),
+            unsent: VecDeque::new(),
             metrics: CircuitMetrics::default(),
         }
     }
@@ -343,8 +352,9 @@ impl CircuitCore {
     /// window and queue bound ([`SendError::QueueFull`] when it is full, not
     /// counted as a drop: the caller is told). The other end gets it from
     /// [`Self::poll_message`] with this node's key. On a circuit still
-    /// building it waits, as packets do; if the circuit fails or closes
-    /// first it is lost and counted ([`MessageCounters::lost_on_close`]).
+    /// building it waits, as packets do; if the circuit closes first, or
+    /// its build fails and [`Self::requeue_unsent`] does not move it, it is
+    /// lost and counted ([`MessageCounters::lost_on_close`]).
     ///
     /// [`MessageCounters::lost_on_close`]: super::MessageCounters::lost_on_close
     pub fn send_message(
@@ -392,6 +402,51 @@ impl CircuitCore {
             self.dirty.push_back(circuit);
         }
         Ok(())
+    }
+
+    /// Moves what the origin circuit `from` had queued when its build failed
+    /// (none of it was sent, so it has no sequence numbers yet) onto `to`, a
+    /// circuit this node builds to the same destination whose queue is
+    /// empty. The router calls it when it starts another build at once, so
+    /// a build that fails loses no packet. Returns whether it moved.
+    pub fn requeue_unsent(&mut self, from: CircuitId, to: CircuitId) -> bool {
+        let Some(i) = self.unsent.iter().position(|(id, ..)| *id == from) else {
+            return false;
+        };
+        let Some(Circuit {
+            role: Role::Origin(o),
+            closed: false,
+            ..
+        }) = self.circuits.get_mut(&to)
+        else {
+            return false;
+        };
+        if o.prefix || o.end.peer != self.unsent[i].1 || !o.end.tx.is_empty() {
+            return false;
+        }
+        let Some((_, _, tx)) = self.unsent.remove(i) else {
+            return false;
+        };
+        o.end.tx = tx;
+        if o.built() && !o.end.in_dirty && o.end.has_work() {
+            o.end.in_dirty = true;
+            self.dirty.push_back(to);
+        }
+        true
+    }
+
+    /// Drops what failed builds queued that [`Self::requeue_unsent`] did not
+    /// move, counting it lost on close.
+    pub fn drop_unsent(&mut self) {
+        while let Some((_, _, tx)) = self.unsent.pop_front() {
+            self.count_lost_unsent(&tx);
+        }
+    }
+
+    fn count_lost_unsent(&mut self, tx: &SessionTx) {
+        let messages = tx.queued_messages() as u64;
+        self.metrics.drops.lost_on_close += tx.queued_packets() as u64 - messages;
+        self.metrics.messages.lost_on_close += messages;
     }
 
     /// Closes a circuit this node holds (rotation, shutdown): DESTROY goes
@@ -1394,14 +1449,15 @@ impl CircuitCore {
             }
         }
         self.metrics.circuits_closed += 1;
+        let mut unsent = None;
         let m = &mut self.metrics;
-        match &c.role {
+        match &mut c.role {
             Role::Origin(o) => {
                 m.origin_circuits -= 1;
-                let lost = o.end.lost_on_close();
-                m.drops.lost_on_close += lost.packets;
-                m.messages.lost_on_close += lost.messages;
                 if o.built() {
+                    let lost = o.end.lost_on_close();
+                    m.drops.lost_on_close += lost.packets;
+                    m.messages.lost_on_close += lost.messages;
                     self.events.push_back(CircuitEvent::Closed {
                         circuit: id,
                         peer: o.end.peer,
@@ -1410,6 +1466,12 @@ impl CircuitCore {
                 } else {
                     m.build_failures += 1;
                     self.building.retain(|b| *b != id);
+                    // Nothing was sent before the build ended, and nothing
+                    // received: the queue waits for `requeue_unsent`.
+                    if !o.end.tx.is_empty() {
+                        let tx = std::mem::replace(&mut o.end.tx, SessionTx::new(0));
+                        unsent = Some((id, o.end.peer, tx));
+                    }
                     // A DESTROY before any hop answered is the first hop
                     // refusing the CREATE.
                     let failed_hop = match from {
@@ -1438,6 +1500,14 @@ impl CircuitCore {
                     reason,
                 });
             }
+        }
+        if let Some(u) = unsent {
+            if self.unsent.len() >= MAX_UNSENT
+                && let Some((_, _, oldest)) = self.unsent.pop_front()
+            {
+                self.count_lost_unsent(&oldest);
+            }
+            self.unsent.push_back(u);
         }
         // Keep an end until the reader has taken the packets that arrived
         // before the teardown.

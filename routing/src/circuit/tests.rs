@@ -946,9 +946,20 @@ fn queued_messages_are_counted_when_the_build_fails_or_the_circuit_closes() {
         net.events(0)[..],
         [CircuitEvent::Unreachable { circuit, .. }] if circuit == id
     ));
-    let m = net.nodes[0].metrics();
-    assert_eq!((m.messages.lost_on_close, m.drops.lost_on_close), (2, 1));
-    assert_eq!(m.messages.dropped(), 2);
+    // Nothing is lost yet: the router may requeue it, but not onto a
+    // circuit to another node.
+    let lost = |net: &Net| {
+        let m = net.nodes[0].metrics();
+        (m.messages.lost_on_close, m.drops.lost_on_close)
+    };
+    assert_eq!(lost(&net), (0, 0));
+    let other = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[2]])
+        .expect("build");
+    assert!(!net.nodes[0].requeue_unsent(id, other));
+    net.nodes[0].drop_unsent();
+    assert_eq!(lost(&net), (2, 1));
+    assert_eq!(net.nodes[0].metrics().messages.dropped(), 2);
     assert_eq!(
         net.nodes[0].send_message(net.now, id, b"three"),
         Err(SendError::UnknownCircuit)
@@ -979,6 +990,45 @@ fn queued_messages_are_counted_when_the_build_fails_or_the_circuit_closes() {
     assert_eq!(net.nodes[2].metrics().messages.lost_on_close, 1);
     assert_eq!(net.nodes[2].metrics().drops.lost_on_close, 0);
     assert!(net.messages(2).is_empty());
+}
+
+#[test]
+fn what_waited_on_a_failed_build_goes_on_the_next_once() {
+    // Node 1 has no link to node 3: the build fails at hop 1.
+    let mut net = Net::new(4);
+    net.link(0, 1);
+    net.link(1, 2);
+    let k = net.keys.clone();
+    let failed = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[3]])
+        .expect("build");
+    let p = ipv6(net.address(0), net.address(3), 60, 7);
+    net.nodes[0]
+        .send_packet(net.now, failed, &p)
+        .expect("packet");
+    net.nodes[0]
+        .send_message(net.now, failed, b"one")
+        .expect("message");
+    net.pump();
+    assert!(matches!(
+        net.events(0)[..],
+        [CircuitEvent::Unreachable { circuit, .. }] if circuit == failed
+    ));
+    // Around the failure, through node 2.
+    net.link(2, 3);
+    let next = net.nodes[0]
+        .build_circuit(net.now, &[k[1], k[2], k[3]])
+        .expect("build");
+    assert!(net.nodes[0].requeue_unsent(failed, next));
+    assert!(!net.nodes[0].requeue_unsent(failed, next), "only once");
+    net.pump();
+    let got = net.packets(3);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, p);
+    assert_eq!(net.messages(3), [(k[0], b"one".to_vec())]);
+    net.nodes[0].drop_unsent();
+    let m = net.nodes[0].metrics();
+    assert_eq!((m.messages.lost_on_close, m.drops.lost_on_close), (0, 0));
 }
 
 #[test]
