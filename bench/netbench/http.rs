@@ -3,7 +3,7 @@
 //! directly or through a SOCKS5 proxy (Tor's client).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use umbra_netlab::{Netns, NginxConfig, Proc};
 
@@ -49,21 +49,9 @@ impl HttpServer {
             addr.to_string()
         };
         let listen = format!("{host}:{HTTP_PORT}");
-        let args = NginxConfig::new(dir).http(&listen, &www).write()?;
-        let mut cmd = ns.command("nginx");
-        cmd.args(&args);
-        let nginx = Proc::spawn(cmd, &dir.join("nginx.log"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ns.listens_tcp(HTTP_PORT) {
-            if nginx.exited() || Instant::now() > deadline {
-                return Err(format!(
-                    "nginx on {listen} in {} did not start: {}",
-                    ns.name(),
-                    nginx.log_text().trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let nginx = NginxConfig::new(dir)
+            .http(&listen, &www)
+            .start(ns, HTTP_PORT)?;
         Ok(HttpServer {
             base: format!("http://{listen}/"),
             _nginx: nginx,

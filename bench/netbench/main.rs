@@ -272,6 +272,32 @@ pub(crate) struct TopoResult {
     /// Time to first byte of a small HTTP fetch from the last node, warm,
     /// ms (the chain only).
     pub(crate) ttfb_ms: Vec<f64>,
+    /// The same fetches through umbra's SOCKS5 proxy against the TUN
+    /// (umbra's chain only).
+    pub(crate) socks: Option<SocksResult>,
+}
+
+/// HTTP over umbra's chain through the SOCKS5 proxy and its userspace TCP
+/// stack, against the TUN and the kernel's TCP, in one run.
+#[derive(Debug, Clone)]
+pub(crate) struct SocksResult {
+    pub(crate) ttfb_ms: Vec<f64>,
+    pub(crate) bulk_tun_mbps: f64,
+    pub(crate) bulk_socks_mbps: f64,
+}
+
+impl SocksResult {
+    fn json(&self, tun_ttfb: &[f64]) -> Value {
+        json!({
+            "time_to_first_byte": {
+                "median_ms": median(&self.ttfb_ms),
+                "p90_ms": percentile(&self.ttfb_ms, 90.0),
+                "samples_ms": self.ttfb_ms,
+                "added_median_ms": median(&self.ttfb_ms).zip(median(tun_ttfb)).map(|(s, t)| s - t),
+            },
+            "http_bulk_mbps": {"tun": self.bulk_tun_mbps, "socks": self.bulk_socks_mbps},
+        })
+    }
 }
 
 /// iperf3 stream counts measured.
@@ -350,6 +376,7 @@ impl TopoResult {
                 "p90_ms": percentile(&self.ttfb_ms, 90.0),
                 "samples_ms": self.ttfb_ms,
             },
+            "socks": self.socks.as_ref().map(|s| s.json(&self.ttfb_ms)),
             "first_packet": {
                 "samples": self.first.iter().map(FirstPacket::json).collect::<Vec<_>>(),
                 "first_rtt_median_ms": median(&firsts),
@@ -414,7 +441,7 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
             tcp[s].push(r);
         }
     }
-    let ttfb_ms = if n > 2 {
+    let (ttfb_ms, socks) = if n > 2 {
         let web = http::HttpServer::start(
             &o.ns[last],
             &o.addrs[last],
@@ -426,9 +453,13 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
             median(&t).unwrap_or(f64::NAN),
             percentile(&t, 90.0).unwrap_or(f64::NAN)
         );
-        t
+        let socks = match system {
+            System::Umbra => Some(socks_against_tun(opts, &o, &web)?),
+            System::Yggdrasil => None,
+        };
+        (t, socks)
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     Ok(TopoResult {
         nodes: n,
@@ -438,6 +469,26 @@ fn measure(opts: &Options, system: System, n: usize, dir: &Path) -> R<TopoResult
         rss_idle_anon_kib,
         tcp,
         ttfb_ms,
+        socks,
+    })
+}
+
+/// umbra's chain from node 0 through its SOCKS5 proxy against its TUN: the
+/// time to first byte, and an HTTP bulk fetch each way of `opts.secs`.
+fn socks_against_tun(opts: &Options, o: &Overlay, web: &http::HttpServer) -> R<SocksResult> {
+    let via = http::Via::Socks(overlay::UMBRA_SOCKS);
+    let ttfb_ms = http::ttfb_series(&o.ns[0], web, via, 20, 0.1)?;
+    let bulk_tun_mbps = http::bulk(&o.ns[0], web, http::Via::Direct, opts.secs)?.mbps;
+    let bulk_socks_mbps = http::bulk(&o.ns[0], web, via, opts.secs)?.mbps;
+    eprintln!(
+        "netbench:   SOCKS5: time to first byte median {:.2} ms; HTTP bulk {bulk_socks_mbps:.0} \
+         Mbit/s against {bulk_tun_mbps:.0} over the TUN",
+        median(&ttfb_ms).unwrap_or(f64::NAN)
+    );
+    Ok(SocksResult {
+        ttfb_ms,
+        bulk_tun_mbps,
+        bulk_socks_mbps,
     })
 }
 

@@ -244,14 +244,21 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     umbra_netlab::tail(text, n)
 }
 
+/// Where node 0 of an umbra topology accepts SOCKS5, for the fetches
+/// through the userspace stack.
+pub(crate) const UMBRA_SOCKS: &str = "127.0.0.1:1080";
+
 /// Writes each node's umbra.toml (`anonymity = "fast"`, listening on its
-/// veth addresses, a `[[peer]]` per neighbour) and returns the config files
-/// and overlay addresses.
+/// veth addresses, a `[[peer]]` per neighbour; node 0 also runs the SOCKS5
+/// proxy) and returns the config files and overlay addresses.
 fn umbra_configs(umbra: &Path, dir: &Path, links: &Links) -> R<(Vec<PathBuf>, Vec<String>)> {
     let n = links.listen.len();
     let config = |i: usize| {
         let mut c = UmbraConfig::new(&dir.join(format!("n{i}")));
         c.top = "anonymity = \"fast\"\n".into();
+        if i == 0 {
+            c.top += &format!("[socks]\nlisten = \"{UMBRA_SOCKS}\"\n");
+        }
         c
     };
     let ids = (0..n)

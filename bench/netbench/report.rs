@@ -482,6 +482,24 @@ impl Report<'_> {
                 t.bootstrap_s, t.ready_s, t.elapsed_s
             );
         }
+        if let Some(line) = self
+            .chain()
+            .and_then(|n| self.get(System::Umbra, n))
+            .and_then(|r| r.socks.as_ref().map(|k| (r, k)))
+            .map(|(r, k)| {
+                format!(
+                    "umbra chain, SOCKS5 (userspace TCP) against the TUN: HTTP bulk {} against {} \
+                     Mbit/s ({}), time to first byte median {} against {} ms",
+                    fmt(Some(k.bulk_socks_mbps)),
+                    fmt(Some(k.bulk_tun_mbps)),
+                    times(quotient(Some(k.bulk_socks_mbps), Some(k.bulk_tun_mbps))),
+                    fmt(median(&k.ttfb_ms)),
+                    fmt(median(&r.ttfb_ms)),
+                )
+            })
+        {
+            let _ = writeln!(s, "{line}");
+        }
         if let Some(v) = self.baseline["tcp_1_mbps"].as_f64() {
             let _ = writeln!(
                 s,

@@ -1194,3 +1194,70 @@ fn dns_and_names_errors_name_the_key() {
         &["is not a public key"],
     );
 }
+
+// ---- [socks] and [[expose]] ----
+
+#[test]
+fn socks_and_expose_parse() {
+    let c = parse_ok(
+        "[socks]\nlisten = \"127.0.0.1:1080\"\n\
+         [[expose]]\nport = 5269\nto = \"127.0.0.1:5269\"\n\
+         [[expose]]\nport = 80\nto = \"[::1]:8080\"\n",
+    );
+    assert_eq!(
+        c.socks.listen,
+        Some("127.0.0.1:1080".parse().expect("addr"))
+    );
+    assert_eq!(c.expose.len(), 2);
+    assert_eq!(c.expose[0].port, 5269);
+    assert_eq!(c.expose[1].to, "[::1]:8080".parse().expect("addr"));
+    let off = parse_ok("");
+    assert_eq!(off.socks.listen, None);
+    assert!(off.expose.is_empty());
+}
+
+#[test]
+fn socks_and_expose_errors_name_the_key() {
+    invalid(
+        "[socks]\nlisten = \"0.0.0.0:1080\"\n",
+        "socks.listen",
+        &["[socks] listen = \"0.0.0.0:1080\" is not a loopback address"],
+    );
+    assert!(matches!(
+        parse("[socks]\nport = 1080\n"),
+        Err(ConfigError::UnknownKey { .. })
+    ));
+    invalid(
+        "[[expose]]\nport = 61000\nto = \"127.0.0.1:80\"\n",
+        "expose[1].port",
+        &[
+            "[[expose]] #1 port = 61000 collides with the ports the SOCKS proxy connects from (61000 to 65535)",
+        ],
+    );
+    invalid(
+        "[[expose]]\nport = 80\nto = \"127.0.0.1:80\"\n[[expose]]\nport = 80\nto = \"127.0.0.1:81\"\n",
+        "expose[2].port",
+        &["[[expose]] #2 port = 80 is exposed by [[expose]] #1 already"],
+    );
+    invalid(
+        "[[expose]]\nport = 0\nto = \"127.0.0.1:80\"\n",
+        "expose[1].port",
+        &["is not a port (1 to 65535)"],
+    );
+    invalid(
+        "[[expose]]\nport = 80\n",
+        "expose[1].to",
+        &["has no destination", "127.0.0.1:80"],
+    );
+    invalid(
+        "[[expose]]\nport = 80\nto = \"0.0.0.0:80\"\n",
+        "expose[1].to",
+        &["is not an address to connect to"],
+    );
+    invalid(
+        "[[expose]]\nport = 80\nto = \"localhost:80\"\n",
+        "expose[1].to",
+        &["is not a socket address"],
+    );
+    invalid("[expose]\nport = 80\n", "expose", &["[[expose]]"]);
+}

@@ -107,7 +107,37 @@ pub struct Config {
     /// The operator's petnames, `[names]`: `<label>.umbra` stands for the key
     /// on this node only.
     pub names: BTreeMap<String, PublicKey>,
+    /// The SOCKS5 proxy into the overlay, `[socks]`.
+    pub socks: SocksConfig,
+    /// Overlay TCP ports forwarded to local sockets, the `[[expose]]` tables.
+    pub expose: Vec<ExposeConfig>,
 }
+
+/// The `[socks]` table: a SOCKS5 proxy on loopback whose `CONNECT`s reach
+/// overlay nodes through the userspace TCP stack, so apps need no TUN
+/// (`docs/architecture.md`, "Apps without the TUN").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SocksConfig {
+    /// Loopback address to accept SOCKS5 on; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// An `[[expose]]` table: overlay TCP to this node's address on `port` is
+/// accepted by the userspace stack and forwarded to `to`, as Tor's
+/// `HiddenServicePort` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExposeConfig {
+    /// The overlay port, 1 to 65535, outside [`SOCKS_PORTS`].
+    pub port: u16,
+    /// The local socket connections are forwarded to.
+    pub to: SocketAddr,
+}
+
+/// The local ports the userspace stack takes for SOCKS connections. They
+/// lie above Linux's default ephemeral range (32768 to 60999), so with the
+/// TUN up the kernel's own connections do not use them, and an exposed port
+/// may not lie among them.
+pub const SOCKS_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 /// The `[dns]` table: the responder for `.umbra` names (`docs/architecture.md`,
 /// "Names").
@@ -318,6 +348,8 @@ impl Default for Config {
             agreements: AgreementsConfig::default(),
             dns: DnsConfig::default(),
             names: BTreeMap::new(),
+            socks: SocksConfig::default(),
+            expose: Vec::new(),
         }
     }
 }

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::error::{Key, QUOTE_MAX_CHARS, Reporter, Scope, escape_controls, one_line, quote};
-use crate::{Config, ConfigError, PeerConfig, PublicKey, RouteConfig, RouteTarget, Terms};
+use crate::{
+    Config, ConfigError, ExposeConfig, PeerConfig, PublicKey, RouteConfig, RouteTarget, Terms,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,21 @@ struct RawTop {
     agreements: Option<Value>,
     dns: Option<Value>,
     names: Option<Value>,
+    socks: Option<Value>,
+    expose: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSocks {
+    listen: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpose {
+    port: Option<Value>,
+    to: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -539,7 +556,57 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
         }
     }
 
+    if let Some(socks) = r.sub_table::<RawSocks>("socks", raw.socks)?
+        && let Some(v) = socks.listen
+    {
+        let key = Scope::table("socks").key("listen");
+        let text = r.string(&key, v)?;
+        config.socks.listen = Some(r.socket_addr(&key, &text, "\"127.0.0.1:1080\"")?);
+    }
+
+    if let Some(v) = raw.expose {
+        config.expose = exposes(&r, v)?;
+    }
+
     Ok(config)
+}
+
+fn exposes(r: &Reporter<'_>, value: Value) -> Result<Vec<ExposeConfig>, ConfigError> {
+    let mut exposes = Vec::new();
+    for (scope, table) in array_of_tables(r, "expose", value)? {
+        let raw: RawExpose = r.table(&scope, table)?;
+        let port_key = scope.key("port");
+        let Some(port) = raw.port else {
+            return Err(r.invalid(
+                &port_key,
+                format!(
+                    "{} has no port; write the overlay port, such as port = 5269",
+                    scope.shown
+                ),
+            ));
+        };
+        let n = r.integer(&port_key, port)?;
+        let port = u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
+            r.invalid(
+                &port_key,
+                format!("{} = {n} is not a port (1 to 65535)", port_key.shown),
+            )
+        })?;
+        let to_key = scope.key("to");
+        let Some(to) = raw.to else {
+            return Err(r.invalid(
+                &to_key,
+                format!(
+                    "{} has no destination; write the local socket, such as to = \"127.0.0.1:{port}\"",
+                    scope.shown
+                ),
+            ));
+        };
+        let text = r.string(&to_key, to)?;
+        let to = r.socket_addr(&to_key, &text, &format!("\"127.0.0.1:{port}\""))?;
+        exposes.push(ExposeConfig { port, to });
+    }
+    Ok(exposes)
 }
 
 /// The tables of an array of tables such as `[[peer]]`, each with its scope.

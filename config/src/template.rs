@@ -96,6 +96,18 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # Petnames: chat.umbra stands for this key, on this node only.
 # chat = "<64 hex characters: a node's public key>"
 
+[socks]
+# A SOCKS5 proxy on a loopback address for apps without the TUN: CONNECT to a .umbra
+# name or an overlay address crosses circuits from this node's address; anything
+# outside the overlay is refused. Unset means no proxy.
+# listen = "127.0.0.1:1080"
+
+# Overlay TCP to this node's address on a port, forwarded to a local socket (with the
+# TUN off too). One table per port, below 61000.
+# [[expose]]
+# port = 5269
+# to = "127.0.0.1:5269"
+
 [padding]
 # With anonymity = "strong": cover cells each way on every link, so an idle link looks
 # busy. Cells with traffic count toward the rate; padding fills the rest. It is paid

@@ -76,6 +76,7 @@ impl Config {
         }
 
         self.validate_names(&r)?;
+        self.validate_apps(&r)?;
 
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
@@ -122,6 +123,60 @@ impl Config {
                 return Err(r.invalid(
                     &Scope::table("names").key(label),
                     format!("[names] {} {why}", crate::error::quote(label)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[socks]` and `[[expose]]`: a loopback proxy, and each exposed port
+    /// once, outside the stack's own ports, forwarded to a real address.
+    fn validate_apps(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        if let Some(addr) = self.socks.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(r.invalid(
+                &Scope::table("socks").key("listen"),
+                format!(
+                    "[socks] listen = \"{addr}\" is not a loopback address; the proxy serves \
+                     this host's programs only, so use 127.0.0.1 or [::1], such as \"127.0.0.1:1080\""
+                ),
+            ));
+        }
+        for (i, e) in self.expose.iter().enumerate() {
+            let scope = Scope::entry("expose", i + 1);
+            let (port, to) = (scope.key("port"), scope.key("to"));
+            let (start, end) = (crate::SOCKS_PORTS.start(), crate::SOCKS_PORTS.end());
+            if crate::SOCKS_PORTS.contains(&e.port) {
+                return Err(r.invalid(
+                    &port,
+                    format!(
+                        "{} = {} collides with the ports the SOCKS proxy connects from \
+                         ({start} to {end}); expose a port below {start}",
+                        port.shown, e.port
+                    ),
+                ));
+            }
+            if let Some(j) = self.expose.iter().take(i).position(|o| o.port == e.port) {
+                return Err(r.invalid(
+                    &port,
+                    format!(
+                        "{} = {} is exposed by [[expose]] #{} already; each overlay port goes \
+                         to one local socket",
+                        port.shown,
+                        e.port,
+                        j + 1
+                    ),
+                ));
+            }
+            if e.to.ip().is_unspecified() || e.to.port() == 0 {
+                return Err(r.invalid(
+                    &to,
+                    format!(
+                        "{} = \"{}\" is not an address to connect to; write the local socket \
+                         the service listens on, such as \"127.0.0.1:{}\"",
+                        to.shown, e.to, e.port
+                    ),
                 ));
             }
         }

@@ -1,6 +1,7 @@
 //! `umbra`: the daemon and its command line (`docs/cli.md`).
 
 mod agreement;
+mod apps;
 mod assets;
 mod cli;
 mod control;

@@ -3,8 +3,9 @@
 //! (docs/threat-model.md, "What a prober sees").
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use crate::{Error, Result};
+use crate::{Error, Netns, Proc, Result};
 
 /// An `nginx.conf` for one nginx process: `master_process off` and
 /// `daemon off` (killing it leaves no workers behind), its pid file, error
@@ -82,6 +83,31 @@ impl NginxConfig {
             "-c".to_string(),
             path.display().to_string(),
         ])
+    }
+}
+
+impl NginxConfig {
+    /// Writes the config and runs nginx in `ns` (its output in
+    /// `dir/nginx.log`); returns once something listens on `port`, which
+    /// one of the sites must use. Stopped when the [`Proc`] drops.
+    pub fn start(&self, ns: &Netns, port: u16) -> Result<Proc> {
+        let args = self.write()?;
+        let mut cmd = ns.command("nginx");
+        cmd.args(&args);
+        let nginx = Proc::spawn(cmd, &self.dir.join("nginx.log"))?;
+        let limit = Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
+        while !ns.listens_tcp(port) {
+            if nginx.exited() || Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("nginx to listen on port {port} in {}", ns.name()),
+                    limit,
+                    detail: format!(": {}", nginx.log_text().trim()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
     }
 }
 

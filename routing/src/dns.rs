@@ -16,6 +16,7 @@
 #![warn(clippy::indexing_slicing, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{AAAA, SRV};
@@ -145,6 +146,28 @@ impl Zone {
             .ok()
             .or_else(|| self.petnames.get(label).copied())
     }
+
+    /// The overlay address of `host`, a name this responder would answer
+    /// `AAAA` for (`<label>.umbra`, any case, with or without the final
+    /// dot): what the SOCKS proxy resolves inside umbra. `None` when the
+    /// label names no key; [`is_umbra_name`] tells that from a host
+    /// outside `.umbra`.
+    pub fn address_of(&self, host: &str) -> Option<Ipv6Addr> {
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let label = host.strip_suffix(TLD)?.strip_suffix('.')?;
+        let key = self.key_of(label)?;
+        Some(address_for_key(&key, self.prefix))
+    }
+}
+
+/// Whether `host` lies under `.umbra` (any case, with or without the final
+/// dot).
+pub fn is_umbra_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.len() > TLD.len()
+        && host
+            .get(host.len() - TLD.len() - 1..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(".umbra"))
 }
 
 #[cfg(test)]
@@ -255,6 +278,35 @@ mod tests {
             (Outcome::Refused, ResponseCode::Refused)
         );
         assert!(m.answers().is_empty());
+    }
+
+    #[test]
+    fn hosts_resolve_as_the_responder_answers() {
+        let z = zone();
+        let key_name = format!("{}.umbra", label_for_key(&KEY));
+        let want = Some(address_for_key(&KEY, DEFAULT_PREFIX));
+        assert_eq!(z.address_of(&key_name), want);
+        assert_eq!(
+            z.address_of(&format!("{}.", key_name.to_ascii_uppercase())),
+            want
+        );
+        assert_eq!(
+            z.address_of("Chat.umbra"),
+            Some(address_for_key(&PET, DEFAULT_PREFIX))
+        );
+        for host in [
+            "nobody.umbra",
+            "umbra",
+            ".umbra",
+            "chat.umbra.com",
+            "chat.example",
+        ] {
+            assert_eq!(z.address_of(host), None, "{host}");
+        }
+        assert!(is_umbra_name("nobody.UMBRA."));
+        assert!(
+            !is_umbra_name("umbra") && !is_umbra_name("example.com") && !is_umbra_name("xumbra")
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use umbra_tun::Tun;
 
 use out::LinkOut;
 
+use crate::apps::StackPort;
 use crate::events::{Input, LinkId, MessageRefused};
 use crate::links::{Links, Policy, short_key};
 use crate::metrics::{CoreFigures, Metrics};
@@ -63,6 +64,14 @@ fn now() -> Now {
     }
 }
 
+/// Where packets delivered to this node go: the TUN, the userspace stack
+/// (docs/architecture.md, "Apps without the TUN"), or both, split by
+/// [`StackPort::takes`].
+pub(crate) struct Outputs {
+    pub(crate) tun: Option<Arc<Tun>>,
+    pub(crate) stack: Option<StackPort>,
+}
+
 /// Runs the datapath until its input channel closes; an error is one the
 /// node cannot route past (a routing core that will not start, a TUN that
 /// keeps failing).
@@ -70,9 +79,10 @@ pub(crate) async fn run(
     identity: Identity,
     prefix: u8,
     links: Arc<Links>,
-    tun: Option<Arc<Tun>>,
+    outputs: Outputs,
     mut rx: mpsc::Receiver<Input>,
 ) -> anyhow::Result<()> {
+    let Outputs { tun, stack } = outputs;
     let cache = links.load_graph();
     let edges = links.edges();
     let rng = Box::new(rand_core::OsRng);
@@ -181,8 +191,11 @@ pub(crate) async fn run(
         // Write out what the input produced: packets first, since taking them
         // releases SENDMEs, which are cells.
         while let Some(n) = core.poll_packet(&mut packet) {
-            if let Some(t) = &tun
-                && let Err(e) = t.send_batch(&[&packet[..n]]).await
+            let p = &packet[..n];
+            if let Some(s) = stack.as_ref().filter(|s| s.takes(p)) {
+                s.give(p);
+            } else if let Some(t) = &tun
+                && let Err(e) = t.send_batch(&[p]).await
             {
                 tracing::warn!("writing to the TUN: {e}");
             }
@@ -446,6 +459,7 @@ fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, now: Now, input
             }
         }
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
+        Input::Packet(p) => core.send_packet(now, &p),
         Input::Ledger { link, bytes } => core.handle_ledger(now, link, &bytes),
         Input::Charges(charges) => {
             for (peer, charge) in charges {
