@@ -226,6 +226,16 @@ async fn start_apps(
         datapath.clone(),
     );
     vital.spawn("userspace stack", stack.run());
+    let (lo, hi) = umbra_transport::io::ephemeral_range();
+    let (start, end) = (umbra_config::SOCKS_PORTS.start(), umbra_config::SOCKS_PORTS.end());
+    if !no_tun && hi >= *start {
+        tracing::warn!(
+            "the kernel's ephemeral ports ({lo} to {hi}) overlap the ports the userspace stack \
+             takes from the TUN ({start} to {end}): answers to the kernel's own overlay \
+             connections from those ports would reach the stack; set \
+             net.ipv4.ip_local_port_range to end below {start}"
+        );
+    }
     for e in &config.expose {
         tracing::info!(port = e.port, to = %e.to, "exposed port ready");
     }

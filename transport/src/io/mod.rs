@@ -56,7 +56,7 @@ pub use pki::{
     SELF_SIGNED_RSA_BITS, SELF_SIGNED_VALIDITY_DAYS, TlsError,
 };
 pub use plain::PLAIN_HEADER_TIMEOUT;
-pub use port::bind_listener;
+pub use port::{bind_listener, ephemeral_range};
 pub use punch::{Punch, PunchError, simultaneous_open};
 pub use server_tls::{ServerTls, TlsSettings, server_tls_config};
 pub use socket::{LINK_USER_TIMEOUT, NOTSENT_LOWAT};

@@ -56,14 +56,20 @@ fn parse_range(text: &str) -> (u16, u16) {
     }
 }
 
+/// The kernel's ephemeral port range (Linux's default when it cannot be
+/// read).
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string(EPHEMERAL_RANGE_FILE)
+        .map(|t| parse_range(&t))
+        .unwrap_or(EPHEMERAL_RANGE)
+}
+
 /// Draws this run's dial port: a random port of the ephemeral range that
 /// no socket holds (it binds on both families' unspecified addresses).
 /// `None` when none of a few tries is free: dials then use ordinary
 /// ephemeral ports.
 pub(crate) fn choose_dial_port() -> Option<u16> {
-    let (lo, hi) = std::fs::read_to_string(EPHEMERAL_RANGE_FILE)
-        .map(|t| parse_range(&t))
-        .unwrap_or(EPHEMERAL_RANGE);
+    let (lo, hi) = ephemeral_range();
     let span = u32::from(hi - lo) + 1;
     (0..DIAL_PORT_TRIES).find_map(|_| {
         let port = lo + (OsRng.next_u32() % span) as u16;
