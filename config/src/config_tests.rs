@@ -1153,6 +1153,97 @@ fn dns_and_names_parse() {
     let off = parse_ok("");
     assert_eq!(off.dns.listen, None);
     assert!(off.names.is_empty());
+    assert!(off.dns.txt.is_empty());
+}
+
+#[test]
+fn dns_txt_takes_a_string_or_a_list_of_strings() {
+    let longest = "t".repeat(255);
+    let c = parse_ok(&format!(
+        "[dns]\ntxt = {{ \"_xmppconnect\" = \"_xmpp-client-websocket=wss://chat.umbra/ws\", \
+         \"_a.b-c._d\" = [\"one\", \"\", \"{longest}\"] }}\n"
+    ));
+    assert_eq!(
+        c.dns.txt.get("_xmppconnect"),
+        Some(&vec![
+            "_xmpp-client-websocket=wss://chat.umbra/ws".to_string()
+        ])
+    );
+    assert_eq!(
+        c.dns.txt.get("_a.b-c._d"),
+        Some(&vec!["one".to_string(), String::new(), longest])
+    );
+    // A table of its own, the way a long list reads best.
+    let c = parse_ok("[dns.txt]\n_xmppconnect = [\"a\", \"b\"]\n");
+    assert_eq!(c.dns.txt.get("_xmppconnect").map(Vec::len), Some(2));
+}
+
+#[test]
+fn dns_txt_errors_name_the_owner() {
+    invalid(
+        "[dns]\ntxt = \"_xmppconnect\"\n",
+        "dns.txt",
+        &["[dns] txt", "a table of owners and texts"],
+    );
+    invalid(
+        "[dns]\ntxt = { \"_x\" = 5 }\n",
+        "dns.txt._x",
+        &["a string or a list of strings"],
+    );
+    invalid(
+        "[dns]\ntxt = { \"_x\" = [\"a\", 5] }\n",
+        "dns.txt._x",
+        &["entry 2"],
+    );
+    invalid(
+        "[dns]\ntxt = { \"_X\" = \"a\" }\n",
+        "dns.txt._X",
+        &["[dns.txt] \"_X\"", "lowercase"],
+    );
+    for owner in ["", "a..b", ".a", "-a", "a-", "a b", "a.umbra!"] {
+        invalid(
+            &format!("[dns]\ntxt = {{ \"{owner}\" = \"a\" }}\n"),
+            &format!("dns.txt.{owner}"),
+            &["[dns.txt]", "such as \"_xmppconnect\""],
+        );
+    }
+    let label = "a".repeat(64);
+    invalid(
+        &format!("[dns]\ntxt = {{ \"{label}\" = \"a\" }}\n"),
+        &format!("dns.txt.{label}"),
+        &["not 1 to 63 characters"],
+    );
+    let owner = [
+        "a".repeat(60),
+        "b".repeat(60),
+        "c".repeat(60),
+        "d".repeat(3),
+    ]
+    .join(".");
+    invalid(
+        &format!("[dns]\ntxt = {{ \"{owner}\" = \"a\" }}\n"),
+        &format!("dns.txt.{owner}"),
+        &["is 186 characters long", "at most 180"],
+    );
+    invalid(
+        &format!(
+            "[dns]\ntxt = {{ \"_x\" = [\"a\", \"{}\"] }}\n",
+            "é".repeat(128)
+        ),
+        "dns.txt._x",
+        &["string 2 is 256 bytes long", "at most 255"],
+    );
+    invalid(
+        "[dns]\ntxt = { \"_x\" = [] }\n",
+        "dns.txt._x",
+        &["has 0 strings; give 1 to 16"],
+    );
+    let many = vec!["\"a\""; 17].join(", ");
+    invalid(
+        &format!("[dns]\ntxt = {{ \"_x\" = [{many}] }}\n"),
+        "dns.txt._x",
+        &["has 17 strings"],
+    );
 }
 
 #[test]

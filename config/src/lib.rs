@@ -143,12 +143,30 @@ pub const SOCKS_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 /// "Names").
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DnsConfig {
-    /// Loopback address to answer DNS on (UDP); `None` turns the responder off.
+    /// Loopback address to answer DNS on (UDP and TCP); `None` turns the
+    /// responder off.
     pub listen: Option<SocketAddr>,
     /// Services whose SRV records are answered for every node name:
     /// `_service._tcp` (or `._udp`) → port.
     pub srv: BTreeMap<String, u16>,
+    /// TXT records answered for every node name: owner labels below the name
+    /// (`_xmppconnect`) → the records, one string each, each at most
+    /// [`MAX_TXT_STRING_LEN`] bytes. A string in the file is one record.
+    pub txt: BTreeMap<String, Vec<String>>,
 }
+
+/// The longest string of a `[dns] txt` record, in bytes: a DNS
+/// character-string's length is one byte (RFC 1035).
+pub const MAX_TXT_STRING_LEN: usize = 255;
+
+/// The most records one `[dns] txt` owner may have, so that every answer fits
+/// a DNS message over TCP many times over.
+pub const MAX_TXT_RECORDS: usize = 16;
+
+/// The longest `[dns] txt` owner, in characters: with a node's name (56
+/// bytes in a DNS name) or a petname (up to 64) and `umbra.`, the whole name
+/// stays within DNS's 255 bytes.
+pub const MAX_TXT_OWNER_LEN: usize = 180;
 
 /// The `[tun]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,7 @@ struct RawExpose {
 struct RawDns {
     listen: Option<Value>,
     srv: Option<Value>,
+    txt: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +542,27 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
                     )
                 })?;
                 config.dns.srv.insert(service, port);
+            }
+        }
+        if let Some(v) = dns.txt {
+            let key = scope.key("txt");
+            let Value::Table(t) = v else {
+                return Err(r.wrong_type(
+                    &key,
+                    "a table of owners and texts, such as { \"_xmppconnect\" = \"…\" }",
+                    &v,
+                ));
+            };
+            for (owner, value) in t {
+                let entry = Scope::table("dns.txt").key(&owner);
+                let texts = match value {
+                    Value::String(s) => vec![s],
+                    Value::Array(_) => r.strings(&entry, value)?,
+                    other => {
+                        return Err(r.wrong_type(&entry, "a string or a list of strings", &other));
+                    }
+                };
+                config.dns.txt.insert(owner, texts);
             }
         }
     }

@@ -86,11 +86,14 @@ acme_directory = "https://acme-v02.api.letsencrypt.org/directory"
 # listen = "127.0.0.1:9477"
 
 [dns]
-# Answer .umbra names (AAAA, and SRV below) on a loopback address, over UDP; unset
-# means no responder. Everything outside .umbra is refused.
+# Answer .umbra names (AAAA, and SRV and TXT below) on a loopback address, over UDP
+# and TCP; unset means no responder. Everything outside .umbra is refused.
 # listen = "127.0.0.1:53"
 # SRV records answered for every .umbra name, pointing at that name itself:
 # srv = {{ "_xmpp-server._tcp" = 5269, "_matrix._tcp" = 8448 }}
+# TXT records answered below every .umbra name: owner = a string, or a list of
+# strings (one record each, at most 255 bytes each):
+# txt = {{ "_xmppconnect" = "_xmpp-client-websocket=wss://chat.umbra/xmpp-websocket" }}
 
 [names]
 # Petnames: chat.umbra stands for this key, on this node only.
@@ -189,6 +192,8 @@ mod tests {
             "# rate = \"32KiB/s\"",
             "# port_mapping = true",
             "# proposals = true",
+            "# srv = {",
+            "# txt = {",
         ] {
             assert!(text.contains(example), "{example}");
             let edited = text.replace(example, example.trim_start_matches("# "));

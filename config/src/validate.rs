@@ -93,8 +93,10 @@ impl Config {
     }
 
     /// `[dns]` and `[names]`: a loopback responder, well-formed services,
-    /// petnames that are DNS labels and never look like a key's name.
+    /// TXT owners that are DNS labels with strings DNS can carry, petnames
+    /// that are DNS labels and never look like a key's name.
     fn validate_names(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
+        use crate::{MAX_TXT_RECORDS, MAX_TXT_STRING_LEN};
         if let Some(addr) = self.dns.listen
             && !addr.ip().is_loopback()
         {
@@ -114,6 +116,37 @@ impl Config {
                         "[dns.srv] {} is not a service: write _name._tcp or _name._udp, such as \
                          \"_xmpp-server._tcp\"",
                         crate::error::quote(service)
+                    ),
+                ));
+            }
+        }
+        for (owner, texts) in &self.dns.txt {
+            let key = Scope::table("dns.txt").key(owner);
+            let shown = quote(owner);
+            if let Some(why) = txt_owner_problem(owner) {
+                return Err(r.invalid(&key, format!("[dns.txt] {shown} {why}")));
+            }
+            if texts.is_empty() || texts.len() > MAX_TXT_RECORDS {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "[dns.txt] {shown} has {} strings; give 1 to {MAX_TXT_RECORDS}, one a record",
+                        texts.len()
+                    ),
+                ));
+            }
+            if let Some((i, text)) = texts
+                .iter()
+                .enumerate()
+                .find(|(_, t)| t.len() > MAX_TXT_STRING_LEN)
+            {
+                return Err(r.invalid(
+                    &key,
+                    format!(
+                        "[dns.txt] {shown} string {} is {} bytes long; a TXT string holds at most \
+                         {MAX_TXT_STRING_LEN}, so split it into several strings",
+                        i + 1,
+                        text.len()
                     ),
                 ));
             }
@@ -501,6 +534,39 @@ pub(crate) fn petname_problem(label: &str) -> Option<&'static str> {
     }
     if b.first() == Some(&b'-') || b.last() == Some(&b'-') {
         return Some("may not start or end with a hyphen");
+    }
+    None
+}
+
+/// Why `owner` cannot own `[dns] txt` records below every name, if it
+/// cannot: dot-separated labels of 1 to 63 lowercase letters, digits,
+/// hyphens and underscores (`_xmppconnect`), none starting or ending with a
+/// hyphen, at most [`crate::MAX_TXT_OWNER_LEN`] characters in all.
+fn txt_owner_problem(owner: &str) -> Option<String> {
+    use crate::MAX_TXT_OWNER_LEN;
+    if owner.len() > MAX_TXT_OWNER_LEN {
+        return Some(format!(
+            "is {} characters long; an owner is at most {MAX_TXT_OWNER_LEN}",
+            owner.len()
+        ));
+    }
+    for label in owner.split('.') {
+        let b = label.as_bytes();
+        let why = if b.is_empty() || b.len() > 63 {
+            "has a label that is not 1 to 63 characters long"
+        } else if !b
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        {
+            "may hold only lowercase letters, digits, hyphens, underscores and dots"
+        } else if b.first() == Some(&b'-') || b.last() == Some(&b'-') {
+            "has a label that starts or ends with a hyphen"
+        } else {
+            continue;
+        };
+        return Some(format!(
+            "{why}; write the labels below the name, such as \"_xmppconnect\""
+        ));
     }
     None
 }

@@ -80,21 +80,27 @@ pub(crate) fn ledger_report(data: &[u8]) {
 }
 
 /// DNS queries to the `.umbra` responder: any bytes are answered or
-/// dropped, and an answer is itself a well-formed DNS message with the
-/// query's id.
+/// dropped, over UDP or TCP, and an answer is itself a well-formed DNS
+/// message with the query's id, within UDP's limit over UDP.
 pub(crate) fn dns_query(data: &[u8]) {
     use hickory_proto::op::Message;
-    use umbra_routing::dns::Zone;
+    use umbra_routing::dns::{EDNS_UDP_PAYLOAD, Transport, Zone};
     let zone = Zone {
         prefix: 0x06,
         petnames: [("chat".to_string(), [6u8; 32])].into(),
         srv: [("_xmpp-server._tcp".to_string(), 5269)].into(),
+        txt: [("_xmppconnect".to_string(), vec!["x".repeat(255); 6])].into(),
     };
-    if let Some((reply, _)) = zone.answer(data) {
-        let Ok(m) = Message::from_vec(&reply) else {
-            panic!("the reply does not parse");
-        };
-        let id = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-        assert_eq!(Some(m.id()), id);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        if let Some((reply, _)) = zone.answer(data, transport) {
+            let Ok(m) = Message::from_vec(&reply) else {
+                panic!("the reply does not parse");
+            };
+            let id = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            assert_eq!(Some(m.id()), id);
+            if transport == Transport::Udp {
+                assert!(reply.len() <= usize::from(EDNS_UDP_PAYLOAD));
+            }
+        }
     }
 }
