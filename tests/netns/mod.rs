@@ -129,6 +129,27 @@ pub fn wait_for<T>(
     )
 }
 
+/// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` puts in place of
+/// `/etc/resolv.conf` for commands it starts in the namespace from then on
+/// (so write it before starting them); removed on drop.
+pub struct NetnsResolvConf(PathBuf);
+
+impl NetnsResolvConf {
+    /// Writes `text` as namespace `ns`'s resolv.conf.
+    pub fn new(ns: &str, text: &str) -> NetnsResolvConf {
+        let dir = Path::new("/etc/netns").join(ns);
+        fs::create_dir_all(&dir).expect("/etc/netns/NAME");
+        fs::write(dir.join("resolv.conf"), text).expect("resolv.conf");
+        NetnsResolvConf(dir)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A `tcpdump -w` running in a namespace; stopped (and its file complete)
 /// by [`Tcpdump::stop`], killed on drop.
 #[derive(Debug)]

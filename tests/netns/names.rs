@@ -1,29 +1,15 @@
 //! Names over the overlay (docs/architecture.md, "Names"): a node's
 //! programs reach another node by its `.umbra` name through the system's
 //! own resolver (glibc, `/etc/resolv.conf` naming the node's responder),
-//! and `ping` by name crosses a circuit.
+//! and `ping` by name crosses a circuit; `dig` gets each kind of answer from
+//! the responder over UDP and TCP, and a malformed packet is counted.
+
+use std::time::Duration;
 
 use umbra_tests::netns::overlay::Overlay;
-use umbra_tests::netns::require_root;
-
-/// `/etc/netns/NAME/resolv.conf`, which `ip netns exec` puts in place of
-/// `/etc/resolv.conf` for commands in the namespace; removed on drop.
-struct NetnsResolvConf(std::path::PathBuf);
-
-impl NetnsResolvConf {
-    fn new(ns: &str, text: &str) -> NetnsResolvConf {
-        let dir = std::path::Path::new("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).expect("/etc/netns/NAME");
-        std::fs::write(dir.join("resolv.conf"), text).expect("resolv.conf");
-        NetnsResolvConf(dir)
-    }
-}
-
-impl Drop for NetnsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use umbra_tests::netns::{
+    Daemon, Netns, NetnsResolvConf, netns, prepare, require_root, temp_dir, wait_for,
+};
 
 #[test]
 fn a_program_reaches_another_node_by_its_umbra_name() {
@@ -62,4 +48,118 @@ fn a_program_reaches_another_node_by_its_umbra_name() {
         .run(&["getent", "ahostsv6", "example.com"])
         .expect("getent");
     assert!(!out.status.success(), "example.com resolved through umbra");
+}
+
+/// `dig @127.0.0.1 ARGS` in `ns`: its whole output, which must come.
+fn dig(ns: &Netns, args: &[&str]) -> String {
+    let mut full = vec!["dig", "@127.0.0.1", "-p", "53", "+time=3", "+tries=2"];
+    full.extend_from_slice(args);
+    let out = ns
+        .run(&full)
+        .expect("run dig (apt-get install bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "dig {args:?} failed: {text}");
+    text
+}
+
+/// The answer lines of `dig +short`, sorted.
+fn short(ns: &Netns, args: &[&str]) -> Vec<String> {
+    let mut full = vec!["+short"];
+    full.extend_from_slice(args);
+    let mut lines: Vec<String> = dig(ns, &full).lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// `umbra status --json`'s `dns` counter `key`.
+fn counter(d: &Daemon, key: &str) -> u64 {
+    let s = d.cli_json(&["status", "--json"]).expect("umbra cli");
+    s["dns"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no dns.{key}: {s}"))
+}
+
+#[test]
+fn dig_gets_every_kind_of_answer_over_udp_and_tcp() {
+    require_root();
+    let ns = netns("dig");
+    let dir = temp_dir("dig");
+    let pet = "07".repeat(32);
+    // 6 strings of 200 bytes: over 1232 bytes in all, too large for UDP.
+    let big = vec![format!("\"{}\"", "b".repeat(200)); 6].join(", ");
+    let mut d = prepare(
+        dir.path(),
+        &format!(
+            "[listen]\nhttps = []\n\
+             [dns]\nlisten = \"127.0.0.1:53\"\nsrv = {{ \"_xmpp-server._tcp\" = 5269 }}\n\
+             [dns.txt]\n_xmppconnect = \"_xmpp-client-websocket=wss://x.umbra/ws\"\n_big = [{big}]\n\
+             [names]\nchat = \"{pet}\"\n"
+        ),
+    );
+    d.start(&ns).expect("umbra run starts");
+    let status = d.cli_json(&["status", "--json"]).expect("umbra cli");
+    let name = status["name"].as_str().expect("name").to_string();
+    let addr = status["address"].as_str().expect("address").to_string();
+    let pet_addr = umbra_routing::address::address_for_key(&[7; 32], 0x06).to_string();
+
+    for tcp in [&[][..], &["+tcp"][..]] {
+        let ask = |rest: &[&str]| {
+            let mut a = tcp.to_vec();
+            a.extend_from_slice(rest);
+            short(&ns, &a)
+        };
+        assert_eq!(ask(&["AAAA", &name]), vec![addr.clone()], "{tcp:?}");
+        assert_eq!(ask(&["AAAA", "chat.umbra"]), vec![pet_addr.clone()]);
+        assert_eq!(
+            ask(&["SRV", &format!("_xmpp-server._tcp.{name}")]),
+            vec![format!("0 0 5269 {name}.")]
+        );
+        assert_eq!(
+            ask(&["TXT", &format!("_xmppconnect.{name}")]),
+            vec!["\"_xmpp-client-websocket=wss://x.umbra/ws\"".to_string()]
+        );
+        let mut a = tcp.to_vec();
+        a.extend_from_slice(&["AAAA", "nobody.umbra"]);
+        let text = dig(&ns, &a);
+        assert!(text.contains("status: NXDOMAIN"), "{text}");
+        assert!(text.contains(" aa"), "not authoritative: {text}");
+        let mut a = tcp.to_vec();
+        a.extend_from_slice(&["AAAA", "example.com"]);
+        let text = dig(&ns, &a);
+        assert!(text.contains("status: REFUSED"), "{text}");
+        assert!(!text.contains("ANSWER SECTION"), "{text}");
+    }
+    let over_tcp = counter(&d, "tcp_connections");
+    assert!(over_tcp >= 6, "{over_tcp} TCP connections for 6 dig +tcp");
+
+    // Too large for UDP: truncated there, whole over TCP, and dig falls back
+    // to TCP by itself.
+    let owner = format!("_big.{name}");
+    let text = dig(&ns, &["+ignore", "TXT", &owner]);
+    assert!(text.contains(" tc"), "not truncated over UDP: {text}");
+    assert!(!text.contains("ANSWER SECTION"), "{text}");
+    let whole = vec![format!("\"{}\"", "b".repeat(200)); 6];
+    assert_eq!(short(&ns, &["TXT", &owner]), whole);
+    assert_eq!(
+        counter(&d, "tcp_connections"),
+        over_tcp + 1,
+        "dig retried over TCP"
+    );
+
+    // A packet that is not DNS gets no answer and is counted.
+    assert_eq!(counter(&d, "dropped"), 0);
+    ns.exec(&["bash", "-c", "printf 'not dns' > /dev/udp/127.0.0.1/53"])
+        .expect("send a datagram");
+    wait_for(
+        Duration::from_secs(10),
+        "the dropped datagram to be counted",
+        &[&d],
+        || (counter(&d, "dropped") == 1).then_some(()),
+    );
+    // The responder still answers.
+    assert_eq!(short(&ns, &["AAAA", &name]), vec![addr]);
+    let s = d.cli_json(&["status", "--json"]).expect("umbra cli");
+    eprintln!("dns counters: {}", s["dns"]);
+    assert_eq!(s["dns"]["refused"], 2);
+    assert_eq!(s["dns"]["nxdomain"], 2);
 }
