@@ -1,14 +1,16 @@
 //! Names over the overlay (docs/architecture.md, "Names"): a node's
 //! programs reach another node by its `.umbra` name through the system's
 //! own resolver (glibc, `/etc/resolv.conf` naming the node's responder),
-//! and `ping` by name crosses a circuit; `dig` gets each kind of answer from
-//! the responder over UDP and TCP, and a malformed packet is counted.
+//! and `ping` by name crosses a circuit; with the usual resolver after it in
+//! resolv.conf, other names fall through to that one; `dig` gets each kind
+//! of answer from the responder over UDP and TCP, and a malformed packet is
+//! counted.
 
 use std::time::Duration;
 
 use umbra_tests::netns::overlay::Overlay;
 use umbra_tests::netns::{
-    Daemon, Netns, NetnsResolvConf, netns, prepare, require_root, temp_dir, wait_for,
+    Daemon, Netns, NetnsResolvConf, Proc, netns, prepare, require_root, temp_dir, wait_for,
 };
 
 #[test]
@@ -162,4 +164,76 @@ fn dig_gets_every_kind_of_answer_over_udp_and_tcp() {
     eprintln!("dns counters: {}", s["dns"]);
     assert_eq!(s["dns"]["refused"], 2);
     assert_eq!(s["dns"]["nxdomain"], 2);
+}
+
+/// A stand-in for the host's usual resolver, on 127.0.0.2:53 UDP: every
+/// AAAA question gets `2001:db8::53`, every other type no records. Python's
+/// standard library only, so it needs nothing installed.
+const USUAL_RESOLVER: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.2", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    i = 12
+    while i < len(q) and q[i] != 0:
+        i += q[i] + 1
+    if len(q) < 12 or i + 5 > len(q):
+        continue
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    an = 1 if qtype == 28 else 0
+    reply = q[:2] + struct.pack(">HHHHH", 0x8180, 1, an, 0, 0) + q[12:i + 5]
+    if an:
+        reply += struct.pack(">HHHIH", 0xC00C, 28, 1, 60, 16)
+        reply += socket.inet_pton(socket.AF_INET6, "2001:db8::53")
+    s.sendto(reply, peer)
+"#;
+
+#[test]
+fn other_names_fall_through_to_the_usual_resolver() {
+    require_root();
+    let ns = netns("fall");
+    let dir = temp_dir("fall");
+    let mut d = prepare(
+        dir.path(),
+        "[listen]\nhttps = []\n[dns]\nlisten = \"127.0.0.1:53\"\n",
+    );
+    d.start(&ns).expect("umbra run starts");
+    let status = d.cli_json(&["status", "--json"]).expect("umbra cli");
+    let name = status["name"].as_str().expect("name").to_string();
+    let addr = status["address"].as_str().expect("address").to_string();
+    let mut cmd = ns.command("/usr/bin/python3");
+    cmd.args(["-c", USUAL_RESOLVER]);
+    let usual = Proc::spawn(cmd, &dir.path().join("usual.log")).expect("start python3");
+    wait_for(
+        Duration::from_secs(10),
+        "the stand-in resolver",
+        &[&d],
+        || usual.log_text().contains("ready").then_some(()),
+    );
+    // The README's lines: the responder first, the usual resolver after it.
+    let _conf = NetnsResolvConf::new(ns.name(), "nameserver 127.0.0.1\nnameserver 127.0.0.2\n");
+    let getent = |host: &str| {
+        let out = ns.run(&["getent", "ahostsv6", host]).expect("getent");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    // A .umbra name from the responder, which the stand-in never answers so.
+    assert_eq!(getent(&name), [addr].into());
+    assert_eq!(counter(&d, "refused"), 0);
+    // Another name: refused by the responder, so glibc asks the next server.
+    assert_eq!(
+        getent("example.com"),
+        ["2001:db8::53".to_string()].into(),
+        "{}",
+        usual.log_text()
+    );
+    assert!(
+        counter(&d, "refused") >= 1,
+        "the responder was not asked first"
+    );
 }
