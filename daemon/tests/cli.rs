@@ -370,11 +370,19 @@ fn a_state_directory_this_user_cannot_write_is_named() {
 
 /// A free UDP port on loopback (bound and released: a race, but only with
 /// other tests of this machine).
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A loopback port free for both UDP and TCP, as the DNS responder binds
+/// both.
+fn free_dns_port() -> u16 {
+    for _ in 0..100 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
 }
 
 fn dig(port: u16, args: &[&str]) -> String {
@@ -393,7 +401,7 @@ fn dig(port: u16, args: &[&str]) -> String {
 #[test]
 fn the_dns_responder_answers_umbra_names_and_refuses_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_udp_port();
+    let port = free_dns_port();
     let pet = "a".repeat(64);
     let cfg = config_in(
         dir.path(),
@@ -437,6 +445,9 @@ fn the_dns_responder_answers_umbra_names_and_refuses_the_rest() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(answer.trim(), addr, "AAAA of its own name");
+    // The same port over TCP.
+    let tcp = dig(port, &["+tcp", "+short", &name, "AAAA"]);
+    assert_eq!(tcp.trim(), addr, "AAAA over TCP");
     let upper = dig(port, &["+short", &name.to_ascii_uppercase(), "AAAA"]);
     assert_eq!(upper.trim(), addr, "names are case-insensitive");
     let pet_addr = dig(port, &["+short", "chat.umbra", "AAAA"]);
