@@ -9,8 +9,8 @@
 //! by `hickory-proto` in the zone. A connection may send its queries one
 //! after another without waiting (pipelining), and gets its replies in
 //! order. It is bounded: at most [`MAX_TCP_CONNECTIONS`] at once (more are
-//! closed as they come), [`TCP_IDLE`] to send the next query or take a
-//! reply, and closed after a message that is not a DNS query, which is
+//! closed as they come), [`TCP_IDLE`] to send the next whole query or take
+//! a reply, and closed after a message that is not a DNS query, which is
 //! counted as `dropped` like such a datagram.
 
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ const MAX_QUERY_LEN: usize = 4096;
 /// do; this many leaves room for a resolver that keeps some open.
 pub(crate) const MAX_TCP_CONNECTIONS: usize = 64;
 
-/// How long a TCP connection may take to send its next query (whole), or to
+/// How long a TCP connection may take to send its next query, whole, or to
 /// take a reply, before it is closed. RFC 7766 leaves the figure to the
 /// server and suggests seconds.
 pub(crate) const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -187,17 +187,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let mut len = [0u8; 2];
-        if !matches!(timeout(idle, stream.read_exact(&mut len)).await, Ok(Ok(_))) {
+        // One deadline for the whole message, its length and its bytes.
+        let Ok(Ok(query)) = timeout(idle, read_message(&mut stream)).await else {
             return;
-        }
-        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if !matches!(
-            timeout(idle, stream.read_exact(&mut query)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
+        };
         let Some((reply, outcome)) = zone.answer(&query, Transport::Tcp) else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -218,6 +211,15 @@ where
             return;
         }
     }
+}
+
+/// One length-prefixed message from `stream`.
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
 }
 
 #[cfg(test)]
@@ -326,6 +328,28 @@ mod tests {
             assert!(took < Duration::from_secs(3), "{took:?}");
             assert_eq!(reply(&mut client).await, None);
         }
+    }
+
+    #[tokio::test]
+    async fn a_query_trickled_in_is_closed_at_the_deadline() {
+        // A byte every 50 ms never idles 200 ms, but the whole message must
+        // come within 200 ms.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let trickle = tokio::spawn(async move {
+            client.write_all(&[0, 200]).await.ok();
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if client.write_all(&[0]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let counters = DnsCounters::default();
+        let t = Instant::now();
+        serve_connection(server, &zone(), &counters, Duration::from_millis(200)).await;
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        trickle.abort();
     }
 
     #[tokio::test]
