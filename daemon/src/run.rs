@@ -227,7 +227,10 @@ async fn start_apps(
     );
     vital.spawn("userspace stack", stack.run());
     let (lo, hi) = umbra_transport::io::ephemeral_range();
-    let (start, end) = (umbra_config::SOCKS_PORTS.start(), umbra_config::SOCKS_PORTS.end());
+    let (start, end) = (
+        umbra_config::SOCKS_PORTS.start(),
+        umbra_config::SOCKS_PORTS.end(),
+    );
     if !no_tun && hi >= *start {
         tracing::warn!(
             "the kernel's ephemeral ports ({lo} to {hi}) overlap the ports the userspace stack \
