@@ -6,6 +6,13 @@
 //! responder, connects to the AAAA address over the TUN across three relays,
 //! and the receiving server checks it by dialback the same way back.
 //!
+//! A second run puts the receiving server on a node without a TUN: Prosody
+//! listens on loopback and umbra's `[[expose]]` forwards overlay port 5269
+//! to it (docs/architecture.md, "Apps without the TUN"). That node cannot
+//! dial back, and stock Prosody cannot dial through SOCKS5, so the servers
+//! authenticate each other by certificates (SASL EXTERNAL, from a CA the
+//! test makes) instead of dialback.
+//!
 //! The users are slixmpp clients (Debian's python3-slixmpp), from a small
 //! script the test writes. Prosody and the clients are killed when the test
 //! ends, failed or not, before the namespaces go.
@@ -101,12 +108,15 @@ impl Prosody {
     /// Writes the config for `domain`, with s2s on `s2s_addr` and c2s on
     /// 127.0.0.1, registers `users` (name, password), and starts Prosody in
     /// `ns` once they exist.
+    /// With `ca`, s2s runs over TLS with the domain's certificate from
+    /// `ca` ([`Ca::issue`]), and peers are authenticated by theirs.
     fn start(
         ns: &Netns,
         dir: &Path,
         domain: &str,
         s2s_addr: &str,
         users: &[(&str, &str)],
+        ca: Option<&Ca>,
     ) -> Prosody {
         let data = dir.join("data");
         let certs = dir.join("certs");
@@ -114,30 +124,40 @@ impl Prosody {
             std::fs::create_dir_all(d).expect("prosody dirs");
         }
         let config = dir.join("prosody.cfg.lua");
+        let auth = if ca.is_some() {
+            "\"tls\""
+        } else {
+            "\"dialback\""
+        };
+        let s2s_security = match ca {
+            None => NO_TLS.to_string(),
+            Some(ca) => {
+                ca.issue(domain, &certs);
+                format!(
+                    "-- Domains authenticated by their certificates (SASL EXTERNAL; no\n\
+                     -- dialback module), so the receiving server never connects back.\n\
+                     s2s_require_encryption = true\n\
+                     s2s_secure_auth = true\n\
+                     ssl = {{ cafile = \"{}\" }}\n",
+                    ca.cert.display()
+                )
+            }
+        };
         let text = format!(
             r#"-- Written by tests/netns/xmpp.rs.
 -- The test runs as root, and Prosody refuses root unless told.
 run_as_root = true
 pidfile = "{pid}"
 data_path = "{data}"
--- No certificates: an empty directory, so Prosody looks nowhere else.
+-- The domain's certificate, if any: Prosody looks nowhere else.
 certificates = "{certs}"
 log = {{ {{ levels = {{ min = "debug" }}, to = "console" }} }}
-modules_enabled = {{ "roster", "saslauth", "dialback", "disco", "ping" }}
+modules_enabled = {{ "roster", "saslauth", "disco", "ping", {auth} }}
 c2s_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ 5222 }}
 s2s_interfaces = {{ "{s2s_addr}" }}
 s2s_ports = {{ 5269 }}
--- Server to server without TLS, domains authenticated by dialback. The
--- overlay already encrypts end to end and authenticates the ends: a .umbra
--- name is its key's, the address too, and a packet from an address arrives
--- only over a session that authenticated that key, a forged source being
--- dropped (docs/protocol.md, "Identity and addresses" and "Sessions"). TLS
--- with self-signed certificates, which Prosody could not verify, would add
--- nothing but a second layer of encryption.
-s2s_require_encryption = false
-s2s_secure_auth = false
--- Clients log in over loopback in the same namespace, without TLS.
+{s2s_security}-- Clients log in over loopback in the same namespace, without TLS.
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 VirtualHost "{domain}"
@@ -184,9 +204,116 @@ VirtualHost "{domain}"
     }
 }
 
+/// Server to server without TLS, domains authenticated by dialback.
+const NO_TLS: &str = "\
+-- Server to server without TLS, domains authenticated by dialback. The
+-- overlay already encrypts end to end and authenticates the ends: a .umbra
+-- name is its key's, the address too, and a packet from an address arrives
+-- only over a session that authenticated that key, a forged source being
+-- dropped (docs/protocol.md, \"Identity and addresses\" and \"Sessions\"). TLS
+-- with self-signed certificates, which Prosody could not verify, would add
+-- nothing but a second layer of encryption.
+s2s_require_encryption = false
+s2s_secure_auth = false
+";
+
+/// A certificate authority made with openssl for one test, whose
+/// certificates both servers trust.
+struct Ca {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Ca {
+    fn new(dir: &Path) -> Ca {
+        std::fs::create_dir_all(dir).expect("ca dir");
+        let ca = Ca {
+            dir: dir.to_path_buf(),
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca.key"),
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=umbra test CA",
+            "-keyout",
+            path(&ca.key),
+            "-out",
+            path(&ca.cert),
+        ]);
+        ca
+    }
+
+    /// `certs/<domain>.crt` and `.key`, where Prosody's `certificates`
+    /// directory looks for them: the domain as CN and dNSName.
+    fn issue(&self, domain: &str, certs: &Path) {
+        let key = certs.join(format!("{domain}.key"));
+        let crt = certs.join(format!("{domain}.crt"));
+        let csr = self.dir.join(format!("{domain}.csr"));
+        let ext = self.dir.join(format!("{domain}.ext"));
+        std::fs::write(&ext, format!("subjectAltName = DNS:{domain}\n")).expect("ext");
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={domain}"),
+            "-keyout",
+            path(&key),
+            "-out",
+            path(&csr),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            path(&csr),
+            "-CA",
+            path(&self.cert),
+            "-CAkey",
+            path(&self.key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            path(&ext),
+            "-out",
+            path(&crt),
+        ]);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// What a federation test varies: the chain, and how each end's umbra and
-/// Prosody are set up. Another variant (an end without the TUN, through
-/// SOCKS5 and an exposed port) would pass other functions.
+/// Prosody are set up.
 struct Setup {
     /// Namespace tag.
     tag: &'static str,
@@ -197,6 +324,9 @@ struct Setup {
     umbra_config: fn(i: usize, end: bool) -> String,
     /// The address Prosody on end node `i` listens on for s2s.
     s2s_addr: fn(o: &Overlay, i: usize) -> String,
+    /// Certificates and SASL EXTERNAL instead of dialback: the receiving
+    /// server never connects back.
+    tls: bool,
 }
 
 /// The ends' umbra config of the plain variant: the shortest path, so the
@@ -240,13 +370,15 @@ fn federate(setup: &Setup) -> Duration {
     std::fs::write(&script, CLIENT).expect("write the client");
     let script = script.to_str().expect("a UTF-8 path").to_string();
     let users = [("a", "secret-a"), ("b", "secret-b")];
+    let ca = setup.tls.then(|| Ca::new(&o.dir.path().join("ca")));
     let servers: Vec<Prosody> = ends
         .iter()
         .zip(&names)
         .zip(users)
         .map(|((&i, domain), user)| {
             let dir = o.dir.path().join(format!("prosody{i}"));
-            Prosody::start(&o.ns[i], &dir, domain, &(setup.s2s_addr)(&o, i), &[user])
+            let addr = (setup.s2s_addr)(&o, i);
+            Prosody::start(&o.ns[i], &dir, domain, &addr, &[user], ca.as_ref())
         })
         .collect();
     let diagnostics = |clients: &str| {
@@ -342,10 +474,11 @@ fn federate(setup: &Setup) -> Duration {
     );
     // It went server to server, each found through its node's responder:
     // the sender's by the SRV and AAAA records of the receiver's domain, the
-    // receiver's by those of the sender's for dialback. Without the SRV
-    // record Prosody would fall back to the domain's AAAA on port 5269 and
-    // deliver all the same, so the SRV answer is checked in Prosody's own
-    // debug log (its 0.12 wording), and no lookup may have missed.
+    // receiver's by those of the sender's for dialback (with certificates,
+    // the receiver looks nothing up). Without the SRV record Prosody would
+    // fall back to the domain's AAAA on port 5269 and deliver all the same,
+    // so the SRV answer is checked in Prosody's own debug log (its 0.12
+    // wording), and no lookup may have missed.
     let link = format!("{}->{}", names[0], names[1]);
     let says = |server: &Prosody, what: &str| {
         assert!(
@@ -362,19 +495,53 @@ fn federate(setup: &Setup) -> Duration {
         &servers[1],
         &format!("Incoming s2s connection {link} complete"),
     );
-    for (server, other) in servers.iter().zip(names.iter().rev()) {
+    let resolving = if setup.tls { 1 } else { 2 };
+    for (server, other) in servers.iter().zip(names.iter().rev()).take(resolving) {
         says(
             server,
             &format!("Results for _xmpp-server._tcp.{other} IN SRV: 1 items"),
         );
     }
-    for &i in &ends {
+    // With TLS, Prosody first asks for direct-TLS s2s (XEP-0368), which the
+    // responder was not told to answer: that one NXDOMAIN, no other.
+    let missed = if setup.tls {
+        says(
+            &servers[0],
+            &format!(
+                "Results for _xmpps-server._tcp.{} IN SRV: NXDomain",
+                names[1]
+            ),
+        );
+        says(
+            &servers[0],
+            &format!("SASL EXTERNAL with {} succeeded", names[1]),
+        );
+        says(
+            &servers[1],
+            &format!("Accepting SASL EXTERNAL identity from {}", names[0]),
+        );
+        1
+    } else {
+        0
+    };
+    for &i in ends.iter().take(resolving) {
         let dns = &o.status(i)["dns"];
         assert!(
             dns["answered"].as_u64().unwrap_or(0) >= 2,
             "node {i}: {dns}"
         );
-        assert_eq!(dns["nxdomain"], 0, "node {i}: {dns}");
+        assert_eq!(
+            dns["nxdomain"],
+            missed,
+            "node {i}: {dns}\n{}",
+            diagnostics("")
+        );
+    }
+    // A receiver without a TUN took the stream on its exposed port.
+    let receiver = o.status(ends[1]);
+    if receiver["tun"].is_null() {
+        let stack = &receiver["stack"];
+        assert!(stack["accepted"].as_u64() >= Some(1), "{stack}");
     }
     // The message crossed the chain: the sending end's circuit to the other
     // end runs over every relay between them.
@@ -391,5 +558,38 @@ fn prosody_servers_federate_by_umbra_name_across_three_relays() {
         nodes: 5,
         umbra_config: with_tun,
         s2s_addr: |o, i| o.addrs[i].clone(),
+        tls: false,
+    });
+}
+
+/// The receiving end without a TUN: its umbra exposes overlay port 5269 to
+/// Prosody on loopback.
+fn receiver_without_tun(i: usize, end: bool) -> String {
+    if i == 0 {
+        with_tun(i, end)
+    } else if end {
+        "anonymity = \"fast\"\n[tun]\nenabled = false\n\
+         [[expose]]\nport = 5269\nto = \"127.0.0.1:5269\"\n"
+            .to_string()
+    } else {
+        with_tun(i, end)
+    }
+}
+
+#[test]
+fn a_server_without_tun_receives_through_an_exposed_port() {
+    require_root();
+    federate(&Setup {
+        tag: "xn",
+        nodes: 5,
+        umbra_config: receiver_without_tun,
+        s2s_addr: |o, i| {
+            if i == 0 {
+                o.addrs[i].clone()
+            } else {
+                "127.0.0.1".to_string()
+            }
+        },
+        tls: true,
     });
 }
