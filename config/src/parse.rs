@@ -263,6 +263,17 @@ impl Reporter<'_> {
         }
     }
 
+    /// A TCP or UDP port, 1 to 65535.
+    fn port(&self, key: &Key, value: Value) -> Result<u16, ConfigError> {
+        let n = self.integer(key, value)?;
+        u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
+            self.invalid(
+                key,
+                format!("{} = {n} is not a port (1 to 65535)", key.shown),
+            )
+        })
+    }
+
     fn strings(&self, key: &Key, value: Value) -> Result<Vec<String>, ConfigError> {
         let Value::Array(items) = value else {
             return Err(self.wrong_type(key, "a list of strings", &value));
@@ -534,13 +545,7 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
             };
             for (service, port) in t {
                 let entry = Scope::table("dns.srv").key(&service);
-                let n = r.integer(&entry, port)?;
-                let port = u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
-                    r.invalid(
-                        &entry,
-                        format!("{} = {n} is not a port (1 to 65535)", entry.shown),
-                    )
-                })?;
+                let port = r.port(&entry, port)?;
                 config.dns.srv.insert(service, port);
             }
         }
@@ -607,13 +612,7 @@ fn exposes(r: &Reporter<'_>, value: Value) -> Result<Vec<ExposeConfig>, ConfigEr
                 ),
             ));
         };
-        let n = r.integer(&port_key, port)?;
-        let port = u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
-            r.invalid(
-                &port_key,
-                format!("{} = {n} is not a port (1 to 65535)", port_key.shown),
-            )
-        })?;
+        let port = r.port(&port_key, port)?;
         let to_key = scope.key("to");
         let Some(to) = raw.to else {
             return Err(r.invalid(
