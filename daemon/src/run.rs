@@ -2,7 +2,6 @@
 //! datapath and the control socket together, answers control requests, and
 //! handles signals (docs/architecture.md, "The service").
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -42,15 +41,7 @@ struct NodeView {
     dns: Option<Arc<crate::dns::DnsCounters>>,
     /// The SOCKS proxy's and the userspace stack's counters, when either
     /// runs.
-    apps: Option<Apps>,
-}
-
-/// What `status` shows of apps without the TUN.
-#[derive(Debug)]
-struct Apps {
-    socks: Option<(SocketAddr, Arc<crate::apps::socks::SocksCounters>)>,
-    stack: Arc<crate::apps::stack::StackCounters>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    apps: Option<crate::apps::Status>,
 }
 
 impl NodeView {
@@ -77,12 +68,8 @@ impl NodeView {
                 (Some(c), Some(listen)) => c.json(listen),
                 _ => Value::Null,
             },
-            "socks": self.apps.as_ref().and_then(|a| a.socks.as_ref()).map(|(listen, c)| c.json(*listen)),
-            "stack": self.apps.as_ref().map(|a| {
-                let mut v = a.stack.json();
-                v["dropped"] = json!(a.dropped.load(std::sync::atomic::Ordering::Relaxed));
-                v
-            }),
+            "socks": self.apps.as_ref().map_or(Value::Null, crate::apps::Status::socks_json),
+            "stack": self.apps.as_ref().map_or(Value::Null, crate::apps::Status::stack_json),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
@@ -202,69 +189,6 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
     }
 }
 
-/// Starts the userspace stack when something needs it (`[socks] listen`,
-/// `[[expose]]`), and the SOCKS proxy in front of it (docs/architecture.md,
-/// "Apps without the TUN"). `no_tun`: every packet to this node is the
-/// stack's.
-async fn start_apps(
-    config: &Config,
-    addr: std::net::Ipv6Addr,
-    no_tun: bool,
-    datapath: &DatapathTx,
-    vital: &Vital,
-) -> Result<(Option<crate::apps::StackPort>, Option<Apps>)> {
-    if config.socks.listen.is_none() && config.expose.is_empty() {
-        return Ok((None, None));
-    }
-    let exposed: Vec<(u16, SocketAddr)> = config.expose.iter().map(|e| (e.port, e.to)).collect();
-    let (stack, port, connector, counters) = crate::apps::stack::new(
-        addr,
-        address::OVERLAY_PREFIX_LEN,
-        config.tun.mtu,
-        &exposed,
-        no_tun,
-        datapath.clone(),
-    );
-    vital.spawn("userspace stack", stack.run());
-    let (lo, hi) = umbra_transport::io::ephemeral_range();
-    let (start, end) = (
-        umbra_config::SOCKS_PORTS.start(),
-        umbra_config::SOCKS_PORTS.end(),
-    );
-    if !no_tun && hi >= *start {
-        tracing::warn!(
-            "the kernel's ephemeral ports ({lo} to {hi}) overlap the ports the userspace stack \
-             takes from the TUN ({start} to {end}): answers to the kernel's own overlay \
-             connections from those ports would reach the stack; set \
-             net.ipv4.ip_local_port_range to end below {start}"
-        );
-    }
-    for e in &config.expose {
-        tracing::info!(port = e.port, to = %e.to, "exposed port ready");
-    }
-    let socks = match config.socks.listen {
-        Some(listen) => {
-            let listener = crate::apps::socks::bind(listen).await?;
-            let socks_counters = Arc::new(crate::apps::socks::SocksCounters::default());
-            let proxy = crate::apps::socks::Proxy {
-                zone: crate::dns::zone(config),
-                connector,
-                counters: Arc::clone(&socks_counters),
-            };
-            vital.spawn("SOCKS proxy", crate::apps::socks::serve(listener, proxy));
-            tracing::info!(%listen, "SOCKS5 proxy ready");
-            Some((listen, socks_counters))
-        }
-        None => None,
-    };
-    let apps = Apps {
-        socks,
-        stack: counters,
-        dropped: Arc::clone(&port.dropped),
-    };
-    Ok((Some(port), Some(apps)))
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) fn run(config: Config, config_path: ConfigPath, control: Option<PathBuf>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -318,7 +242,9 @@ async fn run_async(
     )?;
     let tun = tun.map(Arc::new);
     let (vital, deaths) = Vital::new();
-    let (stack_port, apps) = start_apps(&config, addr, tun.is_none(), &datapath_tx, &vital).await?;
+    let (stack_port, apps) = crate::apps::start(&config, addr, tun.is_none(), &datapath_tx, &vital)
+        .await?
+        .unzip();
     let datapath_task = vital.spawn(
         "datapath",
         datapath::run(

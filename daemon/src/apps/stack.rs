@@ -74,6 +74,9 @@ pub(crate) struct StackCounters {
     pub(crate) accepted: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) busy: AtomicU64,
+    /// Packets from the datapath the stack had no room for (TCP sends
+    /// them again).
+    pub(crate) dropped: AtomicU64,
     open: AtomicU64,
 }
 
@@ -87,6 +90,7 @@ impl StackCounters {
             "accepted": get(&self.accepted),
             "refused": get(&self.refused),
             "busy": get(&self.busy),
+            "dropped": get(&self.dropped),
         })
     }
 }
@@ -275,7 +279,7 @@ pub(crate) fn new(
         packets: packets_tx,
         all,
         exposed: exposed.iter().map(|(p, _)| *p).collect(),
-        dropped: Arc::new(AtomicU64::new(0)),
+        counters: Arc::clone(&counters),
     };
     let connector = Connector {
         requests: requests_tx,
