@@ -176,8 +176,20 @@ enum Kind {
         Option<oneshot::Sender<Result<Pipe, ConnectError>>>,
         std::time::Instant,
     ),
-    /// Accepted on an exposed port, forwarded to this local socket.
-    Exposed,
+    /// Taken on an exposed port, forwarded to this local socket once the
+    /// handshake ends (so a flood of SYNs opens nothing locally), or
+    /// dropped at the deadline.
+    Exposed(Option<SocketAddr>, std::time::Instant),
+}
+
+/// Where a connection's handshake stands.
+enum Handshake {
+    /// Still going.
+    Waiting,
+    /// Done: bytes may move.
+    Done,
+    /// Failed: the connection ends.
+    Failed,
 }
 
 struct Conn {
@@ -436,12 +448,9 @@ impl Stack {
                 self.sockets.get_mut::<tcp::Socket<'_>>(handle).abort();
                 self.sockets.remove(handle);
             } else {
-                let mut conn = Conn::new(handle, Kind::Exposed, &self.wake);
-                if let Some(pipe) = conn.pipe.take() {
-                    tokio::spawn(super::splice::forward(to, pipe));
-                }
-                self.conns.push(conn);
-                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+                let kind = Kind::Exposed(Some(to), deadline);
+                self.conns.push(Conn::new(handle, kind, &self.wake));
             }
             self.listen(port, to);
         }
@@ -449,34 +458,13 @@ impl Stack {
         let now = std::time::Instant::now();
         for (n, c) in self.conns.iter_mut().enumerate() {
             let s = self.sockets.get_mut::<tcp::Socket<'_>>(c.handle);
-            if let Kind::Outgoing(reply, deadline) = &mut c.kind
-                && reply.is_some()
-            {
-                let failed = match s.state() {
-                    State::SynSent if now >= *deadline => {
-                        s.abort();
-                        Some(ConnectError::Unreachable)
-                    }
-                    State::SynSent => continue,
-                    // A reset, or the socket's own timeout.
-                    State::Closed => Some(ConnectError::Refused),
-                    _ => None,
-                };
-                if let Some(why) = failed {
-                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(r) = reply.take() {
-                        let _ = r.send(Err(why));
-                    }
+            match handshake(s, c, now, &self.counters) {
+                Handshake::Waiting => continue,
+                Handshake::Failed => {
                     done.push(n);
                     continue;
                 }
-                if let (Some(r), Some(pipe)) = (reply.take(), c.pipe.take()) {
-                    self.counters.connected.fetch_add(1, Ordering::Relaxed);
-                    if r.send(Ok(pipe)).is_err() {
-                        // The SOCKS client left meanwhile.
-                        s.abort();
-                    }
-                }
+                Handshake::Done => {}
             }
             moved |= pump(s, c);
             let state = s.state();
@@ -492,6 +480,61 @@ impl Stack {
             .open
             .store(self.conns.len() as u64, Ordering::Relaxed);
         moved
+    }
+}
+
+/// Follows the handshake of `c`'s socket `s`: once it is done, hands the
+/// app side over (the SOCKS client's answer, or a connection to the exposed
+/// service); past the deadline, or at a reset, gives up.
+fn handshake(
+    s: &mut tcp::Socket<'static>,
+    c: &mut Conn,
+    now: std::time::Instant,
+    counters: &StackCounters,
+) -> Handshake {
+    let (opening, deadline) = match &c.kind {
+        Kind::Outgoing(reply, deadline) => (reply.is_some(), *deadline),
+        Kind::Exposed(to, deadline) => (to.is_some(), *deadline),
+    };
+    if !opening {
+        return Handshake::Done;
+    }
+    let failed = match s.state() {
+        State::SynSent | State::SynReceived if now >= deadline => {
+            s.abort();
+            Some(ConnectError::Unreachable)
+        }
+        State::SynSent | State::SynReceived => return Handshake::Waiting,
+        // A reset, or the socket's own timeout.
+        State::Closed => Some(ConnectError::Refused),
+        _ => None,
+    };
+    match (&mut c.kind, failed) {
+        (Kind::Outgoing(reply, _), Some(why)) => {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = reply.take() {
+                let _ = r.send(Err(why));
+            }
+            Handshake::Failed
+        }
+        (Kind::Exposed(..), Some(_)) => Handshake::Failed,
+        (Kind::Outgoing(reply, _), None) => {
+            if let (Some(r), Some(pipe)) = (reply.take(), c.pipe.take()) {
+                counters.connected.fetch_add(1, Ordering::Relaxed);
+                if r.send(Ok(pipe)).is_err() {
+                    // The SOCKS client left meanwhile.
+                    s.abort();
+                }
+            }
+            Handshake::Done
+        }
+        (Kind::Exposed(to, _), None) => {
+            if let (Some(to), Some(pipe)) = (to.take(), c.pipe.take()) {
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(super::splice::forward(to, pipe));
+            }
+            Handshake::Done
+        }
     }
 }
 
@@ -554,4 +597,92 @@ fn pump(s: &mut tcp::Socket<'static>, c: &mut Conn) -> bool {
         s.close();
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::wire::TcpPacket;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    /// An IPv6 TCP segment with no payload and a right checksum.
+    fn segment(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        ports: (u16, u16),
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    ) -> Vec<u8> {
+        let mut p = vec![0u8; 60];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&20u16.to_be_bytes());
+        p[6] = 6;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&src.octets());
+        p[24..40].copy_from_slice(&dst.octets());
+        p[40..42].copy_from_slice(&ports.0.to_be_bytes());
+        p[42..44].copy_from_slice(&ports.1.to_be_bytes());
+        p[44..48].copy_from_slice(&seq.to_be_bytes());
+        p[48..52].copy_from_slice(&ack.to_be_bytes());
+        p[52] = 5 << 4;
+        p[53] = flags;
+        p[54..56].copy_from_slice(&u16::MAX.to_be_bytes());
+        TcpPacket::new_unchecked(&mut p[40..])
+            .fill_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst));
+        p
+    }
+
+    /// A SYN to an exposed port is answered, but the local service is
+    /// dialled only when the handshake completes: SYNs alone open nothing.
+    #[tokio::test]
+    async fn an_exposed_port_dials_its_service_only_after_the_handshake() {
+        let service = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let to = service.local_addr().expect("addr");
+        let (datapath, mut out) = crate::events::channel();
+        let (me, peer): (Ipv6Addr, Ipv6Addr) =
+            ("600::1".parse().expect("ip"), "600::2".parse().expect("ip"));
+        let (stack, port, _connector, counters) = new(me, 7, 1500, &[(80, to)], true, datapath);
+        tokio::spawn(stack.run());
+        let next = |out: &mut mpsc::Receiver<Input>| {
+            let p = out.try_recv();
+            match p {
+                Ok(Input::Packet(p)) => Some(p),
+                _ => None,
+            }
+        };
+        port.give(&segment(peer, me, (40000, 80), 1000, 0, SYN));
+        let mut synack = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(p) = next(&mut out) {
+                synack = Some(p);
+                break;
+            }
+        }
+        let synack = synack.expect("an answer to the SYN");
+        assert_eq!(synack[53] & (SYN | ACK), SYN | ACK, "{synack:?}");
+        assert_eq!(&synack[48..52], &1001u32.to_be_bytes());
+        let their_seq = u32::from_be_bytes([synack[44], synack[45], synack[46], synack[47]]);
+        let early = tokio::time::timeout(Duration::from_millis(300), service.accept()).await;
+        assert!(early.is_err(), "the service was dialled on a SYN alone");
+        assert_eq!(counters.accepted.load(Ordering::Relaxed), 0);
+        port.give(&segment(
+            peer,
+            me,
+            (40000, 80),
+            1001,
+            their_seq.wrapping_add(1),
+            ACK,
+        ));
+        tokio::time::timeout(Duration::from_secs(5), service.accept())
+            .await
+            .expect("the service dialled once the handshake completed")
+            .expect("accept");
+        assert_eq!(counters.accepted.load(Ordering::Relaxed), 1);
+    }
 }
