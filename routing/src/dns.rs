@@ -227,9 +227,7 @@ impl Zone {
     /// label names no key; [`is_umbra_name`] tells that from a host
     /// outside `.umbra`.
     pub fn address_of(&self, host: &str) -> Option<Ipv6Addr> {
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        let label = host.strip_suffix(TLD)?.strip_suffix('.')?;
-        let key = self.key_of(label)?;
+        let key = self.key_of(&umbra_label(host)?)?;
         Some(address_for_key(&key, self.prefix))
     }
 }
@@ -237,11 +235,15 @@ impl Zone {
 /// Whether `host` lies under `.umbra` (any case, with or without the final
 /// dot).
 pub fn is_umbra_name(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    host.len() > TLD.len()
-        && host
-            .get(host.len() - TLD.len() - 1..)
-            .is_some_and(|tail| tail.eq_ignore_ascii_case(".umbra"))
+    umbra_label(host).is_some()
+}
+
+/// What `host` has before `.umbra` (any case, with or without the final
+/// dot), lowercased; `None` for a host outside `.umbra`.
+fn umbra_label(host: &str) -> Option<String> {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let label = host.strip_suffix(TLD)?.strip_suffix('.')?;
+    Some(label.to_string())
 }
 
 #[cfg(test)]
