@@ -78,18 +78,13 @@ impl Config {
         self.validate_names(&r)?;
         self.validate_apps(&r)?;
 
-        if let Some(addr) = self.metrics.listen
-            && !addr.ip().is_loopback()
-        {
-            return Err(r.invalid(
-                &Scope::table("metrics").key("listen"),
-                format!(
-                    "[metrics] listen = \"{addr}\" is not a loopback address; metrics are for \
-                         local scraping, so use 127.0.0.1 or [::1], such as \"127.0.0.1:9477\""
-                ),
-            ));
-        }
-        Ok(())
+        loopback_only(
+            &r,
+            "metrics",
+            self.metrics.listen,
+            "metrics are for local scraping",
+            "127.0.0.1:9477",
+        )
     }
 
     /// `[dns]` and `[names]`: a loopback responder, well-formed services,
@@ -97,17 +92,13 @@ impl Config {
     /// that are DNS labels and never look like a key's name.
     fn validate_names(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
         use crate::{MAX_TXT_RECORDS, MAX_TXT_STRING_LEN};
-        if let Some(addr) = self.dns.listen
-            && !addr.ip().is_loopback()
-        {
-            return Err(r.invalid(
-                &Scope::table("dns").key("listen"),
-                format!(
-                    "[dns] listen = \"{addr}\" is not a loopback address; the responder answers \
-                     this host's programs only, so use 127.0.0.1 or [::1], such as \"127.0.0.1:53\""
-                ),
-            ));
-        }
+        loopback_only(
+            r,
+            "dns",
+            self.dns.listen,
+            "the responder answers this host's programs only",
+            "127.0.0.1:53",
+        )?;
         for service in self.dns.srv.keys() {
             if !is_service(service) {
                 return Err(r.invalid(
@@ -165,17 +156,13 @@ impl Config {
     /// `[socks]` and `[[expose]]`: a loopback proxy, and each exposed port
     /// once, outside the stack's own ports, forwarded to a real address.
     fn validate_apps(&self, r: &Reporter<'_>) -> Result<(), ConfigError> {
-        if let Some(addr) = self.socks.listen
-            && !addr.ip().is_loopback()
-        {
-            return Err(r.invalid(
-                &Scope::table("socks").key("listen"),
-                format!(
-                    "[socks] listen = \"{addr}\" is not a loopback address; the proxy serves \
-                     this host's programs only, so use 127.0.0.1 or [::1], such as \"127.0.0.1:1080\""
-                ),
-            ));
-        }
+        loopback_only(
+            r,
+            "socks",
+            self.socks.listen,
+            "the proxy serves this host's programs only",
+            "127.0.0.1:1080",
+        )?;
         for (i, e) in self.expose.iter().enumerate() {
             let scope = Scope::entry("expose", i + 1);
             let (port, to) = (scope.key("port"), scope.key("to"));
@@ -475,6 +462,27 @@ impl Config {
 }
 
 /// Whether an optional path is set to the empty string (`key = ""`).
+/// `[table] listen`, when set, must be a loopback address: `why` says whom
+/// it serves, `example` is one to write instead.
+fn loopback_only(
+    r: &Reporter<'_>,
+    table: &str,
+    listen: Option<SocketAddr>,
+    why: &str,
+    example: &str,
+) -> Result<(), ConfigError> {
+    match listen {
+        Some(addr) if !addr.ip().is_loopback() => Err(r.invalid(
+            &Scope::table(table).key("listen"),
+            format!(
+                "[{table}] listen = \"{addr}\" is not a loopback address; {why}, so use \
+                 127.0.0.1 or [::1], such as \"{example}\""
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn set_but_empty(path: &Option<PathBuf>) -> bool {
     path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
 }
