@@ -201,16 +201,23 @@ where
         };
         counters.count(outcome);
         // The zone keeps a TCP reply within the prefix's 65,535 bytes.
-        let Ok(reply_len) = u16::try_from(reply.len()) else {
+        let Some(framed) = frame(&reply) else {
             return;
         };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&reply_len.to_be_bytes());
-        framed.extend_from_slice(&reply);
         if !matches!(timeout(idle, stream.write_all(&framed)).await, Ok(Ok(()))) {
             return;
         }
     }
+}
+
+/// `message` with its 2-byte length in front; `None` if it is longer than
+/// the length can say.
+fn frame(message: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(message.len()).ok()?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Some(framed)
 }
 
 /// One length-prefixed message from `stream`.
@@ -244,21 +251,16 @@ mod tests {
     }
 
     fn framed(message: &[u8]) -> Vec<u8> {
-        let mut f = u16::try_from(message.len())
-            .unwrap_or(0)
-            .to_be_bytes()
-            .to_vec();
-        f.extend(message);
-        f
+        frame(message).unwrap_or_default()
     }
 
     /// Reads one framed reply: its id and response code.
     async fn reply(stream: &mut tokio::io::DuplexStream) -> Option<(u16, u8)> {
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len).await.ok()?;
-        let mut m = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut m).await.ok()?;
-        Some((u16::from_be_bytes([m[0], m[1]]), m[3] & 0x0f))
+        let m = read_message(stream).await.ok()?;
+        Some((
+            u16::from_be_bytes([*m.first()?, *m.get(1)?]),
+            m.get(3)? & 0x0f,
+        ))
     }
 
     fn zone() -> Zone {
