@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration as SmolDuration, Instant as SmolInstant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -158,12 +158,11 @@ impl phy::Device for Device {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
+        // Checksums are written and checked, as the kernel does behind a
+        // TUN (smoltcp's default).
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
-        // Circuits carry packets intact and authenticated end to end, as
-        // the TUN's are; the checksums are still written and checked.
-        caps.checksum = ChecksumCapabilities::default();
         caps
     }
 }
@@ -401,9 +400,6 @@ impl Stack {
             Kind::Outgoing(Some(reply), deadline),
             &self.wake,
         ));
-        self.counters
-            .open
-            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     /// A SOCKS port no connection uses.
@@ -560,10 +556,14 @@ fn pump(s: &mut tcp::Socket<'static>, c: &mut Conn) -> bool {
                     return moved;
                 }
             };
-            let mut buf = vec![0u8; s.recv_queue().min(CHUNK)];
-            let Ok(k) = s.recv_slice(&mut buf) else { break };
-            buf.truncate(k);
-            permit.send(Bytes::from(buf));
+            // Copied once, straight out of the socket's ring.
+            let Ok(chunk) = s.recv(|data| {
+                let n = data.len().min(CHUNK);
+                (n, Bytes::copy_from_slice(&data[..n]))
+            }) else {
+                break;
+            };
+            permit.send(chunk);
             moved = true;
         }
         let far_side_done = matches!(
