@@ -84,9 +84,7 @@ impl NginxConfig {
             path.display().to_string(),
         ])
     }
-}
 
-impl NginxConfig {
     /// Writes the config and runs nginx in `ns` (its output in
     /// `dir/nginx.log`); returns once something listens on `port`, which
     /// one of the sites must use. Stopped when the [`Proc`] drops.
