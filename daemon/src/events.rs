@@ -73,9 +73,10 @@ pub(crate) enum Input {
     NodeFor(std::net::Ipv6Addr, oneshot::Sender<Option<[u8; 32]>>),
     /// Whether the graph has a node with this key.
     Knows([u8; 32], oneshot::Sender<bool>),
-    /// An IPv6 packet from the userspace stack, sent as the TUN's are
-    /// (docs/architecture.md, "Apps without the TUN").
-    Packet(Vec<u8>),
+    /// IPv6 packets from the userspace stack, in order, sent as the TUN's
+    /// are (docs/architecture.md, "Apps without the TUN"): what one turn of
+    /// the stack produced, so one input carries many.
+    Packets(Vec<Vec<u8>>),
 }
 
 /// Why the routing core did not take a message.

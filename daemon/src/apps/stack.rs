@@ -1,7 +1,7 @@
 //! The userspace TCP/IPv6 stack (docs/architecture.md, "Apps without the
 //! TUN"): one tokio task around a smoltcp interface that holds this node's
 //! overlay address. Packets come from the datapath ([`super::StackPort`])
-//! and go back to it as [`Input::Packet`], so they cross circuits like the
+//! and go back to it as [`Input::Packets`], so they cross circuits like the
 //! TUN's.
 //!
 //! Each connection's bytes meet the app side (a SOCKS client, an exposed
@@ -361,10 +361,9 @@ impl Stack {
                 let moved = self.service();
                 self.iface
                     .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
-                for p in self.device.tx.drain(..) {
-                    if self.datapath.send(Input::Packet(p)).await.is_err() {
-                        return Ok(());
-                    }
+                let made = std::mem::take(&mut self.device.tx);
+                if !made.is_empty() && self.datapath.send(Input::Packets(made)).await.is_err() {
+                    return Ok(());
                 }
                 if !moved {
                     break;
@@ -648,12 +647,9 @@ mod tests {
             ("600::1".parse().expect("ip"), "600::2".parse().expect("ip"));
         let (stack, port, _connector, counters) = new(me, 7, 1500, &[(80, to)], true, datapath);
         tokio::spawn(stack.run());
-        let next = |out: &mut mpsc::Receiver<Input>| {
-            let p = out.try_recv();
-            match p {
-                Ok(Input::Packet(p)) => Some(p),
-                _ => None,
-            }
+        let next = |out: &mut mpsc::Receiver<Input>| match out.try_recv() {
+            Ok(Input::Packets(mut p)) => p.pop(),
+            _ => None,
         };
         port.give(&segment(peer, me, (40000, 80), 1000, 0, SYN));
         let mut synack = None;

@@ -459,7 +459,11 @@ fn handle(core: &mut RouterCore, outs: &mut Outs, links: &Links, now: Now, input
             }
         }
         Input::Graph { link, bytes } => core.handle_graph(now, link, &bytes),
-        Input::Packet(p) => core.send_packet(now, &p),
+        Input::Packets(packets) => {
+            for p in packets {
+                core.send_packet(now, &p);
+            }
+        }
         Input::Ledger { link, bytes } => core.handle_ledger(now, link, &bytes),
         Input::Charges(charges) => {
             for (peer, charge) in charges {
