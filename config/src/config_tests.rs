@@ -294,6 +294,24 @@ fn address_prefix_must_be_one_byte() {
 }
 
 #[test]
+fn threads_is_a_count_from_1() {
+    assert_eq!(parse_ok("").threads, 1);
+    assert_eq!(parse_ok("threads = 4\n").threads, 4);
+    for bad in ["0", "-1", "257"] {
+        invalid(
+            &format!("threads = {bad}\n"),
+            "threads",
+            &[&format!("threads = {bad} is out of range: 1 to 256")],
+        );
+    }
+    invalid(
+        "threads = \"2\"\n",
+        "threads",
+        &["threads must be a whole number, found string \"2\""],
+    );
+}
+
+#[test]
 fn anonymity_must_be_a_known_level() {
     invalid(
         "anonymity = \"paranoid\"\n",

@@ -37,6 +37,14 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/umbra/control.sock";
 /// addresses"`): addresses in `600::/8`, subnets in `700::/8`.
 pub const DEFAULT_ADDRESS_PREFIX: u8 = 0x06;
 
+/// Worker threads by default: one, so a cell's whole path through a node (link
+/// reader, routing, link writer, TLS) stays on one thread and its hand-offs are
+/// not wake-ups of another core (`docs/architecture.md, "Performance"`).
+pub const DEFAULT_THREADS: u16 = 1;
+
+/// The most worker threads `threads` may ask for.
+pub const MAX_THREADS: u16 = 256;
+
 /// File name of the identity key inside the state directory.
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File name of the SQLite database inside the state directory.
@@ -81,6 +89,9 @@ pub struct Config {
     pub address_prefix: u8,
     /// How circuits pick their relays (`docs/architecture.md, "Path selection"`).
     pub anonymity: Anonymity,
+    /// Worker threads of the daemon's async runtime, which carries the data path
+    /// (`docs/architecture.md, "Performance"`).
+    pub threads: u16,
     /// The TUN interface, `[tun]`.
     pub tun: TunConfig,
     /// Where links are accepted, `[listen]`.
@@ -354,6 +365,7 @@ impl Default for Config {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             address_prefix: DEFAULT_ADDRESS_PREFIX,
             anonymity: Anonymity::default(),
+            threads: DEFAULT_THREADS,
             tun: TunConfig::default(),
             listen: ListenConfig::default(),
             cover: CoverConfig::default(),
@@ -509,6 +521,7 @@ mod tests {
         assert_eq!(config.control_socket, Path::new("/run/umbra/control.sock"));
         assert_eq!(config.address_prefix, 0x06);
         assert_eq!(config.anonymity, Anonymity::Balanced);
+        assert_eq!(config.threads, 1);
         assert!(config.tun.enabled);
         assert_eq!(config.tun.name, "umbra0");
         assert_eq!(config.tun.mtu, 65535);

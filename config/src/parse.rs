@@ -25,6 +25,7 @@ struct RawTop {
     control_socket: Option<Value>,
     address_prefix: Option<Value>,
     anonymity: Option<Value>,
+    threads: Option<Value>,
     tun: Option<Value>,
     listen: Option<Value>,
     cover: Option<Value>,
@@ -346,6 +347,19 @@ pub(crate) fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError
     }
     if let Some(v) = raw.anonymity {
         config.anonymity = r.anonymity(&top.key("anonymity"), v)?;
+    }
+    if let Some(v) = raw.threads {
+        let key = top.key("threads");
+        let n = r.integer(&key, v)?;
+        config.threads = u16::try_from(n)
+            .ok()
+            .filter(|n| (1..=crate::MAX_THREADS).contains(n))
+            .ok_or_else(|| {
+                r.invalid(
+                    &key,
+                    format!("threads = {n} is out of range: 1 to {}", crate::MAX_THREADS),
+                )
+            })?;
     }
 
     if let Some(tun) = r.sub_table::<RawTun>("tun", raw.tun)? {

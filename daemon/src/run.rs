@@ -54,6 +54,8 @@ impl NodeView {
             "public_key": hex::encode(key),
             "name": umbra_routing::name::name_for_key(&key),
             "uptime_secs": self.started.elapsed().as_secs(),
+            "threads": tokio::runtime::Handle::try_current()
+                .map_or(0, |h| h.metrics().num_workers()),
             "listeners": self.links.listeners(),
             "listener": self.links.listener_json(),
             "links_up": links_up,
@@ -192,6 +194,7 @@ async fn handle(view: Arc<RwLock<NodeView>>, links: Arc<Links>, req: Request) ->
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) fn run(config: Config, config_path: ConfigPath, control: Option<PathBuf>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.threads))
         .enable_all()
         .thread_name("umbra")
         .build()
@@ -437,6 +440,9 @@ fn reload(view: &Arc<RwLock<NodeView>>, config_path: &ConfigPath) {
             }
             if new.address_prefix != old.address_prefix {
                 needs_restart.push("address_prefix");
+            }
+            if new.threads != old.threads {
+                needs_restart.push("threads");
             }
             if new.tun != old.tun {
                 needs_restart.push("[tun]");

@@ -31,6 +31,7 @@ fn node_runs_in_a_namespace() {
     assert_eq!(status["tun"]["mtu"], 65535);
     assert_eq!(status["links_up"], 0);
     assert_eq!(status["circuits"], 0);
+    assert_eq!(status["threads"], 1, "one worker thread by default");
 
     // `umbra address` works offline from the state dir and agrees.
     let out = d.cli(&["address"]).expect("run umbra cli");
@@ -148,16 +149,17 @@ fn node_runs_in_a_namespace() {
 }
 
 #[test]
-fn prefix_from_config_moves_the_address() {
+fn prefix_and_threads_from_config_take_effect() {
     require_root();
     let ns = netns("pfx");
     let dir = temp_dir("pfx");
     let mut d = prepare(
         dir.path(),
-        "address_prefix = 0x02\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n",
+        "address_prefix = 0x02\nthreads = 3\n[tun]\nname = \"ygg9\"\n[listen]\nhttps = []\n",
     );
     d.start(&ns).expect("umbra run starts");
     let status = d.cli_json(&["status", "--json"]).expect("umbra cli");
+    assert_eq!(status["threads"], 3, "the runtime's worker threads");
     let addr = status["address"].as_str().expect("address");
     assert!(addr.starts_with("2"), "address {addr} should be in 200::/8");
     let routes = ns
