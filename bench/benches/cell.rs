@@ -20,13 +20,19 @@ fn main() {
     divan::main();
 }
 
+/// The handshake's bitmask offering relay-crypto version `v` alone.
+fn only(v: u8) -> u8 {
+    1 << (v - 1)
+}
+
 /// One cell over a one-hop circuit: the origin seals the destination's layer
-/// (ChaCha20-Poly1305) and the destination opens it and hands the packet
-/// out; the destination's SENDME every 100 cells goes back. This is one
-/// hop's seal plus open, with the cell framing around them.
-#[divan::bench]
-fn one_hop_seal_open(b: Bencher<'_, '_>) {
-    let mut c = Chain::new(2);
+/// (version 1: ChaCha20-Poly1305; 2: AES-256-GCM) and the destination opens
+/// it and hands the packet out; the destination's SENDME every 100 cells
+/// goes back. This is one hop's seal plus open, with the cell framing around
+/// them.
+#[divan::bench(args = [1, 2])]
+fn one_hop_seal_open(b: Bencher<'_, '_>, relay_crypto: u8) {
+    let mut c = Chain::with_relay_crypto(2, only(relay_crypto));
     let (forward, _) = c.build();
     let packet = c.packet(0, 1, ONE_CELL_PACKET_LEN);
     let mut cell = [0u8; CELL_LEN];
@@ -46,12 +52,12 @@ fn one_hop_seal_open(b: Bencher<'_, '_>) {
 }
 
 /// A relay switching one data cell: parse, look up (link, circuit id), strip
-/// its ChaCha20 layer, queue it for the next link, and write it out. The same
-/// captured cell is fed again and again; relays keep no per-cell MAC, so it
-/// is switched each time like a fresh one.
-#[divan::bench]
-fn relay_switch(b: Bencher<'_, '_>) {
-    let mut c = Chain::new(3);
+/// its layer (version 1: ChaCha20; 2: AES-256-CTR), queue it for the next
+/// link, and write it out. The same captured cell is fed again and again;
+/// relays keep no per-cell MAC, so it is switched each time like a fresh one.
+#[divan::bench(args = [1, 2])]
+fn relay_switch(b: Bencher<'_, '_>, relay_crypto: u8) {
+    let mut c = Chain::with_relay_crypto(3, only(relay_crypto));
     let (forward, _) = c.build();
     let packet = c.packet(0, 2, ONE_CELL_PACKET_LEN);
     let now = c.now;

@@ -31,8 +31,15 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// `n` cores with fixed identities, linked in a line.
+    /// `n` cores with fixed identities, linked in a line, with the
+    /// relay-crypto versions this machine runs well.
     pub fn new(n: usize) -> Chain {
+        Self::with_relay_crypto(n, crate::circuit::relay_versions_here())
+    }
+
+    /// `n` cores as [`Chain::new`], each offering only the relay-crypto
+    /// versions in `versions` (the handshake's bitmask).
+    pub fn with_relay_crypto(n: usize, versions: u8) -> Chain {
         let now = Instant::now();
         let ids: Vec<Identity> = (0..n)
             .map(|i| Identity::from_seed(&[i as u8 + 7; 32]))
@@ -43,7 +50,11 @@ impl Chain {
             .zip(0u64..)
             .map(|(i, seed)| {
                 let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
-                CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
+                let config = CircuitConfig {
+                    relay_crypto_versions: versions,
+                    ..CircuitConfig::default()
+                };
+                CircuitCore::new(i, DEFAULT_PREFIX, config, rng)
             })
             .collect();
         for i in 0..n - 1 {

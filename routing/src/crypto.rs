@@ -368,22 +368,63 @@ pub(crate) fn random_hop_secret(rng: &mut dyn CryptoRngCore) -> [u8; HOP_SECRET_
 }
 
 // ---------------------------------------------------------------------------
-// Relay crypto, version 1 (`docs/protocol.md, "Relay crypto"`).
+// Relay crypto, versions 1 and 2 (`docs/protocol.md, "Relay crypto"`).
 // ---------------------------------------------------------------------------
 
-/// Length of a relay cell's end-to-end tag (Poly1305).
+/// Relay crypto version 1: ChaCha20 layers and a ChaCha20-Poly1305 end-to-end
+/// tag.
+pub const RELAY_CRYPTO_V1: u8 = 1;
+/// Relay crypto version 2: the same construction on AES-256-GCM, AES-256 in
+/// counter mode for the layers and GHASH for the tag. With AES and carry-less
+/// multiply in hardware a relay switches a cell in about a third of version
+/// 1's time (bench/benches/cell.rs).
+pub const RELAY_CRYPTO_V2: u8 = 2;
+
+/// The relay-crypto versions this machine runs well, as the handshake's
+/// bitmask (bit `v - 1` for version `v`): version 1 always, version 2 where
+/// the CPU has AES and carry-less multiply instructions. Without them
+/// AES-GCM is slower than ChaCha20-Poly1305, so such a node neither offers
+/// nor picks it.
+pub fn relay_versions_here() -> u8 {
+    let v1 = 1 << (RELAY_CRYPTO_V1 - 1);
+    if aes_in_hardware() {
+        v1 | 1 << (RELAY_CRYPTO_V2 - 1)
+    } else {
+        v1
+    }
+}
+
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Length of a relay cell's end-to-end tag (Poly1305 or GHASH).
 pub const RELAY_TAG_LEN: usize = 16;
-/// Length of one layer key (ChaCha20).
+/// Length of one layer key (ChaCha20 or AES-256).
 const LAYER_KEY_LEN: usize = 32;
 /// ChaCha20 block length; layers start at block 1, as the AEAD's ciphertext
 /// does (RFC 8439 §2.8), so a hop's layer and its AEAD use one keystream.
 #[cfg(test)]
 const CHACHA_BLOCK_LEN: u64 = 64;
 
-/// One hop's key for one direction of relay crypto version 1.
+/// One hop's key for one direction of relay crypto.
 ///
-/// **This scheme is malleable, like tor1 and Lokinet.** Middle hops apply
-/// plain ChaCha20 layers with no per-hop MAC, so a relay can XOR a pattern
+/// **Both versions are malleable, like tor1 and Lokinet.** Middle hops apply
+/// plain stream-cipher layers (ChaCha20, or AES-256 in counter mode) with no
+/// per-hop MAC, so a relay can XOR a pattern
 /// into a cell and a colluding relay further along can XOR it out again before
 /// the end checks its Poly1305 tag: two colluding relays on one path can
 /// confirm that they carry the same circuit ("tagging"), and only the end's
@@ -413,9 +454,14 @@ fn counter_nonce(counter: u64) -> [u8; 12] {
 }
 
 impl LayerKey {
-    fn new(key: [u8; LAYER_KEY_LEN]) -> Result<Self, CryptoError> {
-        let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::CHACHA20_POLY1305, &key)
-            .map_err(|_| CryptoError::Internal)?;
+    fn new(version: u8, key: [u8; LAYER_KEY_LEN]) -> Result<Self, CryptoError> {
+        let algorithm = match version {
+            RELAY_CRYPTO_V1 => &aws_lc_rs::aead::CHACHA20_POLY1305,
+            RELAY_CRYPTO_V2 => &aws_lc_rs::aead::AES_256_GCM,
+            _ => return Err(CryptoError::Internal),
+        };
+        let unbound =
+            aws_lc_rs::aead::UnboundKey::new(algorithm, &key).map_err(|_| CryptoError::Internal)?;
         Ok(LayerKey {
             #[cfg(test)]
             key,
@@ -423,14 +469,14 @@ impl LayerKey {
         })
     }
 
-    /// Adds or strips this layer (XOR with the ChaCha20 keystream for
-    /// `counter`, from block 1 on).
+    /// Adds or strips this layer: XOR with the AEAD's keystream for
+    /// `counter` (version 1: ChaCha20 from block 1 on; version 2: AES-256
+    /// in counter mode from counter block 2 on, as GCM encrypts).
     ///
-    /// That keystream is exactly what the AEAD encrypts with, so the layer
-    /// is the AEAD's ciphertext with its tag thrown away: aws-lc's
-    /// assembly does ChaCha20 and Poly1305 in one pass faster than a
-    /// portable ChaCha20 alone (a relay switched a cell in 731 ns rather
-    /// than 818, bench/benches/cell.rs).
+    /// The layer is the AEAD's ciphertext with its tag thrown away: aws-lc's
+    /// assembly does cipher and MAC in one pass faster than a portable
+    /// cipher alone (version 1 switched a cell in 731 ns rather than 818,
+    /// bench/benches/cell.rs).
     pub(crate) fn apply_layer(&self, counter: u64, data: &mut [u8]) {
         let nonce = aws_lc_rs::aead::Nonce::assume_unique_for_key(counter_nonce(counter));
         // Sealing fails only for inputs over 256 GiB (a cell is 1,200
@@ -477,31 +523,41 @@ impl LayerKey {
 /// Both directions' keys of one hop.
 #[derive(Debug)]
 pub(crate) struct HopKeys {
+    /// The relay-crypto version they are for.
+    pub(crate) version: u8,
     /// Origin → destination.
     pub(crate) forward: LayerKey,
     /// Destination → origin.
     pub(crate) backward: LayerKey,
 }
 
-/// Expands a hop secret into the hop's two layer keys, bound to the handshake
-/// transcript. The secret is what makes them secret: the handshake hash is
-/// public to anyone who saw the transcript and only binds the keys to it.
+/// Expands a hop secret into the hop's two layer keys for relay-crypto
+/// `version`, bound to the handshake transcript. The secret is what makes
+/// them secret: the handshake hash is public to anyone who saw the
+/// transcript and only binds the keys to it. The version is in the label, so
+/// the two versions never share a key.
 pub(crate) fn derive_hop_keys(
+    version: u8,
     secret: &[u8; HOP_SECRET_LEN],
     handshake_hash: &[u8; HANDSHAKE_HASH_LEN],
 ) -> Result<HopKeys, CryptoError> {
     use blake2::digest::{KeyInit, Mac};
+    if !matches!(version, RELAY_CRYPTO_V1 | RELAY_CRYPTO_V2) {
+        return Err(CryptoError::Internal);
+    }
     let expand = |label: &[u8]| -> Result<[u8; LAYER_KEY_LEN], CryptoError> {
         let mut mac = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(secret)
             .map_err(|_| CryptoError::Internal)?;
-        mac.update(b"umbra relay crypto 1 ");
+        mac.update(b"umbra relay crypto ");
+        mac.update(&[b'0' + version, b' ']);
         mac.update(label);
         mac.update(handshake_hash);
         Ok(mac.finalize().into_bytes().into())
     };
     Ok(HopKeys {
-        forward: LayerKey::new(expand(b"forward")?)?,
-        backward: LayerKey::new(expand(b"backward")?)?,
+        version,
+        forward: LayerKey::new(version, expand(b"forward")?)?,
+        backward: LayerKey::new(version, expand(b"backward")?)?,
     })
 }
 
@@ -568,8 +624,8 @@ mod tests {
             let (pn2, h_init) = init.read_msg2(&m2[..n2], &mut p).expect("read2");
             assert_eq!(&p[..pn2], &secret);
             assert_eq!(h_resp, h_init);
-            let a = derive_hop_keys(&secret, &h_init).expect("keys");
-            let b = derive_hop_keys(&secret, &h_resp).expect("keys");
+            let a = derive_hop_keys(RELAY_CRYPTO_V1, &secret, &h_init).expect("keys");
+            let b = derive_hop_keys(RELAY_CRYPTO_V1, &secret, &h_resp).expect("keys");
             let mut data = *b"hello relay crypto";
             let tag = a.forward.seal(7, &mut data).expect("seal");
             assert!(b.forward.open(7, &mut data, &tag).is_ok());
@@ -606,7 +662,7 @@ mod tests {
         // the counter as nonce, from block 1 on (the AEAD's keystream),
         // checked against an independent ChaCha20.
         use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-        let keys = derive_hop_keys(&[9u8; 32], &[3u8; 32]).expect("keys");
+        let keys = derive_hop_keys(RELAY_CRYPTO_V1, &[9u8; 32], &[3u8; 32]).expect("keys");
         let mut ours = [0x5au8; 1200];
         let mut reference = ours;
         keys.forward.apply_layer(42, &mut ours);
@@ -621,14 +677,54 @@ mod tests {
     }
 
     #[test]
+    fn layer_v2_is_aes_256_ctr_from_counter_block_2() {
+        // Version 2's layer is AES-256 in counter mode with the hop's key,
+        // counter blocks nonce | 2, nonce | 3, … (big-endian 32-bit), the
+        // keystream GCM encrypts with (NIST SP 800-38D), checked against
+        // aws-lc's plain AES-CTR.
+        use aws_lc_rs::cipher::{AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
+        let keys = derive_hop_keys(RELAY_CRYPTO_V2, &[9u8; 32], &[3u8; 32]).expect("keys");
+        let mut ours = [0x5au8; 1200];
+        let mut reference = ours;
+        keys.forward.apply_layer(42, &mut ours);
+        let mut iv = [0u8; 16];
+        iv[..12].copy_from_slice(&counter_nonce(42));
+        iv[15] = 2;
+        let ctr = EncryptingKey::ctr(
+            UnboundCipherKey::new(&AES_256, &keys.forward.key).expect("AES key"),
+        )
+        .expect("CTR");
+        ctr.less_safe_encrypt(&mut reference, EncryptionContext::Iv128(iv.into()))
+            .expect("AES-CTR");
+        assert_eq!(ours, reference);
+        let mut sealed = [0x5au8; 1200];
+        let _ = keys.forward.seal(42, &mut sealed).expect("seal");
+        assert_eq!(ours, sealed);
+    }
+
+    #[test]
+    fn versions_have_their_own_keys() {
+        let v1 = derive_hop_keys(RELAY_CRYPTO_V1, &[1u8; 32], &[2u8; 32]).expect("keys");
+        let v2 = derive_hop_keys(RELAY_CRYPTO_V2, &[1u8; 32], &[2u8; 32]).expect("keys");
+        assert_ne!(v1.forward.key, v2.forward.key);
+        assert_ne!(v1.backward.key, v2.backward.key);
+        assert_eq!((v1.version, v2.version), (1, 2));
+        for bad in [0, 3, 255] {
+            assert!(derive_hop_keys(bad, &[1u8; 32], &[2u8; 32]).is_err());
+        }
+    }
+
+    #[test]
     fn tampered_tag_fails() {
-        let keys = derive_hop_keys(&[1u8; 32], &[2u8; 32]).expect("keys");
-        let mut data = [7u8; 64];
-        let tag = keys.backward.seal(0, &mut data).expect("seal");
-        data[10] ^= 1;
-        assert_eq!(
-            keys.backward.open(0, &mut data, &tag),
-            Err(CryptoError::Tag)
-        );
+        for version in [RELAY_CRYPTO_V1, RELAY_CRYPTO_V2] {
+            let keys = derive_hop_keys(version, &[1u8; 32], &[2u8; 32]).expect("keys");
+            let mut data = [7u8; 64];
+            let tag = keys.backward.seal(0, &mut data).expect("seal");
+            data[10] ^= 1;
+            assert_eq!(
+                keys.backward.open(0, &mut data, &tag),
+                Err(CryptoError::Tag)
+            );
+        }
     }
 }

@@ -18,10 +18,23 @@ fn five_node_chain_carries_ping_and_tcp() {
     // The circuit crosses the three middle nodes: each relays it.
     let origin = o.status(0);
     let circuits = origin["circuit_list"].as_array().expect("circuits");
-    let path: Vec<&str> = circuits
+    let circuit = circuits
         .iter()
         .find(|c| c["role"] == "origin" && c["pooled"] != true)
-        .expect("an origin circuit")["path"]
+        .expect("an origin circuit");
+    // Every hop runs the best relay crypto both ends have: version 2 (AES)
+    // where this CPU has AES instructions, as the daemons share it.
+    let best = if umbra_routing::circuit::relay_versions_here() & 0b10 != 0 {
+        2
+    } else {
+        1
+    };
+    assert_eq!(
+        circuit["relay_crypto"],
+        serde_json::json!(vec![best; 4]),
+        "{circuit}"
+    );
+    let path: Vec<&str> = circuit["path"]
         .as_array()
         .expect("path")
         .iter()

@@ -732,6 +732,7 @@ fn status(core: &mut RouterCore, queues: &QueueDrops) -> Value {
                 "age_secs": c.created.elapsed().as_secs(),
                 "cells_in": c.cells_in,
                 "cells_out": c.cells_out,
+                "relay_crypto": c.relay_crypto_versions,
             })
         })
         .collect();

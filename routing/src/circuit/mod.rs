@@ -18,18 +18,19 @@
 //! (`docs/protocol.md, "Sessions"`). Message 1 goes in CREATE to the first hop and in an EXTEND
 //! message to the current last hop, which sends CREATE over its live link to
 //! the named node and answers EXTENDED. Message 1's payload offers
-//! relay-crypto versions (a bitmask; only version 1 exists); message 2's
-//! payload carries the chosen version and a fresh 32-byte hop secret from
+//! relay-crypto versions (a bitmask); message 2's payload carries the chosen
+//! version (the highest both offer) and a fresh 32-byte hop secret from
 //! which the hop's layer keys are derived (BLAKE2s, bound to the handshake
 //! hash). Message 2 is encrypted under the ephemeral–ephemeral DH, so the keys
 //! are forward secret.
 //!
-//! # Relay crypto version 1
+//! # Relay crypto
 //!
-//! See [`crate::crypto`]'s `LayerKey`: per hop and direction one ChaCha20
+//! See [`crate::crypto`]'s `LayerKey`: per hop and direction one stream-cipher
 //! layer, nonce = an implicit 64-bit cell counter; the end that terminates a
-//! cell checks a Poly1305 tag (ChaCha20-Poly1305 through aws-lc-rs, whose
-//! keystream *is* that hop's layer, so terminating costs one pass). A hop
+//! cell checks the AEAD's tag (ChaCha20-Poly1305 in version 1, AES-256-GCM in
+//! version 2, both through aws-lc-rs, whose keystream *is* that hop's layer,
+//! so terminating costs one pass). Each hop negotiates its own version. A hop
 //! terminates a forward cell exactly when it has no open outgoing leg for the
 //! circuit: during building that is the current last hop, afterwards the
 //! destination. Backward, only the last hop originates cells, and the origin
@@ -132,8 +133,7 @@ pub const MAX_CIRCUITS: usize = 65_536;
 /// (those it created on its links here): an eighth of [`MAX_CIRCUITS`], so
 /// no one neighbour takes the node's whole table.
 pub const MAX_CIRCUITS_PER_NEIGHBOUR: usize = MAX_CIRCUITS / 8;
-/// Relay crypto version 1: ChaCha20 layers and a Poly1305 end-to-end tag.
-pub const RELAY_CRYPTO_V1: u8 = 1;
+pub use crate::crypto::{RELAY_CRYPTO_V1, RELAY_CRYPTO_V2, relay_versions_here};
 
 /// Local settings of a node's circuit layer. Protocol constants (cell size,
 /// windows) are not settings: both ends must agree on them.
@@ -155,6 +155,11 @@ pub struct CircuitConfig {
     pub inbox_messages: usize,
     /// Payload bytes of those messages, at most.
     pub inbox_bytes: usize,
+    /// Relay-crypto versions this node offers and accepts, as the
+    /// handshake's bitmask (bit `v - 1` for version `v`); of those both ends
+    /// of a hop share, the highest is used. By default
+    /// [`relay_versions_here`].
+    pub relay_crypto_versions: u8,
 }
 
 impl Default for CircuitConfig {
@@ -166,6 +171,7 @@ impl Default for CircuitConfig {
             max_circuits_per_neighbour: MAX_CIRCUITS_PER_NEIGHBOUR,
             inbox_messages: MAX_INBOX_MESSAGES,
             inbox_bytes: MAX_INBOX_BYTES,
+            relay_crypto_versions: relay_versions_here(),
         }
     }
 }
@@ -444,8 +450,9 @@ pub struct CircuitInfo {
     /// The session peer: the destination at the origin, the origin at the
     /// destination; none at a relay.
     pub peer: Option<[u8; 32]>,
-    /// The negotiated relay-crypto version.
-    pub relay_crypto_version: u8,
+    /// The negotiated relay-crypto version of each hop with keys: one per
+    /// hop at the origin, this node's own hop at a relay or destination.
+    pub relay_crypto_versions: Vec<u8>,
     /// When this node created its state for the circuit.
     pub created: Instant,
     /// Cells received on this circuit.

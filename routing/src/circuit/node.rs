@@ -9,7 +9,7 @@ use super::state::{
 };
 use super::{
     BuildError, CircuitConfig, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, CircuitRole,
-    Delivered, LinkId, MAX_PATH_HOPS, RELAY_CRYPTO_V1, SendError,
+    Delivered, LinkId, MAX_PATH_HOPS, RELAY_CRYPTO_V1, RELAY_CRYPTO_V2, SendError,
 };
 use crate::cell::{
     self, CELL_HEADER_LEN, CELL_LEN, Cell, CellBody, Command, HandshakeType, RELAY_PAYLOAD_LEN,
@@ -21,9 +21,6 @@ use crate::crypto::{
 };
 use crate::session::{QueueError, Received, RxDrop, SessionTx};
 
-/// Relay-crypto versions this node offers and accepts, as a bitmask (bit
-/// `v - 1` for version `v`).
-const SUPPORTED_VERSIONS: u8 = 1 << (RELAY_CRYPTO_V1 - 1);
 /// Room for handshake messages and payloads on the stack (IK message 1 is
 /// 32 + 48 + 33 + 16 = 129 bytes; message 2 is 32 + 33 + 16 = 81).
 const HANDSHAKE_BUF_LEN: usize = 256;
@@ -697,7 +694,7 @@ impl CircuitCore {
             prev: None,
             next: None,
             peer: None,
-            relay_crypto_version: RELAY_CRYPTO_V1,
+            relay_crypto_versions: Vec::new(),
             created: c.created,
             cells_in: c.cells_in,
             cells_out: c.cells_out,
@@ -710,6 +707,7 @@ impl CircuitCore {
                 info.prefix = o.prefix;
                 info.path = o.path.clone();
                 info.hops_built = o.hops.len();
+                info.relay_crypto_versions = o.hops.iter().map(|h| h.keys.version).collect();
                 info.next = o.path.first().copied();
                 info.peer = o.path.last().copied();
                 info.queued_packets = o.end.tx.queued_packets();
@@ -718,12 +716,14 @@ impl CircuitCore {
                 info.built = matches!(r.next, Next::Open(_));
                 info.prev = Some(r.prev_key);
                 info.next = r.next_key;
+                info.relay_crypto_versions = vec![r.hop.keys.version];
             }
             Role::Destination(d) => {
                 info.role = CircuitRole::Destination;
                 info.built = true;
                 info.prev = Some(d.prev_key);
                 info.peer = Some(d.end.peer);
+                info.relay_crypto_versions = vec![d.hop.keys.version];
                 info.queued_packets = d.end.tx.queued_packets();
             }
         }
@@ -769,7 +769,7 @@ impl CircuitCore {
         } else {
             (HandshakeType::Nk, 1)
         };
-        let mut offer = [SUPPORTED_VERSIONS; 1 + KEY_LEN];
+        let mut offer = [self.config.relay_crypto_versions; 1 + KEY_LEN];
         offer[1..].copy_from_slice(&self.public);
         let mut init = HandshakeInitiator::new(
             pattern_of(handshake_type),
@@ -843,11 +843,15 @@ impl CircuitCore {
             self.send_destroy(leg, Reason::HandshakeFailed);
             return;
         };
-        if versions & SUPPORTED_VERSIONS == 0 {
-            self.metrics.handshake_failures += 1;
-            self.send_destroy(leg, Reason::UnsupportedVersion);
-            return;
-        }
+        // The highest version both offer.
+        let version = match versions & self.config.relay_crypto_versions {
+            0 => {
+                self.metrics.handshake_failures += 1;
+                self.send_destroy(leg, Reason::UnsupportedVersion);
+                return;
+            }
+            common => 8 - common.leading_zeros() as u8,
+        };
         let origin = match pattern {
             HandshakePattern::Nk => None,
             HandshakePattern::Ik => {
@@ -865,12 +869,12 @@ impl CircuitCore {
         };
         let secret = crypto::random_hop_secret(&mut *self.rng.0);
         let mut answer = [0u8; 1 + HOP_SECRET_LEN];
-        answer[0] = RELAY_CRYPTO_V1;
+        answer[0] = version;
         answer[1..].copy_from_slice(&secret);
         let mut msg2 = [0u8; HANDSHAKE_BUF_LEN];
         let keys = resp
             .write_msg2(&answer, &mut msg2)
-            .and_then(|(n2, hash)| Ok((n2, crypto::derive_hop_keys(&secret, &hash)?)));
+            .and_then(|(n2, hash)| Ok((n2, crypto::derive_hop_keys(version, &secret, &hash)?)));
         let Ok((n2, keys)) = keys else {
             self.send_destroy(leg, Reason::Internal);
             return;
@@ -960,14 +964,17 @@ impl CircuitCore {
         };
         let mut payload = [0u8; HANDSHAKE_BUF_LEN];
         let answer = init.read_msg2(msg2, &mut payload);
+        // Only a version this node offered may come back.
+        let offered = |v: u8| {
+            matches!(v, RELAY_CRYPTO_V1 | RELAY_CRYPTO_V2)
+                && self.config.relay_crypto_versions & (1 << (v - 1)) != 0
+        };
         let keys = match answer {
             Ok((n, hash)) => match payload.get(..n) {
-                Some([v, secret @ ..])
-                    if *v == RELAY_CRYPTO_V1 && secret.len() == HOP_SECRET_LEN =>
-                {
+                Some([v, secret @ ..]) if offered(*v) && secret.len() == HOP_SECRET_LEN => {
                     let mut s = [0u8; HOP_SECRET_LEN];
                     s.copy_from_slice(secret);
-                    crypto::derive_hop_keys(&s, &hash).map_err(|_| Reason::Internal)
+                    crypto::derive_hop_keys(*v, &s, &hash).map_err(|_| Reason::Internal)
                 }
                 _ => Err(Reason::UnsupportedVersion),
             },

@@ -57,6 +57,20 @@ impl Net {
         }
     }
 
+    /// Node `i` started again offering only the relay-crypto versions in
+    /// `mask` (before any link or circuit).
+    fn offer_versions(&mut self, i: usize, mask: u8) {
+        self.nodes[i] = CircuitCore::new(
+            Identity::from_seed(&[i as u8 + 1; 32]),
+            DEFAULT_PREFIX,
+            CircuitConfig {
+                relay_crypto_versions: mask,
+                ..CircuitConfig::default()
+            },
+            Box::new(ChaCha20Rng::seed_from_u64(i as u64)),
+        );
+    }
+
     /// A chain 0 - 1 - 2 - ... - n-1.
     fn chain(n: usize) -> Net {
         let mut net = Net::new(n);
@@ -1109,4 +1123,71 @@ fn a_neighbour_holds_at_most_its_share_of_open_circuits() {
     assert_eq!(net.nodes[1].opened_by(first), 1);
     net.build(0, &[1, 2]);
     assert_eq!(net.nodes[1].opened_by(first), 2);
+}
+
+/// Each hop runs the highest relay-crypto version both its ends offer, the
+/// versions mix on one circuit, and every mix carries packets both ways.
+#[test]
+fn each_hop_runs_the_highest_version_both_ends_offer() {
+    const V1: u8 = 0b01;
+    const BOTH: u8 = 0b11;
+    // (what each of nodes 0..4 offers, the versions the origin's hops get)
+    let cases: [([u8; 4], [u8; 3]); 4] = [
+        ([BOTH; 4], [2, 2, 2]),
+        ([V1; 4], [1, 1, 1]),
+        ([BOTH, BOTH, V1, BOTH], [2, 1, 2]),
+        ([V1, BOTH, BOTH, BOTH], [1, 1, 1]),
+    ];
+    for (offers, want) in cases {
+        let mut net = Net::new(4);
+        for (i, &mask) in offers.iter().enumerate() {
+            net.offer_versions(i, mask);
+        }
+        for i in 0..3 {
+            net.link(i, i + 1);
+        }
+        let (at_origin, at_dest) = net.build(0, &[1, 2, 3]);
+        let info = net.nodes[0].circuit(at_origin).expect("origin's circuit");
+        assert_eq!(info.relay_crypto_versions, want, "offers {offers:?}");
+        for hop in 1..4 {
+            let seen: Vec<Vec<u8>> = net.nodes[hop]
+                .circuits()
+                .map(|c| c.relay_crypto_versions)
+                .collect();
+            assert_eq!(
+                seen,
+                vec![vec![want[hop - 1]]],
+                "node {hop}, offers {offers:?}"
+            );
+        }
+        let (a0, a3) = (net.address(0), net.address(3));
+        net.assert_carries(0, at_origin, 3, ipv6(a0, a3, 3000, 1));
+        net.assert_carries(3, at_dest, 0, ipv6(a3, a0, 3000, 2));
+        assert_eq!(net.nodes[0].metrics().tag_failures, 0);
+        assert_eq!(net.nodes[3].metrics().tag_failures, 0);
+    }
+}
+
+/// A hop that shares no version with the origin refuses it, and says why.
+#[test]
+fn a_hop_without_a_common_version_refuses_the_build() {
+    let mut net = Net::new(3);
+    net.offer_versions(0, 0b01);
+    net.offer_versions(2, 0b10);
+    net.link(0, 1);
+    net.link(1, 2);
+    let id = net.nodes[0]
+        .build_circuit(net.now, &[net.keys[1], net.keys[2]])
+        .expect("build");
+    net.pump();
+    assert_eq!(
+        net.events(0),
+        vec![CircuitEvent::Unreachable {
+            circuit: id,
+            destination: net.keys[2],
+            failed_hop: Some(1),
+            reason: Reason::UnsupportedVersion
+        }]
+    );
+    assert_eq!(net.nodes[2].metrics().handshake_failures, 1);
 }
