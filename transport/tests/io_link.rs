@@ -154,6 +154,30 @@ async fn link_carries_cells_both_ways_in_order() {
             .is_err()
     );
 
+    // Batches: longer than one slot, mixed with single frames, arrive in
+    // order; recv_many takes across the reader's batches.
+    let batch: Vec<Frame> = (0..100).map(cell).collect();
+    out.sender.send_batch(batch).await.unwrap();
+    out.sender.send(cell(100)).await.unwrap();
+    out.sender
+        .send_batch((101..140).map(cell).collect())
+        .await
+        .unwrap();
+    let mut got = std::collections::VecDeque::new();
+    while got.len() < 140 {
+        tokio::time::timeout(STEP, inb.receiver.recv_many(&mut got, 50))
+            .await
+            .expect("batched cells in time")
+            .unwrap();
+    }
+    let seqs: Vec<u64> = got.iter().map(cell_seq).collect();
+    assert_eq!(seqs, (0..140).collect::<Vec<u64>>());
+    // One bad frame refuses the whole batch: nothing of it is sent.
+    let bad = vec![cell(0), Frame::Cell(Bytes::from_static(b"short")), cell(1)];
+    assert!(out.sender.send_batch(bad).await.is_err());
+    out.sender.send(cell(7)).await.unwrap();
+    assert_eq!(cell_seq(&inb.receiver.recv().await.unwrap()), 7);
+
     // Dropping one side ends the other with Closed.
     drop(out);
     let end = tokio::time::timeout(STEP, inb.receiver.recv())

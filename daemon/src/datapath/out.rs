@@ -28,7 +28,7 @@ use umbra_routing::Identity;
 use umbra_routing::ledger::fair::{FairQueue, Flow};
 use umbra_routing::ledger::report::Counts;
 use umbra_routing::ledger::{Classifier, Draft, circ_id_of};
-use umbra_transport::io::LinkSender;
+use umbra_transport::io::{LINK_BATCH_MAX_FRAMES, LinkSender};
 use umbra_transport::proto::frame::Frame;
 
 /// Cells one circuit may have waiting on one link: twice the end-to-end
@@ -207,9 +207,12 @@ impl LinkOut {
     }
 }
 
-/// The writer: takes items in the fair queue's order and writes them to the
-/// link, until the queue is closed and empty or the link ends. Returns the
-/// cells it wrote, by who created their circuit.
+/// The writer: takes items in the fair queue's order, up to
+/// [`LINK_BATCH_MAX_FRAMES`] under one lock, and hands them to the link as
+/// one batch, until the queue is closed and empty or the link ends. The
+/// link's own queue holds two batches, so what waits for a slow link waits
+/// here, in the fair queue's order. Returns the cells it wrote, by who
+/// created their circuit.
 async fn write(
     shared: Arc<Shared>,
     sender: LinkSender,
@@ -221,33 +224,39 @@ async fn write(
         Some(previous) => previous.await.unwrap_or_default(),
         None => Counts::default(),
     };
+    let mut items = Vec::with_capacity(LINK_BATCH_MAX_FRAMES);
     loop {
-        let item = {
+        let closed = {
             let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            match q.fair.pop() {
-                Some(item) => {
-                    if let Item::Cell(c) = &item {
-                        q.release(circ_id_of(c), &shared.total);
-                    }
-                    Some(item)
+            while items.len() < LINK_BATCH_MAX_FRAMES {
+                let Some(item) = q.fair.pop() else { break };
+                if let Item::Cell(c) = &item {
+                    q.release(circ_id_of(c), &shared.total);
                 }
-                None if q.closed => return sent,
-                None => None,
+                items.push(item);
             }
+            q.closed
         };
-        let Some(item) = item else {
+        if items.is_empty() {
+            if closed {
+                return sent;
+            }
             shared.wake.notified().await;
             continue;
-        };
-        let frame = match item {
-            Item::Cell(cell) => {
-                classifier.count(&mut sent, circ_id_of(&cell));
-                Frame::Cell(cell)
-            }
-            Item::Report(draft) => Frame::Ledger(draft.finish(sent, &identity).into()),
-            Item::Frame(f) => f,
-        };
-        if sender.send(frame).await.is_err() {
+        }
+        // A report counts exactly the cells before it in the batch.
+        let frames = items
+            .drain(..)
+            .map(|item| match item {
+                Item::Cell(cell) => {
+                    classifier.count(&mut sent, circ_id_of(&cell));
+                    Frame::Cell(cell)
+                }
+                Item::Report(draft) => Frame::Ledger(draft.finish(sent, &identity).into()),
+                Item::Frame(f) => f,
+            })
+            .collect();
+        if sender.send_batch(frames).await.is_err() {
             return sent;
         }
     }

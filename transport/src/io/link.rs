@@ -68,7 +68,13 @@ const PONG_QUEUE: usize = 4;
 /// (IPv4-mapped for IPv4) and a big-endian `u16` port.
 pub const OBSERVED_ADDR_LEN: usize = crate::proto::addr::ADDR_LEN;
 
-/// Frames a [`LinkSender`] queues before `send` waits, by default. Small,
+/// The most frames in one slot of a link's queues: a
+/// [`LinkSender::send_batch`] to the writer (longer batches take several),
+/// and what the reader decoded at once, to the [`LinkReceiver`].
+pub const LINK_BATCH_MAX_FRAMES: usize = 32;
+
+/// Frames a [`LinkSender`] queues before `send` waits, by default (in slots
+/// of up to [`LINK_BATCH_MAX_FRAMES`], so two slots). Small,
 /// with [`H2_SEND_BUFFER`] and the socket's unsent limit: what waits for a
 /// slow link should wait in the daemon's fair queue, which orders it, not
 /// in first-in-first-out buffers below it (docs/architecture.md, "Ledgers").
@@ -119,7 +125,9 @@ pub enum Direction {
 /// tests shorten the keepalive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkSettings {
-    /// Frames [`LinkSender::send`] queues before it waits.
+    /// Frames [`LinkSender::send`] queues before it waits, rounded up to
+    /// whole slots of [`LINK_BATCH_MAX_FRAMES`] (a slot holds one
+    /// [`LinkSender::send_batch`] or one frame).
     pub send_queue_frames: usize,
     /// Frames decoded ahead of [`LinkReceiver::recv`].
     pub receive_queue_frames: usize,
@@ -227,7 +235,7 @@ pub enum LinkSendError {
 /// closes its sending direction when every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct LinkSender {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Vec<Frame>>,
     /// The padding rate the writer follows, in bytes per second; 0 is off.
     padding_rate: Arc<watch::Sender<u32>>,
     shared: Arc<Shared>,
@@ -340,14 +348,40 @@ impl LinkSender {
     /// the peer and TCP).
     pub async fn send(&self, frame: Frame) -> Result<(), LinkSendError> {
         check_sendable(&frame)?;
-        self.tx.send(frame).await.map_err(|_| LinkSendError::Closed)
+        self.tx
+            .send(vec![frame])
+            .await
+            .map_err(|_| LinkSendError::Closed)
+    }
+
+    /// Queues `frames` in order, as [`LinkSender::send`] would one by one,
+    /// but in one queue slot per [`LINK_BATCH_MAX_FRAMES`]: one hand-off
+    /// and one wake-up of the writer for the lot. If any frame cannot be
+    /// sent, none is queued.
+    pub async fn send_batch(&self, mut frames: Vec<Frame>) -> Result<(), LinkSendError> {
+        frames.iter().try_for_each(check_sendable)?;
+        while frames.len() > LINK_BATCH_MAX_FRAMES {
+            let rest = frames.split_off(LINK_BATCH_MAX_FRAMES);
+            let first = std::mem::replace(&mut frames, rest);
+            self.tx
+                .send(first)
+                .await
+                .map_err(|_| LinkSendError::Closed)?;
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(frames)
+            .await
+            .map_err(|_| LinkSendError::Closed)
     }
 
     /// Queues `frame` if there is room now; `Ok(false)` if the queue is
     /// full.
     pub fn try_send(&self, frame: Frame) -> Result<bool, LinkSendError> {
         check_sendable(&frame)?;
-        match self.tx.try_send(frame) {
+        match self.tx.try_send(vec![frame]) {
             Ok(()) => Ok(true),
             Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkSendError::Closed),
@@ -410,7 +444,11 @@ fn check_sendable(frame: &Frame) -> Result<(), LinkSendError> {
 /// counters; keepalives and padding are consumed by the link).
 #[derive(Debug)]
 pub struct LinkReceiver {
-    rx: mpsc::Receiver<Result<Frame, LinkEnded>>,
+    /// The reader's batches: the frames of what it read at once, up to
+    /// [`LINK_BATCH_MAX_FRAMES`] each.
+    rx: mpsc::Receiver<Result<Vec<Frame>, LinkEnded>>,
+    /// Frames of batches taken and not yet yielded.
+    ready: std::collections::VecDeque<Frame>,
     ended: Option<LinkEnded>,
 }
 
@@ -418,18 +456,25 @@ impl LinkReceiver {
     /// The next frame, or why the link ended (then the same reason on every
     /// later call).
     pub async fn recv(&mut self) -> Result<Frame, LinkEnded> {
-        if let Some(e) = &self.ended {
-            return Err(e.clone());
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(frame);
+            }
+            if let Some(e) = &self.ended {
+                return Err(e.clone());
+            }
+            let end = match self.rx.recv().await {
+                Some(Ok(batch)) => {
+                    self.ready.extend(batch);
+                    continue;
+                }
+                Some(Err(e)) => e,
+                // The reader stopped without a reason only if its task was
+                // cancelled (runtime shutdown).
+                None => LinkEnded::Transport("link task stopped".to_string()),
+            };
+            self.ended = Some(end);
         }
-        let end = match self.rx.recv().await {
-            Some(Ok(frame)) => return Ok(frame),
-            Some(Err(e)) => e,
-            // The reader stopped without a reason only if its task was
-            // cancelled (runtime shutdown).
-            None => LinkEnded::Transport("link task stopped".to_string()),
-        };
-        self.ended = Some(end.clone());
-        Err(end)
     }
 
     /// Waits for the next frame like [`Self::recv`], then takes every frame
@@ -443,12 +488,16 @@ impl LinkReceiver {
     ) -> Result<(), LinkEnded> {
         frames.push_back(self.recv().await?);
         while frames.len() < limit {
+            if let Some(frame) = self.ready.pop_front() {
+                frames.push_back(frame);
+                continue;
+            }
+            if self.ended.is_some() {
+                break;
+            }
             match self.rx.try_recv() {
-                Ok(Ok(frame)) => frames.push_back(frame),
-                Ok(Err(e)) => {
-                    self.ended = Some(e);
-                    break;
-                }
+                Ok(Ok(batch)) => self.ready.extend(batch),
+                Ok(Err(e)) => self.ended = Some(e),
                 Err(_) => break,
             }
         }
@@ -494,8 +543,14 @@ pub(crate) struct LinkStart {
 
 /// Spawns the writer and reader of a link and returns it.
 pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
-    let (frame_tx, frame_rx) = mpsc::channel(settings.send_queue_frames.max(1));
-    let (recv_tx, recv_rx) = mpsc::channel(settings.receive_queue_frames.max(1));
+    let slots = settings.send_queue_frames.div_ceil(LINK_BATCH_MAX_FRAMES);
+    let (frame_tx, frame_rx) = mpsc::channel(slots.max(1));
+    let (recv_tx, recv_rx) = mpsc::channel(
+        settings
+            .receive_queue_frames
+            .div_ceil(LINK_BATCH_MAX_FRAMES)
+            .max(1),
+    );
     let stop_writer = Arc::new(Notify::new());
     let unresponsive = Arc::new(Notify::new());
     let (rate_tx, rate_rx) = watch::channel(0);
@@ -543,6 +598,7 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
         },
         receiver: LinkReceiver {
             rx: recv_rx,
+            ready: std::collections::VecDeque::new(),
             ended: None,
         },
     }
@@ -550,8 +606,8 @@ pub(crate) fn start_link(start: LinkStart, settings: &LinkSettings) -> Link {
 
 /// What the writer waits on besides the clock.
 struct Inputs {
-    /// Frames from the [`LinkSender`]s.
-    frames: mpsc::Receiver<Frame>,
+    /// Frames from the [`LinkSender`]s, a batch per slot.
+    frames: mpsc::Receiver<Vec<Frame>>,
     /// Tokens of the peer's pings, to answer.
     pongs: mpsc::Receiver<PingToken>,
     /// The reader says the link is over.
@@ -606,13 +662,20 @@ async fn writer(
                 Some(token) => queue(&mut enc, &Frame::Pong(token), None),
                 None => pongs_open = false,
             },
-            frame = inputs.frames.recv() => {
-                let Some(frame) = frame else { return };
+            batch = inputs.frames.recv() => {
+                let Some(batch) = batch else { return };
                 shared.liveness().sent(Instant::now().into_std());
-                queue(&mut enc, &frame, pacer.as_mut());
+                let mut pacer = pacer.as_mut();
+                for frame in &batch {
+                    queue(&mut enc, frame, pacer.as_deref_mut());
+                }
                 while enc.pending_len() < COALESCE_MAX_LEN {
                     match inputs.frames.try_recv() {
-                        Ok(frame) => queue(&mut enc, &frame, pacer.as_mut()),
+                        Ok(batch) => {
+                            for frame in &batch {
+                                queue(&mut enc, frame, pacer.as_deref_mut());
+                            }
+                        }
                         Err(_) => break,
                     }
                 }
@@ -697,8 +760,8 @@ fn queue(enc: &mut FrameEncoder, frame: &Frame, pacer: Option<&mut PaddingPacer>
 
 /// Where the reader's decoded frames go.
 struct Feed {
-    /// Frames for the daemon.
-    out: mpsc::Sender<Result<Frame, LinkEnded>>,
+    /// Frames for the daemon, in batches of up to [`LINK_BATCH_MAX_FRAMES`].
+    out: mpsc::Sender<Result<Vec<Frame>, LinkEnded>>,
     /// Tokens of the peer's pings, for the writer to echo.
     pongs: mpsc::Sender<PingToken>,
     shared: Arc<Shared>,
@@ -751,6 +814,12 @@ async fn reader(
 }
 
 impl Feed {
+    /// Hands a batch of frames to the daemon, waiting while its queue is
+    /// full. A dropped receiver discards; the link lives on for sending.
+    async fn hand_on(&self, batch: Vec<Frame>) {
+        let _ = self.out.send(Ok(batch)).await;
+    }
+
     /// Pushes received bytes through the decoder and hands whole frames on
     /// (dropping them if nobody receives any more). Padding never reaches
     /// the daemon: the decoder skips it, and counts it. Keepalives, pings
@@ -762,6 +831,9 @@ impl Feed {
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         shared.liveness().heard();
+        // What one read decoded goes to the daemon as one batch (or
+        // several of LINK_BATCH_MAX_FRAMES): one hand-off for the lot.
+        let mut batch = Vec::new();
         // Chunks this size always fit the decoder once it is drained.
         for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
             dec.push(chunk).map_err(LinkEnded::Protocol)?;
@@ -776,13 +848,17 @@ impl Feed {
                     Frame::Pong(token) => {
                         shared.rtt().on_pong(&token, Instant::now().into_std());
                     }
-                    // A dropped receiver discards; the link lives on for
-                    // sending.
                     frame => {
-                        let _ = self.out.send(Ok(frame)).await;
+                        batch.push(frame);
+                        if batch.len() == LINK_BATCH_MAX_FRAMES {
+                            self.hand_on(std::mem::take(&mut batch)).await;
+                        }
                     }
                 }
             }
+        }
+        if !batch.is_empty() {
+            self.hand_on(batch).await;
         }
         shared
             .cover_received

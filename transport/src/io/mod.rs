@@ -41,7 +41,7 @@ pub use dialer::{
     DIAL_CONNECT_TIMEOUT, DIAL_HANDSHAKE_TIMEOUT, DialError, DialTarget, Dialer, probe,
 };
 pub use link::{
-    Direction, FIRST_PING_MAX, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES,
+    Direction, FIRST_PING_MAX, LINK_BATCH_MAX_FRAMES, LINK_CLOSE_GRACE, LINK_DEAD_AFTER_KEEPALIVES,
     LINK_RECEIVE_QUEUE_FRAMES, LINK_SEND_QUEUE_FRAMES, Link, LinkEnded, LinkReceiver,
     LinkSendError, LinkSender, LinkSettings, LinkStats, LinkStatsHandle, OBSERVED_ADDR_LEN,
     PaddingStats, decode_observed_addr, encode_observed_addr,
