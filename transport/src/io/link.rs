@@ -833,7 +833,7 @@ impl Feed {
         shared.liveness().heard();
         // What one read decoded goes to the daemon as one batch (or
         // several of LINK_BATCH_MAX_FRAMES): one hand-off for the lot.
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(LINK_BATCH_MAX_FRAMES);
         // Chunks this size always fit the decoder once it is drained.
         for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
             dec.push(chunk).map_err(LinkEnded::Protocol)?;
@@ -851,7 +851,11 @@ impl Feed {
                     frame => {
                         batch.push(frame);
                         if batch.len() == LINK_BATCH_MAX_FRAMES {
-                            self.hand_on(std::mem::take(&mut batch)).await;
+                            let full = std::mem::replace(
+                                &mut batch,
+                                Vec::with_capacity(LINK_BATCH_MAX_FRAMES),
+                            );
+                            self.hand_on(full).await;
                         }
                     }
                 }

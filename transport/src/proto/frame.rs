@@ -72,6 +72,21 @@ pub const LINK_KEEPALIVE_MAX: Duration = Duration::from_secs(25);
 /// [`FrameType::Pong`] echoes, in bytes.
 pub const PING_TOKEN_LEN: usize = 8;
 
+/// The least the decoder and the encoder grow their buffer by, in bytes.
+/// Frames split off a buffer share it, so while any is alive the buffer
+/// cannot be reused and growing it means a new allocation: growing by this
+/// much at once makes that one allocation per 64 KiB of frames, not one per
+/// read or per flush.
+const BUFFER_GROWTH_LEN: usize = 64 * 1024;
+
+/// Makes room for `additional` more bytes in `buf`, growing it by at least
+/// [`BUFFER_GROWTH_LEN`] when it must grow.
+fn reserve(buf: &mut BytesMut, additional: usize) {
+    if buf.capacity() - buf.len() < additional {
+        buf.reserve(additional.max(BUFFER_GROWTH_LEN));
+    }
+}
+
 /// The token of a ping and of the pong that answers it.
 pub type PingToken = [u8; PING_TOKEN_LEN];
 
@@ -255,6 +270,7 @@ impl FrameDecoder {
         if self.buf.len().saturating_add(data.len()) > DECODER_BUFFER_MAX_LEN {
             return Err(FrameError::BufferFull);
         }
+        reserve(&mut self.buf, data.len());
         self.buf.extend_from_slice(data);
         Ok(())
     }
@@ -509,7 +525,7 @@ fn padding_len<R: RngCore + ?Sized>(rng: &mut R) -> usize {
 fn put_frame(out: &mut BytesMut, type_byte: u8, payload: &[u8]) -> Result<(), FrameError> {
     let len =
         u16::try_from(payload.len() + 1).map_err(|_| FrameError::PayloadTooLong(payload.len()))?;
-    out.reserve(FRAME_HEADER_LEN + payload.len());
+    reserve(out, FRAME_HEADER_LEN + payload.len());
     out.put_u16(len);
     out.put_u8(type_byte);
     out.extend_from_slice(payload);
