@@ -5,66 +5,29 @@
 //! Only allocations through Rust's global allocator are seen; aws-lc's C code
 //! allocates through libc (its AEAD seal/open keep their state on the stack).
 
-// A counting global allocator needs `unsafe impl GlobalAlloc`. This test
-// binary is the only place in the crate that uses unsafe code.
+// A counting global allocator needs `unsafe impl GlobalAlloc`
+// (`support/counting_alloc.rs`). This test binary is the only place in the
+// crate that uses unsafe code.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Instant;
 
 use umbra_routing::chain::{Chain, ONE_CELL_PACKET_LEN};
 use umbra_routing::circuit::{CircuitEvent, CircuitId};
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+mod support {
+    pub(super) mod counting_alloc;
 }
-
-struct CountingAllocator;
-
-fn count() {
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: every call is passed straight to the system allocator; counting
-// touches only const-initialised thread-locals, which never allocate.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use support::counting_alloc::{self, CountingAllocator};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Allocations made on this thread while `f` runs.
 fn allocations_in<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
+    counting_alloc::start();
     let r = f();
-    COUNTING.with(|c| c.set(false));
-    (ALLOCATIONS.with(|n| n.get()), r)
+    (counting_alloc::stop(), r)
 }
 
 struct Setup {

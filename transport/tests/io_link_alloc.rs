@@ -15,53 +15,17 @@
 #![allow(unsafe_code, clippy::unwrap_used)]
 
 mod io_support;
+// The counting allocator the routing core's allocation test uses.
+#[path = "../../routing/tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
+use counting_alloc::CountingAllocator;
 use io_support::*;
-use umbra_routing::crypto::Identity;
-use umbra_transport::io::{
-    DialTarget, Dialer, LINK_BATCH_MAX_FRAMES, LinkReceiver, LinkSender, LinkSettings,
-};
+use umbra_transport::io::{LINK_BATCH_MAX_FRAMES, LinkReceiver, LinkSender, LinkSettings};
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-struct CountingAllocator;
-
-fn count() {
-    if COUNTING.load(Ordering::Relaxed) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is passed straight to the system allocator; counting
-// touches only atomics, which never allocate.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -102,17 +66,7 @@ async fn transfer(sender: &LinkSender, receiver: &mut LinkReceiver, batches: Vec
 #[tokio::test(flavor = "current_thread")]
 async fn a_link_allocates_under_one_and_a_quarter_per_cell() {
     let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
-    let dialer = Dialer::new(Identity::generate(), LinkSettings::default()).unwrap();
-    let target = DialTarget {
-        peer: l.identity.public(),
-        endpoint: l.addr.to_string(),
-        server_name: None,
-    };
-    let out = dialer.dial(&target, b"").await.unwrap();
-    let mut inb = tokio::time::timeout(STEP, l.links.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (out, mut inb) = link_pair(&mut l).await;
     // The cells and their batches exist before counting starts, as the
     // datapath's do (it writes a turn's cells into one buffer).
     let cell = Bytes::from(vec![7u8; CELL_LEN]);
@@ -123,10 +77,9 @@ async fn a_link_allocates_under_one_and_a_quarter_per_cell() {
     // Warm up: buffers reach their working size.
     transfer(&out.sender, &mut inb.receiver, warm_up).await;
     let n = batches.len() * LINK_BATCH_MAX_FRAMES;
-    COUNTING.store(true, Ordering::Relaxed);
+    counting_alloc::start();
     transfer(&out.sender, &mut inb.receiver, batches).await;
-    COUNTING.store(false, Ordering::Relaxed);
-    let per_cell = ALLOCATIONS.load(Ordering::Relaxed) as f64 / n as f64;
+    let per_cell = counting_alloc::stop() as f64 / n as f64;
     eprintln!("{n} cells through a link: {per_cell:.3} allocations per cell");
     assert!(
         per_cell <= MAX_ALLOCATIONS_PER_CELL,

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use io_support::*;
-use umbra_routing::crypto::Identity;
-use umbra_transport::io::{DialTarget, Dialer, LinkSettings, PaddingStats};
+use umbra_transport::io::{LinkSettings, PaddingStats};
 use umbra_transport::proto::frame::{CELL_LEN, Frame};
 use umbra_transport::proto::padding::CELL_FRAME_WIRE_LEN;
 
@@ -26,17 +25,7 @@ fn frames_per_sec(rate: u32) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn padding_runs_at_the_set_rate_and_never_reaches_the_receiver() {
     let mut l = start_listener(built_in_cover(), accept_all(b""), LinkSettings::default()).await;
-    let dialer = Dialer::new(Identity::generate(), LinkSettings::default()).unwrap();
-    let target = DialTarget {
-        peer: l.identity.public(),
-        endpoint: l.addr.to_string(),
-        server_name: None,
-    };
-    let out = dialer.dial(&target, b"").await.unwrap();
-    let mut inb = tokio::time::timeout(STEP, l.links.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let (out, mut inb) = link_pair(&mut l).await;
     assert_eq!(out.sender.padding(), PaddingStats::default());
 
     // The dialer pads; nothing else is sent.

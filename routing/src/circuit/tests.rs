@@ -168,6 +168,24 @@ impl Net {
         (id, circuit)
     }
 
+    /// Builds a circuit from node 0 along `path` and asserts that hop
+    /// `failed_hop` refuses it for `reason`.
+    #[track_caller]
+    fn assert_refused(&mut self, path: &[usize], failed_hop: usize, reason: Reason) {
+        let keys: Vec<[u8; 32]> = path.iter().map(|&i| self.keys[i]).collect();
+        let id = self.nodes[0].build_circuit(self.now, &keys).expect("build");
+        self.pump();
+        assert_eq!(
+            self.events(0),
+            vec![CircuitEvent::Unreachable {
+                circuit: id,
+                destination: *keys.last().expect("path"),
+                failed_hop: Some(failed_hop),
+                reason
+            }]
+        );
+    }
+
     /// The event that circuit `circuit` to or from node `peer` closed.
     fn closed(&self, circuit: CircuitId, peer: usize, reason: Reason) -> CircuitEvent {
         CircuitEvent::Closed {
@@ -1101,19 +1119,7 @@ fn a_neighbour_holds_at_most_its_share_of_open_circuits() {
     let (a, _) = net.build(0, &[1, 2]);
     net.build(0, &[1, 2]);
     assert_eq!(net.nodes[1].opened_by(first), 2);
-    let id = net.nodes[0]
-        .build_circuit(net.now, &[net.keys[1], net.keys[2]])
-        .expect("build");
-    net.pump();
-    assert_eq!(
-        net.events(0),
-        vec![CircuitEvent::Unreachable {
-            circuit: id,
-            destination: net.keys[2],
-            failed_hop: Some(0),
-            reason: Reason::TooManyCircuits
-        }]
-    );
+    net.assert_refused(&[1, 2], 0, Reason::TooManyCircuits);
     assert_eq!(net.nodes[1].metrics().circuits_refused, 1);
     // One closed, the next builds.
     assert!(net.nodes[0].close_circuit(net.now, a));
@@ -1176,18 +1182,6 @@ fn a_hop_without_a_common_version_refuses_the_build() {
     net.offer_versions(2, 0b10);
     net.link(0, 1);
     net.link(1, 2);
-    let id = net.nodes[0]
-        .build_circuit(net.now, &[net.keys[1], net.keys[2]])
-        .expect("build");
-    net.pump();
-    assert_eq!(
-        net.events(0),
-        vec![CircuitEvent::Unreachable {
-            circuit: id,
-            destination: net.keys[2],
-            failed_hop: Some(1),
-            reason: Reason::UnsupportedVersion
-        }]
-    );
+    net.assert_refused(&[1, 2], 1, Reason::UnsupportedVersion);
     assert_eq!(net.nodes[2].metrics().handshake_failures, 1);
 }

@@ -834,10 +834,23 @@ impl Feed {
         // What one read decoded goes to the daemon as one batch (or
         // several of LINK_BATCH_MAX_FRAMES): one hand-off for the lot.
         let mut batch = Vec::with_capacity(LINK_BATCH_MAX_FRAMES);
+        // Frames decoded before a framing error still go on, ahead of it.
+        let mut broken = None;
         // Chunks this size always fit the decoder once it is drained.
-        for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
-            dec.push(chunk).map_err(LinkEnded::Protocol)?;
-            while let Some(frame) = dec.next_frame().map_err(LinkEnded::Protocol)? {
+        'read: for chunk in data.chunks(FRAME_WIRE_MAX_LEN) {
+            if let Err(e) = dec.push(chunk) {
+                broken = Some(e);
+                break;
+            }
+            loop {
+                let frame = match dec.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(e);
+                        break 'read;
+                    }
+                };
                 match frame {
                     Frame::Keepalive => {}
                     // A peer that pings faster than the writer answers
@@ -873,7 +886,7 @@ impl Feed {
         shared
             .padding_bytes_received
             .store(dec.padding_bytes(), Ordering::Relaxed);
-        Ok(())
+        broken.map_or(Ok(()), |e| Err(LinkEnded::Protocol(e)))
     }
 }
 

@@ -20,9 +20,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use umbra_routing::crypto::Identity;
 use umbra_transport::io::{
-    AdmissionLimits, Authorizer, CertSource, CoverSite, LINK_EXPORTER_LABEL, LINK_EXPORTER_LEN,
-    Link, LinkListener, LinkSettings, ListenerConfig, TlsSettings, client_tls_config, serve,
-    server_tls_config,
+    AdmissionLimits, Authorizer, CertSource, CoverSite, DialTarget, Dialer, LINK_EXPORTER_LABEL,
+    LINK_EXPORTER_LEN, Link, LinkListener, LinkSettings, ListenerConfig, TlsSettings,
+    client_tls_config, serve, server_tls_config,
 };
 
 /// How long any single test step may take before the test fails.
@@ -42,6 +42,23 @@ impl Drop for TestListener {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A link to `l` dialed by a fresh identity with an empty payload: the
+/// dialer's end and the listener's.
+pub async fn link_pair(l: &mut TestListener) -> (Link, Link) {
+    let dialer = Dialer::new(Identity::generate(), LinkSettings::default()).unwrap();
+    let target = DialTarget {
+        peer: l.identity.public(),
+        endpoint: l.addr.to_string(),
+        server_name: None,
+    };
+    let out = dialer.dial(&target, b"").await.unwrap();
+    let inb = tokio::time::timeout(STEP, l.links.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    (out, inb)
 }
 
 /// An authorizer that accepts everyone and replies `reply`.
