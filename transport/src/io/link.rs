@@ -916,6 +916,32 @@ mod tests {
         assert_eq!(decode_observed_addr(&[0; OBSERVED_ADDR_LEN - 1]), None);
     }
 
+    /// One read with a cell and then bytes that break the framing: the
+    /// cell goes on to the daemon, then the link ends with the error.
+    #[tokio::test]
+    async fn frames_before_a_framing_error_are_handed_on() {
+        let (out, mut frames) = mpsc::channel(8);
+        let (pongs, _pongs) = mpsc::channel(PONG_QUEUE);
+        let feed = Feed {
+            out,
+            pongs,
+            shared: Arc::new(Shared::default()),
+        };
+        let mut enc = FrameEncoder::with_padded_flushes(0);
+        enc.queue(FrameType::Cell, &[5u8; CELL_LEN])
+            .expect("a cell");
+        let mut read = enc
+            .flush(WRITE_MAX_LEN, &mut OsRng)
+            .expect("bytes")
+            .to_vec();
+        // A frame of length 0 is a framing error.
+        read.extend_from_slice(&[0, 0, 1]);
+        let ended = feed.push(&mut FrameDecoder::new(), &read).await;
+        assert_eq!(ended, Err(LinkEnded::Protocol(FrameError::EmptyFrame)));
+        let batch = frames.try_recv().expect("a batch").expect("frames");
+        assert_eq!(batch, vec![Frame::Cell(Bytes::from(vec![5u8; CELL_LEN]))]);
+    }
+
     #[test]
     fn keepalive_intervals_stay_in_range() {
         let s = LinkSettings::default();
