@@ -11,6 +11,7 @@ use divan::counter::{BytesCount, ItemsCount};
 use divan::{AllocProfiler, Bencher};
 use umbra_bench::chain::{Chain, ONE_CELL_PACKET_LEN};
 use umbra_routing::cell::{CELL_LEN, RELAY_PAYLOAD_LEN, RelayMsg, RelayWriter, relay_messages};
+use umbra_routing::circuit::relay_version_bit;
 use umbra_routing::session::{MAX_PACKET_LEN, Reassembler, SessionTx};
 
 #[global_allocator]
@@ -20,11 +21,6 @@ fn main() {
     divan::main();
 }
 
-/// The handshake's bitmask offering relay-crypto version `v` alone.
-fn only(v: u8) -> u8 {
-    1 << (v - 1)
-}
-
 /// One cell over a one-hop circuit: the origin seals the destination's layer
 /// (version 1: ChaCha20-Poly1305; 2: AES-256-GCM) and the destination opens
 /// it and hands the packet out; the destination's SENDME every 100 cells
@@ -32,7 +28,7 @@ fn only(v: u8) -> u8 {
 /// them.
 #[divan::bench(args = [1, 2])]
 fn one_hop_seal_open(b: Bencher<'_, '_>, relay_crypto: u8) {
-    let mut c = Chain::with_relay_crypto(2, only(relay_crypto));
+    let mut c = Chain::with_relay_crypto(2, relay_version_bit(relay_crypto));
     let (forward, _) = c.build();
     let packet = c.packet(0, 1, ONE_CELL_PACKET_LEN);
     let mut cell = [0u8; CELL_LEN];
@@ -57,7 +53,7 @@ fn one_hop_seal_open(b: Bencher<'_, '_>, relay_crypto: u8) {
 /// relays keep no per-cell MAC, so it is switched each time like a fresh one.
 #[divan::bench(args = [1, 2])]
 fn relay_switch(b: Bencher<'_, '_>, relay_crypto: u8) {
-    let mut c = Chain::with_relay_crypto(3, only(relay_crypto));
+    let mut c = Chain::with_relay_crypto(3, relay_version_bit(relay_crypto));
     let (forward, _) = c.build();
     let packet = c.packet(0, 2, ONE_CELL_PACKET_LEN);
     let now = c.now;

@@ -386,11 +386,30 @@ pub const RELAY_CRYPTO_V2: u8 = 2;
 /// AES-GCM is slower than ChaCha20-Poly1305, so such a node neither offers
 /// nor picks it.
 pub fn relay_versions_here() -> u8 {
-    let v1 = 1 << (RELAY_CRYPTO_V1 - 1);
+    let v1 = relay_version_bit(RELAY_CRYPTO_V1);
     if aes_in_hardware() {
-        v1 | 1 << (RELAY_CRYPTO_V2 - 1)
+        v1 | relay_version_bit(RELAY_CRYPTO_V2)
     } else {
         v1
+    }
+}
+
+/// Version `v`'s bit in the handshake's bitmask (bit `v - 1`); 0 for a
+/// version the mask cannot hold (0, or above 8).
+pub const fn relay_version_bit(v: u8) -> u8 {
+    match v {
+        1..=8 => 1 << (v - 1),
+        _ => 0,
+    }
+}
+
+/// The AEAD of relay-crypto `version`, or `None` for a version this code
+/// does not know.
+fn relay_aead(version: u8) -> Option<&'static aws_lc_rs::aead::Algorithm> {
+    match version {
+        RELAY_CRYPTO_V1 => Some(&aws_lc_rs::aead::CHACHA20_POLY1305),
+        RELAY_CRYPTO_V2 => Some(&aws_lc_rs::aead::AES_256_GCM),
+        _ => None,
     }
 }
 
@@ -426,7 +445,7 @@ const CHACHA_BLOCK_LEN: u64 = 64;
 /// plain stream-cipher layers (ChaCha20, or AES-256 in counter mode) with no
 /// per-hop MAC, so a relay can XOR a pattern
 /// into a cell and a colluding relay further along can XOR it out again before
-/// the end checks its Poly1305 tag: two colluding relays on one path can
+/// the end checks its tag: two colluding relays on one path can
 /// confirm that they carry the same circuit ("tagging"), and only the end's
 /// tag check notices a change that is not undone. A later relay-crypto
 /// version ports Tor's Counter Galois Onion (proposal 359); the version is
@@ -454,12 +473,10 @@ fn counter_nonce(counter: u64) -> [u8; 12] {
 }
 
 impl LayerKey {
-    fn new(version: u8, key: [u8; LAYER_KEY_LEN]) -> Result<Self, CryptoError> {
-        let algorithm = match version {
-            RELAY_CRYPTO_V1 => &aws_lc_rs::aead::CHACHA20_POLY1305,
-            RELAY_CRYPTO_V2 => &aws_lc_rs::aead::AES_256_GCM,
-            _ => return Err(CryptoError::Internal),
-        };
+    fn new(
+        algorithm: &'static aws_lc_rs::aead::Algorithm,
+        key: [u8; LAYER_KEY_LEN],
+    ) -> Result<Self, CryptoError> {
         let unbound =
             aws_lc_rs::aead::UnboundKey::new(algorithm, &key).map_err(|_| CryptoError::Internal)?;
         Ok(LayerKey {
@@ -542,9 +559,7 @@ pub(crate) fn derive_hop_keys(
     handshake_hash: &[u8; HANDSHAKE_HASH_LEN],
 ) -> Result<HopKeys, CryptoError> {
     use blake2::digest::{KeyInit, Mac};
-    if !matches!(version, RELAY_CRYPTO_V1 | RELAY_CRYPTO_V2) {
-        return Err(CryptoError::Internal);
-    }
+    let algorithm = relay_aead(version).ok_or(CryptoError::Internal)?;
     let expand = |label: &[u8]| -> Result<[u8; LAYER_KEY_LEN], CryptoError> {
         let mut mac = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(secret)
             .map_err(|_| CryptoError::Internal)?;
@@ -556,8 +571,8 @@ pub(crate) fn derive_hop_keys(
     };
     Ok(HopKeys {
         version,
-        forward: LayerKey::new(version, expand(b"forward")?)?,
-        backward: LayerKey::new(version, expand(b"backward")?)?,
+        forward: LayerKey::new(algorithm, expand(b"forward")?)?,
+        backward: LayerKey::new(algorithm, expand(b"backward")?)?,
     })
 }
 

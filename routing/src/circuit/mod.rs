@@ -133,7 +133,7 @@ pub const MAX_CIRCUITS: usize = 65_536;
 /// (those it created on its links here): an eighth of [`MAX_CIRCUITS`], so
 /// no one neighbour takes the node's whole table.
 pub const MAX_CIRCUITS_PER_NEIGHBOUR: usize = MAX_CIRCUITS / 8;
-pub use crate::crypto::{RELAY_CRYPTO_V1, RELAY_CRYPTO_V2, relay_versions_here};
+pub use crate::crypto::{RELAY_CRYPTO_V1, RELAY_CRYPTO_V2, relay_version_bit, relay_versions_here};
 
 /// Local settings of a node's circuit layer. Protocol constants (cell size,
 /// windows) are not settings: both ends must agree on them.

@@ -9,7 +9,7 @@ use super::state::{
 };
 use super::{
     BuildError, CircuitConfig, CircuitEvent, CircuitId, CircuitInfo, CircuitMetrics, CircuitRole,
-    Delivered, LinkId, MAX_PATH_HOPS, RELAY_CRYPTO_V1, RELAY_CRYPTO_V2, SendError,
+    Delivered, LinkId, MAX_PATH_HOPS, SendError, relay_version_bit,
 };
 use crate::cell::{
     self, CELL_HEADER_LEN, CELL_LEN, Cell, CellBody, Command, HandshakeType, RELAY_PAYLOAD_LEN,
@@ -965,10 +965,7 @@ impl CircuitCore {
         let mut payload = [0u8; HANDSHAKE_BUF_LEN];
         let answer = init.read_msg2(msg2, &mut payload);
         // Only a version this node offered may come back.
-        let offered = |v: u8| {
-            matches!(v, RELAY_CRYPTO_V1 | RELAY_CRYPTO_V2)
-                && self.config.relay_crypto_versions & (1 << (v - 1)) != 0
-        };
+        let offered = |v: u8| self.config.relay_crypto_versions & relay_version_bit(v) != 0;
         let keys = match answer {
             Ok((n, hash)) => match payload.get(..n) {
                 Some([v, secret @ ..]) if offered(*v) && secret.len() == HOP_SECRET_LEN => {
