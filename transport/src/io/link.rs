@@ -663,19 +663,19 @@ async fn writer(
                 None => pongs_open = false,
             },
             batch = inputs.frames.recv() => {
-                let Some(batch) = batch else { return };
+                let Some(mut batch) = batch else { return };
                 shared.liveness().sent(Instant::now().into_std());
-                let mut pacer = pacer.as_mut();
-                for frame in &batch {
-                    queue(&mut enc, frame, pacer.as_deref_mut());
-                }
-                while enc.pending_len() < COALESCE_MAX_LEN {
+                // This batch, and those already queued behind it, up to
+                // one coalesced flush.
+                loop {
+                    for frame in &batch {
+                        queue(&mut enc, frame, pacer.as_mut());
+                    }
+                    if enc.pending_len() >= COALESCE_MAX_LEN {
+                        break;
+                    }
                     match inputs.frames.try_recv() {
-                        Ok(batch) => {
-                            for frame in &batch {
-                                queue(&mut enc, frame, pacer.as_deref_mut());
-                            }
-                        }
+                        Ok(next) => batch = next,
                         Err(_) => break,
                     }
                 }
