@@ -461,7 +461,6 @@ impl Config {
     }
 }
 
-/// Whether an optional path is set to the empty string (`key = ""`).
 /// `[table] listen`, when set, must be a loopback address: `why` says whom
 /// it serves, `example` is one to write instead.
 fn loopback_only(
@@ -483,6 +482,7 @@ fn loopback_only(
     }
 }
 
+/// Whether an optional path is set to the empty string (`key = ""`).
 fn set_but_empty(path: &Option<PathBuf>) -> bool {
     path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
 }

@@ -241,9 +241,10 @@ pub fn is_umbra_name(host: &str) -> bool {
 /// What `host` has before `.umbra` (any case, with or without the final
 /// dot), lowercased; `None` for a host outside `.umbra`.
 fn umbra_label(host: &str) -> Option<String> {
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let label = host.strip_suffix(TLD)?.strip_suffix('.')?;
-    Some(label.to_string())
+    let mut host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let label_len = host.strip_suffix(TLD)?.strip_suffix('.')?.len();
+    host.truncate(label_len);
+    Some(host)
 }
 
 #[cfg(test)]
