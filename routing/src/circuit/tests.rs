@@ -33,20 +33,13 @@ struct Net {
 
 impl Net {
     fn new(n: usize) -> Net {
-        let ids: Vec<Identity> = (0..n)
-            .map(|i| Identity::from_seed(&[i as u8 + 1; 32]))
+        let nodes: Vec<CircuitCore> = (0..n)
+            .map(|i| Self::core(i, CircuitConfig::default()))
             .collect();
         Net {
             now: Instant::now(),
-            keys: ids.iter().map(|i| i.public()).collect(),
-            nodes: ids
-                .into_iter()
-                .zip(0u64..)
-                .map(|(i, seed)| {
-                    let rng = Box::new(ChaCha20Rng::seed_from_u64(seed));
-                    CircuitCore::new(i, DEFAULT_PREFIX, CircuitConfig::default(), rng)
-                })
-                .collect(),
+            keys: nodes.iter().map(CircuitCore::public_key).collect(),
+            nodes,
             links: HashMap::new(),
             next_link: 100,
             tamper: None,
@@ -57,18 +50,31 @@ impl Net {
         }
     }
 
-    /// Node `i` started again offering only the relay-crypto versions in
-    /// `mask` (before any link or circuit).
-    fn offer_versions(&mut self, i: usize, mask: u8) {
-        self.nodes[i] = CircuitCore::new(
+    /// Node `i`'s core with `config`: its identity and RNG seed are fixed
+    /// by `i`.
+    fn core(i: usize, config: CircuitConfig) -> CircuitCore {
+        let rng = Box::new(ChaCha20Rng::seed_from_u64(i as u64));
+        CircuitCore::new(
             Identity::from_seed(&[i as u8 + 1; 32]),
             DEFAULT_PREFIX,
-            CircuitConfig {
-                relay_crypto_versions: mask,
-                ..CircuitConfig::default()
-            },
-            Box::new(ChaCha20Rng::seed_from_u64(i as u64)),
-        );
+            config,
+            rng,
+        )
+    }
+
+    /// Node `i` started again with `config` (before any link or circuit).
+    fn restart(&mut self, i: usize, config: CircuitConfig) {
+        self.nodes[i] = Self::core(i, config);
+    }
+
+    /// Node `i` started again offering only the relay-crypto versions in
+    /// `mask`.
+    fn offer_versions(&mut self, i: usize, mask: u8) {
+        let config = CircuitConfig {
+            relay_crypto_versions: mask,
+            ..CircuitConfig::default()
+        };
+        self.restart(i, config);
     }
 
     /// A chain 0 - 1 - 2 - ... - n-1.
@@ -547,18 +553,7 @@ fn extend_without_a_live_link_fails_with_a_reason() {
     let mut net4 = Net::new(4);
     net4.link(0, 1);
     net4.link(1, 2);
-    let keys: Vec<[u8; 32]> = [1, 2, 3].iter().map(|&i| net4.keys[i]).collect();
-    let id = net4.nodes[0].build_circuit(net4.now, &keys).expect("build");
-    net4.pump();
-    assert_eq!(
-        net4.events(0),
-        vec![CircuitEvent::Unreachable {
-            circuit: id,
-            destination: net4.keys[3],
-            failed_hop: Some(2),
-            reason: Reason::NoLink
-        }]
-    );
+    net4.assert_refused(&[1, 2, 3], 2, Reason::NoLink);
     assert_eq!(net4.nodes[2].metrics().extend_failures, 1);
     assert_eq!(
         net4.nodes[1].metrics().relay_circuits,
@@ -1105,14 +1100,12 @@ proptest::proptest! {
 #[test]
 fn a_neighbour_holds_at_most_its_share_of_open_circuits() {
     let mut net = Net::new(3);
-    net.nodes[1] = CircuitCore::new(
-        Identity::from_seed(&[2; 32]),
-        DEFAULT_PREFIX,
+    net.restart(
+        1,
         CircuitConfig {
             max_circuits_per_neighbour: 2,
             ..CircuitConfig::default()
         },
-        Box::new(ChaCha20Rng::seed_from_u64(1)),
     );
     let first = net.link(0, 1);
     net.link(1, 2);
